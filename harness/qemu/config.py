@@ -1,0 +1,135 @@
+"""The frozen description of a VM, validated once on construction.
+
+Later code (argv, the VM process, the verifier) never re-checks it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from harness.errors import UsageError
+from harness.units import MiB, format_size
+
+Machine = Literal["pc", "q35"]
+Accel = Literal["kvm", "tcg"]
+MACHINES: tuple[str, ...] = ("pc", "q35")
+# ACPI_MAX_RAM_SLOTS in QEMU's include/hw/acpi/pc-hotplug.h / hw/i386/pc.c
+MAX_SLOTS = 256
+_VM_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,62}$")
+
+
+@dataclass(frozen=True)
+class FwCfgFile:
+    """A ``-fw_cfg name=...,file=...`` blob handed to the guest."""
+
+    name: str
+    path: Path
+
+
+@dataclass(frozen=True)
+class KernelBoot:
+    """Direct kernel boot: ``-kernel``/``-initrd``/``-append``."""
+
+    kernel: Path
+    initrd: Path | None = None
+    append: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DiskBoot:
+    """Boot the user's own disk image, never modified (``snapshot=on``)."""
+
+    image: Path
+    format: Literal["raw", "qcow2"] = "qcow2"
+
+
+@dataclass(frozen=True)
+class VMConfig:
+    """Everything needed to start one QEMU.
+
+    ``numa`` holds the boot memory of each node (index = node id); empty
+    means no ``-numa`` options (a single implicit node 0).  ``slots`` and
+    ``maxmem`` of 0 mean "no hotplug region" (QEMU then refuses DIMMs).
+    """
+
+    name: str
+    machine: Machine = "pc"
+    memory: int = 6 << 30
+    slots: int = 32
+    maxmem: int = 32 << 30
+    numa: tuple[int, ...] = (3 << 30, 3 << 30)
+    smp: int = 2
+    accel: Accel = "tcg"
+    cpu: str | None = None
+    boot: KernelBoot | DiskBoot | None = None
+    fw_cfg: tuple[FwCfgFile, ...] = ()
+    ssh_port: int | None = None
+    pvpanic: bool = True
+    qemu_binary: str = "qemu-system-x86_64"
+    extra_args: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        if not _VM_NAME.match(self.name):
+            raise UsageError(
+                f"VM name {self.name!r} is not usable in -name",
+                value=self.name,
+                fix="use a letter followed by letters, digits, '-', '_' or '.'",
+            )
+        if self.machine not in MACHINES:
+            raise UsageError(
+                f"machine type {self.machine!r} is not supported",
+                value=self.machine, fix="use 'pc' or 'q35'",
+            )
+        if self.memory <= 0 or self.memory % MiB:
+            raise UsageError(
+                f"boot memory {self.memory} is not a positive multiple of 1M",
+                value=self.memory, fix="give e.g. 6G",
+            )
+        if (self.slots == 0) != (self.maxmem == 0):
+            raise UsageError(
+                "slots and maxmem go together",
+                value=(self.slots, self.maxmem),
+                fix="give both (e.g. 6G,slots=32,maxmem=32G) or neither",
+            )
+        if self.slots < 0 or self.slots > MAX_SLOTS:
+            raise UsageError(
+                f"slots={self.slots} is outside 0..{MAX_SLOTS}", value=self.slots,
+                fix=f"use at most {MAX_SLOTS} slots (ACPI_MAX_RAM_SLOTS)",
+            )
+        if self.maxmem and self.maxmem < self.memory:
+            raise UsageError(
+                f"maxmem={format_size(self.maxmem)} is below the boot memory "
+                f"{format_size(self.memory)}",
+                value=self.maxmem, fix="raise maxmem",
+            )
+        if self.numa and sum(self.numa) != self.memory:
+            raise UsageError(
+                f"NUMA node sizes {'+'.join(format_size(n) for n in self.numa)} do not add "
+                f"up to the boot memory {format_size(self.memory)}",
+                value=self.numa, fix="make the node sizes sum to -m",
+            )
+        if any(n <= 0 or n % MiB for n in self.numa):
+            raise UsageError(
+                "every NUMA node needs a positive size in whole MiB", value=self.numa,
+                fix="e.g. --numa 3G,3G",
+            )
+        if self.smp < 1:
+            raise UsageError(f"smp={self.smp} must be at least 1", value=self.smp)
+        if self.accel not in ("kvm", "tcg"):
+            raise UsageError(f"accelerator {self.accel!r} unknown", fix="use kvm or tcg")
+        if self.ssh_port is not None and not 0 < self.ssh_port < 65536:
+            raise UsageError(f"port {self.ssh_port} is not a TCP port", value=self.ssh_port)
+
+    @property
+    def hotplug_enabled(self) -> bool:
+        return self.slots > 0
+
+    def cpu_model(self) -> str:
+        """``host`` under KVM; under TCG ``max`` (every feature TCG emulates,
+        so the guest's crypto and string routines use fast paths)."""
+        if self.cpu:
+            return self.cpu
+        return "host" if self.accel == "kvm" else "max"

@@ -1,0 +1,487 @@
+"""A running QEMU guest: launch, wait for boot, SSH in, hotplug, always end.
+
+The :class:`VM` is a context manager.  However the ``with`` block ends
+(success, failure, timeout, Ctrl-C), ``__exit__`` ends QEMU by its PID
+(graceful QMP ``quit``, then SIGKILL), closes QMP and SSH, keeps the
+artifacts (argv, serial log, QEMU's stderr, QMP transcript, dmesg) when asked
+or when the block failed, and removes the private work directory.
+
+QEMU runs in its own session (so a terminal's Ctrl-C reaches memhp, which
+then shuts the VM down cleanly) with ``PR_SET_PDEATHSIG`` = SIGKILL, so even
+a ``kill -9`` of memhp cannot leak a QEMU.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import itertools
+import logging
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from harness.errors import (
+    GuestPanic,
+    HostEnvironmentError,
+    HotplugRefused,
+    LaunchError,
+    QemuExited,
+    VMError,
+)
+from harness.qemu.argv import RuntimePaths, build_argv
+from harness.qemu.config import FwCfgFile, KernelBoot, VMConfig
+from harness.qemu.qmp import QMPEvent, QMPSession
+from harness.retry import NotYet, wait_for
+
+log = logging.getLogger("harness.vm")
+
+_PR_SET_PDEATHSIG = 1
+# ACPI _OST status codes (ACPI spec 6.3.5; Linux include/acpi/actypes.h)
+OST_SUCCESS = 0x0
+OST_EJECT_IN_PROGRESS = 0x84
+OST_NAMES = {
+    0x1: "non-specific failure", 0x2: "unrecognized notify", 0x80: "eject not supported",
+    0x81: "device in use", 0x82: "device busy", 0x83: "eject dependency busy",
+}
+PANIC_RE = re.compile(r"Kernel panic - not syncing[^\n]*")
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Base timeouts in seconds (KVM-sized); scaled by :attr:`scale`."""
+
+    scale: float = 1.0
+    qmp_connect: float = 10.0
+    boot: float = 60.0
+    ssh: float = 20.0
+    command: float = 60.0
+    hot_add: float = 15.0
+    unplug: float = 30.0
+    shutdown: float = 5.0
+
+    def s(self, name: str) -> float:
+        value: float = getattr(self, name)
+        return value * self.scale
+
+    @classmethod
+    def for_accel(cls, accel: str, user_scale: float = 1.0) -> Timeouts:
+        # TCG emulates the guest CPU: boots and sysfs walks are several
+        # times slower than under KVM.
+        return cls(scale=(4.0 if accel == "tcg" else 1.0) * user_scale)
+
+
+@dataclass(frozen=True)
+class QemuDimm:
+    """A pc-dimm as QEMU reports it in ``query-memory-devices``."""
+
+    id: str
+    addr: int
+    size: int
+    node: int
+    slot: int
+    memdev: str
+    hotplugged: bool
+
+
+def free_loopback_port() -> int:
+    """A currently free TCP port on 127.0.0.1 (QEMU binds it a moment later;
+    :meth:`VM.launch` retries with a new port if another process won)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _child_setup() -> None:  # runs in the forked child before exec
+    os.umask(0o077)  # QMP socket and logs 0600
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except OSError:
+        pass
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+_ids = itertools.count()
+
+
+class VM:
+    """One QEMU guest, reached over QMP and SSH.
+
+    ``image`` is a :class:`harness.image.GuestImage` (default guest or the
+    user's kernel) or ``None`` when ``config.boot`` is a disk image.
+    """
+
+    def __init__(
+        self,
+        config: VMConfig,
+        *,
+        image: Any = None,
+        ssh_user: str = "root",
+        ssh_key: Path | None = None,
+        ready_marker: str | None = None,
+        timeouts: Timeouts | None = None,
+        artifacts_dir: Path | None = None,
+        keep: bool = False,
+        runtime_dir: Path | None = None,
+    ) -> None:
+        self.image = image
+        self.base_config = config
+        self.config = config
+        self.timeouts = timeouts or Timeouts.for_accel(config.accel)
+        self.artifacts_dir = artifacts_dir
+        self.keep = keep
+        self.ssh_user = ssh_user if image is None else image.ssh_user
+        self._user_ssh_key = ssh_key
+        self.ready_marker = ready_marker or (image.ready_marker if image is not None else None)
+        self.log = log.getChild(config.name)
+        self._runtime_dir = runtime_dir
+        self.workdir: Path | None = None
+        self.paths: RuntimePaths | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.qmp: QMPSession | None = None
+        self.shell: Any = None
+        self.guest: Any = None
+        self.argv: list[str] = []
+        self.timings: dict[str, float] = {}
+        self._keys: Any = None
+        self._failed = False
+        self.saved_artifacts: Path | None = None
+
+    # -- lifecycle ---------------------------------------------------------
+    def __enter__(self) -> VM:
+        try:
+            self.start()
+        except BaseException:
+            self._failed = True
+            self.stop()
+            raise
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is not None:
+            self._failed = True
+        self.stop()
+
+    def start(self) -> None:
+        """Launch QEMU, wait for the ready marker, connect SSH."""
+        t0 = time.monotonic()
+        self.launch()
+        if self.ready_marker:
+            self.wait_for_console(self.ready_marker, what="the guest's ready marker")
+            self.timings["boot_to_ready_s"] = time.monotonic() - t0
+        self.connect_ssh()
+        self.timings["boot_to_ssh_s"] = time.monotonic() - t0
+
+    def _make_workdir(self) -> Path:
+        parent = self._runtime_dir
+        if parent is None:
+            xdg = os.environ.get("XDG_RUNTIME_DIR")
+            parent = Path(xdg) if xdg and os.access(xdg, os.W_OK) else None
+        # mkdtemp creates the directory 0700, owned by us.
+        path = Path(tempfile.mkdtemp(prefix=f"memhp-{self.config.name}-", dir=parent))
+        os.chmod(path, 0o700)
+        return path
+
+    def _prepare_boot(self, workdir: Path) -> VMConfig:
+        cfg = self.base_config
+        if self.image is None:
+            return cfg
+        from harness.image.keys import write_guest_keys
+
+        self._keys = write_guest_keys(workdir / "keys")
+        fw = (
+            FwCfgFile("opt/memhp/host_key", self._keys.host_key_path),
+            FwCfgFile("opt/memhp/authorized_keys", self._keys.authorized_keys_path),
+        )
+        boot = cfg.boot
+        if not isinstance(boot, KernelBoot):
+            boot = KernelBoot(self.image.kernel, self.image.initrd, tuple(self.image.cmdline))
+        return replace(cfg, boot=boot, fw_cfg=cfg.fw_cfg + fw)
+
+    def launch(self, attempts: int = 3) -> None:
+        """Start QEMU and connect QMP; QEMU's own errors are raised verbatim."""
+        if shutil.which(self.base_config.qemu_binary) is None:
+            raise HostEnvironmentError(
+                f"QEMU binary {self.base_config.qemu_binary!r} not found "
+                "(fix: apt-get install qemu-system-x86, or pass --qemu PATH)"
+            )
+        self.workdir = self._make_workdir()
+        self.paths = RuntimePaths(self.workdir)
+        cfg = self._prepare_boot(self.workdir)
+        for attempt in range(attempts):
+            port = cfg.ssh_port or free_loopback_port()
+            self.config = replace(cfg, ssh_port=port)
+            self.argv = build_argv(self.config, self.paths)
+            (self.workdir / "argv.txt").write_text(shlex.join(self.argv) + "\n")
+            self.log.info("launching: %s", shlex.join(self.argv))
+            qemu_log = self.paths.qemu_log.open("wb")
+            try:
+                self.proc = subprocess.Popen(
+                    self.argv, stdin=subprocess.DEVNULL, stdout=qemu_log,
+                    stderr=subprocess.STDOUT, cwd=self.workdir, preexec_fn=_child_setup,
+                    start_new_session=True,
+                )
+            finally:
+                qemu_log.close()
+            try:
+                self._connect_qmp()
+                return
+            except LaunchError as exc:
+                busy = "host forwarding" in exc.output or "Could not set up host" in exc.output
+                if busy and cfg.ssh_port is None and attempt + 1 < attempts:
+                    self.log.info("port %d was taken, retrying", port)
+                    continue
+                raise
+
+    def _connect_qmp(self) -> None:
+        assert self.paths is not None and self.proc is not None
+        proc, sock = self.proc, self.paths.qmp_socket
+
+        def ready() -> bool | None:
+            if proc.poll() is not None:
+                output = self.paths.qemu_log.read_text(errors="replace") if self.paths else ""
+                raise LaunchError(
+                    f"QEMU exited with code {proc.returncode} during start-up",
+                    argv=self.argv, exit_code=proc.returncode, output=output,
+                )
+            return True if sock.exists() else None
+
+        wait_for(ready, what=f"QMP socket {sock}", timeout=self.timeouts.s("qmp_connect"),
+                 phase="launch")
+        self.qmp = QMPSession(sock, transcript=self.paths.qmp_transcript, logger=self.log)
+        self.qmp.connect(timeout=self.timeouts.s("qmp_connect"))
+
+    # -- health ------------------------------------------------------------
+    def serial_text(self) -> str:
+        if self.paths is None:
+            return ""
+        try:
+            return self.paths.serial_log.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def serial_tail(self, lines: int = 40) -> str:
+        return _tail(self.paths.serial_log, lines) if self.paths else ""
+
+    def check_alive(self) -> None:
+        """Raise at once if QEMU died or the guest panicked."""
+        if self.proc is not None and self.proc.poll() is not None:
+            output = self.paths.qemu_log.read_text(errors="replace") if self.paths else ""
+            raise QemuExited(self.proc.returncode, output=output, serial_tail=self.serial_tail())
+        panicked = self.qmp is not None and any(
+            ev.name == "GUEST_PANICKED" for ev in self.qmp.events()
+        )
+        serial = self.serial_text()
+        m = PANIC_RE.search(serial)
+        if panicked or m:
+            text = m.group(0) if m else "GUEST_PANICKED event from QEMU"
+            raise GuestPanic(f"guest kernel panicked: {text}", serial_tail=self.serial_tail(60))
+
+    def wait_for_console(self, needle: str, *, what: str, timeout: float | None = None) -> None:
+        """Wait for ``needle`` on the serial console."""
+        wait_for(
+            lambda: True if needle in self.serial_text() else None,
+            what=what, timeout=timeout or self.timeouts.s("boot"),
+            first_interval=0.02, max_interval=0.1, abort=self.check_alive, phase="boot",
+            serial_tail=self.serial_tail,
+        )
+
+    # -- SSH -----------------------------------------------------------------
+    def connect_ssh(self) -> None:
+        from harness.guest.readers import Guest
+        from harness.guest.ssh import GuestShell
+
+        assert self.config.ssh_port is not None
+        if self._keys is not None:
+            key, host_line = self._keys.client_key_path, self._keys.host_public_line
+        else:
+            if self._user_ssh_key is None:
+                raise VMError("no SSH key for this guest (use --ssh-key)", phase="ssh")
+            key, host_line = self._user_ssh_key, None
+        shell = GuestShell(
+            "127.0.0.1", self.config.ssh_port, self.ssh_user, key, host_line,
+            connect_timeout=self.timeouts.s("ssh"), logger=self.log,
+        )
+
+        def attempt() -> bool:
+            try:
+                shell.connect()
+            except (OSError, EOFError) as exc:  # guest sshd not up yet
+                raise NotYet(str(exc)) from exc
+            return True
+
+        wait_for(attempt, what="SSH login to the guest", timeout=self.timeouts.s("ssh"),
+                 first_interval=0.02, max_interval=0.2, abort=self.check_alive,
+                 retry_on=(ConnectionError,), phase="ssh", serial_tail=self.serial_tail)
+        self.shell = shell
+        self.guest = Guest(shell)
+
+    # -- QMP memory operations ----------------------------------------------
+    def _qmp(self) -> QMPSession:
+        if self.qmp is None:
+            raise VMError("VM is not running", phase="qmp")
+        return self.qmp
+
+    def query_memory_devices(self) -> tuple[QemuDimm, ...]:
+        out = []
+        for dev in self._qmp().execute("query-memory-devices", phase="observe"):
+            if dev.get("type") != "dimm":
+                continue
+            d = dev["data"]
+            out.append(QemuDimm(
+                id=d.get("id", ""), addr=int(d["addr"]), size=int(d["size"]),
+                node=int(d["node"]), slot=int(d["slot"]), memdev=str(d["memdev"]),
+                hotplugged=bool(d.get("hotplugged", False)),
+            ))
+        return tuple(out)
+
+    def hot_add(self, dimm_id: str, size: int, node: int, addr: int | None = None) -> QemuDimm:
+        """``object-add`` a RAM backend and ``device_add`` a pc-dimm.
+
+        If ``device_add`` fails the backend is deleted again, so the VM is
+        left as it was; QEMU's error is re-raised verbatim.
+        """
+        qmp = self._qmp()
+        backend = f"memhp-be-{dimm_id}"
+        qmp.execute("object-add", {"qom-type": "memory-backend-ram", "id": backend,
+                                   "size": size}, phase="hotplug")
+        args: dict[str, Any] = {"driver": "pc-dimm", "id": dimm_id, "memdev": backend,
+                                "node": node}
+        if addr is not None:
+            args["addr"] = addr
+        try:
+            qmp.execute("device_add", args, phase="hotplug")
+        except BaseException:
+            try:
+                qmp.execute("object-del", {"id": backend}, phase="hotplug")
+            except VMError as cleanup:
+                self.log.warning("rollback of %s failed: %s", backend, cleanup)
+            raise
+        for dev in self.query_memory_devices():
+            if dev.id == dimm_id:
+                return dev
+        raise VMError(f"device_add {dimm_id} succeeded but QEMU does not list it",
+                      phase="hotplug")
+
+    def hot_remove(self, dimm_id: str, *, timeout: float | None = None) -> QMPEvent:
+        """``device_del`` and wait for the guest's verdict.
+
+        The guest answers the ACPI eject with ``_OST``; a failure status (the
+        kernel could not offline the memory) means ``DEVICE_DELETED`` will
+        never come, so :class:`HotplugRefused` is raised at once.  On success
+        the backend is deleted too.
+        """
+        qmp = self._qmp()
+        backend = None
+        for dev in self.query_memory_devices():
+            if dev.id == dimm_id:
+                backend = dev.memdev
+        cursor = qmp.cursor()
+        qmp.execute("device_del", {"id": dimm_id}, phase="hotplug")
+
+        def match(ev: QMPEvent) -> bool:
+            if ev.name == "DEVICE_DELETED" and ev.data.get("device") == dimm_id:
+                return True
+            if ev.name == "ACPI_DEVICE_OST":
+                info = ev.data.get("info", {})
+                status = int(info.get("status", 0))
+                if info.get("device") == dimm_id and status not in (
+                    OST_SUCCESS, OST_EJECT_IN_PROGRESS
+                ):
+                    raise HotplugRefused(dimm_id, status, OST_NAMES.get(status, ""),
+                                         serial_tail=self.serial_tail(20))
+            return False
+
+        event = qmp.wait_event(
+            match, since=cursor, timeout=timeout or self.timeouts.s("unplug"),
+            what=f"DEVICE_DELETED for {dimm_id}", abort=self.check_alive, phase="hotplug",
+        )
+        if backend:
+            backend_id = backend.rsplit("/", 1)[-1]
+            qmp.execute("object-del", {"id": backend_id}, phase="hotplug")
+        return event
+
+    def system_reset(self) -> None:
+        self._qmp().execute("system_reset", phase="reset")
+
+    # -- shutdown ------------------------------------------------------------
+    def stop(self) -> None:
+        """End QEMU and clean up; idempotent, never raises for cleanup trouble."""
+        try:
+            if self._failed and self.shell is not None:
+                self._save_dmesg()
+        finally:
+            try:
+                if self.shell is not None:
+                    self.shell.close()
+            except Exception as exc:  # noqa: BLE001 - cleanup must go on
+                self.log.debug("closing SSH: %s", exc)
+            self.shell = None
+            self._end_qemu()
+            if self.qmp is not None:
+                self.qmp.close()
+                self.qmp = None
+            self._finish_workdir()
+
+    def _save_dmesg(self) -> None:
+        if self.workdir is None:
+            return
+        try:
+            result = self.shell.run(["dmesg"], timeout=10, check=False)
+            (self.workdir / "dmesg.txt").write_text(result.stdout)
+        except Exception as exc:  # noqa: BLE001 - best effort on a failing VM
+            self.log.debug("could not collect dmesg: %s", exc)
+
+    def _end_qemu(self) -> None:
+        proc = self.proc
+        if proc is None:
+            return
+        if proc.poll() is None and self.qmp is not None:
+            try:
+                self.qmp.execute("quit", timeout=2.0, phase="shutdown")
+            except Exception as exc:  # noqa: BLE001 - QEMU may go before replying
+                self.log.debug("quit: %s", exc)
+        try:
+            proc.wait(self.timeouts.shutdown)
+        except subprocess.TimeoutExpired:
+            self.log.info("QEMU %d did not quit, killing it", proc.pid)
+            proc.kill()
+            proc.wait()
+
+    def _finish_workdir(self) -> None:
+        if self.workdir is None:
+            return
+        if self.artifacts_dir is not None and (self.keep or self._failed):
+            dest = self.artifacts_dir / self.config.name
+            dest.mkdir(parents=True, exist_ok=True)
+            for name in ("argv.txt", "serial.log", "qemu.log", "qmp.jsonl", "dmesg.txt"):
+                src = self.workdir / name
+                if src.exists():
+                    shutil.copy2(src, dest / name)
+            self.saved_artifacts = dest
+        shutil.rmtree(self.workdir, ignore_errors=True)
+        self.workdir = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None

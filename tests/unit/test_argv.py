@@ -1,0 +1,94 @@
+"""QEMU argv is a pure function of VMConfig: checked without starting QEMU."""
+
+from pathlib import Path
+
+import pytest
+
+from harness.errors import UsageError
+from harness.qemu.argv import RuntimePaths, build_argv
+from harness.qemu.config import DiskBoot, FwCfgFile, KernelBoot, VMConfig
+from harness.units import GiB
+
+PATHS = RuntimePaths(Path("/run/memhp-x"))
+
+
+def _pairs(argv: list[str], flag: str) -> list[str]:
+    return [argv[i + 1] for i, a in enumerate(argv) if a == flag]
+
+
+def test_seed_command_line_memory_and_numa() -> None:
+    """The seed's -m 6G,slots=32,maxmem=32G with two 3G nodes on RAM backends."""
+    cfg = VMConfig(name="seed", memory=6 * GiB, slots=32, maxmem=32 * GiB,
+                   numa=(3 * GiB, 3 * GiB), smp=8, accel="kvm")
+    argv = build_argv(cfg, PATHS)
+    assert _pairs(argv, "-m") == ["6144M,slots=32,maxmem=32768M"]
+    assert _pairs(argv, "-object") == [
+        "memory-backend-ram,id=mem0,size=3072M", "memory-backend-ram,id=mem1,size=3072M",
+    ]
+    numa = _pairs(argv, "-numa")
+    assert numa[:2] == ["node,nodeid=0,memdev=mem0", "node,nodeid=1,memdev=mem1"]
+    # every vCPU is placed in a node, round robin
+    assert numa[2:] == [f"cpu,node-id={c % 2},socket-id={c}" for c in range(8)]
+    assert _pairs(argv, "-accel") == ["kvm"]
+    assert _pairs(argv, "-cpu") == ["host"]
+    assert _pairs(argv, "-smp") == ["8,sockets=8,cores=1,threads=1"]
+
+
+def test_tcg_uses_multithreaded_tcg_and_max_cpu() -> None:
+    argv = build_argv(VMConfig(name="t", accel="tcg"), PATHS)
+    assert _pairs(argv, "-accel") == ["tcg,thread=multi"]
+    assert _pairs(argv, "-cpu") == ["max"]
+    assert "-enable-kvm" not in argv
+
+
+def test_hostfwd_binds_loopback_only_and_qmp_is_a_unix_socket() -> None:
+    argv = build_argv(VMConfig(name="n", ssh_port=5555), PATHS)
+    (netdev,) = _pairs(argv, "-netdev")
+    assert "hostfwd=tcp:127.0.0.1:5555-:22" in netdev
+    assert _pairs(argv, "-qmp") == [f"unix:{PATHS.qmp_socket},server=on,wait=off"]
+    assert _pairs(argv, "-serial") == [f"file:{PATHS.serial_log}"]
+    assert _pairs(argv, "-name")[0].startswith("memhp-n")
+
+
+def test_no_hotplug_region_without_slots() -> None:
+    argv = build_argv(VMConfig(name="p", memory=2 * GiB, slots=0, maxmem=0, numa=()), PATHS)
+    assert _pairs(argv, "-m") == ["2048M"]
+    assert "-numa" not in argv
+
+
+def test_kernel_boot_fw_cfg_and_extra_args_last() -> None:
+    cfg = VMConfig(
+        name="k",
+        boot=KernelBoot(Path("/k/bzImage"), Path("/k/initrd"), ("console=ttyS0", "quiet")),
+        fw_cfg=(FwCfgFile("opt/memhp/host_key", Path("/w/keys/host")),),
+        extra_args=("-device", "foo"),
+    )
+    argv = build_argv(cfg, PATHS)
+    assert _pairs(argv, "-kernel") == ["/k/bzImage"]
+    assert _pairs(argv, "-initrd") == ["/k/initrd"]
+    assert _pairs(argv, "-append") == ["console=ttyS0 quiet"]
+    assert _pairs(argv, "-fw_cfg") == ["name=opt/memhp/host_key,file=/w/keys/host"]
+    assert argv[-2:] == ["-device", "foo"]
+
+
+def test_disk_is_opened_in_snapshot_mode() -> None:
+    argv = build_argv(VMConfig(name="d", boot=DiskBoot(Path("/img.qcow2"))), PATHS)
+    (drive,) = _pairs(argv, "-drive")
+    assert "snapshot=on" in drive and "format=qcow2" in drive
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        ({"name": "bad name"}, "VM name"),
+        ({"name": "x", "machine": "virt"}, "machine type"),
+        ({"name": "x", "numa": (GiB, GiB)}, "do not add up"),
+        ({"name": "x", "slots": 0}, "slots and maxmem"),
+        ({"name": "x", "slots": 300}, "slots=300"),
+        ({"name": "x", "maxmem": GiB}, "below the boot memory"),
+        ({"name": "x", "smp": 0}, "smp=0"),
+    ],
+)
+def test_bad_configs_are_refused_with_the_value_named(kwargs: dict, needle: str) -> None:
+    with pytest.raises(UsageError, match=needle):
+        VMConfig(**kwargs)

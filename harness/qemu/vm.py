@@ -421,8 +421,22 @@ class VM:
             qmp.execute("object-del", {"id": backend_id}, phase="hotplug")
         return event
 
-    def system_reset(self) -> None:
+    def reboot(self) -> None:
+        """``system_reset`` and wait until the guest is back on SSH."""
+        mark = len(self.serial_text())
+        if self.shell is not None:
+            self.shell.close()
+            self.shell = None
         self._qmp().execute("system_reset", phase="reset")
+        if self.ready_marker:
+            marker = self.ready_marker
+            wait_for(
+                lambda: True if marker in self.serial_text()[mark:] else None,
+                what="the ready marker after system_reset", timeout=self.timeouts.s("boot"),
+                first_interval=0.05, max_interval=0.2, abort=self.check_alive,
+                phase="reset", serial_tail=self.serial_tail,
+            )
+        self.connect_ssh()
 
     # -- shutdown ------------------------------------------------------------
     def stop(self) -> None:

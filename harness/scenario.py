@@ -1,0 +1,277 @@
+"""A run's plan: the machine, the guest options and the steps.
+
+Built from CLI options (:func:`scenario_from_options`) or a TOML file
+(:func:`load_scenario`), validated once: unknown keys, wrong types and bad
+values are :class:`UsageError` naming the key and the fix, before any VM
+starts.  The model is consulted for the whole plan here too, so a plan QEMU
+would refuse is refused up front (exit 2).
+
+TOML format::
+
+    name = "seed"
+    [machine]
+    type = "pc"                              # or "q35"
+    memory = "6G,slots=32,maxmem=32G"        # as QEMU's -m
+    numa = "3G,3G"                           # boot memory per node
+    smp = 2
+    [guest]
+    append = ["memhp_default_state=online_movable"]   # extra kernel cmdline
+    [[step]]
+    add = "dimm0:1G@1"                       # id:size@node[:addr]
+    [[step]]
+    online = "dimm0"
+    policy = "online_movable"                # online | online_kernel | online_movable
+    [[step]]
+    offline = "dimm0"
+    [[step]]
+    remove = "dimm0"
+    [[step]]
+    reset = true                             # system_reset, wait for the guest
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from harness.errors import UsageError
+from harness.model import (
+    AddDimm,
+    MachineSpec,
+    Prediction,
+    RemoveDimm,
+    parse_dimm_option,
+    parse_memory_option,
+    parse_numa_option,
+    predict,
+)
+
+Policy = Literal["online", "online_kernel", "online_movable"]
+POLICIES: tuple[str, ...] = ("online", "online_kernel", "online_movable")
+ACTIONS = ("add", "online", "offline", "remove", "reset")
+
+
+@dataclass(frozen=True)
+class Step:
+    """One action of the plan."""
+
+    action: Literal["add", "online", "offline", "remove", "reset"]
+    dimm: str = ""
+    add: AddDimm | None = None
+    policy: Policy | None = None
+
+    def describe(self) -> str:
+        if self.action == "add" and self.add is not None:
+            where = f" at {self.add.addr:#x}" if self.add.addr is not None else ""
+            return f"add {self.dimm} ({self.add.size >> 20} MiB, node {self.add.node}{where})"
+        if self.action == "online":
+            return f"{self.policy} {self.dimm}"
+        if self.action == "reset":
+            return "system_reset"
+        return f"{self.action} {self.dimm}"
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A validated plan; ``machine`` is the model's description of the VM."""
+
+    name: str
+    machine: MachineSpec
+    steps: tuple[Step, ...]
+    smp: int = 2
+    append: tuple[str, ...] = ()
+    exec_cmd: str | None = None
+    script: Path | None = None
+    auto_online: Policy | None = field(default=None)
+
+    def model_ops(self) -> list[AddDimm | RemoveDimm]:
+        ops: list[AddDimm | RemoveDimm] = []
+        for step in self.steps:
+            if step.action == "add" and step.add is not None:
+                ops.append(step.add)
+            elif step.action == "remove":
+                ops.append(RemoveDimm(step.dimm))
+        return ops
+
+    def predict(self, block_size: int | None = None) -> Prediction:
+        spec = self.machine
+        if block_size is not None and block_size != spec.block_size:
+            from dataclasses import replace
+
+            spec = replace(spec, block_size=block_size)
+        return predict(spec, self.model_ops())
+
+
+def auto_online_from_append(append: Sequence[str]) -> Policy | None:
+    """The policy ``memhp_default_state=`` asks for, if any (last one wins)."""
+    policy: str | None = None
+    for word in append:
+        if word.startswith("memhp_default_state="):
+            policy = word.split("=", 1)[1]
+    if policy is None or policy == "offline":
+        return None
+    if policy not in POLICIES:
+        raise UsageError(
+            f"memhp_default_state={policy!r} is not a kernel online type", value=policy,
+            fix="use online, online_kernel, online_movable or offline",
+        )
+    return policy  # type: ignore[return-value]
+
+
+def _check_policy(value: object, where: str) -> Policy:
+    if value not in POLICIES:
+        raise UsageError(f"{where}: online policy {value!r} unknown", value=value,
+                         fix="use online, online_kernel or online_movable")
+    return value  # type: ignore[return-value]
+
+
+def build_scenario(
+    *,
+    name: str,
+    machine: str,
+    memory: str,
+    numa: str | None,
+    steps: Sequence[Step],
+    smp: int = 2,
+    append: Sequence[str] = (),
+    exec_cmd: str | None = None,
+    script: Path | None = None,
+    qemu_version: tuple[int, int] | None = None,
+) -> Scenario:
+    """Validate everything and ask the model whether QEMU accepts the plan."""
+    if machine not in ("pc", "q35"):
+        raise UsageError(f"machine type {machine!r} is not supported", value=machine,
+                         fix="use pc or q35")
+    ram, slots, maxmem = parse_memory_option(memory)
+    nodes = parse_numa_option(numa) if numa else ()
+    kwargs: dict[str, Any] = {}
+    if qemu_version is not None:
+        kwargs["qemu_version"] = qemu_version
+    spec = MachineSpec(machine=machine, ram_size=ram, slots=slots, maxmem=maxmem,  # type: ignore[arg-type]
+                       numa=tuple(nodes), **kwargs)
+    known: set[str] = set()
+    for i, step in enumerate(steps):
+        if step.action == "add":
+            known.add(step.dimm)
+        elif step.action in ("online", "offline") and step.dimm not in known:
+            raise UsageError(f"step {i + 1}: {step.action} of {step.dimm!r}, which no earlier "
+                             "step adds", value=step.dimm, fix="add the DIMM first")
+    if script is not None and not script.is_file():
+        raise UsageError(f"script {str(script)!r} is not a readable file", value=script,
+                         fix="give the path of a shell script to run in the guest")
+    scenario = Scenario(
+        name=name, machine=spec, steps=tuple(steps), smp=smp, append=tuple(append),
+        exec_cmd=exec_cmd, script=script, auto_online=auto_online_from_append(append),
+    )
+    scenario.predict()  # raises PlanRefused before any VM starts
+    return scenario
+
+
+def default_steps(
+    adds: Sequence[str], removes: Sequence[str], online: str | None, auto: bool,
+) -> list[Step]:
+    """CLI order: every --add (each onlined with ``online`` unless the guest
+    auto-onlines or ``online`` is None), then every --remove."""
+    steps: list[Step] = []
+    for text in adds:
+        dimm = parse_dimm_option(text)
+        steps.append(Step("add", dimm.id, add=dimm))
+        if online is not None and not auto:
+            steps.append(Step("online", dimm.id, policy=_check_policy(online, "--online")))
+    for dimm_id in removes:
+        steps.append(Step("remove", dimm_id))
+    return steps
+
+
+_TOP = {"name", "machine", "guest", "step", "exec", "script"}
+_MACHINE = {"type", "memory", "numa", "smp"}
+_GUEST = {"append"}
+
+
+def _expect(table: Mapping[str, Any], key: str, kind: type, where: str) -> Any:
+    value = table[key]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise UsageError(f"{where}.{key} must be a {kind.__name__}, got {value!r}",
+                         value=value, fix=f"write {key} as a TOML {kind.__name__}")
+    return value
+
+
+def _unknown(table: Mapping[str, Any], allowed: set[str], where: str) -> None:
+    extra = sorted(set(table) - allowed)
+    if extra:
+        raise UsageError(f"{where}: unknown key(s) {', '.join(extra)}", value=extra,
+                         fix=f"allowed keys: {', '.join(sorted(allowed))}")
+
+
+def _parse_step(i: int, raw: object) -> Step:
+    where = f"step[{i}]"
+    if not isinstance(raw, dict):
+        raise UsageError(f"{where} must be a table", value=raw, fix="use [[step]] tables")
+    actions = [a for a in ACTIONS if a in raw]
+    if len(actions) != 1:
+        raise UsageError(f"{where} needs exactly one of {', '.join(ACTIONS)}", value=raw,
+                         fix='e.g. add = "dimm0:1G@1"')
+    action = actions[0]
+    _unknown(raw, {action, "policy"} if action == "online" else {action}, where)
+    if action == "reset":
+        if raw["reset"] is not True:
+            raise UsageError(f"{where}.reset must be true", value=raw["reset"])
+        return Step("reset")
+    value = _expect(raw, action, str, where)
+    if action == "add":
+        dimm = parse_dimm_option(value)
+        return Step("add", dimm.id, add=dimm)
+    if action == "online":
+        policy = _check_policy(raw.get("policy", "online_movable"), where)
+        return Step("online", value, policy=policy)
+    return Step(action, value)  # type: ignore[arg-type]
+
+
+def load_scenario(path: Path, *, qemu_version: tuple[int, int] | None = None) -> Scenario:
+    """Load and validate a scenario TOML file."""
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise UsageError(f"scenario file {str(path)!r} does not exist", value=path) from exc
+    except IsADirectoryError as exc:
+        raise UsageError(f"scenario {str(path)!r} is a directory", value=path,
+                         fix="give a .toml file") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read scenario {str(path)!r}: {exc}", value=path) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"scenario {str(path)!r} is not valid TOML: {exc}", value=path,
+                         fix="see the format in the README") from exc
+    _unknown(data, _TOP, "scenario")
+    machine = data.get("machine", {})
+    guest = data.get("guest", {})
+    for name, table in (("machine", machine), ("guest", guest)):
+        if not isinstance(table, dict):
+            raise UsageError(f"[{name}] must be a table", value=table)
+    _unknown(machine, _MACHINE, "[machine]")
+    _unknown(guest, _GUEST, "[guest]")
+    steps_raw = data.get("step", [])
+    if not isinstance(steps_raw, list) or not steps_raw:
+        raise UsageError("scenario has no [[step]] tables", value=path,
+                         fix='add at least one [[step]] with add = "dimm0:1G@1"')
+    append = guest.get("append", [])
+    if not isinstance(append, list) or not all(isinstance(a, str) for a in append):
+        raise UsageError("[guest].append must be a list of strings", value=append)
+    numa = machine.get("numa", "3G,3G")
+    if not isinstance(numa, str):
+        raise UsageError("[machine].numa must be a string like \"3G,3G\"", value=numa)
+    return build_scenario(
+        name=_expect(data, "name", str, "scenario") if "name" in data else path.stem,
+        machine=_expect(machine, "type", str, "[machine]") if "type" in machine else "pc",
+        memory=(_expect(machine, "memory", str, "[machine]") if "memory" in machine
+                else "6G,slots=32,maxmem=32G"),
+        numa=numa or None,
+        smp=_expect(machine, "smp", int, "[machine]") if "smp" in machine else 2,
+        steps=[_parse_step(i, s) for i, s in enumerate(steps_raw)],
+        append=append,
+        exec_cmd=_expect(data, "exec", str, "scenario") if "exec" in data else None,
+        script=Path(_expect(data, "script", str, "scenario")) if "script" in data else None,
+        qemu_version=qemu_version,
+    )

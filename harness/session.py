@@ -1,0 +1,369 @@
+"""Run a scenario on a real VM and check every step against the model.
+
+The flow of ``memhp run``: predict the whole plan (refusals end the run
+before any VM starts), boot, take the guest's baseline, then for each step
+act (QMP for DIMMs, SSH for block states), wait for the guest to reflect
+the action, observe all three views once and compare them.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.errors import HarnessError, UsageError, VMError
+from harness.model import PlacedDimm, Prediction, expected_zone
+from harness.qemu.vm import VM
+from harness.retry import wait_for
+from harness.scenario import Scenario, Step
+from harness.verify import (
+    ExpectedBlock,
+    Mismatch,
+    compare_blocks,
+    compare_qemu,
+    compare_totals,
+)
+
+log = logging.getLogger("harness.session")
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class StepResult:
+    """What one step expected, what was observed, and how they differ."""
+
+    index: int
+    action: str
+    expected: dict[str, Any]
+    observed: dict[str, Any]
+    mismatches: list[Mismatch]
+    seconds: float
+    latencies: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return not self.mismatches and self.error is None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "index": self.index, "action": self.action, "passed": self.passed,
+            "expected": self.expected, "observed": self.observed,
+            "mismatches": [m.to_json() for m in self.mismatches],
+            "seconds": round(self.seconds, 4),
+            "latencies": {k: round(v, 4) for k, v in self.latencies.items()},
+            "error": self.error,
+        }
+
+
+@dataclass
+class ExecResult:
+    command: str
+    status: int
+    output: str
+
+
+@dataclass
+class RunResult:
+    """The machine-readable outcome of a run (``memhp run --json``)."""
+
+    scenario: str
+    accel: str
+    accel_reason: str
+    qemu_version: str
+    kernel: str
+    steps: list[StepResult] = field(default_factory=list)
+    exec: ExecResult | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    error: dict[str, str] | None = None
+    artifacts: str | None = None
+    layout: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return (
+            self.error is None
+            and all(s.passed for s in self.steps)
+            and (self.exec is None or self.exec.status == 0)
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA_VERSION,
+            "result": "pass" if self.passed else "fail",
+            "scenario": self.scenario,
+            "accel": {"name": self.accel, "reason": self.accel_reason},
+            "qemu_version": self.qemu_version,
+            "kernel": self.kernel,
+            "layout": self.layout,
+            "steps": [s.to_json() for s in self.steps],
+            "exec": None if self.exec is None else {
+                "command": self.exec.command, "status": self.exec.status,
+                "output": self.exec.output,
+            },
+            "timings": {k: round(v, 4) for k, v in self.timings.items()},
+            "error": self.error,
+            "artifacts": self.artifacts,
+        }
+
+
+def qemu_version(binary: str) -> str:
+    """``7.2.22`` from ``qemu-system-x86_64 --version`` (or ``unknown``)."""
+    try:
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True,
+                             timeout=10, check=False).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    words = out.split()
+    if len(words) > 3 and words[:3] == ["QEMU", "emulator", "version"]:
+        return words[3]
+    return "unknown"
+
+
+def _dimm_json(d: Any) -> dict[str, Any]:
+    out = {"id": d.id, "addr": d.addr, "size": d.size, "node": d.node, "slot": d.slot}
+    if hasattr(d, "blocks"):
+        out["blocks"] = list(d.blocks)
+        out["guest_accepts"] = d.guest_accepts
+        if not d.guest_accepts:
+            out["reason"] = d.reason
+    return out
+
+
+def block_states(vm: VM, numbers: list[int]) -> dict[int, str | None]:
+    """The ``state`` of each block (None if absent), in one guest process."""
+    paths = [f"/sys/devices/system/memory/memory{int(n)}/state" for n in numbers]
+    res = vm.shell.run(["grep", "-sH", ".", *paths], timeout=vm.timeouts.s("command"),
+                       check=False)
+    out: dict[int, str | None] = dict.fromkeys(numbers)
+    for line in res.stdout.splitlines():
+        path, _, state = line.partition(":")
+        num = int(path.split("/memory")[-1].split("/")[0])
+        out[num] = state.strip()
+    return out
+
+
+class Runner:
+    """Executes a :class:`Scenario` on a started :class:`VM`."""
+
+    def __init__(self, scenario: Scenario, vm: VM, *, on_step: Callable[[StepResult], None]
+                 | None = None) -> None:
+        self.scenario = scenario
+        self.vm = vm
+        self.on_step = on_step
+        self.prediction: Prediction = scenario.predict()
+        self.state: dict[str, tuple[str, str | None]] = {}  # dimm -> (state, zone)
+        self.boot_blocks: set[int] = set()
+        self.baseline_nodes: dict[int, int] = {}
+        self.baseline_total = 0
+        self.steps: list[StepResult] = []
+        self.steps_done: list[Step] = []
+
+    # -- baseline -----------------------------------------------------------
+    def take_baseline(self) -> None:
+        """Record the boot state; adopt the guest's block size if it differs."""
+        view = self.vm.guest.snapshot()
+        observed_bs = view.sysfs.block_size
+        if observed_bs != self.prediction.layout.block_size:
+            log.warning("guest block size %d differs from the model's default %d; "
+                        "re-predicting with the observed value", observed_bs,
+                        self.prediction.layout.block_size)
+            self.prediction = self.scenario.predict(block_size=observed_bs)
+        hotplugged = {b for d in self._current_dimms() for b in d.blocks}
+        self.boot_blocks = {b.number for b in view.sysfs.blocks} - hotplugged
+        online = self._online_bytes_by_node()
+        self.baseline_nodes = {
+            n: info.values["MemTotal"] - online.get(n, 0) for n, info in view.nodes.items()
+        }
+        self.baseline_total = view.meminfo["MemTotal"] - sum(online.values())
+
+    # -- expectations ---------------------------------------------------------
+    def _current_dimms(self) -> tuple[PlacedDimm, ...]:
+        ops_done = sum(1 for s in self.steps_done if s.action in ("add", "remove"))
+        if ops_done == 0:
+            return ()
+        return self.prediction.steps[ops_done - 1].dimms
+
+    def expected_blocks(self) -> list[ExpectedBlock]:
+        out = []
+        for d in self._current_dimms():
+            if not d.guest_accepts:
+                continue
+            state, zone = self.state.get(d.id, ("offline", None))
+            out.extend(ExpectedBlock(n, d.node, state, zone) for n in d.blocks)
+        return out
+
+    def _online_bytes_by_node(self) -> dict[int, int]:
+        out: dict[int, int] = {}
+        bs = self.prediction.layout.block_size
+        for b in self.expected_blocks():
+            if b.state == "online":
+                out[b.node] = out.get(b.node, 0) + bs
+        return out
+
+    # -- observation -------------------------------------------------------------
+    def observe(self) -> tuple[dict[str, Any], list[Mismatch]]:
+        guest = self.vm.guest
+        qemu_dimms = self.vm.query_memory_devices()
+        view = guest.snapshot()
+        numactl = guest.numactl()
+        free = guest.free()
+        expected = self.expected_blocks()
+        mism = compare_qemu(self._current_dimms(), qemu_dimms)
+        mism += compare_blocks(expected, self.boot_blocks, view.sysfs.blocks)
+        node_totals = {n: info.values["MemTotal"] for n, info in view.nodes.items()}
+        mism += compare_totals(
+            block_size=view.sysfs.block_size, expected=expected,
+            baseline_nodes=self.baseline_nodes, observed_nodes=node_totals,
+            baseline_total=self.baseline_total, observed_total=view.meminfo["MemTotal"],
+            observed_free_total=free.total,
+            observed_numactl_mib={n.node: n.size_mib for n in numactl.nodes},
+        )
+        observed = {
+            "dimms": [_dimm_json(d) | {"addr": d.addr} for d in qemu_dimms],
+            "blocks": [
+                {"number": b.number, "state": b.state, "node": b.node, "zone": b.zone}
+                for b in view.sysfs.blocks if b.number not in self.boot_blocks
+            ],
+            "nodes": [{"node": n, "bytes": v} for n, v in sorted(node_totals.items())],
+            "mem_total": view.meminfo["MemTotal"],
+            "free_total": free.total,
+            "numactl_mib": {str(n.node): n.size_mib for n in numactl.nodes},
+        }
+        return observed, mism
+
+    def expected_json(self) -> dict[str, Any]:
+        bs = self.prediction.layout.block_size
+        online = self._online_bytes_by_node()
+        nodes = sorted(set(self.baseline_nodes) | set(online))
+        return {
+            "dimms": [_dimm_json(d) for d in self._current_dimms()],
+            "blocks": [
+                {"number": b.number, "state": b.state, "node": b.node, "zone": b.zone}
+                for b in self.expected_blocks()
+            ],
+            "nodes": [
+                {"node": n, "bytes": self.baseline_nodes.get(n, 0) + online.get(n, 0),
+                 "hotplug_online_bytes": online.get(n, 0)}
+                for n in nodes
+            ],
+            "block_size": bs,
+        }
+
+    # -- actions -------------------------------------------------------------------
+    def _dimm(self, dimm_id: str) -> PlacedDimm:
+        for d in self._current_dimms():
+            if d.id == dimm_id:
+                return d
+        raise UsageError(f"DIMM {dimm_id!r} is not plugged at this step", value=dimm_id)
+
+    def _wait_blocks(self, numbers: list[int], *, present: bool, state: str | None) -> None:
+        if not numbers:
+            return
+
+        def ready() -> bool | None:
+            states = block_states(self.vm, numbers)
+            if not present:
+                return True if all(s is None for s in states.values()) else None
+            if any(s is None for s in states.values()):
+                return None
+            if state is not None and any(s != state for s in states.values()):
+                return None
+            return True
+
+        wait_for(ready, what=f"memory blocks {numbers[0]}..{numbers[-1]} to "
+                 f"{'appear' if present else 'go'}" + (f" {state}" if state else ""),
+                 timeout=self.vm.timeouts.s("hot_add"), first_interval=0.005,
+                 max_interval=0.1, abort=self.vm.check_alive, phase="hotplug",
+                 serial_tail=self.vm.serial_tail)
+
+    def run_step(self, index: int, step: Step) -> StepResult:
+        t0 = time.monotonic()
+        lat: dict[str, float] = {}
+        error: str | None = None
+        try:
+            if step.action == "add":
+                assert step.add is not None
+                a = step.add
+                self.vm.hot_add(a.id, a.size, a.node, a.addr)
+                lat["device_add_s"] = time.monotonic() - t0
+                self.steps_done.append(step)
+                d = self._dimm(a.id)
+                auto = self.scenario.auto_online
+                if auto is not None and d.guest_accepts:
+                    self.state[a.id] = ("online", expected_zone(auto))
+                else:
+                    self.state[a.id] = ("offline", None)
+                t1 = time.monotonic()
+                self._wait_blocks(list(d.blocks) if d.guest_accepts else [], present=True,
+                                  state="online" if auto and d.guest_accepts else None)
+                lat["blocks_visible_s"] = time.monotonic() - t1
+            elif step.action in ("online", "offline"):
+                d = self._dimm(step.dimm)
+                t1 = time.monotonic()
+                if step.action == "online":
+                    assert step.policy is not None
+                    self.vm.guest.online_blocks(list(d.blocks), step.policy)
+                    self.state[d.id] = ("online", expected_zone(step.policy))
+                    lat["online_s"] = time.monotonic() - t1
+                else:
+                    self.vm.guest.offline_blocks(list(d.blocks))
+                    self.state[d.id] = ("offline", None)
+                    lat["offline_s"] = time.monotonic() - t1
+                self.steps_done.append(step)
+            elif step.action == "remove":
+                d = self._dimm(step.dimm)
+                self.vm.hot_remove(step.dimm)
+                lat["unplug_s"] = time.monotonic() - t0
+                self.steps_done.append(step)
+                self.state.pop(step.dimm, None)
+            elif step.action == "reset":
+                self.vm.reboot()
+                lat["reboot_s"] = time.monotonic() - t0
+                auto = self.scenario.auto_online
+                for d in self._current_dimms():
+                    self.state[d.id] = ("online", expected_zone(auto)) if auto else (
+                        "offline", None)
+                self.steps_done.append(step)
+                self.take_baseline()
+            observed, mism = self.observe()
+        except HarnessError as exc:
+            if isinstance(exc, VMError) and exc.phase in ("qemu", "guest", "launch"):
+                raise
+            error = f"{exc.phase} error: {exc}"
+            observed, mism = {}, []
+        result = StepResult(index, step.describe(), self.expected_json(), observed, mism,
+                            time.monotonic() - t0, lat, error)
+        self.steps.append(result)
+        if self.on_step:
+            self.on_step(result)
+        return result
+
+    def run(self) -> list[StepResult]:
+        self.steps_done = []
+        self.take_baseline()
+        for i, step in enumerate(self.scenario.steps):
+            self.run_step(i, step)
+        return self.steps
+
+
+def run_exec(vm: VM, command: str | None, script: Path | None) -> ExecResult | None:
+    """Run the user's command or script in the guest after the steps."""
+    if script is not None:
+        remote = "/tmp/memhp-user-script"
+        vm.shell.write_file(remote, script.read_bytes(), mode=0o755)
+        res = vm.shell.run(["bash", remote], timeout=vm.timeouts.s("command") * 10,
+                           check=False)
+        return ExecResult(f"bash {shlex.quote(str(script))}", res.status,
+                          res.stdout + res.stderr)
+    if command is not None:
+        res = vm.shell.run(["sh", "-c", command], timeout=vm.timeouts.s("command") * 10,
+                           check=False)
+        return ExecResult(command, res.status, res.stdout + res.stderr)
+    return None

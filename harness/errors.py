@@ -147,10 +147,7 @@ class QemuExited(VMError):
     phase = "qemu"
 
     def __init__(self, returncode: int, *, output: str = "", serial_tail: str = "") -> None:
-        if returncode < 0:
-            how = f"signal {-returncode}"
-        else:
-            how = f"exit code {returncode}"
+        how = f"signal {-returncode}" if returncode < 0 else f"exit code {returncode}"
         msg = f"QEMU exited ({how})"
         if output.strip():
             msg += f"\nQEMU said:\n{output.strip()}"

@@ -126,6 +126,14 @@ def qemu_version(binary: str) -> str:
     return "unknown"
 
 
+def layout_json(prediction: Prediction) -> dict[str, Any]:
+    """The model's layout (RAM split, device-memory region, block size)."""
+    from dataclasses import asdict, is_dataclass
+
+    layout = prediction.layout
+    return asdict(layout) if is_dataclass(layout) else dict(vars(layout))
+
+
 def _dimm_json(d: Any) -> dict[str, Any]:
     out = {"id": d.id, "addr": d.addr, "size": d.size, "node": d.node, "slot": d.slot}
     if hasattr(d, "blocks"):

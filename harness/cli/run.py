@@ -1,7 +1,179 @@
-"""`memhp run` (being written; see its issue)."""
+"""``memhp run``: the seed session (or any plan) on a real VM, checked
+step by step against the model.
+
+Exit codes: 0 pass, 1 mismatch or failure, 2 usage or refused plan,
+3 environment (no QEMU, no image), 130 interrupted.
+"""
 
 from __future__ import annotations
 
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
 import click
 
-COMMANDS: list[click.Command] = []
+from harness.errors import HarnessError, UsageError
+from harness.report import print_run_report, print_step
+from harness.scenario import Scenario, build_scenario, default_steps, load_scenario
+from harness.session import Runner, RunResult, layout_json, qemu_version, run_exec
+
+SEED_MEMORY = "6G,slots=32,maxmem=32G"
+SEED_NUMA = "3G,3G"
+SEED_DIMM = "dimm0:1G@1"
+
+
+def _sigterm_as_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _parse_version(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        major, minor = text.split(".")[:2]
+        return int(major), int(minor)
+    except ValueError as exc:
+        raise UsageError(f"QEMU version {text!r} is not MAJOR.MINOR", value=text,
+                         fix="e.g. --qemu-version 7.2") from exc
+
+
+@click.command("run")
+@click.option("--scenario", "scenario_file", type=click.Path(path_type=Path),
+              help="A TOML scenario file (see README); replaces --add/--remove.")
+@click.option("--machine", default="pc", show_default=True, help="pc (i440fx) or q35.")
+@click.option("--memory", default=SEED_MEMORY, show_default=True,
+              help="Boot memory, as QEMU's -m: SIZE,slots=N,maxmem=SIZE.")
+@click.option("--numa", default=SEED_NUMA, show_default=True,
+              help="Boot memory per NUMA node, e.g. 3G,3G; '' for no NUMA.")
+@click.option("--add", "adds", multiple=True, metavar="ID:SIZE@NODE[:ADDR]",
+              help=f"Hot-add a DIMM (repeatable). Default: {SEED_DIMM}.")
+@click.option("--remove", "removes", multiple=True, metavar="ID",
+              help="Hot-remove a DIMM after the adds (repeatable).")
+@click.option("--online", default="online_movable", show_default=True,
+              type=click.Choice(["online", "online_kernel", "online_movable", "none"]),
+              help="How to online each added DIMM's blocks ('none' leaves them offline).")
+@click.option("--append", "append", multiple=True,
+              help="Extra guest kernel parameter (repeatable), e.g. "
+                   "memhp_default_state=online_movable for auto-online.")
+@click.option("--smp", default=2, show_default=True, type=click.IntRange(1, 64))
+@click.option("--kernel", type=click.Path(path_type=Path),
+              help="Boot this bzImage instead of the default guest kernel.")
+@click.option("--modules", type=click.Path(path_type=Path),
+              help="Modules tree for --kernel (lib/modules/VERSION or an INSTALL_MOD_PATH).")
+@click.option("--disk", type=click.Path(path_type=Path),
+              help="Boot your own disk image (raw/qcow2, opened in snapshot mode).")
+@click.option("--ssh-user", default="root", show_default=True, help="SSH user for --disk.")
+@click.option("--ssh-key", type=click.Path(path_type=Path), help="SSH private key for --disk.")
+@click.option("--accel", default="auto", show_default=True,
+              type=click.Choice(["auto", "kvm", "tcg"]),
+              help="auto probes KVM for real and falls back to TCG.")
+@click.option("--qemu", "qemu_binary", default="qemu-system-x86_64", show_default=True)
+@click.option("--qemu-version", help="Model QEMU's layout of this version (default: detected).")
+@click.option("--keep", type=click.Path(path_type=Path),
+              help="Keep artifacts (argv, serial log, QMP transcript, dmesg) in this dir.")
+@click.option("--timeout-scale", default=1.0, show_default=True, type=click.FloatRange(0.1, 100))
+@click.option("--exec", "exec_cmd", help="Run this shell command in the guest after the steps.")
+@click.option("--script", type=click.Path(path_type=Path),
+              help="Copy this script into the guest and run it with bash after the steps.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result document as JSON.")
+def run_cmd(**opts: Any) -> int:
+    """Boot a guest, hot-add memory over QMP, online it over SSH, check it all."""
+    old = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    try:
+        return _run(**opts)
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _scenario(opts: dict[str, Any], version: tuple[int, int] | None) -> Scenario:
+    if opts["scenario_file"] is not None:
+        if opts["adds"] or opts["removes"]:
+            raise UsageError("--scenario cannot be combined with --add/--remove",
+                             fix="put the steps in the scenario file")
+        return load_scenario(opts["scenario_file"], qemu_version=version)
+    adds = opts["adds"] or (SEED_DIMM,)
+    append = tuple(opts["append"])
+    from harness.scenario import auto_online_from_append
+
+    auto = auto_online_from_append(append) is not None
+    online = None if opts["online"] == "none" else opts["online"]
+    name = "seed" if not opts["adds"] else "cli"
+    return build_scenario(
+        name=name, machine=opts["machine"], memory=opts["memory"], numa=opts["numa"] or None,
+        steps=default_steps(adds, opts["removes"], online, auto), smp=opts["smp"],
+        append=append, exec_cmd=opts["exec_cmd"], script=opts["script"], qemu_version=version,
+    )
+
+
+def _run(**opts: Any) -> int:
+    from harness.launch import GuestSource, launch_vm, resolve_guest
+
+    t0 = time.monotonic()
+    as_json: bool = opts["as_json"]
+    out = sys.stderr if as_json else sys.stdout
+    try:
+        version = _parse_version(opts["qemu_version"])
+        if version is None:
+            detected = qemu_version(opts["qemu_binary"])
+            version = _parse_version(detected) if detected != "unknown" else None
+        scenario = _scenario(opts, version)
+        source = GuestSource(kernel=opts["kernel"], modules=opts["modules"], disk=opts["disk"],
+                             ssh_user=opts["ssh_user"], ssh_key=opts["ssh_key"])
+        guest = resolve_guest(source)
+    except HarnessError as exc:
+        if as_json:
+            kind = getattr(exc, "kind", type(exc).__name__)
+            click.echo(json.dumps({"error": {"kind": kind, "phase": exc.phase,
+                                             "message": str(exc)}}))
+        click.echo(f"memhp: {exc.phase} error: {exc}", err=True)
+        return exc.exit_code
+
+    result: RunResult | None = None
+    try:
+        with launch_vm(scenario, guest, accel=opts["accel"], qemu_binary=opts["qemu_binary"],
+                       keep=opts["keep"], artifacts_on_failure=Path("memhp-artifacts"),
+                       timeout_scale=opts["timeout_scale"], name=scenario.name) as (vm, choice):
+            result = RunResult(
+                scenario=scenario.name, accel=choice.accel, accel_reason=choice.reason,
+                qemu_version=qemu_version(opts["qemu_binary"]),
+                kernel=guest.describe(), layout=layout_json(scenario.predict()),
+            )
+            result.timings.update(vm.timings)
+            click.echo(f"memhp: {choice.accel.upper()} ({choice.reason}); guest up over SSH "
+                       f"in {vm.timings.get('boot_to_ssh_s', 0):.2f}s", file=out)
+            runner = Runner(scenario, vm, on_step=lambda s: print_step(s, file=out))
+            runner.run()
+            result.steps = runner.steps
+            for s in runner.steps:
+                result.timings[f"step{s.index}_s"] = s.seconds
+            result.exec = run_exec(vm, scenario.exec_cmd, scenario.script)
+            if not result.passed:
+                vm.mark_failed()
+        if result is not None and vm.saved_artifacts is not None:
+            result.artifacts = str(vm.saved_artifacts)
+    except KeyboardInterrupt:
+        click.echo("memhp: interrupted; the VM was shut down", err=True)
+        return 130
+    except HarnessError as exc:
+        click.echo(f"memhp: {exc.phase} error: {exc}", err=True)
+        if result is None:
+            if as_json:
+                click.echo(json.dumps({"error": {"kind": type(exc).__name__,
+                                                 "phase": exc.phase, "message": str(exc)}}))
+            return exc.exit_code
+        result.error = {"kind": type(exc).__name__, "phase": exc.phase, "message": str(exc)}
+    assert result is not None
+    result.timings["total_s"] = time.monotonic() - t0
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+    else:
+        print_run_report(result, file=out)
+    return 0 if result.passed else 1
+
+
+COMMANDS: list[click.Command] = [run_cmd]

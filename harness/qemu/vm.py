@@ -438,6 +438,10 @@ class VM:
             )
         self.connect_ssh()
 
+    def mark_failed(self) -> None:
+        """Keep the artifacts at exit even though no exception ended the block."""
+        self._failed = True
+
     # -- shutdown ------------------------------------------------------------
     def stop(self) -> None:
         """End QEMU and clean up; idempotent, never raises for cleanup trouble."""

@@ -1,0 +1,144 @@
+"""From a scenario and a guest choice to a running :class:`VM`.
+
+Shared by ``memhp run``, ``memhp compare``, the benchmark and the pytest
+plugin, so that every entry point validates the guest the same way and
+picks the accelerator the same way.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness.errors import UsageError
+from harness.qemu.accel import AccelChoice, choose_accel
+from harness.qemu.config import DiskBoot, KernelBoot, VMConfig
+from harness.qemu.vm import VM, Timeouts
+from harness.scenario import Scenario
+
+_counter = itertools.count()
+
+
+@dataclass(frozen=True)
+class GuestSource:
+    """What the user asked to boot: default guest, own kernel, or own disk."""
+
+    kernel: Path | None = None
+    modules: Path | None = None
+    disk: Path | None = None
+    ssh_user: str = "root"
+    ssh_key: Path | None = None
+
+
+@dataclass(frozen=True)
+class ResolvedGuest:
+    """A guest ready to boot: a built image, or a disk with SSH credentials."""
+
+    image: Any = None  # harness.image.GuestImage
+    disk: Path | None = None
+    ssh_user: str = "root"
+    ssh_key: Path | None = None
+
+    def describe(self) -> str:
+        if self.image is not None:
+            return f"{self.image.kernel_version} ({self.image.kernel})"
+        return f"disk {self.disk}"
+
+    @property
+    def kernel(self) -> Path | None:
+        return None if self.image is None else Path(self.image.kernel)
+
+
+def _check_file(path: Path, what: str, fix: str) -> None:
+    if not path.exists():
+        raise UsageError(f"{what} {str(path)!r} does not exist", value=path, fix=fix)
+    if path.is_dir():
+        raise UsageError(f"{what} {str(path)!r} is a directory", value=path, fix=fix)
+    if not os.access(path, os.R_OK):
+        raise UsageError(f"{what} {str(path)!r} is not readable", value=path,
+                         fix="check its permissions")
+
+
+def resolve_guest(source: GuestSource) -> ResolvedGuest:
+    """Validate the user's choice and build (or fetch from cache) the image."""
+    if source.disk is not None:
+        if source.kernel is not None:
+            raise UsageError(
+                "--disk and --kernel cannot be combined",
+                fix="boot either your disk image or a kernel with the default initramfs",
+            )
+        _check_file(source.disk, "disk image", "give a raw or qcow2 image")
+        if source.ssh_key is None:
+            raise UsageError("--disk needs --ssh-key (the guest's authorized key)",
+                             fix="pass --ssh-key PATH and --ssh-user NAME")
+        _check_file(source.ssh_key, "SSH key", "give the private key file")
+        return ResolvedGuest(disk=source.disk, ssh_user=source.ssh_user, ssh_key=source.ssh_key)
+    from harness.image import build_image, ensure_default_image
+
+    if source.kernel is not None:
+        _check_file(source.kernel, "kernel", "give the path of a bzImage (arch/x86/boot/bzImage)")
+        return ResolvedGuest(image=build_image(kernel=source.kernel, modules=source.modules))
+    return ResolvedGuest(image=ensure_default_image())
+
+
+def disk_format(path: Path) -> str:
+    with path.open("rb") as f:
+        return "qcow2" if f.read(4) == b"QFI\xfb" else "raw"
+
+
+def vm_config(scenario: Scenario, guest: ResolvedGuest, *, accel: str, qemu_binary: str,
+              name: str) -> VMConfig:
+    spec = scenario.machine
+    boot: KernelBoot | DiskBoot | None = None
+    if guest.disk is not None:
+        boot = DiskBoot(guest.disk, disk_format(guest.disk))  # type: ignore[arg-type]
+    elif guest.image is not None:
+        boot = KernelBoot(Path(guest.image.kernel), Path(guest.image.initrd),
+                          tuple(guest.image.cmdline) + scenario.append)
+    return VMConfig(
+        name=name, machine=spec.machine, memory=spec.ram_size, slots=spec.slots,
+        maxmem=spec.maxmem, numa=tuple(spec.numa), smp=scenario.smp,
+        accel=accel,  # type: ignore[arg-type]
+        boot=boot, qemu_binary=qemu_binary,
+    )
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("MEMHP_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "memhp")
+    return Path(base)
+
+
+def pick_accel(requested: str, guest: ResolvedGuest, qemu_binary: str) -> AccelChoice:
+    return choose_accel(requested, qemu_binary=qemu_binary, kernel=guest.kernel,
+                        cache_dir=cache_dir())
+
+
+@contextmanager
+def launch_vm(
+    scenario: Scenario,
+    guest: ResolvedGuest,
+    *,
+    accel: str = "auto",
+    qemu_binary: str = "qemu-system-x86_64",
+    keep: Path | None = None,
+    artifacts_on_failure: Path | None = None,
+    timeout_scale: float = 1.0,
+    name: str = "vm",
+) -> Iterator[tuple[VM, AccelChoice]]:
+    """Boot the scenario's machine; the VM is ended however the block ends."""
+    choice = pick_accel(accel, guest, qemu_binary)
+    vm_name = f"{name}-{os.getpid()}-{next(_counter)}"
+    cfg = vm_config(scenario, guest, accel=choice.accel, qemu_binary=qemu_binary, name=vm_name)
+    vm = VM(
+        cfg, image=guest.image, ssh_user=guest.ssh_user, ssh_key=guest.ssh_key,
+        timeouts=Timeouts.for_accel(choice.accel, timeout_scale),
+        artifacts_dir=keep or artifacts_on_failure, keep=keep is not None,
+    )
+    with vm:
+        yield vm, choice

@@ -13,14 +13,15 @@ import sys
 import time
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from harness.errors import HarnessError, UsageError
-from harness.report import print_run_report, print_step
-from harness.scenario import Scenario, build_scenario, default_steps, load_scenario
-from harness.session import Runner, RunResult, layout_json, qemu_version, run_exec
+
+if TYPE_CHECKING:
+    from harness.scenario import Scenario
+    from harness.session import RunResult
 
 SEED_MEMORY = "6G,slots=32,maxmem=32G"
 SEED_NUMA = "3G,3G"
@@ -91,6 +92,13 @@ def run_cmd(**opts: Any) -> int:
 
 
 def _scenario(opts: dict[str, Any], version: tuple[int, int] | None) -> Scenario:
+    from harness.scenario import (
+        auto_online_from_append,
+        build_scenario,
+        default_steps,
+        load_scenario,
+    )
+
     if opts["scenario_file"] is not None:
         if opts["adds"] or opts["removes"]:
             raise UsageError("--scenario cannot be combined with --add/--remove",
@@ -98,8 +106,6 @@ def _scenario(opts: dict[str, Any], version: tuple[int, int] | None) -> Scenario
         return load_scenario(opts["scenario_file"], qemu_version=version)
     adds = opts["adds"] or (SEED_DIMM,)
     append = tuple(opts["append"])
-    from harness.scenario import auto_online_from_append
-
     auto = auto_online_from_append(append) is not None
     online = None if opts["online"] == "none" else opts["online"]
     name = "seed" if not opts["adds"] else "cli"
@@ -111,7 +117,10 @@ def _scenario(opts: dict[str, Any], version: tuple[int, int] | None) -> Scenario
 
 
 def _run(**opts: Any) -> int:
+    # Imported here so that `memhp --help` and the other commands stay fast.
     from harness.launch import GuestSource, launch_vm, resolve_guest
+    from harness.report import print_run_report, print_step
+    from harness.session import Runner, RunResult, layout_json, qemu_version, run_exec
 
     t0 = time.monotonic()
     as_json: bool = opts["as_json"]

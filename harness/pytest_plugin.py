@@ -1,14 +1,355 @@
-"""memhp's pytest plugin (registered through the ``pytest11`` entry point).
+"""memhp's pytest plugin (entry point ``pytest11: memhp``).
 
-Being written in the plugin issue; for now it only registers the markers
-the test suite uses so ``--strict-markers`` accepts them.
+Reads top to bottom: options (each with an ini twin and an environment
+variable), configure (markers, settings resolved once into
+``config.stash``), run hooks (KVM skips, failure reports), fixtures.
+
+Settings are resolved option > environment (``MEMHP_*``) > ini.  Bad values
+raise :class:`pytest.UsageError` before any test runs.
+
+Fixtures:
+
+``memhp_settings``  the resolved settings (session)
+``memhp_guest_image``  the default guest image or the user's kernel (session)
+``memhp_accel``  the accelerator choice with its reason (session)
+``memhp_vm_factory``  ``factory(**machine) -> VM``: boots a VM, ended at teardown
+``memhp_vm``  a VM for the test's ``@pytest.mark.memhp_machine(...)``
+``memhp_guest``  ``memhp_vm.guest`` (typed readers over SSH)
+``memhp_model``  the model's prediction for the test's machine (no DIMMs)
+
+On failure the report carries the serial tail, ``dmesg``, the QMP
+transcript tail and any model-vs-guest mismatches the test recorded
+(sections in the terminal, properties in JUnit XML), and the VM's full
+artifacts are kept under ``--memhp-artifacts``.
 """
 
 from __future__ import annotations
 
+import os
+import re
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
 import pytest
 
+from harness.errors import HarnessError
+
+# -- options ------------------------------------------------------------------
+
+_OPTIONS: tuple[tuple[str, str, str | None], ...] = (
+    ("kernel", "Guest kernel (bzImage) instead of the default guest's.", None),
+    ("modules", "Modules tree for --memhp-kernel.", None),
+    ("initrd", "Guest initramfs to use with --memhp-kernel (default: memhp's).", None),
+    ("disk", "Boot this disk image (snapshot mode) instead of kernel+initramfs.", None),
+    ("ssh-key", "SSH private key for --memhp-disk.", None),
+    ("ssh-user", "SSH user for --memhp-disk.", "root"),
+    ("qemu", "QEMU binary.", "qemu-system-x86_64"),
+    ("accel", "Accelerator: auto (probe KVM, fall back to TCG), kvm or tcg.", "auto"),
+    ("artifacts", "Directory for the artifacts of failed tests.", "memhp-artifacts"),
+    ("timeout-scale", "Multiply every VM timeout by this factor.", "1.0"),
+    ("shard", "Run only shard I of N of the VM tests, as I/N (deterministic).", None),
+)
+
+
+def _ini(name: str) -> str:
+    return "memhp_" + name.replace("-", "_")
+
+
+def _env(name: str) -> str:
+    return "MEMHP_" + name.replace("-", "_").upper()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("memhp", "memory hotplug VMs")
+    for name, help_text, default in _OPTIONS:
+        full = f"{help_text} (ini: {_ini(name)}, env: {_env(name)}; default: {default})"
+        group.addoption(f"--memhp-{name}", dest=_ini(name), default=None, help=full)
+        parser.addini(_ini(name), help=full, default=default)
+
+
+@dataclass(frozen=True)
+class Settings:
+    kernel: Path | None
+    modules: Path | None
+    initrd: Path | None
+    disk: Path | None
+    ssh_key: Path | None
+    ssh_user: str
+    qemu: str
+    accel: str
+    artifacts: Path
+    timeout_scale: float
+    shard: tuple[int, int] | None
+
+
+SETTINGS_KEY = pytest.StashKey[Settings]()
+
+
+def _resolve(config: pytest.Config, name: str) -> str | None:
+    value = config.getoption(_ini(name))
+    if value is None:
+        value = os.environ.get(_env(name))
+    if value is None:
+        value = config.getini(_ini(name)) or None
+    return value
+
+
+def _path(value: str | None) -> Path | None:
+    return Path(value).expanduser() if value else None
+
+
+def resolve_settings(config: pytest.Config) -> Settings:
+    accel = _resolve(config, "accel") or "auto"
+    if accel not in ("auto", "kvm", "tcg"):
+        raise pytest.UsageError(f"--memhp-accel={accel!r}: use auto, kvm or tcg")
+    raw_scale = _resolve(config, "timeout-scale") or "1.0"
+    try:
+        scale = float(raw_scale)
+    except ValueError:
+        raise pytest.UsageError(
+            f"--memhp-timeout-scale={raw_scale!r} is not a number (e.g. 2.5)") from None
+    if not 0.1 <= scale <= 100:
+        raise pytest.UsageError(f"--memhp-timeout-scale={scale} is outside 0.1..100")
+    shard = None
+    raw_shard = _resolve(config, "shard")
+    if raw_shard:
+        m = re.fullmatch(r"(\d+)/(\d+)", raw_shard)
+        if not m or not 1 <= int(m.group(1)) <= int(m.group(2)):
+            raise pytest.UsageError(
+                f"--memhp-shard={raw_shard!r}: give I/N with 1 <= I <= N, e.g. 2/4")
+        shard = (int(m.group(1)), int(m.group(2)))
+    settings = Settings(
+        kernel=_path(_resolve(config, "kernel")), modules=_path(_resolve(config, "modules")),
+        initrd=_path(_resolve(config, "initrd")), disk=_path(_resolve(config, "disk")),
+        ssh_key=_path(_resolve(config, "ssh-key")), ssh_user=_resolve(config, "ssh-user") or "root",
+        qemu=_resolve(config, "qemu") or "qemu-system-x86_64", accel=accel,
+        artifacts=_path(_resolve(config, "artifacts")) or Path("memhp-artifacts"),
+        timeout_scale=scale, shard=shard,
+    )
+    if settings.disk is not None and settings.kernel is not None:
+        raise pytest.UsageError("--memhp-disk and --memhp-kernel cannot be combined")
+    if settings.disk is not None and settings.ssh_key is None:
+        raise pytest.UsageError("--memhp-disk needs --memhp-ssh-key")
+    for label, path in (("kernel", settings.kernel), ("disk", settings.disk)):
+        if path is not None and not path.is_file():
+            raise pytest.UsageError(f"--memhp-{label}={str(path)!r} is not a file")
+    return settings
+
+
+# -- configure ----------------------------------------------------------------------
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "slow: a long test (boots VMs or builds kernels)")
+    config.addinivalue_line(
+        "markers",
+        "memhp_machine(machine='pc', memory='6G,slots=32,maxmem=32G', numa='3G,3G', "
+        "append=(), smp=2): the VM the test's memhp_vm fixture boots",
+    )
+    config.addinivalue_line("markers", "kvm: needs KVM that really boots a guest "
+                                       "(skipped with the probe's reason otherwise)")
+    config.addinivalue_line("markers", "slow: a long test (many VM boots or a kernel build)")
     config.addinivalue_line("markers", "vm: boots a real QEMU guest")
+    config.addinivalue_line("markers", "needs_config(*options): skip unless the guest kernel "
+                                       "has these CONFIG_ options enabled")
+    config.stash[SETTINGS_KEY] = resolve_settings(config)
+
+
+# -- run hooks ---------------------------------------------------------------------------
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deterministic sharding of the test list for CI matrices (by node id)."""
+    shard = config.stash[SETTINGS_KEY].shard
+    if shard is None:
+        return
+    index, count = shard
+    import zlib
+
+    keep, drop = [], []
+    for item in items:
+        bucket = zlib.crc32(item.nodeid.encode()) % count
+        (keep if bucket == index - 1 else drop).append(item)
+    items[:] = keep
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+
+
+_VMS_KEY = pytest.StashKey[list[Any]]()
+MISMATCH_KEY = pytest.StashKey[list[Any]]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[
+        None, pytest.TestReport, pytest.TestReport]:
+    report: pytest.TestReport = yield
+    if report.when != "call" or not report.failed:
+        return report
+    for vm in item.stash.get(_VMS_KEY, []):
+        vm.mark_failed()
+        tail = vm.serial_tail(60)
+        if tail:
+            report.sections.append((f"memhp serial console ({vm.config.name})", tail))
+            item.user_properties.append((f"memhp.serial_tail.{vm.config.name}", tail))
+        dmesg = _dmesg(vm)
+        if dmesg:
+            report.sections.append((f"memhp dmesg ({vm.config.name})", dmesg))
+            item.user_properties.append((f"memhp.dmesg.{vm.config.name}", dmesg))
+        qmp = _qmp_tail(vm)
+        if qmp:
+            report.sections.append((f"memhp QMP transcript ({vm.config.name})", qmp))
+            item.user_properties.append((f"memhp.qmp.{vm.config.name}", qmp))
+        item.user_properties.append((f"memhp.artifacts.{vm.config.name}",
+                                     str(vm.artifacts_dir / vm.config.name)
+                                     if vm.artifacts_dir else ""))
+    mism = item.stash.get(MISMATCH_KEY, [])
+    if mism:
+        text = "\n".join(str(m) for m in mism)
+        report.sections.append(("memhp model vs guest", text))
+        item.user_properties.append(("memhp.mismatches", text))
+    return report
+
+
+def _dmesg(vm: Any) -> str:
+    if vm.shell is None:
+        return ""
+    try:
+        res = vm.shell.run(["dmesg"], timeout=10, check=False)
+    except Exception:  # noqa: BLE001 - the VM may be the thing that broke
+        return ""
+    return "\n".join(res.stdout.splitlines()[-80:])
+
+
+def _qmp_tail(vm: Any) -> str:
+    if vm.paths is None:
+        return ""
+    try:
+        lines = vm.paths.qmp_transcript.read_text().splitlines()
+    except OSError:
+        return ""
+    return "\n".join(lines[-40:])
+
+
+def record_mismatches(request: pytest.FixtureRequest, mismatches: list[Any]) -> None:
+    """Let a test attach model-vs-guest mismatches to its failure report."""
+    request.node.stash.setdefault(MISMATCH_KEY, []).extend(mismatches)
+
+
+# -- fixtures ----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def memhp_settings(pytestconfig: pytest.Config) -> Settings:
+    return pytestconfig.stash[SETTINGS_KEY]
+
+
+@pytest.fixture(scope="session")
+def memhp_resolved_guest(memhp_settings: Settings) -> Any:
+    """The guest every VM boots (built once; the cache is shared safely by
+    xdist workers through a file lock)."""
+    from harness.launch import GuestSource, resolve_guest
+
+    s = memhp_settings
+    try:
+        return resolve_guest(GuestSource(kernel=s.kernel, modules=s.modules, disk=s.disk,
+                                         ssh_user=s.ssh_user, ssh_key=s.ssh_key))
+    except HarnessError as exc:
+        pytest.fail(f"memhp: cannot prepare the guest: {exc}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def memhp_guest_image(memhp_resolved_guest: Any) -> Any:
+    if memhp_resolved_guest.image is None:
+        pytest.skip("the guest is a user disk image, not a memhp image")
+    return memhp_resolved_guest.image
+
+
+@pytest.fixture(scope="session")
+def memhp_accel(memhp_settings: Settings, memhp_resolved_guest: Any) -> Any:
+    from harness.launch import pick_accel
+
+    return pick_accel(memhp_settings.accel, memhp_resolved_guest, memhp_settings.qemu)
+
+
+@pytest.fixture(autouse=True)
+def _memhp_kvm_marker(request: pytest.FixtureRequest) -> None:
+    if request.node.get_closest_marker("kvm") is None:
+        return
+    choice = request.getfixturevalue("memhp_accel")
+    if choice.accel != "kvm":
+        pytest.skip(f"needs KVM: {choice.reason}")
+
+
+VMFactory = Callable[..., Any]
+
+
+@pytest.fixture
+def memhp_vm_factory(request: pytest.FixtureRequest, memhp_settings: Settings,
+                     memhp_resolved_guest: Any, memhp_accel: Any) -> Iterator[VMFactory]:
+    """``factory(machine=..., memory=..., numa=..., append=(), smp=2)`` boots a VM."""
+    from contextlib import ExitStack
+
+    from harness.launch import launch_vm
+    from harness.scenario import build_scenario
+
+    stack = ExitStack()
+    vms: list[Any] = request.node.stash.setdefault(_VMS_KEY, [])
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", request.node.name)[:40] or "t"
+    if not name[0].isalpha():
+        name = "t" + name
+
+    def factory(machine: str = "pc", memory: str = "6G,slots=32,maxmem=32G",
+                numa: str | None = "3G,3G", append: tuple[str, ...] = (), smp: int = 2) -> Any:
+        scenario = build_scenario(name=name, machine=machine, memory=memory, numa=numa,
+                                  steps=[], smp=smp, append=append)
+        vm, _ = stack.enter_context(launch_vm(
+            scenario, memhp_resolved_guest, accel=memhp_accel.accel,
+            qemu_binary=memhp_settings.qemu, artifacts_on_failure=memhp_settings.artifacts,
+            timeout_scale=memhp_settings.timeout_scale, name=name,
+        ))
+        vm.scenario = scenario
+        vms.append(vm)
+        _skip_for_missing_config(request, vm)
+        return vm
+
+    with stack:
+        yield factory
+
+
+def _skip_for_missing_config(request: pytest.FixtureRequest, vm: Any) -> None:
+    marker = request.node.get_closest_marker("needs_config")
+    if marker is None:
+        return
+    text = vm.guest.kernel_config()
+    if text is None:
+        pytest.skip("cannot read the guest kernel's config (/proc/config.gz or /boot/config-*)")
+    values = dict(re.findall(r"^CONFIG_(\w+)=(\S+)", text, flags=re.M))
+    for opt in marker.args:
+        name = opt.removeprefix("CONFIG_")
+        if values.get(name) not in ("y", "m"):
+            pytest.skip(f"guest kernel lacks CONFIG_{name}")
+
+
+def _machine_kwargs(request: pytest.FixtureRequest) -> dict[str, Any]:
+    marker = request.node.get_closest_marker("memhp_machine")
+    return dict(marker.kwargs) if marker else {}
+
+
+@pytest.fixture
+def memhp_vm(memhp_vm_factory: VMFactory, request: pytest.FixtureRequest) -> Any:
+    """A running VM for the test's ``memhp_machine`` marker (default: the seed's)."""
+    return memhp_vm_factory(**_machine_kwargs(request))
+
+
+@pytest.fixture
+def memhp_guest(memhp_vm: Any) -> Any:
+    return memhp_vm.guest
+
+
+@pytest.fixture
+def memhp_model(request: pytest.FixtureRequest) -> Any:
+    """The model's prediction (layout, boot nodes) for the test's machine."""
+    from harness.scenario import build_scenario
+
+    kw = _machine_kwargs(request)
+    return build_scenario(name="model", machine=kw.get("machine", "pc"),
+                          memory=kw.get("memory", "6G,slots=32,maxmem=32G"),
+                          numa=kw.get("numa", "3G,3G"), steps=[]).predict()

@@ -163,6 +163,7 @@ class VM:
         self._keys: Any = None
         self._failed = False
         self.saved_artifacts: Path | None = None
+        self.scenario: Any = None  # the plan this VM was booted for, when known
 
     # -- lifecycle ---------------------------------------------------------
     def __enter__(self) -> VM:

@@ -275,3 +275,27 @@ def load_scenario(path: Path, *, qemu_version: tuple[int, int] | None = None) ->
         script=Path(_expect(data, "script", str, "scenario")) if "script" in data else None,
         qemu_version=qemu_version,
     )
+
+
+# -- step constructors (for tests and scripts) -------------------------------------
+
+def add(text: str) -> Step:
+    """``add("dimm0:1G@1")``: hot-add a DIMM (same syntax as ``--add``)."""
+    dimm = parse_dimm_option(text)
+    return Step("add", dimm.id, add=dimm)
+
+
+def online(dimm_id: str, policy: str = "online_movable") -> Step:
+    return Step("online", dimm_id, policy=_check_policy(policy, "online()"))
+
+
+def offline(dimm_id: str) -> Step:
+    return Step("offline", dimm_id)
+
+
+def remove(dimm_id: str) -> Step:
+    return Step("remove", dimm_id)
+
+
+def reset() -> Step:
+    return Step("reset")

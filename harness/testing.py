@@ -1,0 +1,52 @@
+"""Helpers for tests written with memhp's pytest plugin.
+
+``run_steps(vm, [add("dimm0:1G@1"), online("dimm0")], request)`` runs the
+steps on a VM booted by ``memhp_vm``/``memhp_vm_factory`` through the same
+:class:`harness.session.Runner` as ``memhp run`` (so every step compares
+QEMU, guest and model), records mismatches on the test's report, and
+returns the step results; :func:`assert_passed` turns them into one
+readable assertion.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from harness.scenario import Step
+from harness.session import Runner, StepResult
+
+
+def make_runner(vm: Any, steps: Sequence[Step]) -> Runner:
+    if vm.scenario is None:
+        raise ValueError("this VM was not booted from a scenario (use memhp_vm_factory)")
+    scenario = replace(vm.scenario, steps=tuple(steps))
+    return Runner(scenario, vm)
+
+
+def run_steps(vm: Any, steps: Sequence[Step], request: pytest.FixtureRequest | None = None
+              ) -> list[StepResult]:
+    runner = make_runner(vm, steps)
+    try:
+        runner.run()
+    finally:
+        if request is not None:
+            from harness.pytest_plugin import record_mismatches
+
+            record_mismatches(request, [m for s in runner.steps for m in s.mismatches])
+    return runner.steps
+
+
+def assert_passed(results: Sequence[StepResult]) -> None:
+    bad = [s for s in results if not s.passed]
+    if bad:
+        lines = []
+        for s in bad:
+            lines.append(f"step {s.index + 1} ({s.action}):")
+            if s.error:
+                lines.append(f"  error: {s.error}")
+            lines.extend(f"  {m}" for m in s.mismatches)
+        raise AssertionError("model and guest disagree:\n" + "\n".join(lines))

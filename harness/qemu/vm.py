@@ -363,7 +363,7 @@ class VM:
         left as it was; QEMU's error is re-raised verbatim.
         """
         qmp = self._qmp()
-        backend = f"memhp-be-{dimm_id}"
+        backend = f"memhp-be{next(_ids)}"
         qmp.execute("object-add", {"qom-type": "memory-backend-ram", "id": backend,
                                    "size": size}, phase="hotplug")
         args: dict[str, Any] = {"driver": "pc-dimm", "id": dimm_id, "memdev": backend,

@@ -1,0 +1,97 @@
+"""Negative scenarios: QEMU refuses, the model predicted the refusal, QEMU's
+error is reported verbatim, and nothing changes in the guest."""
+
+from __future__ import annotations
+
+import pytest
+
+from harness.errors import PlanRefused, QMPCommandError
+from harness.model import AddDimm, MachineSpec, predict
+from harness.scenario import add, online
+from harness.testing import assert_passed, run_steps
+
+pytestmark = [pytest.mark.vm]
+
+
+def _spec(vm) -> MachineSpec:
+    return vm.scenario.machine
+
+
+def _guest_state(vm):
+    view = vm.guest.snapshot()
+    return ([(b.number, b.state) for b in view.sysfs.blocks], view.meminfo["MemTotal"])
+
+
+def _refused(vm, plan: list[AddDimm], last: AddDimm) -> tuple[PlanRefused, QMPCommandError]:
+    """Plug ``plan`` (accepted), then ``last``: model and QEMU must both refuse it."""
+    for d in plan:
+        vm.hot_add(d.id, d.size, d.node, d.addr)
+    with pytest.raises(PlanRefused) as predicted:
+        predict(_spec(vm), [*plan, last])
+    before = _guest_state(vm)
+    memdevs = len(vm.qmp.execute("query-memdev"))
+    with pytest.raises(QMPCommandError) as refused:
+        vm.hot_add(last.id, last.size, last.node, last.addr)
+    assert refused.value.desc  # QEMU's own words, verbatim
+    assert _guest_state(vm) == before
+    # the refused DIMM's backend was rolled back, so the VM stays usable
+    assert len(vm.qmp.execute("query-memdev")) == memdevs
+    return predicted.value, refused.value
+
+
+@pytest.mark.memhp_machine(memory="2G,slots=2,maxmem=8G", numa="1G,1G")
+def test_more_dimms_than_slots(memhp_vm) -> None:
+    plan = [AddDimm("d0", 128 << 20, 0), AddDimm("d1", 128 << 20, 1)]
+    model, qemu = _refused(memhp_vm, plan, AddDimm("d2", 128 << 20, 0))
+    assert model.kind == "slots-exhausted"
+    assert "slot" in qemu.desc
+
+
+@pytest.mark.memhp_machine(memory="2G,slots=4,maxmem=3G", numa="1G,1G")
+def test_exceeding_maxmem(memhp_vm) -> None:
+    plan = [AddDimm("d0", 512 << 20, 0)]
+    model, qemu = _refused(memhp_vm, plan, AddDimm("d1", 1 << 30, 1))
+    assert model.kind == "maxmem-exceeded"
+    assert "space" in qemu.desc or "maxmem" in qemu.desc
+
+
+def test_duplicate_id(memhp_vm) -> None:
+    plan = [AddDimm("d0", 128 << 20, 0)]
+    model, qemu = _refused(memhp_vm, plan, AddDimm("d0", 128 << 20, 1))
+    assert model.kind == "duplicate-id"
+    assert "d0" in qemu.desc
+
+
+def test_unknown_node(memhp_vm) -> None:
+    model, qemu = _refused(memhp_vm, [], AddDimm("d0", 128 << 20, 5))
+    assert model.kind == "unknown-node"
+    assert "node" in qemu.desc
+
+
+@pytest.mark.memhp_machine(memory="2G,slots=0,maxmem=0", numa="1G,1G")
+def test_hotadd_without_slots_or_maxmem(memhp_vm) -> None:
+    model, qemu = _refused(memhp_vm, [], AddDimm("d0", 128 << 20, 0))
+    assert model.kind == "hotplug-disabled"
+    assert "maxmem" in qemu.desc
+
+
+def test_non_block_multiple_dimm_and_next_placement(memhp_vm, request) -> None:
+    """A 130M DIMM QEMU accepts but Linux cannot add (not a block multiple):
+    the guest stays healthy and the model explains it; the next auto-placed
+    DIMM lands off a block boundary too (QEMU aligns only to the backend's
+    alignment) and is rejected as the model predicts; an explicit,
+    block-aligned address avoids that."""
+    spec = _spec(memhp_vm)
+    odd = predict(spec, [AddDimm("odd", 130 << 20, 0)]).final.dimms[0]
+    assert not odd.guest_accepts
+    nxt = predict(spec, [AddDimm("odd", 130 << 20, 0), AddDimm("nxt", 128 << 20, 1)])
+    bs = nxt.layout.block_size
+    follow = nxt.final.dimms[1]
+    assert follow.addr % bs != 0 and not follow.guest_accepts
+    aligned_addr = -(-(follow.addr + follow.size) // bs) * bs
+    results = run_steps(memhp_vm, [
+        add("odd:130M@0"), add("nxt:128M@1"),
+        add(f"fix:128M@1:{aligned_addr:#x}"), online("fix"),
+    ], request)
+    assert_passed(results)
+    assert memhp_vm.shell.run(["true"]).status == 0  # guest healthy

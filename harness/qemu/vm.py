@@ -36,6 +36,7 @@ from harness.errors import (
     HotplugRefused,
     LaunchError,
     QemuExited,
+    QMPCommandError,
     VMError,
 )
 from harness.qemu.argv import RuntimePaths, build_argv
@@ -343,9 +344,33 @@ class VM:
             raise VMError("VM is not running", phase="qmp")
         return self.qmp
 
+    def execute(self, command: str, arguments: dict[str, Any] | None = None, *,
+                phase: str = "qmp", timeout: float = 60.0) -> Any:
+        """A QMP command; if QMP breaks because QEMU died or the guest
+        panicked, that is what gets raised."""
+        try:
+            return self._qmp().execute(command, arguments, phase=phase, timeout=timeout)
+        except QMPCommandError:
+            raise
+        except VMError:
+            self.check_alive()
+            raise
+
+    def ssh(self, argv: list[str], *, timeout: float | None = None, check: bool = True) -> Any:
+        """Run a command in the guest; a broken SSH session caused by a dead
+        QEMU or a guest panic is reported as such."""
+        if self.shell is None:
+            raise VMError("no SSH session to the guest", phase="ssh")
+        try:
+            return self.shell.run(argv, timeout=timeout or self.timeouts.s("command"),
+                                  check=check)
+        except (VMError, OSError, EOFError):
+            self.check_alive()
+            raise
+
     def query_memory_devices(self) -> tuple[QemuDimm, ...]:
         out = []
-        for dev in self._qmp().execute("query-memory-devices", phase="observe"):
+        for dev in self.execute("query-memory-devices", phase="observe"):
             if dev.get("type") != "dimm":
                 continue
             d = dev["data"]
@@ -362,19 +387,18 @@ class VM:
         If ``device_add`` fails the backend is deleted again, so the VM is
         left as it was; QEMU's error is re-raised verbatim.
         """
-        qmp = self._qmp()
         backend = f"memhp-be{next(_ids)}"
-        qmp.execute("object-add", {"qom-type": "memory-backend-ram", "id": backend,
+        self.execute("object-add", {"qom-type": "memory-backend-ram", "id": backend,
                                    "size": size}, phase="hotplug")
         args: dict[str, Any] = {"driver": "pc-dimm", "id": dimm_id, "memdev": backend,
                                 "node": node}
         if addr is not None:
             args["addr"] = addr
         try:
-            qmp.execute("device_add", args, phase="hotplug")
+            self.execute("device_add", args, phase="hotplug")
         except BaseException:
             try:
-                qmp.execute("object-del", {"id": backend}, phase="hotplug")
+                self.execute("object-del", {"id": backend}, phase="hotplug")
             except VMError as cleanup:
                 self.log.warning("rollback of %s failed: %s", backend, cleanup)
             raise
@@ -398,7 +422,7 @@ class VM:
             if dev.id == dimm_id:
                 backend = dev.memdev
         cursor = qmp.cursor()
-        qmp.execute("device_del", {"id": dimm_id}, phase="hotplug")
+        self.execute("device_del", {"id": dimm_id}, phase="hotplug")
 
         def match(ev: QMPEvent) -> bool:
             if ev.name == "DEVICE_DELETED" and ev.data.get("device") == dimm_id:
@@ -419,7 +443,7 @@ class VM:
         )
         if backend:
             backend_id = backend.rsplit("/", 1)[-1]
-            qmp.execute("object-del", {"id": backend_id}, phase="hotplug")
+            self.execute("object-del", {"id": backend_id}, phase="hotplug")
         return event
 
     def reboot(self) -> None:
@@ -428,7 +452,7 @@ class VM:
         if self.shell is not None:
             self.shell.close()
             self.shell = None
-        self._qmp().execute("system_reset", phase="reset")
+        self.execute("system_reset", phase="reset")
         if self.ready_marker:
             marker = self.ready_marker
             wait_for(

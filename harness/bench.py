@@ -1,0 +1,192 @@
+"""``memhp bench``: figures for turnaround time, side by side.
+
+Measured in one run, ``--repeat`` times each (min / median / max):
+
+1. raw baseline: QEMU started directly (no harness: no QMP connection, no
+   SSH) with the very argv memhp would use, until the ready marker appears
+   on the serial console;
+2. memhp boot: ``VM.start()`` to the first successful SSH command;
+3. hot-add latency: ``device_add`` returned -> all new ``memoryN`` visible;
+4. online latency: one block, and a whole 1 GiB DIMM in one round trip;
+5. the seed session (``memhp run``) end to end, as a subprocess;
+6. image build, cold (empty cache dir, downloads included) and warm;
+7. optionally (``--suite``) the scenario suite with ``-n 1`` and ``-n 2``.
+
+Ratios (memhp boot / raw boot, suite speed-up) are what compare across
+machines; absolute TCG times depend on the host.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.launch import GuestSource, launch_vm, resolve_guest
+from harness.qemu.argv import RuntimePaths
+from harness.scenario import add, build_scenario
+from harness.session import block_states
+
+
+@dataclass
+class Series:
+    name: str
+    samples: list[float] = field(default_factory=list)
+
+    def summary(self) -> dict[str, float | int]:
+        s = sorted(self.samples)
+        if not s:
+            return {"n": 0}
+        return {"n": len(s), "min": s[0], "median": statistics.median(s), "max": s[-1]}
+
+
+def _seed():
+    return build_scenario(name="bench", machine="pc", memory="6G,slots=32,maxmem=32G",
+                          numa="3G,3G", steps=[add("dimm0:1G@1")])
+
+
+def raw_boot(vm_argv: list[str], serial: Path, marker: str, timeout: float = 120.0) -> float:
+    """Seconds from exec of QEMU to the ready marker on the console."""
+    start = time.monotonic()
+    proc = subprocess.Popen(vm_argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        while time.monotonic() - start < timeout:
+            if serial.exists() and marker in serial.read_text(errors="replace"):
+                return time.monotonic() - start
+            if proc.poll() is not None:
+                raise RuntimeError(f"raw QEMU exited {proc.returncode}")
+            time.sleep(0.005)
+        raise RuntimeError("raw boot timed out")
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def measure(repeat: int, accel: str, suite: bool, cold_build: bool,
+            progress: Callable[[str], None]) -> dict[str, Any]:
+    results: dict[str, Series] = {}
+
+    def rec(name: str, value: float) -> None:
+        results.setdefault(name, Series(name)).samples.append(value)
+
+    t0 = time.monotonic()
+    guest = resolve_guest(GuestSource())
+    rec("image build, warm (s)", time.monotonic() - t0)
+    scenario = _seed()
+    for i in range(repeat):
+        progress(f"round {i + 1}/{repeat}: memhp boot + hotplug")
+        with launch_vm(scenario, guest, accel=accel, name="bench") as (vm, choice):
+            rec("memhp boot to first SSH command (s)", vm.timings["boot_to_ssh_s"])
+            accel_used = choice
+            argv_for_raw = list(vm.argv)
+            bs = vm.guest.snapshot().sysfs.block_size
+            t = time.monotonic()
+            vm.ssh(["true"])
+            rec("SSH command round trip (s)", time.monotonic() - t)
+            pred = scenario.predict(block_size=bs).final.dimms[0]
+            t = time.monotonic()
+            vm.hot_add("dimm0", 1 << 30, 1)
+            t_added = time.monotonic()
+            while any(s is None for s in block_states(vm, list(pred.blocks)).values()):
+                pass
+            rec("hot-add: device_add return -> blocks visible (s)", time.monotonic() - t_added)
+            t = time.monotonic()
+            vm.guest.online_blocks(list(pred.blocks[:1]), "online_movable")
+            rec("online 1 block (s)", time.monotonic() - t)
+            t = time.monotonic()
+            vm.guest.online_blocks(list(pred.blocks[1:]), "online_movable")
+            rec(f"online rest of 1 GiB DIMM ({len(pred.blocks) - 1} blocks) (s)",
+                time.monotonic() - t)
+        progress(f"round {i + 1}/{repeat}: raw QEMU boot")
+        with tempfile.TemporaryDirectory(prefix="memhp-bench-") as tmp:
+            paths = RuntimePaths(Path(tmp))
+            raw_argv = _rebase_argv(argv_for_raw, vm_workdir_of(argv_for_raw), paths)
+            rec("raw QEMU boot to ready marker (s)",
+                raw_boot(raw_argv, paths.serial_log, guest.image.ready_marker))
+        progress(f"round {i + 1}/{repeat}: memhp run (seed) end to end")
+        t = time.monotonic()
+        proc = subprocess.run([sys.executable, "-m", "harness", "run", "--accel", accel],
+                              capture_output=True, text=True, check=False)
+        rec("memhp run seed session end to end (s)", time.monotonic() - t)
+        if proc.returncode != 0:
+            progress(f"memhp run failed ({proc.returncode}): {proc.stdout[-500:]}")
+    if cold_build:
+        progress("cold image build (empty cache)")
+        with tempfile.TemporaryDirectory(prefix="memhp-bench-cache-") as cache:
+            env = dict(os.environ, MEMHP_CACHE_DIR=cache)
+            t = time.monotonic()
+            subprocess.run([sys.executable, "-m", "harness", "image", "build"], env=env,
+                           capture_output=True, check=True)
+            rec("image build, cold (s)", time.monotonic() - t)
+    if suite:
+        for n in ("1", "2"):
+            progress(f"scenario suite -n {n}")
+            t = time.monotonic()
+            subprocess.run([sys.executable, "-m", "pytest", "-q", "-n", n, "tests/scenarios",
+                            "-p", "no:cacheprovider"], capture_output=True, check=False)
+            rec(f"scenario suite -n {n} (s)", time.monotonic() - t)
+    out: dict[str, Any] = {name: s.summary() for name, s in results.items()}
+    ratios: dict[str, float] = {}
+    mb = results.get("memhp boot to first SSH command (s)")
+    rb = results.get("raw QEMU boot to ready marker (s)")
+    if mb and rb and mb.samples and rb.samples:
+        ratios["memhp boot / raw boot (median)"] = (
+            statistics.median(mb.samples) / statistics.median(rb.samples))
+    s1, s2 = results.get("scenario suite -n 1 (s)"), results.get("scenario suite -n 2 (s)")
+    if s1 and s2:
+        ratios["suite speed-up -n 2 vs -n 1"] = s1.samples[0] / s2.samples[0]
+    return {"accel": {"name": accel_used.accel, "reason": accel_used.reason},
+            "repeat": repeat, "figures": out, "ratios": ratios,
+            "machine": {"cpus": os.cpu_count(), "uname": " ".join(os.uname())}}
+
+
+def vm_workdir_of(argv: list[str]) -> Path:
+    sock = next(a for a in argv if a.startswith("unix:"))
+    return Path(sock.removeprefix("unix:").split(",")[0]).parent
+
+
+def _rebase_argv(argv: list[str], old: Path, paths: RuntimePaths) -> list[str]:
+    """The VM's argv with its (deleted) work dir swapped for a fresh one; the
+    fw_cfg key files are regenerated so the guest boots the same way."""
+    from harness.image.keys import write_guest_keys
+
+    keys = write_guest_keys(paths.workdir / "keys")
+    out = []
+    for a in argv:
+        a = a.replace(str(old / "keys" / "host_key"), str(keys.host_key_path))
+        a = a.replace(str(old / "keys" / "authorized_keys"), str(keys.authorized_keys_path))
+        out.append(a.replace(str(old), str(paths.workdir)))
+    return out
+
+
+def render(data: dict[str, Any]) -> str:
+    from io import StringIO
+
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"memhp bench ({data['accel']['name'].upper()}, "
+                        f"{data['repeat']} rounds)", title_justify="left")
+    for col in ("figure", "n", "min", "median", "max"):
+        table.add_column(col, justify="right" if col != "figure" else "left")
+    for name, s in data["figures"].items():
+        if s.get("n"):
+            table.add_row(name, str(s["n"]), f"{s['min']:.3f}", f"{s['median']:.3f}",
+                          f"{s['max']:.3f}")
+    buf = StringIO()
+    console = Console(file=buf, width=110)
+    console.print(table)
+    for name, value in data["ratios"].items():
+        console.print(f"{name}: {value:.2f}")
+    console.print(f"accelerator: {data['accel']['reason']}")
+    return buf.getvalue()
+
+

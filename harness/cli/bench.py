@@ -1,0 +1,27 @@
+"""``memhp bench``: boot, hotplug and suite figures (see harness.bench)."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+
+@click.command("bench")
+@click.option("--repeat", default=3, show_default=True, type=click.IntRange(1, 50))
+@click.option("--accel", default="auto", show_default=True,
+              type=click.Choice(["auto", "kvm", "tcg"]))
+@click.option("--suite", is_flag=True, help="Also time the scenario suite with -n 1 and -n 2.")
+@click.option("--cold-build", is_flag=True, help="Also time a cold image build (downloads).")
+@click.option("--json", "as_json", is_flag=True)
+def bench_cmd(repeat: int, accel: str, suite: bool, cold_build: bool, as_json: bool) -> int:
+    """Measure boot-to-SSH vs raw QEMU, hotplug and online latency, and more."""
+    from harness.bench import measure, render
+
+    data = measure(repeat, accel, suite, cold_build,
+                   progress=lambda msg: click.echo(f"bench: {msg}", err=True))
+    click.echo(json.dumps(data, indent=2) if as_json else render(data))
+    return 0
+
+
+COMMANDS: list[click.Command] = [bench_cmd]

@@ -187,13 +187,25 @@ class QMPSession:
                                   phase=phase)
                 self._cond.wait(min(remaining, 0.5))
 
+    async def _shutdown(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            # QEMU may already be gone ("quit"): the library then re-raises
+            # the reader's EOFError from disconnect().
+            with contextlib.suppress(Exception):
+                await client.disconnect()
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(BaseException):
+                await self._reader
+            self._reader = None
+
     def close(self) -> None:
         """Disconnect and stop the loop thread; safe to call twice."""
         try:
-            if self._client is not None:
-                with contextlib.suppress(QMPError, OSError, TimeoutError):
-                    self._call(self._client.disconnect(), 5.0)
-                self._client = None
+            if self._loop.is_running():
+                with contextlib.suppress(Exception):
+                    self._call(self._shutdown(), 5.0)
         finally:
             if self._loop.is_running():
                 self._loop.call_soon_threadsafe(self._loop.stop)

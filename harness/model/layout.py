@@ -1,0 +1,122 @@
+"""QEMU's x86 guest-physical memory layout and the guest's block size.
+
+Rules, from QEMU 7.2 (Debian 12) unless noted:
+
+RAM split below/above 4 GiB
+  * ``pc`` -- ``hw/i386/pc_piix.c`` ``pc_init1()``: ``lowmem`` starts as
+    ``max_ram_below_4g`` (default 0xe0000000, 3.5 GiB); if the RAM does not
+    fit below it and the machine type has ``gigabyte_align`` (every type
+    since 2.1), ``lowmem`` is lowered to 0xc0000000 (3 GiB) so that RAM
+    above 4 GiB stays 1 GiB aligned.  RAM >= lowmem is split at lowmem.
+  * ``q35`` -- ``hw/i386/pc_q35.c`` ``pc_q35_init()``: ``lowmem`` is
+    0x80000000 (2 GiB) when RAM >= 0xb0000000 (2.75 GiB), else 0xb0000000,
+    leaving room for the PCI hole and the 256 MiB MMCONFIG window.
+Device-memory (hotplug) region
+  * ``hw/i386/pc.c`` ``pc_memory_init()`` / ``pc_get_device_memory_range()``:
+    only when ``ram_size < maxram_size``; base = ROUND_UP(4 GiB +
+    above_4g, 1 GiB); size = maxmem - ram_size, plus 1 GiB per slot when
+    ``enforce_aligned_dimm`` (every type since 2.2) "assuming 1G page max
+    alignment per slot".  QEMU 7.1+ moves the start of RAM above 4 GiB to
+    1 TiB on AMD hosts when the layout would reach the HyperTransport hole
+    just below 1 TiB; layouts that stay below 1 TiB (all memhp defaults)
+    are unaffected, and the model refuses to predict beyond it.
+Memory block size
+  * kernel ``arch/x86/mm/init_64.c`` ``probe_memory_block_size()``: 128 MiB
+    (MIN_MEMORY_BLOCK_SIZE) when the end of boot RAM is below 64 GiB
+    (MEM_SIZE_FOR_LARGE_BLOCK); otherwise, under a hypervisor, the largest
+    power of two from 2 GiB down to 128 MiB that the end of boot RAM is
+    aligned to; 2 GiB on bare metal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from harness.model.spec import MachineSpec
+from harness.units import GiB, MiB
+
+FOUR_GIB = 4 * GiB
+MIN_MEMORY_BLOCK_SIZE = 128 * MiB
+MAX_BLOCK_SIZE = 2 * GiB
+MEM_SIZE_FOR_LARGE_BLOCK = 64 * GiB
+# Where QEMU 7.1+ starts relocating above-4G RAM on AMD hosts (AMD_HT_START).
+AMD_HT_START = 0xFD00000000
+# QEMU_VMALLOC_ALIGN on an x86_64 Linux host (include/qemu/osdep.h): the
+# alignment anonymous RAM backends report, hence DIMM address/size alignment
+# (hw/mem/memory-device.c memory_device_pre_plug()).
+BACKEND_ALIGN = 2 * MiB
+
+
+def _round_up(value: int, align: int) -> int:
+    return -(-value // align) * align
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where everything is in the guest-physical address space."""
+
+    machine: str
+    below_4g: int
+    above_4g: int
+    device_base: int  # 0 when there is no device-memory region
+    device_size: int
+    block_size: int
+    boot_mem_end: int
+    dimm_align: int
+    why: str
+
+    @property
+    def device_end(self) -> int:
+        return self.device_base + self.device_size
+
+
+def ram_split(spec: MachineSpec) -> tuple[int, int, str]:
+    """(below_4g, above_4g, explanation) for ``spec``."""
+    ram = spec.ram_size
+    if spec.machine == "pc":
+        lowmem = 0xE0000000
+        if ram >= lowmem:
+            lowmem = 0xC0000000
+            why = ("pc: RAM >= 3.5G, so the split moves to 3G for 1G alignment "
+                   "(pc_piix.c pc_init1, gigabyte_align)")
+        else:
+            why = "pc: up to 3.5G of RAM sits below 4G (pc_piix.c pc_init1)"
+    else:
+        if ram >= 0xB0000000:
+            lowmem = 0x80000000
+            why = ("q35: RAM >= 2.75G, so only 2G sits below 4G "
+                   "(pc_q35.c pc_q35_init: PCI hole + MMCONFIG)")
+        else:
+            lowmem = 0xB0000000
+            why = "q35: up to 2.75G of RAM sits below 4G (pc_q35.c pc_q35_init)"
+    if ram >= lowmem:
+        return lowmem, ram - lowmem, why
+    return ram, 0, why
+
+
+def default_block_size(boot_mem_end: int, hypervisor: bool = True) -> int:
+    """probe_memory_block_size() of arch/x86/mm/init_64.c (Linux 5.x-6.x)."""
+    if boot_mem_end < MEM_SIZE_FOR_LARGE_BLOCK:
+        return MIN_MEMORY_BLOCK_SIZE
+    if not hypervisor:
+        return MAX_BLOCK_SIZE
+    bz = MAX_BLOCK_SIZE
+    while bz > MIN_MEMORY_BLOCK_SIZE:
+        if boot_mem_end % bz == 0:
+            break
+        bz >>= 1
+    return bz
+
+
+def compute_layout(spec: MachineSpec) -> Layout:
+    below, above, why = ram_split(spec)
+    boot_mem_end = FOUR_GIB + above if above else below
+    base = size = 0
+    if spec.slots and spec.maxmem > spec.ram_size:
+        base = _round_up(FOUR_GIB + above, GiB)
+        size = spec.maxmem - spec.ram_size + GiB * spec.slots
+        why += (f"; device memory starts at ROUND_UP(4G + {above >> 20}M, 1G) = {base:#x} "
+                f"and spans maxmem - mem + 1G x {spec.slots} slots (pc.c)")
+    block = spec.block_size or default_block_size(boot_mem_end)
+    return Layout(spec.machine, below, above, base, size, block, boot_mem_end, BACKEND_ALIGN,
+                  why)

@@ -1,0 +1,284 @@
+"""Placement of DIMMs, QEMU's refusals and the guest kernel's verdicts.
+
+For each ``AddDimm``, QEMU 7.2 checks, in this order (each a
+:class:`PlanRefused` with a stable ``kind`` and QEMU's wording in
+``qemu_message``):
+
+1. the id is not in use (``qdev_set_id()``, softmmu/qdev-monitor.c);
+2. a slot is free -- ``pc_dimm_get_free_slot()`` (hw/mem/pc-dimm.c) takes
+   the lowest free slot, and fails when no slots were configured;
+3. the DIMMs fit in ``maxmem - mem`` -- ``memory_device_check_addable()``
+   (hw/mem/memory-device.c);
+4. the explicit address and the size are multiples of the backend's
+   alignment (2 MiB for RAM backends on an x86_64 Linux host) --
+   ``memory_device_get_free_addr()``;
+5. an address: the explicit one must lie in the device-memory region and
+   not overlap another DIMM; otherwise first fit from the region's start,
+   stepping past each DIMM (sorted by address) to ALIGN_UP(its end, align);
+6. the node exists -- ``pc_dimm_realize()`` (after pre-plug).
+
+QEMU then plugs the DIMM; the guest kernel adds it only if its start and
+size are multiples of the memory block size (``check_hotplug_memory_range()``
+in mm/memory_hotplug.c): otherwise the DIMM is placed but rejected by the
+guest (``guest_accepts=False`` with the reason), and, since QEMU aligns
+automatic placement to 2 MiB only, the next automatically placed DIMM can
+start off a block boundary as well.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from harness.errors import PlanRefused
+from harness.model.layout import Layout, compute_layout
+from harness.model.spec import AddDimm, MachineSpec, Operation, RemoveDimm
+from harness.units import format_size
+
+
+@dataclass(frozen=True)
+class PlacedDimm:
+    id: str
+    addr: int
+    size: int
+    node: int
+    slot: int
+    blocks: tuple[int, ...]
+    guest_accepts: bool
+    reason: str | None = None
+
+    @property
+    def end(self) -> int:
+        return self.addr + self.size
+
+    def to_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"id": self.id, "addr": self.addr, "size": self.size,
+                             "node": self.node, "slot": self.slot, "blocks": list(self.blocks),
+                             "guest_accepts": self.guest_accepts}
+        if not self.guest_accepts:
+            d["reason"] = self.reason
+        return d
+
+
+@dataclass(frozen=True)
+class NodeTotals:
+    node: int
+    boot_bytes: int
+    hotplug_bytes: int  # bytes of DIMMs the guest accepts, once online
+
+    @property
+    def bytes_after(self) -> int:
+        return self.boot_bytes + self.hotplug_bytes
+
+    def to_json(self) -> dict[str, int]:
+        return {"node": self.node, "boot_bytes": self.boot_bytes,
+                "hotplug_bytes": self.hotplug_bytes, "bytes_after": self.bytes_after}
+
+
+@dataclass(frozen=True)
+class StepPrediction:
+    op: Operation | None
+    dimms: tuple[PlacedDimm, ...]
+    nodes: tuple[NodeTotals, ...]
+
+
+@dataclass(frozen=True)
+class Prediction:
+    spec: MachineSpec
+    layout: Layout
+    boot: StepPrediction
+    steps: tuple[StepPrediction, ...]
+
+    @property
+    def final(self) -> StepPrediction:
+        return self.steps[-1] if self.steps else self.boot
+
+    def to_json(self) -> dict[str, Any]:
+        final = self.final
+        lay = self.layout
+        return {
+            "machine": self.spec.machine,
+            "qemu_version": ".".join(map(str, self.spec.qemu_version)),
+            "layout": {
+                "below_4g": lay.below_4g, "above_4g": lay.above_4g,
+                "device_base": lay.device_base, "device_size": lay.device_size,
+                "boot_mem_end": lay.boot_mem_end, "dimm_align": lay.dimm_align,
+                "why": lay.why,
+            },
+            "block_size": lay.block_size,
+            "dimms": [d.to_json() for d in final.dimms],
+            "nodes": [n.to_json() for n in final.nodes],
+        }
+
+
+def _refuse(kind: str, message: str, qemu_message: str, *, value: object, limit: object,
+            fix: str) -> PlanRefused:
+    err = PlanRefused(kind, message, value=value, limit=limit, fix=fix)
+    err.qemu_message = qemu_message  # type: ignore[attr-defined]
+    return err
+
+
+def _align_up(value: int, align: int) -> int:
+    return -(-value // align) * align
+
+
+def _place(spec: MachineSpec, layout: Layout, dimms: list[PlacedDimm], op: AddDimm
+           ) -> PlacedDimm:
+    if any(d.id == op.id for d in dimms):
+        raise _refuse("duplicate-id", f"DIMM id {op.id!r} is already in use",
+                      f"Duplicate device ID '{op.id}'", value=op.id, limit=None,
+                      fix="give every DIMM its own id")
+    if spec.slots == 0:
+        raise _refuse("hotplug-disabled",
+                      "the machine has no DIMM slots (started without slots/maxmem)",
+                      "no slots where allocated, please specify the 'slots' option",
+                      value=op.id, limit=0, fix="start the VM with -m SIZE,slots=N,maxmem=SIZE")
+    used_slots = {d.slot for d in dimms}
+    free = [s for s in range(spec.slots) if s not in used_slots]
+    if not free:
+        raise _refuse("slots-exhausted",
+                      f"DIMM {op.id!r}: all {spec.slots} slots are in use",
+                      "no free slots available", value=len(dimms) + 1, limit=spec.slots,
+                      fix="raise slots= or remove a DIMM first")
+    room = spec.maxmem - spec.ram_size
+    used = sum(d.size for d in dimms)
+    if used + op.size > room:
+        raise _refuse(
+            "maxmem-exceeded",
+            f"DIMM {op.id!r} ({format_size(op.size)}) exceeds maxmem: {format_size(used)} of "
+            f"{format_size(room)} (maxmem - mem) already in use",
+            f"not enough space, currently 0x{used:x} in use of total space for memory "
+            f"devices 0x{room:x}", value=op.size, limit=room,
+            fix="raise maxmem or use a smaller DIMM")
+    align = layout.dimm_align
+    if op.addr is not None and op.addr % align:
+        raise _refuse("misaligned-addr",
+                      f"DIMM {op.id!r}: address {op.addr:#x} is not {format_size(align)} aligned",
+                      f"address must be aligned to 0x{align:x} bytes", value=op.addr,
+                      limit=align, fix=f"use a multiple of {format_size(align)}")
+    if op.size % align:
+        raise _refuse("misaligned-size",
+                      f"DIMM {op.id!r}: size {op.size} is not a multiple of {format_size(align)}",
+                      f"backend memory size must be multiple of 0x{align:x}", value=op.size,
+                      limit=align, fix=f"use a multiple of {format_size(align)}")
+    lo, hi = layout.device_base, layout.device_end
+    ordered = sorted(dimms, key=lambda d: d.addr)
+    if op.addr is not None:
+        if op.addr < lo or op.addr + op.size > hi:
+            raise _refuse(
+                "addr-outside-region",
+                f"DIMM {op.id!r}: [{op.addr:#x}, {op.addr + op.size:#x}) is outside the "
+                f"device-memory region [{lo:#x}, {hi:#x})",
+                f"can't add memory device [0x{op.addr:x}:0x{op.size:x}], usable range for "
+                f"memory devices [0x{lo:x}:0x{hi - lo:x}]", value=op.addr, limit=(lo, hi),
+                fix="pick an address inside the region (see `memhp model`)")
+        for d in ordered:
+            if d.addr < op.addr + op.size and op.addr < d.end:
+                raise _refuse(
+                    "addr-conflict", f"DIMM {op.id!r} at {op.addr:#x} overlaps DIMM {d.id!r}",
+                    f"address range conflicts with memory device id='{d.id}'", value=op.addr,
+                    limit=(d.addr, d.end), fix="pick a free address or let QEMU place it")
+        addr = op.addr
+    else:
+        addr = _align_up(lo, align)
+        for d in ordered:
+            if d.addr < addr + op.size and addr < d.end:
+                addr = _align_up(d.end, align)
+            elif d.addr >= addr + op.size:
+                break
+        if addr + op.size > hi:
+            raise _refuse(
+                "no-room", f"DIMM {op.id!r} ({format_size(op.size)}) does not fit in the "
+                f"device-memory region [{lo:#x}, {hi:#x})",
+                "could not find position in guest address space for memory device - memory "
+                "fragmented due to alignments", value=op.size, limit=(lo, hi),
+                fix="use a smaller DIMM or remove one")
+    if op.node >= spec.node_count:
+        raise _refuse(
+            "unknown-node", f"DIMM {op.id!r}: node {op.node} does not exist "
+            f"({spec.node_count} node(s))",
+            f"'DIMM property node has value {op.node}' which exceeds the number of numa "
+            f"nodes: {spec.node_count}", value=op.node, limit=spec.node_count - 1,
+            fix=f"use a node between 0 and {spec.node_count - 1}")
+    bs = layout.block_size
+    if addr % bs or op.size % bs:
+        what = "address" if addr % bs else "size"
+        reason = (f"{what} not a multiple of the {format_size(bs)} memory block size: Linux "
+                  "refuses the range (check_hotplug_memory_range)")
+        return PlacedDimm(op.id, addr, op.size, op.node, free[0], (), False, reason)
+    blocks = tuple(range(addr // bs, (addr + op.size) // bs))
+    return PlacedDimm(op.id, addr, op.size, op.node, free[0], blocks, True)
+
+
+def _totals(spec: MachineSpec, dimms: Sequence[PlacedDimm]) -> tuple[NodeTotals, ...]:
+    return tuple(
+        NodeTotals(n, boot, sum(d.size for d in dimms if d.node == n and d.guest_accepts))
+        for n, boot in enumerate(spec.node_boot_bytes())
+    )
+
+
+def _check_spec(spec: MachineSpec, layout: Layout) -> None:
+    if spec.numa and sum(spec.numa) != spec.ram_size:
+        raise _refuse(
+            "numa-mismatch",
+            f"NUMA node sizes {'+'.join(format_size(n) for n in spec.numa)} do not add up to "
+            f"the boot memory {format_size(spec.ram_size)}",
+            f"total memory for NUMA nodes (0x{sum(spec.numa):x}) should equal RAM size "
+            f"(0x{spec.ram_size:x})", value=spec.numa, limit=spec.ram_size,
+            fix="make the node sizes sum to -m")
+    if spec.maxmem and spec.maxmem < spec.ram_size:
+        raise _refuse("bad-memory-options", "maxmem is below the boot memory",
+                      "invalid value of maxmem", value=spec.maxmem, limit=spec.ram_size,
+                      fix="raise maxmem")
+    if layout.device_end > 0xFD00000000:
+        raise _refuse("beyond-model",
+                      "the device-memory region would reach 1012 GiB, where QEMU 7.1+ may "
+                      "relocate memory on AMD hosts; the model does not predict that",
+                      "", value=layout.device_end, limit=0xFD00000000,
+                      fix="use a smaller maxmem")
+
+
+def predict(spec: MachineSpec, ops: Sequence[Operation]) -> Prediction:
+    """Predict every step of ``ops`` on ``spec``; raises PlanRefused (with
+    ``.step``) at the first operation QEMU would refuse."""
+    layout = compute_layout(spec)
+    _check_spec(spec, layout)
+    dimms: list[PlacedDimm] = []
+    steps: list[StepPrediction] = []
+    for i, op in enumerate(ops):
+        try:
+            if isinstance(op, AddDimm):
+                dimms.append(_place(spec, layout, dimms, op))
+            elif isinstance(op, RemoveDimm):
+                if not any(d.id == op.id for d in dimms):
+                    raise _refuse("unknown-dimm", f"no DIMM {op.id!r} to remove",
+                                  f"Device '{op.id}' not found", value=op.id, limit=None,
+                                  fix="remove a DIMM an earlier step added")
+                dimms = [d for d in dimms if d.id != op.id]
+            else:  # pragma: no cover - typed away
+                raise TypeError(op)
+        except PlanRefused as exc:
+            exc.step = i  # type: ignore[attr-defined]
+            raise
+        ordered = tuple(sorted(dimms, key=lambda d: d.addr))
+        steps.append(StepPrediction(op, ordered, _totals(spec, ordered)))
+    boot = StepPrediction(None, (), _totals(spec, ()))
+    return Prediction(spec, layout, boot, tuple(steps))
+
+
+def expected_zone(policy: str) -> str:
+    """The zone a block lands in when onlined with ``policy`` by memhp.
+
+    ``online_movable`` -> Movable; ``online_kernel`` -> Normal; ``online``
+    -> the kernel's default, which for memory hot-added beyond a node's boot
+    memory is the kernel zone, Normal (``default_zone_for_pfn()`` in
+    mm/memory_hotplug.c picks the movable zone only when the range already
+    lies inside ZONE_MOVABLE's span, or with ``movable_node``/the
+    ``auto-movable`` online policy, neither of which memhp sets).
+    """
+    zones = {"online_movable": "Movable", "online_kernel": "Normal", "online": "Normal"}
+    try:
+        return zones[policy]
+    except KeyError:
+        raise ValueError(f"unknown online policy {policy!r}") from None

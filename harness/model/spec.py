@@ -1,0 +1,192 @@
+"""The model's inputs: the machine, the operations, and their text syntax.
+
+Everything is validated on construction; the syntax mirrors QEMU's own
+options (``-m 6G,slots=32,maxmem=32G``) so a user can copy a command line.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from harness.errors import UsageError
+from harness.units import MiB, format_size, parse_size
+
+# QEMU util/id.c id_wellformed(): a letter, then letters, digits, '-', '.', '_'.
+_ID = re.compile(r"^[A-Za-z][A-Za-z0-9._-]*$")
+# ACPI_MAX_RAM_SLOTS (QEMU include/hw/acpi/pc-hotplug.h, checked in
+# hw/i386/pc.c pc_memory_init()).
+ACPI_MAX_RAM_SLOTS = 256
+DEFAULT_QEMU_VERSION = (7, 2)
+
+
+def check_id(dimm_id: str) -> str:
+    """A DIMM id QEMU accepts (util/id.c id_wellformed), or a UsageError."""
+    if not isinstance(dimm_id, str) or not _ID.match(dimm_id):
+        raise UsageError(
+            f"DIMM id {dimm_id!r} is not a valid QEMU id",
+            value=dimm_id,
+            fix="start with a letter; use only letters, digits, '-', '.' and '_'",
+        )
+    return dimm_id
+
+
+@dataclass(frozen=True)
+class MachineSpec:
+    """The VM as the model sees it: machine type, RAM, hotplug room, NUMA.
+
+    ``numa`` holds the boot memory of each node (index = node id); empty
+    means no ``-numa`` options (QEMU then has one implicit node 0).
+    """
+
+    machine: Literal["pc", "q35"] = "pc"
+    ram_size: int = 6 << 30
+    slots: int = 32
+    maxmem: int = 32 << 30
+    numa: tuple[int, ...] = (3 << 30, 3 << 30)
+    qemu_version: tuple[int, int] = DEFAULT_QEMU_VERSION
+    block_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.machine not in ("pc", "q35"):
+            raise UsageError(f"machine type {self.machine!r} is not modelled", value=self.machine,
+                             fix="use pc (i440fx) or q35")
+        if self.ram_size <= 0 or self.ram_size % MiB:
+            raise UsageError(f"boot memory {self.ram_size} is not a positive multiple of 1M",
+                             value=self.ram_size, fix="e.g. 6G")
+        if self.slots < 0 or self.maxmem < 0:
+            raise UsageError("slots and maxmem cannot be negative", value=(self.slots, self.maxmem))
+        if self.block_size is not None and (
+            self.block_size <= 0 or self.block_size & (self.block_size - 1)
+        ):
+            raise UsageError(f"memory block size {self.block_size} is not a power of two",
+                             value=self.block_size, fix="e.g. 128M (block_size_bytes in sysfs)")
+        if tuple(self.qemu_version) < (2, 12):
+            raise UsageError(f"QEMU {self.qemu_version} is older than any modelled layout",
+                             value=self.qemu_version, fix="use QEMU 2.12 or newer")
+
+    @property
+    def node_count(self) -> int:
+        return max(1, len(self.numa))
+
+    def node_boot_bytes(self) -> tuple[int, ...]:
+        return self.numa if self.numa else (self.ram_size,)
+
+
+@dataclass(frozen=True)
+class AddDimm:
+    """Hot-add a pc-dimm of ``size`` bytes on ``node`` (at ``addr`` if given)."""
+
+    id: str
+    size: int
+    node: int = 0
+    addr: int | None = None
+
+    def __post_init__(self) -> None:
+        check_id(self.id)
+        if isinstance(self.size, bool) or not isinstance(self.size, int) or self.size <= 0:
+            raise UsageError(f"DIMM {self.id}: size {self.size!r} must be a positive byte count",
+                             value=self.size, fix="e.g. 1G")
+        if isinstance(self.node, bool) or not isinstance(self.node, int) or self.node < 0:
+            raise UsageError(f"DIMM {self.id}: node {self.node!r} must be a non-negative integer",
+                             value=self.node, fix="e.g. @1 for node 1")
+        if self.addr is not None and (not isinstance(self.addr, int) or self.addr < 0):
+            raise UsageError(f"DIMM {self.id}: address {self.addr!r} is not a valid address",
+                             value=self.addr, fix="e.g. :0x1c0000000")
+
+
+@dataclass(frozen=True)
+class RemoveDimm:
+    """Hot-remove the DIMM ``id``."""
+
+    id: str
+
+    def __post_init__(self) -> None:
+        check_id(self.id)
+
+
+Operation = AddDimm | RemoveDimm
+
+
+def parse_memory_option(text: str) -> tuple[int, int, int]:
+    """``6G,slots=32,maxmem=32G`` -> (ram_size, slots, maxmem), as QEMU's ``-m``."""
+    if not isinstance(text, str) or not text.strip():
+        raise UsageError("memory option is empty", value=text, fix="e.g. 6G,slots=32,maxmem=32G")
+    parts = [p.strip() for p in text.split(",")]
+    ram = parse_size(parts[0], what="boot memory")
+    slots, maxmem = 0, 0
+    seen: set[str] = set()
+    for part in parts[1:]:
+        key, sep, value = part.partition("=")
+        if not sep or key not in ("slots", "maxmem") or key in seen:
+            raise UsageError(
+                f"memory option part {part!r} is not slots=N or maxmem=SIZE (once each)",
+                value=text, fix="e.g. 6G,slots=32,maxmem=32G")
+        seen.add(key)
+        if key == "slots":
+            if not value.isdigit():
+                raise UsageError(f"slots={value!r} is not a number", value=text,
+                                 fix="e.g. slots=32")
+            slots = int(value)
+        else:
+            maxmem = parse_size(value, what="maxmem", allow_zero=True)
+    if ram % MiB:
+        raise UsageError(f"boot memory {format_size(ram)} is not a whole number of MiB",
+                         value=text, fix="e.g. 6G or 6144M")
+    if slots > ACPI_MAX_RAM_SLOTS:
+        raise UsageError(f"slots={slots} exceeds ACPI_MAX_RAM_SLOTS ({ACPI_MAX_RAM_SLOTS})",
+                         value=text, fix=f"use at most {ACPI_MAX_RAM_SLOTS} slots")
+    if (slots == 0) != (maxmem == 0):
+        raise UsageError("slots and maxmem must be given together", value=text,
+                         fix="e.g. 6G,slots=32,maxmem=32G, or neither for no hotplug")
+    if maxmem and maxmem < ram:
+        raise UsageError(f"maxmem {format_size(maxmem)} is below the boot memory "
+                         f"{format_size(ram)}", value=text, fix="raise maxmem")
+    return ram, slots, maxmem
+
+
+def parse_numa_option(text: str) -> tuple[int, ...]:
+    """``3G,3G`` -> boot memory of node 0, node 1, ..."""
+    if not isinstance(text, str) or not text.strip():
+        raise UsageError("NUMA option is empty", value=text, fix="e.g. 3G,3G")
+    sizes = tuple(parse_size(p, what="NUMA node size") for p in text.split(","))
+    for s in sizes:
+        if s % MiB:
+            raise UsageError(f"NUMA node size {s} is not a whole number of MiB", value=text)
+    return sizes
+
+
+_DIMM = re.compile(r"^(?P<id>[^:@]*):(?P<size>[^:@]+)(?:@(?P<node>[^:]*))?(?::(?P<addr>.+))?$")
+
+
+def parse_dimm_option(text: str) -> AddDimm:
+    """``ID:SIZE[@NODE][:ADDR]`` -> AddDimm, e.g. ``dimm0:1G@1`` or
+    ``dimm1:512M@0:0x240000000`` (ADDR in hex with 0x, or decimal bytes)."""
+    fix = "write ID:SIZE@NODE[:ADDR], e.g. dimm0:1G@1"
+    if not isinstance(text, str):
+        raise UsageError(f"DIMM {text!r} is not text", value=text, fix=fix)
+    m = _DIMM.match(text.strip())
+    if m is None:
+        raise UsageError(f"DIMM {text!r} is not ID:SIZE@NODE", value=text, fix=fix)
+    dimm_id = check_id(m.group("id"))
+    size = parse_size(m.group("size"), what=f"DIMM {dimm_id} size")
+    node_text = m.group("node")
+    if node_text is None:
+        node = 0
+    elif node_text.isdigit():
+        node = int(node_text)
+    else:
+        raise UsageError(f"DIMM {dimm_id}: node {node_text!r} is not a non-negative integer",
+                         value=text, fix=fix)
+    addr = None
+    if m.group("addr") is not None:
+        raw = m.group("addr").strip()
+        try:
+            addr = int(raw, 16) if raw.lower().startswith("0x") else int(raw, 10)
+        except ValueError:
+            raise UsageError(f"DIMM {dimm_id}: address {raw!r} is not a number", value=text,
+                             fix="give it in hex, e.g. 0x1c0000000") from None
+        if addr < 0 or addr >= 1 << 64:
+            raise UsageError(f"DIMM {dimm_id}: address {raw!r} is out of range", value=text)
+    return AddDimm(dimm_id, size, node, addr)

@@ -41,7 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # Commands return their exit code (or call ctx.exit); non-standalone
         # mode hands it back here instead of calling sys.exit.
-        rv = cli.main(args=argv, prog_name="memhp", standalone_mode=False)
+        args = sys.argv[1:] if argv is None else list(argv)
+        # ctx.obj keeps the raw argv: `memhp model` applies --add/--remove in
+        # the order they were given.
+        rv = cli.main(args=args, prog_name="memhp", standalone_mode=False, obj=args)
     except click.exceptions.Abort:
         click.echo("memhp: interrupted", err=True)
         return 130

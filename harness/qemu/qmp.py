@@ -37,6 +37,10 @@ class QMPEvent:
     seq: int
 
 
+class _NotListening(Exception):
+    """QMP socket not accepting connections yet."""
+
+
 class QMPSession:
     """One QMP connection; thread-safe, synchronous API."""
 
@@ -102,11 +106,23 @@ class QMPSession:
                 self._cond.notify_all()
 
     # -- public API -------------------------------------------------------
-    def connect(self, timeout: float = 10.0) -> None:
-        """Connect once the socket exists (the caller waits for it)."""
+    def connect(self, timeout: float = 10.0, abort: Callable[[], None] | None = None) -> None:
+        """Connect, retrying while QEMU has created the socket file but is not
+        listening yet (connection refused) until ``timeout``."""
+        from harness.retry import wait_for
+
+        def attempt() -> bool:
+            try:
+                self._call(self._connect(), timeout)
+            except (QMPError, OSError, TimeoutError) as exc:
+                raise _NotListening(str(exc)) from exc
+            return True
+
         try:
-            self._call(self._connect(), timeout)
-        except (QMPError, OSError, TimeoutError) as exc:
+            wait_for(attempt, what=f"QMP at {self.socket_path}", timeout=timeout,
+                     first_interval=0.005, max_interval=0.1, abort=abort,
+                     retry_on=(_NotListening,), phase="launch")
+        except WaitTimeout as exc:
             raise VMError(f"cannot connect to QMP at {self.socket_path}: {exc}",
                           phase="launch") from exc
 

@@ -259,19 +259,22 @@ class VM:
         assert self.paths is not None and self.proc is not None
         proc, sock = self.proc, self.paths.qmp_socket
 
-        def ready() -> bool | None:
+        def check_started() -> None:
             if proc.poll() is not None:
                 output = self.paths.qemu_log.read_text(errors="replace") if self.paths else ""
                 raise LaunchError(
                     f"QEMU exited with code {proc.returncode} during start-up",
                     argv=self.argv, exit_code=proc.returncode, output=output,
                 )
+
+        def ready() -> bool | None:
+            check_started()
             return True if sock.exists() else None
 
         wait_for(ready, what=f"QMP socket {sock}", timeout=self.timeouts.s("qmp_connect"),
                  phase="launch")
         self.qmp = QMPSession(sock, transcript=self.paths.qmp_transcript, logger=self.log)
-        self.qmp.connect(timeout=self.timeouts.s("qmp_connect"))
+        self.qmp.connect(timeout=self.timeouts.s("qmp_connect"), abort=check_started)
 
     # -- health ------------------------------------------------------------
     def serial_text(self) -> str:

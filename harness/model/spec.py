@@ -150,7 +150,11 @@ def parse_numa_option(text: str) -> tuple[int, ...]:
     """``3G,3G`` -> boot memory of node 0, node 1, ..."""
     if not isinstance(text, str) or not text.strip():
         raise UsageError("NUMA option is empty", value=text, fix="e.g. 3G,3G")
-    sizes = tuple(parse_size(p, what="NUMA node size") for p in text.split(","))
+    # 0 makes a memoryless node (QEMU: -numa node without memdev), which
+    # hot-added memory can then populate.
+    sizes = tuple(parse_size(p, what="NUMA node size", allow_zero=True) for p in text.split(","))
+    if not any(sizes):
+        raise UsageError("every NUMA node is empty", value=text, fix="e.g. 3G,3G or 6G,0")
     for s in sizes:
         if s % MiB:
             raise UsageError(f"NUMA node size {s} is not a whole number of MiB", value=text)

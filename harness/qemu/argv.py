@@ -72,6 +72,9 @@ def numa_args(cfg: VMConfig) -> list[str]:
     """One ``memory-backend-ram`` per node, as in the seed command line."""
     args: list[str] = []
     for node, size in enumerate(cfg.numa):
+        if size == 0:  # a memoryless node: only hot-added memory will populate it
+            args += ["-numa", f"node,nodeid={node}"]
+            continue
         args += ["-object", f"memory-backend-ram,id=mem{node},size={_mib(size)}"]
         args += ["-numa", f"node,nodeid={node},memdev=mem{node}"]
     if cfg.numa:

@@ -111,10 +111,10 @@ class VMConfig:
                 f"up to the boot memory {format_size(self.memory)}",
                 value=self.numa, fix="make the node sizes sum to -m",
             )
-        if any(n <= 0 or n % MiB for n in self.numa):
+        if any(n < 0 or n % MiB for n in self.numa) or (self.numa and not any(self.numa)):
             raise UsageError(
-                "every NUMA node needs a positive size in whole MiB", value=self.numa,
-                fix="e.g. --numa 3G,3G",
+                "NUMA node sizes must be whole MiB (0 for a memoryless node), not all 0",
+                value=self.numa, fix="e.g. --numa 3G,3G or 6G,0",
             )
         if self.smp < 1:
             raise UsageError(f"smp={self.smp} must be at least 1", value=self.smp)

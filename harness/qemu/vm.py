@@ -199,8 +199,12 @@ class VM:
         if parent is None:
             xdg = os.environ.get("XDG_RUNTIME_DIR")
             parent = Path(xdg) if xdg and os.access(xdg, os.W_OK) else None
+        base = Path(parent) if parent is not None else Path(tempfile.gettempdir())
+        if len(str(base)) > 60:
+            # a unix socket path must fit in sun_path (108 bytes)
+            base = Path("/tmp")
         # mkdtemp creates the directory 0700, owned by us.
-        path = Path(tempfile.mkdtemp(prefix=f"memhp-{self.config.name}-", dir=parent))
+        path = Path(tempfile.mkdtemp(prefix="memhp-", dir=base))
         os.chmod(path, 0o700)
         return path
 

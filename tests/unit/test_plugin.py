@@ -1,0 +1,57 @@
+"""The pytest plugin, tested with pytester (no VM boots here)."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest_plugins = ["pytester"]
+
+
+def test_markers_and_options_are_registered(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest("--markers")
+    result.stdout.fnmatch_lines(["*memhp_machine*", "*kvm*", "*slow*", "*needs_config*"])
+    help_text = pytester.runpytest("--help").stdout.str()
+    for opt in ("--memhp-kernel", "--memhp-disk", "--memhp-qemu", "--memhp-accel",
+                "--memhp-artifacts", "--memhp-timeout-scale", "--memhp-shard"):
+        assert opt in help_text
+
+
+def test_settings_resolve_option_then_env_then_ini(pytester: pytest.Pytester,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    pytester.makeini("[pytest]\nmemhp_timeout_scale = 3\nmemhp_accel = kvm\n")
+    pytester.makepyfile("""
+        def test_s(memhp_settings):
+            print("SCALE", memhp_settings.timeout_scale, "ACCEL", memhp_settings.accel)
+    """)
+    monkeypatch.setenv("MEMHP_ACCEL", "tcg")
+    out = pytester.runpytest("-s", "--memhp-timeout-scale=2").stdout.str()
+    assert "SCALE 2.0 ACCEL tcg" in out  # option beats ini; env beats ini
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["--memhp-accel=hvf"], "use auto, kvm or tcg"),
+    (["--memhp-timeout-scale=fast"], "not a number"),
+    (["--memhp-shard=3/2"], "I/N"),
+    (["--memhp-kernel=/nonexistent"], "is not a file"),
+    (["--memhp-disk=/etc/hostname"], "needs --memhp-ssh-key"),
+])
+def test_bad_settings_are_usage_errors(pytester: pytest.Pytester, args: list[str],
+                                       needle: str) -> None:
+    pytester.makepyfile("def test_x():\n    pass\n")
+    result = pytester.runpytest(*args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert needle in result.stderr.str()
+
+
+def test_shards_partition_the_tests_deterministically(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("\n".join(f"def test_{i}():\n    pass\n" for i in range(20)))
+    seen: list[set[str]] = []
+    for i in (1, 2, 3):
+        result = pytester.runpytest("--memhp-shard", f"{i}/3", "-v")
+        seen.append({line.split("::")[1].split()[0] for line in result.outlines
+                     if "PASSED" in line})
+    assert set().union(*seen) == {f"test_{i}" for i in range(20)}
+    assert sum(len(s) for s in seen) == 20
+    again = pytester.runpytest("--memhp-shard", "2/3", "-v")
+    assert {line.split("::")[1].split()[0] for line in again.outlines
+            if "PASSED" in line} == seen[1]

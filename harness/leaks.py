@@ -10,8 +10,9 @@ import tempfile
 from pathlib import Path
 
 
-def memhp_qemu_pids() -> set[int]:
-    """PIDs of running QEMUs started by memhp (named ``-name memhp-...``)."""
+def memhp_qemu_pids(under: Path | None = None) -> set[int]:
+    """PIDs of running QEMUs started by memhp (named ``-name memhp-...``),
+    optionally only those whose work dir is below ``under``."""
     out = set()
     for d in Path("/proc").iterdir():
         if not d.name.isdigit():
@@ -24,7 +25,8 @@ def memhp_qemu_pids() -> set[int]:
         if "State:\tZ" in status:
             continue
         if any(a.startswith(b"memhp-") for a in argv) and b"-name" in argv:
-            out.add(int(d.name))
+            if under is None or any(str(under).encode() in a for a in argv):
+                out.add(int(d.name))
     return out
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import signal
 import sys
-import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -43,25 +43,47 @@ def _parse_version(text: str | None) -> tuple[int, int] | None:
                          fix="e.g. --qemu-version 7.2") from exc
 
 
+def scenario_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """The options that describe a scenario and how to run it (shared by
+    run, compare and bisect)."""
+    for deco in reversed(_SCENARIO_OPTIONS):
+        f = deco(f)
+    return f
+
+
+_SCENARIO_OPTIONS: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
+    click.option("--scenario", "scenario_file", type=click.Path(path_type=Path),
+                  help="A TOML scenario file (see README); replaces --add/--remove."),
+    click.option("--machine", default="pc", show_default=True, help="pc (i440fx) or q35."),
+    click.option("--memory", default=SEED_MEMORY, show_default=True,
+                  help="Boot memory, as QEMU's -m: SIZE,slots=N,maxmem=SIZE."),
+    click.option("--numa", default=SEED_NUMA, show_default=True,
+                  help="Boot memory per NUMA node, e.g. 3G,3G; '' for no NUMA."),
+    click.option("--add", "adds", multiple=True, metavar="ID:SIZE@NODE[:ADDR]",
+                  help=f"Hot-add a DIMM (repeatable). Default: {SEED_DIMM}."),
+    click.option("--remove", "removes", multiple=True, metavar="ID",
+                  help="Hot-remove a DIMM after the adds (repeatable)."),
+    click.option("--online", default="online_movable", show_default=True,
+                  type=click.Choice(["online", "online_kernel", "online_movable", "none"]),
+                  help="How to online each added DIMM's blocks ('none' leaves them offline)."),
+    click.option("--append", "append", multiple=True,
+                  help="Extra guest kernel parameter (repeatable), e.g. "
+                       "memhp_default_state=online_movable for auto-online."),
+    click.option("--smp", default=2, show_default=True, type=click.IntRange(1, 64)),
+    click.option("--accel", default="auto", show_default=True,
+                  type=click.Choice(["auto", "kvm", "tcg"]),
+                  help="auto probes KVM for real and falls back to TCG."),
+    click.option("--qemu", "qemu_binary", default="qemu-system-x86_64", show_default=True),
+    click.option("--qemu-version", help="Model QEMU's layout of this version (default: detected)."),
+    click.option("--keep", type=click.Path(path_type=Path),
+                  help="Keep artifacts (argv, serial log, QMP transcript, dmesg) in this dir."),
+    click.option("--timeout-scale", default=1.0, show_default=True,
+                 type=click.FloatRange(0.1, 100)),
+]
+
+
 @click.command("run")
-@click.option("--scenario", "scenario_file", type=click.Path(path_type=Path),
-              help="A TOML scenario file (see README); replaces --add/--remove.")
-@click.option("--machine", default="pc", show_default=True, help="pc (i440fx) or q35.")
-@click.option("--memory", default=SEED_MEMORY, show_default=True,
-              help="Boot memory, as QEMU's -m: SIZE,slots=N,maxmem=SIZE.")
-@click.option("--numa", default=SEED_NUMA, show_default=True,
-              help="Boot memory per NUMA node, e.g. 3G,3G; '' for no NUMA.")
-@click.option("--add", "adds", multiple=True, metavar="ID:SIZE@NODE[:ADDR]",
-              help=f"Hot-add a DIMM (repeatable). Default: {SEED_DIMM}.")
-@click.option("--remove", "removes", multiple=True, metavar="ID",
-              help="Hot-remove a DIMM after the adds (repeatable).")
-@click.option("--online", default="online_movable", show_default=True,
-              type=click.Choice(["online", "online_kernel", "online_movable", "none"]),
-              help="How to online each added DIMM's blocks ('none' leaves them offline).")
-@click.option("--append", "append", multiple=True,
-              help="Extra guest kernel parameter (repeatable), e.g. "
-                   "memhp_default_state=online_movable for auto-online.")
-@click.option("--smp", default=2, show_default=True, type=click.IntRange(1, 64))
+@scenario_options
 @click.option("--kernel", type=click.Path(path_type=Path),
               help="Boot this bzImage instead of the default guest kernel.")
 @click.option("--modules", type=click.Path(path_type=Path),
@@ -70,14 +92,6 @@ def _parse_version(text: str | None) -> tuple[int, int] | None:
               help="Boot your own disk image (raw/qcow2, opened in snapshot mode).")
 @click.option("--ssh-user", default="root", show_default=True, help="SSH user for --disk.")
 @click.option("--ssh-key", type=click.Path(path_type=Path), help="SSH private key for --disk.")
-@click.option("--accel", default="auto", show_default=True,
-              type=click.Choice(["auto", "kvm", "tcg"]),
-              help="auto probes KVM for real and falls back to TCG.")
-@click.option("--qemu", "qemu_binary", default="qemu-system-x86_64", show_default=True)
-@click.option("--qemu-version", help="Model QEMU's layout of this version (default: detected).")
-@click.option("--keep", type=click.Path(path_type=Path),
-              help="Keep artifacts (argv, serial log, QMP transcript, dmesg) in this dir.")
-@click.option("--timeout-scale", default=1.0, show_default=True, type=click.FloatRange(0.1, 100))
 @click.option("--exec", "exec_cmd", help="Run this shell command in the guest after the steps.")
 @click.option("--script", type=click.Path(path_type=Path),
               help="Copy this script into the guest and run it with bash after the steps.")
@@ -116,72 +130,61 @@ def _scenario(opts: dict[str, Any], version: tuple[int, int] | None) -> Scenario
     )
 
 
+def prepare(opts: dict[str, Any], kernel: Path | None = None) -> tuple[Scenario, Any]:
+    """Validate the options into a scenario and a guest (UsageError before any VM)."""
+    from harness.launch import GuestSource, resolve_guest
+    from harness.session import qemu_version
+
+    version = _parse_version(opts["qemu_version"])
+    if version is None:
+        detected = qemu_version(opts["qemu_binary"])
+        version = _parse_version(detected) if detected != "unknown" else None
+    scenario = _scenario(opts, version)
+    source = GuestSource(kernel=kernel or opts.get("kernel"), modules=opts.get("modules"),
+                         disk=opts.get("disk"), ssh_user=opts.get("ssh_user", "root"),
+                         ssh_key=opts.get("ssh_key"))
+    return scenario, resolve_guest(source)
+
+
+def _error_json(exc: HarnessError) -> str:
+    kind = getattr(exc, "kind", type(exc).__name__)
+    return json.dumps({"error": {"kind": kind, "phase": exc.phase, "message": str(exc)}})
+
+
 def _run(**opts: Any) -> int:
     # Imported here so that `memhp --help` and the other commands stay fast.
-    from harness.launch import GuestSource, launch_vm, resolve_guest
     from harness.report import print_run_report, print_step
-    from harness.session import Runner, RunResult, layout_json, qemu_version, run_exec
+    from harness.workflow import execute
 
-    t0 = time.monotonic()
     as_json: bool = opts["as_json"]
     out = sys.stderr if as_json else sys.stdout
     try:
-        version = _parse_version(opts["qemu_version"])
-        if version is None:
-            detected = qemu_version(opts["qemu_binary"])
-            version = _parse_version(detected) if detected != "unknown" else None
-        scenario = _scenario(opts, version)
-        source = GuestSource(kernel=opts["kernel"], modules=opts["modules"], disk=opts["disk"],
-                             ssh_user=opts["ssh_user"], ssh_key=opts["ssh_key"])
-        guest = resolve_guest(source)
+        scenario, guest = prepare(opts)
     except HarnessError as exc:
         if as_json:
-            kind = getattr(exc, "kind", type(exc).__name__)
-            click.echo(json.dumps({"error": {"kind": kind, "phase": exc.phase,
-                                             "message": str(exc)}}))
+            click.echo(_error_json(exc))
         click.echo(f"memhp: {exc.phase} error: {exc}", err=True)
         return exc.exit_code
 
-    result: RunResult | None = None
+    def booted(result: RunResult) -> None:
+        click.echo(f"memhp: {result.accel.upper()} ({result.accel_reason}); guest up over SSH "
+                   f"in {result.timings.get('boot_to_ssh_s', 0):.2f}s", file=out)
+
     try:
-        with launch_vm(scenario, guest, accel=opts["accel"], qemu_binary=opts["qemu_binary"],
-                       keep=opts["keep"], artifacts_on_failure=Path("memhp-artifacts"),
-                       timeout_scale=opts["timeout_scale"], name=scenario.name) as (vm, choice):
-            result = RunResult(
-                scenario=scenario.name, accel=choice.accel, accel_reason=choice.reason,
-                qemu_version=qemu_version(opts["qemu_binary"]),
-                kernel=guest.describe(), layout=layout_json(scenario.predict()),
-            )
-            result.timings.update(vm.timings)
-            click.echo(f"memhp: {choice.accel.upper()} ({choice.reason}); guest up over SSH "
-                       f"in {vm.timings.get('boot_to_ssh_s', 0):.2f}s", file=out)
-            runner = Runner(scenario, vm, on_step=lambda s: print_step(s, file=out))
-            runner.run()
-            result.steps = runner.steps
-            for s in runner.steps:
-                result.timings[f"step{s.index}_s"] = s.seconds
-            result.exec = run_exec(vm, scenario.exec_cmd, scenario.script)
-            if not result.passed:
-                vm.mark_failed()
-        if result is not None and vm.saved_artifacts is not None:
-            result.artifacts = str(vm.saved_artifacts)
+        result = execute(scenario, guest, accel=opts["accel"], qemu_binary=opts["qemu_binary"],
+                         keep=opts["keep"], timeout_scale=opts["timeout_scale"],
+                         on_boot=booted, on_step=lambda s: print_step(s, file=out))
     except KeyboardInterrupt:
         click.echo("memhp: interrupted; the VM was shut down", err=True)
         return 130
-    except HarnessError as exc:
-        click.echo(f"memhp: {exc.phase} error: {exc}", err=True)
-        if result is None:
-            if as_json:
-                click.echo(json.dumps({"error": {"kind": type(exc).__name__,
-                                                 "phase": exc.phase, "message": str(exc)}}))
-            return exc.exit_code
-        result.error = {"kind": type(exc).__name__, "phase": exc.phase, "message": str(exc)}
-    assert result is not None
-    result.timings["total_s"] = time.monotonic() - t0
+    if result.error:
+        click.echo(f"memhp: {result.error['phase']} error: {result.error['message']}", err=True)
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
     else:
         print_run_report(result, file=out)
+    if result.error and not result.steps and not result.error.get("booted"):
+        return 3 if result.error["phase"] in ("environment",) else 1
     return 0 if result.passed else 1
 
 

@@ -1,0 +1,73 @@
+"""One run of a scenario on one guest, start to finish, as a RunResult.
+
+Shared by ``memhp run``, ``memhp compare`` and ``memhp bisect``.  Errors
+after the plan was accepted do not escape: they are recorded in the result
+with the phase they happened in (``launch``/``boot``/``ssh`` mean the guest
+never came up, which ``memhp bisect`` maps to "cannot test").
+Ctrl-C does escape, after the VM was ended.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from harness.errors import HarnessError
+from harness.launch import ResolvedGuest, launch_vm
+from harness.scenario import Scenario
+from harness.session import Runner, RunResult, StepResult, layout_json, qemu_version, run_exec
+
+BOOT_PHASES = ("launch", "boot", "ssh", "wait", "guest", "qemu")
+
+
+def execute(
+    scenario: Scenario,
+    guest: ResolvedGuest,
+    *,
+    accel: str = "auto",
+    qemu_binary: str = "qemu-system-x86_64",
+    keep: Path | None = None,
+    artifacts_on_failure: Path | None = Path("memhp-artifacts"),
+    timeout_scale: float = 1.0,
+    on_boot: Callable[[RunResult], None] | None = None,
+    on_step: Callable[[StepResult], None] | None = None,
+) -> RunResult:
+    t0 = time.monotonic()
+    result = RunResult(scenario=scenario.name, accel="?", accel_reason="",
+                       qemu_version=qemu_version(qemu_binary), kernel=guest.describe(),
+                       layout=layout_json(scenario.predict()))
+    booted = False
+    vm = None
+    try:
+        with launch_vm(scenario, guest, accel=accel, qemu_binary=qemu_binary, keep=keep,
+                       artifacts_on_failure=artifacts_on_failure, timeout_scale=timeout_scale,
+                       name=scenario.name) as (vm, choice):
+            booted = True
+            result.accel, result.accel_reason = choice.accel, choice.reason
+            result.timings.update(vm.timings)
+            if on_boot:
+                on_boot(result)
+            runner = Runner(scenario, vm, on_step=on_step)
+            try:
+                runner.run()
+            finally:
+                result.steps = runner.steps
+            for s in runner.steps:
+                result.timings[f"step{s.index}_s"] = s.seconds
+            result.exec = run_exec(vm, scenario.exec_cmd, scenario.script)
+            if not result.passed:
+                vm.mark_failed()
+    except HarnessError as exc:
+        result.error = {"kind": type(exc).__name__, "phase": exc.phase, "message": str(exc),
+                        "booted": booted}
+    finally:
+        if vm is not None and vm.saved_artifacts is not None:
+            result.artifacts = str(vm.saved_artifacts)
+        result.timings["total_s"] = time.monotonic() - t0
+    return result
+
+
+def never_booted(result: RunResult) -> bool:
+    """The guest did not come up, for reasons before any hotplug step."""
+    return result.error is not None and not result.error.get("booted", True)

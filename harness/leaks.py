@@ -24,9 +24,9 @@ def memhp_qemu_pids(under: Path | None = None) -> set[int]:
             continue
         if "State:\tZ" in status:
             continue
-        if any(a.startswith(b"memhp-") for a in argv) and b"-name" in argv:
-            if under is None or any(str(under).encode() in a for a in argv):
-                out.add(int(d.name))
+        ours = any(a.startswith(b"memhp-") for a in argv) and b"-name" in argv
+        if ours and (under is None or any(str(under).encode() in a for a in argv)):
+            out.add(int(d.name))
     return out
 
 

@@ -161,6 +161,12 @@ class GuestPanic(VMError):
     phase = "guest"
 
 
+class GuestUnreachable(VMError):
+    """The guest booted but says it cannot be reached (no NIC, no keys)."""
+
+    phase = "boot"
+
+
 class WaitTimeout(VMError):
     """A bounded wait expired; ``awaited`` says what for."""
 

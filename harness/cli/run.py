@@ -126,7 +126,8 @@ def _scenario(opts: dict[str, Any], version: tuple[int, int] | None) -> Scenario
     return build_scenario(
         name=name, machine=opts["machine"], memory=opts["memory"], numa=opts["numa"] or None,
         steps=default_steps(adds, opts["removes"], online, auto), smp=opts["smp"],
-        append=append, exec_cmd=opts["exec_cmd"], script=opts["script"], qemu_version=version,
+        append=append, exec_cmd=opts.get("exec_cmd"), script=opts.get("script"),
+        qemu_version=version,
     )
 
 

@@ -22,6 +22,20 @@ import paramiko
 from harness.errors import GuestCommandError, VMError, WaitTimeout
 
 
+class _QuietWhileBooting(logging.Filter):
+    """paramiko logs a traceback at ERROR for every connection attempt that
+    reaches QEMU's port forward before the guest's sshd listens; those are
+    expected while waiting (the exception itself is handled), so drop them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        return not ("SSH protocol banner" in text or text.startswith(("Traceback", "  ", " "))
+                    or "Connection reset" in text or "During handling" in text or not text)
+
+
+logging.getLogger("paramiko.transport").addFilter(_QuietWhileBooting())
+
+
 @dataclass(frozen=True)
 class CommandResult:
     command: str

@@ -276,6 +276,16 @@ def _find_modules_dir(modules: Path, kver: str) -> Path:
                      value=modules, fix="give lib/modules/<version> or an INSTALL_MOD_PATH")
 
 
+def _matching_modules(kver: str, debs: Path) -> tuple[Path | None, Path | None]:
+    """Modules for a user kernel given without --modules: the host's
+    ``/lib/modules/<version>``, else a cached Debian package of that release."""
+    host = Path("/lib/modules") / kver
+    if (host / "modules.dep").exists():
+        return host, None
+    kdeb = next(iter(sorted(debs.glob(f"linux-image-{kver}_*.deb"))), None)
+    return None, kdeb
+
+
 def _module_plan(mdir: Path, kver: str, wanted: Iterable[str]) -> list[str]:
     dep = mdir / "modules.dep"
     if not dep.exists():
@@ -319,6 +329,14 @@ def build_image(
         parts.append(kdeb.name.encode())
     else:
         parts.append(_file_sha(kernel))
+        if modules is None:
+            # A distro kernel needs its NIC and fw_cfg modules: find them
+            # rather than boot a guest that can never be reached.
+            modules, kdeb = _matching_modules(kernel_version(kernel), root_cache / "debs")
+            if modules is not None or kdeb is not None:
+                say(f"using modules from {modules or kdeb} (pass --modules to choose)")
+            if kdeb is not None:
+                parts.append(kdeb.name.encode())
         if modules is not None:
             parts.append(str(modules.resolve()).encode())
         if kernel_config is not None:
@@ -357,7 +375,7 @@ def _build_into(tmp: Path, final: Path, key: str, recipe: Recipe, debs: dict[str
     config: Path | None = None
     module_names: list[str] = []
     modules_root: Path | None = None
-    if kdeb is not None:
+    if kdeb is not None and kernel is None:
         kroot = tmp / "kernel"
         _run(["dpkg-deb", "-x", str(kdeb), str(kroot)], f"unpacking {kdeb.name}")
         vmlinuz = next((kroot / "boot").glob("vmlinuz-*"))
@@ -378,6 +396,10 @@ def _build_into(tmp: Path, final: Path, key: str, recipe: Recipe, debs: dict[str
         if kernel_config is not None:
             shutil.copy2(kernel_config, tmp / "config")
             config = tmp / "config"
+        if modules is None and kdeb is not None:
+            kroot = tmp / "kernel"
+            _run(["dpkg-deb", "-x", str(kdeb), str(kroot)], f"unpacking {kdeb.name}")
+            modules = kroot / "lib/modules" / kver
         if modules is not None:
             modules_root = _find_modules_dir(modules, kver)
             module_names = _module_plan(modules_root, kver, recipe.modules)

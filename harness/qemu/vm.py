@@ -32,6 +32,7 @@ from typing import Any
 
 from harness.errors import (
     GuestPanic,
+    GuestUnreachable,
     HostEnvironmentError,
     HotplugRefused,
     LaunchError,
@@ -55,6 +56,13 @@ OST_NAMES = {
     0x81: "device in use", 0x82: "device busy", 0x83: "eject dependency busy",
 }
 PANIC_RE = re.compile(r"Kernel panic - not syncing[^\n]*")
+# What the default guest's /init prints when SSH cannot come up, and why.
+UNREACHABLE = (
+    ("memhp-init: no eth0", "no network interface (the kernel lacks the virtio-net driver: "
+     "build it in, CONFIG_VIRTIO_NET=y, or pass --modules with virtio_net.ko)"),
+    ("memhp-init: no keys in fw_cfg", "no SSH keys from QEMU fw_cfg (the kernel lacks "
+     "CONFIG_FW_CFG_SYSFS: build it in, or pass --modules with qemu_fw_cfg.ko)"),
+)
 
 
 @dataclass(frozen=True)
@@ -306,6 +314,16 @@ class VM:
             text = m.group(0) if m else "GUEST_PANICKED event from QEMU"
             raise GuestPanic(f"guest kernel panicked: {text}", serial_tail=self.serial_tail(60))
 
+    def check_reachable(self) -> None:
+        """Raise at once when the default guest's /init reported that SSH
+        cannot come up, instead of waiting out the SSH timeout."""
+        self.check_alive()
+        serial = self.serial_text()
+        for needle, why in UNREACHABLE:
+            if needle in serial:
+                raise GuestUnreachable(f"the guest cannot be reached over SSH: {why}",
+                                       serial_tail=self.serial_tail(30))
+
     def wait_for_console(self, needle: str, *, what: str, timeout: float | None = None) -> None:
         """Wait for ``needle`` on the serial console."""
         wait_for(
@@ -340,7 +358,7 @@ class VM:
             return True
 
         wait_for(attempt, what="SSH login to the guest", timeout=self.timeouts.s("ssh"),
-                 first_interval=0.02, max_interval=0.2, abort=self.check_alive,
+                 first_interval=0.02, max_interval=0.2, abort=self.check_reachable,
                  retry_on=(ConnectionError,), phase="ssh", serial_tail=self.serial_tail)
         self.shell = shell
         self.guest = Guest(shell)

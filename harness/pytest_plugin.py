@@ -165,7 +165,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     index, count = shard
     import zlib
 
-    keep, drop = [], []
+    keep: list[Any] = []
+    drop: list[Any] = []
     for item in items:
         bucket = zlib.crc32(item.nodeid.encode()) % count
         (keep if bucket == index - 1 else drop).append(item)

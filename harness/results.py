@@ -28,7 +28,7 @@ def load_result(path: Path) -> dict[str, Any]:
                          fix="give a file written by `memhp run --json`") from exc
     if not isinstance(data, dict):
         raise UsageError(f"result {str(path)!r} is not a memhp result document", value=path)
-    docs = data.get("runs") if "runs" in data else [data]
+    docs: list[Any] = data.get("runs") or [] if "runs" in data else [data]
     for doc in docs:
         if doc.get("schema") not in SUPPORTED_SCHEMAS:
             raise UsageError(

@@ -81,7 +81,7 @@ class RunResult:
     steps: list[StepResult] = field(default_factory=list)
     exec: ExecResult | None = None
     timings: dict[str, float] = field(default_factory=dict)
-    error: dict[str, str] | None = None
+    error: dict[str, Any] | None = None
     artifacts: str | None = None
     layout: dict[str, Any] = field(default_factory=dict)
 
@@ -199,7 +199,7 @@ class Runner:
         return self.prediction.steps[ops_done - 1].dimms
 
     def expected_blocks(self) -> list[ExpectedBlock]:
-        out = []
+        out: list[ExpectedBlock] = []
         for d in self._current_dimms():
             if not d.guest_accepts:
                 continue

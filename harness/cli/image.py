@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -59,7 +60,7 @@ def info_cmd(as_json: bool) -> int:
     if image.config is not None and image.config.exists():
         values = dict(re.findall(r"^CONFIG_(\w+)=(.*)$", image.config.read_text(), re.M))
         config = {opt: values.get(opt, "n") for opt in HOTPLUG_OPTIONS}
-    data = image.to_json() | {
+    data: dict[str, Any] = image.to_json() | {
         "kernel": str(image.kernel.resolve()), "initrd": str(image.initrd.resolve()),
         "sizes": {"kernel": image.kernel.stat().st_size, "initrd": image.initrd.stat().st_size},
         "hotplug_config": config,

@@ -54,7 +54,9 @@ def comparison(a: Any, b: Any) -> tuple[list[dict[str, Any]], bool]:
         sa = a.steps[i] if i < len(a.steps) else None
         sb = b.steps[i] if i < len(b.steps) else None
         ka, kb = (_step_key(sa) if sa else {}), (_step_key(sb) if sb else {})
-        rows.append({"step": (sa or sb).action, "a": ka, "b": kb,
+        either = sa or sb
+        assert either is not None
+        rows.append({"step": either.action, "a": ka, "b": kb,
                      "differs": {k for k in ("passed", "blocks", "nodes")
                                  if ka.get(k) != kb.get(k)}})
         if ka.get("passed") and not kb.get("passed"):

@@ -27,11 +27,11 @@ def elf_deps(path: Path) -> tuple[str | None, list[str]]:
             interp = None
             for seg in elf.iter_segments():
                 if seg["p_type"] == "PT_INTERP":
-                    interp = seg.get_interp_name()
+                    interp = seg.get_interp_name()  # type: ignore[attr-defined]
             needed: list[str] = []
             for section in elf.iter_sections():
                 if isinstance(section, DynamicSection):
-                    needed += [t.needed for t in section.iter_tags()
+                    needed += [str(t.needed) for t in section.iter_tags()  # type: ignore[attr-defined]
                                if t.entry.d_tag == "DT_NEEDED"]
             return interp, needed
     except ELFError:

@@ -125,9 +125,9 @@ def read_config(path: Path) -> tuple[str, str]:
         if _looks_like_config(text):
             return text, "config.gz"
     elif blob.startswith(b"!<arch>\n"):
-        text = config_from_deb(path)
-        if text:
-            return text, "deb"
+        deb_text = config_from_deb(path)
+        if deb_text:
+            return deb_text, "deb"
         raise KconfigError(f"{path}: a .deb without boot/config-* (expected a linux-image package)")
     else:
         try:

@@ -89,7 +89,7 @@ class QMPSession:
         try:
             async for event in client.events:
                 ev = QMPEvent(
-                    name=str(event["event"]), data=dict(event.get("data", {})),
+                    name=str(event["event"]), data=dict(event.get("data") or {}),  # type: ignore[call-overload]
                     received=time.monotonic(), seq=0,
                 )
                 self._record("event", {"event": ev.name, "data": ev.data})

@@ -96,5 +96,10 @@ def markdown(doc: dict[str, Any]) -> str:
         if r.get("error"):
             out.append("")
             out.append(f"Error ({r['error'].get('phase')}): `{r['error'].get('message')}`")
+        if r.get("map") or r.get("artifacts"):
+            out.append("")
+            where = r.get("map") or f"{r['artifacts']}/memory-map.svg"
+            out.append(f"Memory map: [{where}]({where})"
+                       + (f" · artifacts: `{r['artifacts']}`" if r.get("artifacts") else ""))
         out.append("")
     return "\n".join(out)

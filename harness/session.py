@@ -84,6 +84,7 @@ class RunResult:
     error: dict[str, Any] | None = None
     artifacts: str | None = None
     layout: dict[str, Any] = field(default_factory=dict)
+    map: str | None = None
 
     @property
     def passed(self) -> bool:
@@ -110,6 +111,7 @@ class RunResult:
             "timings": {k: round(v, 4) for k, v in self.timings.items()},
             "error": self.error,
             "artifacts": self.artifacts,
+            "map": self.map,
         }
 
 

@@ -9,6 +9,7 @@ Ctrl-C does escape, after the VM was ended.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +18,8 @@ from harness.errors import HarnessError
 from harness.launch import ResolvedGuest, launch_vm
 from harness.scenario import Scenario
 from harness.session import Runner, RunResult, StepResult, layout_json, qemu_version, run_exec
+
+log = logging.getLogger(__name__)
 
 BOOT_PHASES = ("launch", "boot", "ssh", "wait", "guest", "qemu")
 
@@ -36,7 +39,8 @@ def execute(
     t0 = time.monotonic()
     result = RunResult(scenario=scenario.name, accel="?", accel_reason="",
                        qemu_version=qemu_version(qemu_binary), kernel=guest.describe(),
-                       layout=layout_json(scenario.predict()))
+                       layout=layout_json(scenario.predict())
+                       | {"node_ram": list(scenario.machine.node_boot_bytes())})
     booted = False
     vm = None
     try:
@@ -62,10 +66,27 @@ def execute(
         result.error = {"kind": type(exc).__name__, "phase": exc.phase, "message": str(exc),
                         "booted": booted}
     finally:
+        result.timings["total_s"] = time.monotonic() - t0
         if vm is not None and vm.saved_artifacts is not None:
             result.artifacts = str(vm.saved_artifacts)
-        result.timings["total_s"] = time.monotonic() - t0
+            save_map(result, Path(vm.saved_artifacts) / "memory-map.svg")
     return result
+
+
+def save_map(result: RunResult, path: Path) -> Path | None:
+    """Draw the run's memory map to ``path`` (and a PNG when possible)."""
+    from harness.memmap import render_svg, svg_to_png
+
+    if not result.steps:
+        return None
+    try:
+        path.write_text(render_svg(result.to_json()))
+    except OSError as exc:
+        log.warning("cannot write the memory map %s: %s", path, exc)
+        return None
+    svg_to_png(path)
+    result.map = str(path)
+    return path
 
 
 def never_booted(result: RunResult) -> bool:

@@ -45,4 +45,37 @@ def merge_cmd(results: tuple[Path, ...], output: Path | None) -> int:
     return 0 if doc["result"] == "pass" else 1
 
 
+@report_group.command("map")
+@click.argument("result", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
+              help="SVG file to write (a PNG beside it when rsvg-convert is installed).")
+@click.option("--step", type=int, help="Draw the state after this step (0-based; default last).")
+@click.option("--run", "run_index", default=0, show_default=True,
+              help="Which run of a merged document.")
+def map_cmd(result: Path, output: Path, step: int | None, run_index: int) -> int:
+    """Draw RESULT's guest-physical memory map: RAM, hole, DIMMs, blocks by zone/state."""
+    from harness.errors import UsageError
+    from harness.memmap import render_svg, svg_to_png
+
+    doc = load_result(result)
+    runs = doc.get("runs", [doc])
+    if not 0 <= run_index < len(runs):
+        raise UsageError(f"--run {run_index} is out of range: {result} holds {len(runs)} run(s)",
+                         value=run_index, fix=f"use 0..{len(runs) - 1}")
+    doc = runs[run_index]
+    n = len(doc.get("steps") or [])
+    if step is not None and not 0 <= step < n:
+        raise UsageError(f"--step {step} is out of range: the run has {n} step(s)", value=step,
+                         fix=f"use 0..{n - 1}")
+    try:
+        output.write_text(render_svg(doc, step))
+    except ValueError as exc:
+        raise UsageError(f"cannot draw {result}: {exc}", value=result) from exc
+    click.echo(f"memory map: {output}")
+    png = svg_to_png(output)
+    if png is not None:
+        click.echo(f"memory map: {png}")
+    return 0
+
+
 COMMANDS: list[click.Command] = [report_group]

@@ -96,6 +96,8 @@ _SCENARIO_OPTIONS: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
 @click.option("--script", type=click.Path(path_type=Path),
               help="Copy this script into the guest and run it with bash after the steps.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result document as JSON.")
+@click.option("--map", "map_path", type=click.Path(path_type=Path),
+              help="Draw the guest-physical memory map after the run to this SVG file.")
 def run_cmd(**opts: Any) -> int:
     """Boot a guest, hot-add memory over QMP, online it over SSH, check it all."""
     old = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
@@ -147,6 +149,17 @@ def prepare(opts: dict[str, Any], kernel: Path | None = None) -> tuple[Scenario,
     return scenario, resolve_guest(source)
 
 
+def _check_map_path(path: Path | None) -> None:
+    if path is None:
+        return
+    if path.is_dir():
+        raise UsageError(f"--map {str(path)!r} is a directory", value=path,
+                         fix="give a file name such as map.svg")
+    if not path.parent.resolve().is_dir():
+        raise UsageError(f"--map {str(path)!r}: directory {str(path.parent)!r} does not exist",
+                         value=path, fix="create it first or choose another path")
+
+
 def _error_json(exc: HarnessError) -> str:
     kind = getattr(exc, "kind", type(exc).__name__)
     return json.dumps({"error": {"kind": kind, "phase": exc.phase, "message": str(exc)}})
@@ -160,6 +173,7 @@ def _run(**opts: Any) -> int:
     as_json: bool = opts["as_json"]
     out = sys.stderr if as_json else sys.stdout
     try:
+        _check_map_path(opts.get("map_path"))
         scenario, guest = prepare(opts)
     except HarnessError as exc:
         if as_json:
@@ -180,6 +194,11 @@ def _run(**opts: Any) -> int:
         return 130
     if result.error:
         click.echo(f"memhp: {result.error['phase']} error: {result.error['message']}", err=True)
+    if opts.get("map_path") is not None:
+        from harness.workflow import save_map
+
+        if save_map(result, opts["map_path"]) is not None:
+            click.echo(f"memhp: memory map {opts['map_path']}", file=out)
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
     else:

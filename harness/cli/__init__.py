@@ -26,9 +26,9 @@ def cli(verbose: int) -> None:
 
 
 def _register() -> None:
-    from harness.cli import bench, image, kconfig, model, regress, report, run
+    from harness.cli import bench, image, kconfig, kernel, model, regress, report, run
 
-    for module in (model, image, kconfig, run, regress, bench, report):
+    for module in (model, image, kconfig, kernel, run, regress, bench, report):
         for command in module.COMMANDS:
             cli.add_command(command)
 

@@ -496,7 +496,7 @@ class VM:
     def stop(self) -> None:
         """End QEMU and clean up; idempotent, never raises for cleanup trouble."""
         try:
-            if self._failed and self.shell is not None:
+            if (self._failed or self.keep) and self.shell is not None:
                 self._save_dmesg()
         finally:
             try:

@@ -1,0 +1,135 @@
+"""`memhp kernel build` without building: cache key, fragment verification, input checks.
+
+The .config and Kconfig texts here are small fakes (FAKE_*), not real kernel files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from harness.errors import UsageError
+from harness.kernel.build import (
+    _bounded_jobs,
+    build_kernel,
+    cache_key,
+    describe_dropped,
+    kconfig_symbols,
+    read_fragment,
+    requested_options,
+    verify_config,
+)
+from harness.kconfig import parse_values
+from harness.resources import kconfigs_dir
+
+FAKE_FRAGMENT = "# fake\nCONFIG_MEMORY_HOTPLUG=y\nCONFIG_ACPI_HOTPLUG_MEMORY=y\n"
+FAKE_AUTO = ("CONFIG_MHP_DEFAULT_ONLINE_TYPE_ONLINE_AUTO=y\n"
+             "CONFIG_MEMORY_HOTPLUG_DEFAULT_ONLINE=y\n")
+FAKE_OFFLINE = "# CONFIG_MEMORY_HOTPLUG_DEFAULT_ONLINE is not set\n"
+
+FAKE_KCONFIG = """
+config MEMORY_HOTPLUG
+	bool "Memory hotplug"
+menuconfig ACPI
+	bool "ACPI"
+config ACPI_HOTPLUG_MEMORY
+	bool "Memory Hotplug"
+	depends on MEMORY_HOTPLUG
+  config MEMORY_HOTPLUG_DEFAULT_ONLINE
+	bool "Online the newly added memory blocks by default"
+# config COMMENTED_OUT
+"""
+
+FAKE_FINAL_CONFIG = """\
+CONFIG_ACPI=y
+CONFIG_MEMORY_HOTPLUG=y
+# CONFIG_ACPI_HOTPLUG_MEMORY is not set
+CONFIG_MEMORY_HOTPLUG_DEFAULT_ONLINE=y
+"""
+
+
+def test_cache_key_is_stable_and_depends_on_every_input() -> None:
+    frags = [FAKE_FRAGMENT.encode(), FAKE_AUTO.encode()]
+    base = cache_key("deb:linux-source-6.1_6.1.192-2_all.deb", frags, "tinyconfig", "gcc 12.2")
+    assert base == cache_key("deb:linux-source-6.1_6.1.192-2_all.deb", list(frags),
+                             "tinyconfig", "gcc 12.2")
+    variants = {
+        cache_key("deb:linux-source-6.1_6.1.193-1_all.deb", frags, "tinyconfig", "gcc 12.2"),
+        cache_key("deb:linux-source-6.1_6.1.192-2_all.deb", frags[:1], "tinyconfig", "gcc 12.2"),
+        cache_key("deb:linux-source-6.1_6.1.192-2_all.deb", frags[::-1], "tinyconfig",
+                  "gcc 12.2"),
+        cache_key("deb:linux-source-6.1_6.1.192-2_all.deb", frags, "defconfig", "gcc 12.2"),
+        cache_key("deb:linux-source-6.1_6.1.192-2_all.deb", frags, "tinyconfig", "gcc 13.1"),
+        cache_key("deb:linux-source-6.1_6.1.192-2_all.deb",
+                  [FAKE_FRAGMENT.encode() + b"CONFIG_NUMA=y\n", frags[1]], "tinyconfig",
+                  "gcc 12.2"),
+    }
+    assert base not in variants and len(variants) == 6
+
+
+def test_kconfig_symbols_finds_config_and_menuconfig_only() -> None:
+    assert kconfig_symbols([FAKE_KCONFIG]) == {
+        "MEMORY_HOTPLUG", "ACPI", "ACPI_HOTPLUG_MEMORY", "MEMORY_HOTPLUG_DEFAULT_ONLINE"}
+
+
+def test_requested_options_later_fragment_wins() -> None:
+    wanted = requested_options([FAKE_AUTO, FAKE_OFFLINE])
+    assert wanted["MEMORY_HOTPLUG_DEFAULT_ONLINE"] == "n"
+    assert wanted["MHP_DEFAULT_ONLINE_TYPE_ONLINE_AUTO"] == "y"
+
+
+def test_verify_reports_dropped_options_and_ignores_unknown_ones() -> None:
+    wanted = requested_options([FAKE_FRAGMENT, FAKE_AUTO])
+    check = verify_config(wanted, parse_values(FAKE_FINAL_CONFIG),
+                          kconfig_symbols([FAKE_KCONFIG]))
+    assert not check.ok
+    # merge_config would have silently dropped it: wanted y, ended up not set.
+    assert check.dropped == (("ACPI_HOTPLUG_MEMORY", "y", "n"),)
+    # Linux 6.1 has no MHP_DEFAULT_ONLINE_TYPE_* choice: reported, not an error.
+    assert check.unknown == ("MHP_DEFAULT_ONLINE_TYPE_ONLINE_AUTO",)
+    text = describe_dropped(check.dropped, {"ACPI_HOTPLUG_MEMORY": "depends on ACPI"})
+    assert "CONFIG_ACPI_HOTPLUG_MEMORY: wanted y, got n (depends on ACPI)" in text
+
+
+def test_verify_not_set_is_satisfied_by_absent_or_n() -> None:
+    known = kconfig_symbols([FAKE_KCONFIG])
+    wanted = requested_options([FAKE_OFFLINE])
+    assert verify_config(wanted, parse_values("CONFIG_ACPI=y\n"), known).ok
+    assert verify_config(wanted, parse_values(FAKE_OFFLINE), known).ok
+    bad = verify_config(wanted, parse_values(FAKE_FINAL_CONFIG), known)
+    assert bad.dropped == (("MEMORY_HOTPLUG_DEFAULT_ONLINE", "n", "y"),)
+
+
+def test_verify_all_present_is_ok() -> None:
+    final = FAKE_FINAL_CONFIG.replace("# CONFIG_ACPI_HOTPLUG_MEMORY is not set",
+                                      "CONFIG_ACPI_HOTPLUG_MEMORY=y")
+    check = verify_config(requested_options([FAKE_FRAGMENT]), parse_values(final),
+                          kconfig_symbols([FAKE_KCONFIG]))
+    assert check.ok and check.unknown == ()
+
+
+def test_shipped_fragments_parse() -> None:
+    for name in ("memhp.config", "auto-online.config", "auto-online-movable.config",
+                 "offline-default.config"):
+        assert requested_options([read_fragment(kconfigs_dir() / name)])
+    memhp = requested_options([read_fragment(kconfigs_dir() / "memhp.config")])
+    assert memhp["MEMORY_HOTPLUG"] == "y" and memhp["ACPI_HOTPLUG_MEMORY"] == "y"
+    assert "m" not in memhp.values()  # everything built in: no modules in the guest
+
+
+def test_bad_inputs_are_usage_errors(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.config"
+    empty.write_text("# nothing here\n")
+    with pytest.raises(UsageError, match="no CONFIG_ lines"):
+        read_fragment(empty)
+    with pytest.raises(UsageError, match="does not exist"):
+        read_fragment(tmp_path / "missing.config")
+    with pytest.raises(UsageError, match="base config"):
+        build_kernel(base="allyesconfig")
+    with pytest.raises(UsageError, match="not a kernel source tree"):
+        build_kernel(tmp_path, [kconfigs_dir() / "memhp.config"])
+    with pytest.raises(UsageError, match="at least 1"):
+        _bounded_jobs(0)
+    assert _bounded_jobs(10_000) >= 1
+    assert _bounded_jobs(10_000) == _bounded_jobs(None)

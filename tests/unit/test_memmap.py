@@ -12,30 +12,12 @@ import xml.etree.ElementTree as ET
 from typing import Any
 
 import pytest
+from fakes import fake_result_doc
 
 from harness.memmap import render_svg, segments
 from harness.model.spec import parse_numa_option
-from harness.scenario import build_scenario, default_steps
-from harness.session import _dimm_json, layout_json
 
 SVG = "{http://www.w3.org/2000/svg}"
-
-
-def fake_result_doc(machine: str, memory: str, numa: str, adds: tuple[str, ...]) -> dict[str, Any]:
-    """A result document whose observation is the model's own prediction."""
-    scenario = build_scenario(name="fake", machine=machine, memory=memory, numa=numa,
-                              steps=default_steps(adds, (), "online_movable", False))
-    prediction = scenario.predict()
-    layout = layout_json(prediction) | {"node_ram": list(scenario.machine.node_boot_bytes())}
-
-    last = prediction.steps[-1]
-    blocks = [{"number": n, "state": "online", "node": d.node, "zone": "Movable"}
-              for d in last.dimms for n in d.blocks]
-    step = {"action": "online_movable", "passed": True,
-            "expected": {"dimms": [_dimm_json(d) for d in last.dimms], "blocks": blocks},
-            "observed": {"blocks": copy.deepcopy(blocks)}}
-    return {"schema": 1, "scenario": "fake", "result": "pass", "kernel": "k",
-            "qemu_version": "7.2", "layout": layout, "steps": [step]}
 
 
 @pytest.fixture()

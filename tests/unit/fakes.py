@@ -1,0 +1,28 @@
+"""Fakes for unit tests of pure logic (reports, maps): result documents
+whose "observed" half is the model's own prediction, not a guest's."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from harness.scenario import build_scenario, default_steps
+from harness.session import _dimm_json, layout_json
+
+
+def fake_result_doc(machine: str, memory: str, numa: str, adds: tuple[str, ...]) -> dict[str, Any]:
+    """A result document whose observation is the model's own prediction."""
+    scenario = build_scenario(name="fake", machine=machine, memory=memory, numa=numa,
+                              steps=default_steps(adds, (), "online_movable", False))
+    prediction = scenario.predict()
+    layout = layout_json(prediction) | {"node_ram": list(scenario.machine.node_boot_bytes())}
+
+    last = prediction.steps[-1]
+    blocks = [{"number": n, "state": "online", "node": d.node, "zone": "Movable"}
+              for d in last.dimms for n in d.blocks]
+    step = {"index": 0, "action": "online_movable", "passed": True, "seconds": 0.5,
+            "mismatches": [], "latencies": {}, "error": None,
+            "expected": {"dimms": [_dimm_json(d) for d in last.dimms], "blocks": blocks},
+            "observed": {"blocks": copy.deepcopy(blocks)}}
+    return {"schema": 1, "scenario": "fake", "result": "pass", "kernel": "k",
+            "qemu_version": "7.2", "layout": layout, "steps": [step]}

@@ -450,7 +450,7 @@ class _Logger:
     def run(self, phase: str, argv: list[str], cwd: Path | None = None) -> None:
         self.say(f"kernel: {phase}")
         t0 = time.monotonic()
-        with self.path.open("a") as logf:
+        with self.path.open("a", buffering=1) as logf:  # line-buffered: tail -f works
             logf.write(f"### {phase}: {' '.join(argv)}\n")
             logf.flush()
             try:

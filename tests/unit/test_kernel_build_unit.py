@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from harness.cli import main
 from harness.errors import UsageError
+from harness.kconfig import parse_values
 from harness.kernel.build import (
     _bounded_jobs,
     build_kernel,
@@ -20,7 +22,6 @@ from harness.kernel.build import (
     requested_options,
     verify_config,
 )
-from harness.kconfig import parse_values
 from harness.resources import kconfigs_dir
 
 FAKE_FRAGMENT = "# fake\nCONFIG_MEMORY_HOTPLUG=y\nCONFIG_ACPI_HOTPLUG_MEMORY=y\n"
@@ -133,3 +134,19 @@ def test_bad_inputs_are_usage_errors(tmp_path: Path) -> None:
         _bounded_jobs(0)
     assert _bounded_jobs(10_000) >= 1
     assert _bounded_jobs(10_000) == _bounded_jobs(None)
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--base", "allyesconfig"], "allyesconfig"),
+        (["--jobs", "0"], "at least 1"),
+        (["--fragment", "/nonexistent/frag.config"], "does not exist"),
+        (["--source", "/tmp", "--fragment", str(kconfigs_dir() / "memhp.config")],
+         "not a kernel source tree"),
+    ],
+)
+def test_cli_bad_input_exits_2(args: list[str], needle: str,
+                               capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["kernel", "build", *args]) == 2
+    assert needle in capsys.readouterr().err

@@ -31,7 +31,7 @@ from typing import Any
 
 from harness.launch import GuestSource, launch_vm, resolve_guest
 from harness.qemu.argv import RuntimePaths
-from harness.scenario import add, build_scenario
+from harness.scenario import Scenario, add, build_scenario
 from harness.session import block_states
 
 
@@ -47,9 +47,54 @@ class Series:
         return {"n": len(s), "min": s[0], "median": statistics.median(s), "max": s[-1]}
 
 
-def _seed():
+def _seed(append: tuple[str, ...] = ()) -> Scenario:
     return build_scenario(name="bench", machine="pc", memory="6G,slots=32,maxmem=32G",
-                          numa="3G,3G", steps=[add("dimm0:1G@1")])
+                          numa="3G,3G", steps=[add("dimm0:1G@1"), add("dimm1:1G@0")],
+                          append=append)
+
+
+def boot_profile(accel: str, append: tuple[str, ...] = (), top: int = 12) -> dict[str, Any]:
+    """Boot the seed machine once with ``initcall_debug``: where boot time goes."""
+    from harness.guest.parsers import parse_boot_profile
+
+    guest = resolve_guest(GuestSource())
+    with launch_vm(_seed(("initcall_debug", *append)), guest, accel=accel,
+                   name="profile") as (vm, _):
+        dmesg = vm.ssh(["dmesg"]).stdout
+        wall = vm.timings
+    prof = parse_boot_profile(dmesg, guest.image.ready_marker)
+    return {"append": list(append), "wall_boot_to_ready_s": wall.get("boot_to_ready_s"),
+            "wall_boot_to_ssh_s": wall.get("boot_to_ssh_s"),
+            "kernel_run_init_s": prof.run_init_s, "kernel_ready_s": prof.ready_s,
+            "initcalls_total_s": prof.initcalls_total_s,
+            "init_marks": [{"mark": n, "kernel_s": t} for n, t in prof.marks],
+            "slowest_initcalls": [{"initcall": n, "s": s} for n, s in prof.initcalls[:top]]}
+
+
+def render_profile(data: dict[str, Any]) -> str:
+    from io import StringIO
+
+    from rich.console import Console
+    from rich.table import Table
+
+    buf = StringIO()
+    console = Console(file=buf, width=110)
+    console.print(f"boot profile (initcall_debug{' ' if data['append'] else ''}"
+                  f"{' '.join(data['append'])}): wall boot-to-ready "
+                  f"{data['wall_boot_to_ready_s']:.2f}s, boot-to-SSH "
+                  f"{data['wall_boot_to_ssh_s']:.2f}s; kernel clock: /init at "
+                  f"{data['kernel_run_init_s']}s, ready marker at {data['kernel_ready_s']}s; "
+                  f"all initcalls {data['initcalls_total_s']:.2f}s")
+    if data["init_marks"]:
+        console.print("/init phases (kernel clock): " + ", ".join(
+            f"{m['mark']} {m['kernel_s']:.3f}" for m in data["init_marks"]))
+    table = Table(title="slowest initcalls", title_justify="left")
+    table.add_column("initcall")
+    table.add_column("ms", justify="right")
+    for row in data["slowest_initcalls"]:
+        table.add_row(row["initcall"], f"{row['s'] * 1000:.1f}")
+    console.print(table)
+    return buf.getvalue()
 
 
 def raw_boot(vm_argv: list[str], serial: Path, marker: str, timeout: float = 120.0) -> float:
@@ -101,9 +146,13 @@ def measure(repeat: int, accel: str, suite: bool, cold_build: bool,
             t = time.monotonic()
             vm.guest.online_blocks(list(pred.blocks[:1]), "online_movable")
             rec("online 1 block (s)", time.monotonic() - t)
+            whole = scenario.predict(block_size=bs).final.dimms[1]
+            vm.hot_add("dimm1", whole.size, 0)
+            while any(st is None for st in block_states(vm, list(whole.blocks)).values()):
+                pass
             t = time.monotonic()
-            vm.guest.online_blocks(list(pred.blocks[1:]), "online_movable")
-            rec(f"online rest of 1 GiB DIMM ({len(pred.blocks) - 1} blocks) (s)",
+            vm.guest.online_blocks(list(whole.blocks), "online_movable")
+            rec(f"online a whole 1 GiB DIMM ({len(whole.blocks)} blocks, one round trip) (s)",
                 time.monotonic() - t)
         progress(f"round {i + 1}/{repeat}: raw QEMU boot")
         with tempfile.TemporaryDirectory(prefix="memhp-bench-") as tmp:

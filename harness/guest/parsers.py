@@ -211,3 +211,44 @@ def parse_memory_sysfs(text: str) -> MemorySysfs:
             phys_index=int(f.get("phys_index", "0"), 16),
         ))
     return MemorySysfs(block_size, auto, tuple(blocks))
+
+
+@dataclass(frozen=True)
+class BootProfile:
+    """What ``initcall_debug`` and the printk timestamps say about a boot."""
+
+    initcalls: tuple[tuple[str, float], ...]  # (function, seconds), slowest first
+    run_init_s: float | None  # kernel timestamp of "Run /init as init process"
+    ready_s: float | None  # kernel timestamp of the guest's ready marker (in /dev/kmsg)
+    marks: tuple[tuple[str, float], ...] = ()  # the default /init's phase marks
+
+    @property
+    def initcalls_total_s(self) -> float:
+        return sum(s for _, s in self.initcalls)
+
+
+_INITCALL_RE = re.compile(r"initcall (\S+?)(?:\+0x[0-9a-f]+/0x[0-9a-f]+)?(?: \[\S+\])? "
+                          r"returned -?\d+ after (\d+) usecs")
+_STAMP_RE = re.compile(r"^\[\s*(\d+\.\d+)\]")
+
+
+def parse_boot_profile(dmesg: str, ready_marker: str = "MEMHP-READY") -> BootProfile:
+    """Initcall durations and boot milestones from a timestamped dmesg."""
+    calls = [(m.group(1), int(m.group(2)) / 1e6) for m in _INITCALL_RE.finditer(dmesg)]
+    if not calls:
+        raise _bad("dmesg (no initcall_debug lines: boot with initcall_debug)", dmesg)
+
+    def stamp(needle: str) -> float | None:
+        for line in dmesg.splitlines():
+            if needle in line:
+                m = _STAMP_RE.match(line)
+                return float(m.group(1)) if m else None
+        return None
+
+    marks = []
+    for line in dmesg.splitlines():
+        m = _STAMP_RE.match(line)
+        if m and "memhp-init: " in line:
+            marks.append((line.split("memhp-init: ", 1)[1].strip(), float(m.group(1))))
+    return BootProfile(tuple(sorted(calls, key=lambda c: -c[1])),
+                       stamp("Run /init as init process"), stamp(ready_marker), tuple(marks))

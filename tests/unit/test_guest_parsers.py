@@ -8,6 +8,7 @@ import pytest
 
 from harness.errors import VMError
 from harness.guest.parsers import (
+    parse_boot_profile,
     parse_free_bytes,
     parse_meminfo,
     parse_memory_sysfs,
@@ -77,3 +78,25 @@ def test_memory_sysfs_blocks_states_zones_nodes() -> None:
 def test_garbage_is_a_clear_error(parser) -> None:
     with pytest.raises(VMError, match="cannot parse"):
         parser("sh: command not found\n")
+
+
+def test_boot_profile_from_a_real_initcall_debug_dmesg() -> None:
+    """Captured from the default guest booted with initcall_debug under TCG."""
+    text = (DATA / "dmesg-initcall-debug.txt").read_text()
+    profile = parse_boot_profile(text + "[    2.900000] memhp-init: modules loaded\n"
+                                 "[    3.100000] MEMHP-READY 6.1.0\n")
+    assert profile.marks == (("modules loaded", 2.9),)
+    returned = [line for line in text.splitlines() if " returned " in line and "initcall" in line]
+    assert len(profile.initcalls) == len(returned)
+    durations = [s for _, s in profile.initcalls]
+    assert durations == sorted(durations, reverse=True)
+    name, slowest = profile.initcalls[0]
+    assert f"initcall {name}+" in text
+    assert slowest == max(int(line.split(" after ")[1].split()[0]) for line in returned) / 1e6
+    assert profile.run_init_s is not None and 0 < profile.run_init_s < profile.ready_s == 3.1
+    assert "virtio_net_driver_init" in {n for n, _ in profile.initcalls}  # module initcalls too
+
+
+def test_boot_profile_needs_initcall_debug() -> None:
+    with pytest.raises(VMError, match="initcall_debug"):
+        parse_boot_profile("[    0.000000] Linux version 6.1\n")

@@ -23,7 +23,10 @@ Cache layout (under :func:`harness.launch.cache_dir`)::
 The key hashes the inputs (see :func:`cache_key`): the source's identity
 (the .deb file name, or a directory's path, version and git commit), the
 fragments' contents in order, the base config, the compiler version and the
-builder's version.  A hit reads ``build.json`` and returns.
+builder's version.  A hit reads ``build.json`` and returns (under a second:
+one ``apt-cache show`` to learn the current source package name).  For CI,
+cache ``kernels/`` (a few MB per build) and, to skip the download, ``debs/``;
+``src/`` (1.5 GB unpacked) is cheaper to recreate than to restore.
 """
 
 from __future__ import annotations
@@ -412,6 +415,7 @@ def build_kernel(
         try:
             build = _build_into(tmp, final, key, src.path, frag_paths, frag_texts, inputs,
                                 base, n_jobs, say)
+            tmp.chmod(0o755)  # mkdtemp makes it 0700; the cache may be shared (CI)
             if final.exists():
                 shutil.rmtree(final)
             os.replace(tmp, final)

@@ -1,0 +1,107 @@
+"""A kernel built by `memhp kernel build` with auto-online configured onlines
+hot-added memory by itself, and the kconfig checker predicted exactly that.
+
+Slow: the first run builds Debian's linux-source-6.1 with tinyconfig +
+kconfigs/memhp.config + kconfigs/auto-online.config (minutes on 2 cores);
+later runs take the kernel from the cache (keyed by the build's inputs).
+The guest is then booted under TCG, a DIMM is hot-added and nothing in the
+plan writes to sysfs: the only step is the add.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness.guest.readers import Guest
+from harness.kconfig import check_config
+from harness.kernel import KernelBuild, build_kernel
+from harness.launch import GuestSource, resolve_guest
+from harness.model.predict import expected_zone
+from harness.scenario import build_scenario, default_steps
+from harness.workflow import execute
+
+pytestmark = [pytest.mark.slow, pytest.mark.vm]
+
+COLD_BUDGET_S = 15 * 60  # the CI budget for everything is 90 min on 2 cores
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+@pytest.fixture(scope="module")
+def auto_online_kernel() -> KernelBuild:
+    t0 = time.monotonic()
+    build = build_kernel(auto_online=True, progress=_say)
+    wall = time.monotonic() - t0
+    _say(f"kernel build: {'cache hit' if build.cached else 'cold'} in {wall:.1f}s "
+         f"(recorded build time {build.seconds:.0f}s, phases {dict(build.phases)})")
+    if build.cached:
+        assert wall < 30, f"a cache hit took {wall:.1f}s"
+    assert build.seconds < COLD_BUDGET_S, f"the build took {build.seconds:.0f}s"
+    return build
+
+
+def test_checker_predicts_auto_online(auto_online_kernel: KernelBuild) -> None:
+    report = check_config(auto_online_kernel.config.read_text())
+    assert report.ok, [f.to_json() for f in report.problems]
+    assert report.auto_online
+    # Linux 6.1 knows only the bool: the kernel picks the zone ("online").
+    assert report.online_policy == "online", report.policy_source
+    assert "MEMORY_HOTPLUG_DEFAULT_ONLINE" in report.policy_source
+    assert "MHP_DEFAULT_ONLINE_TYPE_ONLINE_AUTO" in auto_online_kernel.unknown_options
+
+
+def test_hot_added_dimm_comes_online_without_sysfs_write(
+    auto_online_kernel: KernelBuild, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every sysfs write memhp can make to a memory block or to
+    # auto_online_blocks goes through these two; record any call.
+    writes: list[tuple[str, tuple[Any, ...]]] = []
+    for name in ("set_blocks", "set_auto_online"):
+        original = getattr(Guest, name)
+
+        def spy(self: Guest, *args: Any, _name: str = name, _orig: Any = original) -> Any:
+            writes.append((_name, args))
+            return _orig(self, *args)
+
+        monkeypatch.setattr(Guest, name, spy)
+    report = check_config(auto_online_kernel.config.read_text())
+    # No --append memhp_default_state=...: the config alone decides.
+    steps = default_steps(["d0:512M@1"], [], online=None,
+                          auto=report.auto_online)
+    scenario = build_scenario(
+        name="kernel-auto-online", machine="pc", memory="2G,slots=2,maxmem=4G",
+        numa="1G,1G", steps=steps,
+        exec_cmd="cat /sys/devices/system/memory/auto_online_blocks",
+    )
+    assert scenario.append == () and scenario.auto_online is None
+    # The model learns the online policy from the checker's reading of the config.
+    scenario = dataclasses.replace(scenario, auto_online=report.online_policy)
+    assert [s.action for s in scenario.steps] == ["add"]  # no online step: no sysfs write
+
+    guest = resolve_guest(GuestSource(kernel=auto_online_kernel.bzimage))
+    assert not any(w.startswith("memhp_default_state=") for w in guest.image.cmdline)
+    result = execute(scenario, guest, accel="tcg", artifacts_on_failure=tmp_path / "artifacts")
+    doc = result.to_json()
+    _say(f"boot timings of the built kernel: {json.dumps(doc['timings'])}")
+    assert result.passed, json.dumps(doc, indent=2)
+    assert writes == []
+
+    assert result.exec is not None and result.exec.output.strip() == "online"
+    [step] = result.steps
+    [dimm] = step.expected["dimms"]
+    assert dimm["id"] == "d0" and dimm["guest_accepts"]
+    blocks = {b["number"]: b for b in step.observed["blocks"]}
+    assert set(dimm["blocks"]) <= set(blocks), (dimm["blocks"], sorted(blocks))
+    for n in dimm["blocks"]:
+        assert blocks[n]["state"] == "online", blocks[n]
+        assert blocks[n]["zone"] == expected_zone(report.online_policy), blocks[n]
+        assert blocks[n]["node"] == 1, blocks[n]

@@ -70,8 +70,9 @@ Progress = Callable[[str], None]
 class KernelSource:
     """An unpacked kernel tree and the string that identifies it in the cache key."""
 
-    path: Path
+    path: Path  # the tree; empty until unpacked for a .deb source
     identity: str
+    deb: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -306,10 +307,8 @@ def resolve_source(source: Path | None, progress: Progress | None = None,
     if source is not None:
         return user_source(source)
     deb = debian_source_deb(progress=progress)
-    identity = f"deb:{deb.name}"
-    if not unpack:
-        return KernelSource(Path(), identity)
-    return KernelSource(unpack_debian_source(deb, progress), identity)
+    tree = unpack_debian_source(deb, progress) if unpack else Path()
+    return KernelSource(tree, f"deb:{deb.name}", deb)
 
 
 # -- fragments -------------------------------------------------------------------------
@@ -398,6 +397,8 @@ def build_kernel(
     frag_texts = [read_fragment(p) for p in frag_paths]
     n_jobs = _bounded_jobs(jobs)
     src = resolve_source(source, say, unpack=False)
+    if shutil.which("gcc") is None:
+        ensure_host_tools(progress=say)  # the compiler's version is part of the key
     inputs = key_inputs(src.identity, [t.encode() for t in frag_texts], base, gcc_version())
     key = _digest(inputs)
     kernels = cache_dir() / "kernels"
@@ -409,8 +410,8 @@ def build_kernel(
             say(f"kernel {key}: cached ({hit.kernel_version}, built in {hit.seconds:.0f}s)")
             return hit
         ensure_host_tools(progress=say)
-        if source is None:
-            src = resolve_source(None, say)
+        if src.deb is not None:
+            src = KernelSource(unpack_debian_source(src.deb, say), src.identity, src.deb)
         tmp = Path(tempfile.mkdtemp(prefix=f".build-{key}-", dir=kernels))
         try:
             build = _build_into(tmp, final, key, src.path, frag_paths, frag_texts, inputs,

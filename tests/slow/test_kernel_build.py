@@ -42,7 +42,7 @@ def auto_online_kernel() -> KernelBuild:
     build = build_kernel(auto_online=True, progress=_say)
     wall = time.monotonic() - t0
     _say(f"kernel build: {'cache hit' if build.cached else 'cold'} in {wall:.1f}s "
-         f"(recorded build time {build.seconds:.0f}s, phases {dict(build.phases)})")
+         f"(recorded build time {build.seconds:.0f}s, phases {build.to_json()['phases']})")
     if build.cached:
         assert wall < 30, f"a cache hit took {wall:.1f}s"
     assert build.seconds < COLD_BUDGET_S, f"the build took {build.seconds:.0f}s"

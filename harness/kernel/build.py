@@ -141,6 +141,9 @@ def requested_options(fragments: Iterable[str]) -> dict[str, str]:
 
 
 _CONFIG_RE = re.compile(r"^\s*(?:menu)?config\s+([A-Za-z0-9_]+)\s*$", re.M)
+_ENTRY_END = re.compile(r"^\s*(?:(?:menu)?config|choice|endchoice|menu|endmenu|if|endif|"
+                        r"source|comment)\b")
+_DEPENDS = re.compile(r"^\s*depends\s+on\s+(.+?)\s*$")
 
 
 def kconfig_symbols(texts: Iterable[str]) -> set[str]:
@@ -149,6 +152,41 @@ def kconfig_symbols(texts: Iterable[str]) -> set[str]:
     for text in texts:
         names.update(_CONFIG_RE.findall(text))
     return names
+
+
+def kconfig_depends(texts: Iterable[str], names: Iterable[str]) -> dict[str, list[str]]:
+    """The ``depends on`` lines of each named symbol's own entries (not those
+    inherited from an enclosing ``if``/``menu``)."""
+    wanted = set(names)
+    deps: dict[str, list[str]] = {}
+    for text in texts:
+        current: str | None = None
+        for line in text.splitlines():
+            if m := _CONFIG_RE.match(line):
+                current = m.group(1) if m.group(1) in wanted else None
+                if current is not None:
+                    deps.setdefault(current, [])
+            elif _ENTRY_END.match(line):
+                current = None
+            elif current is not None and (d := _DEPENDS.match(line)):
+                deps[current].append(d.group(1))
+    return deps
+
+
+def explain_dropped(dropped: Sequence[tuple[str, str, str]], depends: Mapping[str, list[str]],
+                    final: Mapping[str, str]) -> dict[str, str]:
+    """``depends on ACPI && PCI`` -> ``depends on ACPI && PCI [ACPI=n PCI=y]``."""
+    out: dict[str, str] = {}
+    for name, _, _ in dropped:
+        exprs = depends.get(name, [])
+        if not exprs:
+            continue
+        symbols = dict.fromkeys(re.findall(r"\b[A-Z][A-Z0-9_]+\b", " && ".join(exprs)))
+        values = " ".join(f"{s}={final.get(s, 'n')}" for s in symbols)
+        out[name] = f"depends on {' && '.join(exprs)} [{values}]"
+        if all(final.get(s, "n") != "n" for s in symbols):
+            out[name] += "; those hold, so an enclosing `if`/`menu` or a `choice` decides"
+    return out
 
 
 def verify_config(wanted: Mapping[str, str], final: Mapping[str, str],
@@ -335,14 +373,15 @@ def read_fragment(path: Path) -> str:
     return text
 
 
-def known_symbols(tree: Path) -> set[str]:
+def kconfig_texts(tree: Path) -> list[str]:
+    """Every Kconfig* file of a source tree (a second or so for Linux)."""
     texts = []
     for dirpath, dirnames, filenames in os.walk(tree):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         for name in filenames:
             if name.startswith("Kconfig"):
                 texts.append(Path(dirpath, name).read_text(errors="replace"))
-    return kconfig_symbols(texts)
+    return texts
 
 
 # -- the build -------------------------------------------------------------------------
@@ -501,20 +540,15 @@ def _build_into(tmp: Path, final: Path, key: str, src: Path, frag_paths: list[Pa
                                    *[str(p.resolve()) for p in frag_paths]], cwd=src)
     logger.run("olddefconfig", _make(src, obj, "olddefconfig"))
     say("kernel: verifying the merged config")
-    config_text = (obj / ".config").read_text()
-    check = verify_config(requested_options(frag_texts), parse_values(config_text),
-                          known_symbols(src))
+    final_values = parse_values((obj / ".config").read_text())
+    texts = kconfig_texts(src)
+    check = verify_config(requested_options(frag_texts), final_values, kconfig_symbols(texts))
     if check.unknown:
         say("kernel: not in this kernel's Kconfig (ignored): "
             + " ".join(f"CONFIG_{n}" for n in check.unknown))
     if not check.ok:
-        explanations: dict[str, str] = {}
-        try:
-            from harness.kconfig.deps import explain
-
-            explanations = explain(src, config_text, [d[0] for d in check.dropped])
-        except Exception as exc:  # explanations are a bonus; kconfiglib may not parse it
-            log.debug("no kconfiglib explanations: %s", exc)
+        depends = kconfig_depends(texts, [d[0] for d in check.dropped])
+        explanations = explain_dropped(check.dropped, depends, final_values)
         raise UsageError(
             f"{len(check.dropped)} option(s) of the fragments did not survive "
             f"merge_config/olddefconfig (their dependencies are not met):\n"

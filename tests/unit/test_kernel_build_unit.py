@@ -17,6 +17,8 @@ from harness.kernel.build import (
     build_kernel,
     cache_key,
     describe_dropped,
+    explain_dropped,
+    kconfig_depends,
     kconfig_symbols,
     read_fragment,
     requested_options,
@@ -72,6 +74,40 @@ def test_cache_key_is_stable_and_depends_on_every_input() -> None:
 def test_kconfig_symbols_finds_config_and_menuconfig_only() -> None:
     assert kconfig_symbols([FAKE_KCONFIG]) == {
         "MEMORY_HOTPLUG", "ACPI", "ACPI_HOTPLUG_MEMORY", "MEMORY_HOTPLUG_DEFAULT_ONLINE"}
+
+
+FAKE_KCONFIG_DEPS = """
+menuconfig ACPI
+	bool "ACPI"
+	depends on ARCH_SUPPORTS_ACPI
+if ACPI
+config ACPI_HOTPLUG_MEMORY
+	bool "Memory Hotplug"
+	depends on MEMORY_HOTPLUG
+endif
+config X86_64_ACPI_NUMA
+	def_bool y
+	depends on X86_64 && NUMA && ACPI
+	depends on PCI
+config NUMA
+	bool "NUMA"
+"""
+
+
+def test_explain_dropped_names_dependencies_and_their_values() -> None:
+    dropped = [("X86_64_ACPI_NUMA", "y", "n"), ("ACPI_HOTPLUG_MEMORY", "y", "n"),
+               ("NUMA", "y", "n")]
+    depends = kconfig_depends([FAKE_KCONFIG_DEPS], [d[0] for d in dropped])
+    assert depends == {"X86_64_ACPI_NUMA": ["X86_64 && NUMA && ACPI", "PCI"],
+                       "ACPI_HOTPLUG_MEMORY": ["MEMORY_HOTPLUG"], "NUMA": []}
+    final = parse_values("CONFIG_X86_64=y\nCONFIG_NUMA=y\nCONFIG_PCI=y\n"
+                         "CONFIG_MEMORY_HOTPLUG=y\n")
+    why = explain_dropped(dropped, depends, final)
+    assert why["X86_64_ACPI_NUMA"] == ("depends on X86_64 && NUMA && ACPI && PCI "
+                                       "[X86_64=y NUMA=y ACPI=n PCI=y]")
+    # Its own `depends on` holds: the enclosing `if ACPI` is what is off.
+    assert "enclosing `if`" in why["ACPI_HOTPLUG_MEMORY"]
+    assert "NUMA" not in why
 
 
 def test_requested_options_later_fragment_wins() -> None:

@@ -285,7 +285,9 @@ def _tree_version(tree: Path) -> str:
 
 
 def user_source(tree: Path) -> KernelSource:
-    """A kernel tree the user gave; identified by path, version and git commit."""
+    """A kernel tree the user gave; identified by path, version and, in a git
+    checkout, the commit and a hash of uncommitted changes to tracked files.
+    Other edits are not seen: rebuild with ``force=True`` (``--force``)."""
     tree = tree.expanduser().resolve()
     for rel in ("Makefile", "Kconfig", "scripts/kconfig/merge_config.sh"):
         if not (tree / rel).is_file():
@@ -293,10 +295,14 @@ def user_source(tree: Path) -> KernelSource:
                              value=tree, fix="give the top directory of a Linux source tree")
     identity = f"dir:{tree}:{_tree_version(tree)}"
     if (tree / ".git").exists():
-        proc = subprocess.run(["git", "-C", str(tree), "rev-parse", "HEAD"],
+        head = subprocess.run(["git", "-C", str(tree), "rev-parse", "HEAD"],
                               capture_output=True, text=True, check=False)
-        if proc.returncode == 0:
-            identity += f":{proc.stdout.strip()}"
+        if head.returncode == 0:
+            identity += f":{head.stdout.strip()}"
+            diff = subprocess.run(["git", "-C", str(tree), "diff", "HEAD"],
+                                  capture_output=True, check=False).stdout
+            if diff:
+                identity += f":dirty-{hashlib.sha256(diff).hexdigest()[:12]}"
     return KernelSource(tree, identity)
 
 

@@ -5,6 +5,7 @@ The .config and Kconfig texts here are small fakes (FAKE_*), not real kernel fil
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ from harness.kernel.build import (
     kconfig_symbols,
     read_fragment,
     requested_options,
+    user_source,
     verify_config,
 )
 from harness.resources import kconfigs_dir
@@ -186,3 +188,30 @@ def test_cli_bad_input_exits_2(args: list[str], needle: str,
                                capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["kernel", "build", *args]) == 2
     assert needle in capsys.readouterr().err
+
+
+def _fake_tree(root: Path) -> Path:
+    (root / "scripts/kconfig").mkdir(parents=True)
+    (root / "Makefile").write_text("VERSION = 6\nPATCHLEVEL = 9\nSUBLEVEL = 0\n"
+                                   "EXTRAVERSION = -rc1\n")
+    (root / "Kconfig").write_text("config FAKE\n\tbool\n")
+    (root / "scripts/kconfig/merge_config.sh").write_text("#!/bin/sh\n")
+    return root
+
+
+def test_user_source_identity_follows_version_commit_and_edits(tmp_path: Path) -> None:
+    tree = _fake_tree(tmp_path / "fake-linux")
+    plain = user_source(tree).identity
+    assert plain == f"dir:{tree.resolve()}:6.9.0-rc1"
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-C", str(tree), "-c", "user.name=t", "-c", "user.email=t@t",
+                        *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "fake")
+    committed = user_source(tree).identity
+    assert committed.startswith(plain + ":") and "dirty" not in committed
+    (tree / "Kconfig").write_text("config FAKE\n\tbool \"edited\"\n")
+    assert user_source(tree).identity.startswith(committed + ":dirty-")

@@ -33,6 +33,7 @@ class GuestSource:
     disk: Path | None = None
     ssh_user: str = "root"
     ssh_key: Path | None = None
+    ssh_host_key: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ class ResolvedGuest:
     disk: Path | None = None
     ssh_user: str = "root"
     ssh_key: Path | None = None
+    ssh_host_key: str | None = None  # pinned "TYPE BASE64" line for --disk
 
     def describe(self) -> str:
         if self.image is not None:
@@ -77,13 +79,39 @@ def resolve_guest(source: GuestSource) -> ResolvedGuest:
             raise UsageError("--disk needs --ssh-key (the guest's authorized key)",
                              fix="pass --ssh-key PATH and --ssh-user NAME")
         _check_file(source.ssh_key, "SSH key", "give the private key file")
-        return ResolvedGuest(disk=source.disk, ssh_user=source.ssh_user, ssh_key=source.ssh_key)
+        host_line = None
+        if source.ssh_host_key is not None:
+            host_line = read_host_key(source.ssh_host_key)
+        return ResolvedGuest(disk=source.disk, ssh_user=source.ssh_user, ssh_key=source.ssh_key,
+                             ssh_host_key=host_line)
     from harness.image import build_image, ensure_default_image
 
     if source.kernel is not None:
         _check_file(source.kernel, "kernel", "give the path of a bzImage (arch/x86/boot/bzImage)")
         return ResolvedGuest(image=build_image(kernel=source.kernel, modules=source.modules))
     return ResolvedGuest(image=ensure_default_image())
+
+
+def read_host_key(path: Path) -> str:
+    """The guest's public host key (``ssh_host_*_key.pub`` or a known_hosts-style
+    line) as "TYPE BASE64"; refused with the fix when it is not one."""
+    import base64
+    import binascii
+
+    fix = "give the guest's /etc/ssh/ssh_host_ed25519_key.pub (one 'TYPE BASE64' line)"
+    _check_file(path, "SSH host key", fix)
+    words = path.read_text(errors="replace").split()
+    for i, word in enumerate(words[:-1]):
+        if word.startswith(("ssh-", "ecdsa-sha2-")):
+            try:
+                blob = base64.b64decode(words[i + 1], validate=True)
+            except (binascii.Error, ValueError):
+                break
+            if blob[4:4 + len(word)] == word.encode():
+                return f"{word} {words[i + 1]}"
+            break
+    raise UsageError(f"SSH host key {str(path)!r} is not an OpenSSH public key", value=path,
+                     fix=fix)
 
 
 def disk_format(path: Path) -> str:
@@ -137,6 +165,7 @@ def launch_vm(
     cfg = vm_config(scenario, guest, accel=choice.accel, qemu_binary=qemu_binary, name=vm_name)
     vm = VM(
         cfg, image=guest.image, ssh_user=guest.ssh_user, ssh_key=guest.ssh_key,
+        ssh_host_key=guest.ssh_host_key,
         timeouts=Timeouts.for_accel(choice.accel, timeout_scale),
         artifacts_dir=keep or artifacts_on_failure, keep=keep is not None,
     )

@@ -44,6 +44,8 @@ _OPTIONS: tuple[tuple[str, str, str | None], ...] = (
     ("initrd", "Guest initramfs to use with --memhp-kernel (default: memhp's).", None),
     ("disk", "Boot this disk image (snapshot mode) instead of kernel+initramfs.", None),
     ("ssh-key", "SSH private key for --memhp-disk.", None),
+    ("ssh-host-key", "Public host key of the --memhp-disk guest to pin (else pinned on "
+                     "first use).", None),
     ("ssh-user", "SSH user for --memhp-disk.", "root"),
     ("qemu", "QEMU binary.", "qemu-system-x86_64"),
     ("accel", "Accelerator: auto (probe KVM, fall back to TCG), kvm or tcg.", "auto"),
@@ -76,6 +78,7 @@ class Settings:
     initrd: Path | None
     disk: Path | None
     ssh_key: Path | None
+    ssh_host_key: Path | None
     ssh_user: str
     qemu: str
     accel: str
@@ -123,7 +126,9 @@ def resolve_settings(config: pytest.Config) -> Settings:
     settings = Settings(
         kernel=_path(_resolve(config, "kernel")), modules=_path(_resolve(config, "modules")),
         initrd=_path(_resolve(config, "initrd")), disk=_path(_resolve(config, "disk")),
-        ssh_key=_path(_resolve(config, "ssh-key")), ssh_user=_resolve(config, "ssh-user") or "root",
+        ssh_key=_path(_resolve(config, "ssh-key")),
+        ssh_host_key=_path(_resolve(config, "ssh-host-key")),
+        ssh_user=_resolve(config, "ssh-user") or "root",
         qemu=_resolve(config, "qemu") or "qemu-system-x86_64", accel=accel,
         artifacts=_path(_resolve(config, "artifacts")) or Path("memhp-artifacts"),
         timeout_scale=scale, shard=shard,
@@ -251,7 +256,8 @@ def memhp_resolved_guest(memhp_settings: Settings) -> Any:
     s = memhp_settings
     try:
         return resolve_guest(GuestSource(kernel=s.kernel, modules=s.modules, disk=s.disk,
-                                         ssh_user=s.ssh_user, ssh_key=s.ssh_key))
+                                         ssh_user=s.ssh_user, ssh_key=s.ssh_key,
+                                         ssh_host_key=s.ssh_host_key))
     except HarnessError as exc:
         pytest.fail(f"memhp: cannot prepare the guest: {exc}", pytrace=False)
 

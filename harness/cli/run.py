@@ -92,6 +92,9 @@ _SCENARIO_OPTIONS: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
               help="Boot your own disk image (raw/qcow2, opened in snapshot mode).")
 @click.option("--ssh-user", default="root", show_default=True, help="SSH user for --disk.")
 @click.option("--ssh-key", type=click.Path(path_type=Path), help="SSH private key for --disk.")
+@click.option("--ssh-host-key", type=click.Path(path_type=Path),
+              help="The --disk guest's public host key (ssh_host_ed25519_key.pub) to pin; "
+                   "without it the first key the VM presents is pinned.")
 @click.option("--exec", "exec_cmd", help="Run this shell command in the guest after the steps.")
 @click.option("--script", type=click.Path(path_type=Path),
               help="Copy this script into the guest and run it with bash after the steps.")
@@ -145,7 +148,7 @@ def prepare(opts: dict[str, Any], kernel: Path | None = None) -> tuple[Scenario,
     scenario = _scenario(opts, version)
     source = GuestSource(kernel=kernel or opts.get("kernel"), modules=opts.get("modules"),
                          disk=opts.get("disk"), ssh_user=opts.get("ssh_user", "root"),
-                         ssh_key=opts.get("ssh_key"))
+                         ssh_key=opts.get("ssh_key"), ssh_host_key=opts.get("ssh_host_key"))
     return scenario, resolve_guest(source)
 
 

@@ -144,6 +144,7 @@ class VM:
         image: Any = None,
         ssh_user: str = "root",
         ssh_key: Path | None = None,
+        ssh_host_key: str | None = None,
         ready_marker: str | None = None,
         timeouts: Timeouts | None = None,
         artifacts_dir: Path | None = None,
@@ -158,6 +159,7 @@ class VM:
         self.keep = keep
         self.ssh_user = ssh_user if image is None else image.ssh_user
         self._user_ssh_key = ssh_key
+        self._user_host_key = ssh_host_key
         self.ready_marker = ready_marker or (image.ready_marker if image is not None else None)
         self.log = log.getChild(config.name)
         self._runtime_dir = runtime_dir
@@ -344,7 +346,9 @@ class VM:
         else:
             if self._user_ssh_key is None:
                 raise VMError("no SSH key for this guest (use --ssh-key)", phase="ssh")
-            key, host_line = self._user_ssh_key, None
+            # --disk: the user's pinned host key, else the first key this VM
+            # presents is pinned for the rest of its life (see GuestShell).
+            key, host_line = self._user_ssh_key, self._user_host_key
         shell = GuestShell(
             "127.0.0.1", self.config.ssh_port, self.ssh_user, key, host_line,
             connect_timeout=self.timeouts.s("ssh"), logger=self.log,

@@ -40,6 +40,8 @@ from harness.scenario import load_scenario
         (["--disk", "/nonexistent.qcow2"], "does not exist"),
         (["--scenario", "/nonexistent.toml"], "does not exist"),
         (["--qemu-version", "seven"], "MAJOR.MINOR"),
+        (["--map", "/nonexistent/dir/map.svg"], "does not exist"),
+        (["--map", "/tmp"], "is a directory"),
     ],
 )
 def test_run_refuses_bad_input(args: list[str], needle: str, capsys) -> None:
@@ -47,6 +49,21 @@ def test_run_refuses_bad_input(args: list[str], needle: str, capsys) -> None:
     err = capsys.readouterr().err
     assert needle in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("content", ["", "not a key\n", "ssh-ed25519 !!notbase64!!\n",
+                                     "ssh-ed25519 AAAAC3NzaC1yc2EAAAADAQABAAABAQ== x\n"])
+def test_disk_host_key_must_be_an_openssh_public_key(tmp_path: Path, content: str,
+                                                      capsys) -> None:
+    """The last one is base64 of a key blob whose type is not the type named."""
+    disk, key, pub = tmp_path / "d.img", tmp_path / "k", tmp_path / "host.pub"
+    disk.write_bytes(b"\0" * 512)
+    key.write_text("x")
+    pub.write_text(content)
+    assert main(["run", "--accel", "tcg", "--disk", str(disk), "--ssh-key", str(key),
+                 "--ssh-host-key", str(pub)]) == 2
+    err = capsys.readouterr().err
+    assert "is not an OpenSSH public key" in err and "ssh_host_ed25519_key.pub" in err
 
 
 def test_not_a_kernel(tmp_path: Path, capsys) -> None:

@@ -48,6 +48,8 @@ _OPTIONS: tuple[tuple[str, str, str | None], ...] = (
                      "first use).", None),
     ("ssh-user", "SSH user for --memhp-disk.", "root"),
     ("qemu", "QEMU binary.", "qemu-system-x86_64"),
+    ("machine", "Machine type (pc or q35) for tests that do not pin one (CI matrices).",
+     "pc"),
     ("accel", "Accelerator: auto (probe KVM, fall back to TCG), kvm or tcg.", "auto"),
     ("artifacts", "Directory for the artifacts of failed tests.", "memhp-artifacts"),
     ("timeout-scale", "Multiply every VM timeout by this factor.", "1.0"),
@@ -85,6 +87,7 @@ class Settings:
     artifacts: Path
     timeout_scale: float
     shard: tuple[int, int] | None
+    machine: str = "pc"
 
 
 SETTINGS_KEY = pytest.StashKey[Settings]()
@@ -123,7 +126,11 @@ def resolve_settings(config: pytest.Config) -> Settings:
             raise pytest.UsageError(
                 f"--memhp-shard={raw_shard!r}: give I/N with 1 <= I <= N, e.g. 2/4")
         shard = (int(m.group(1)), int(m.group(2)))
+    machine = _resolve(config, "machine") or "pc"
+    if machine not in ("pc", "q35"):
+        raise pytest.UsageError(f"--memhp-machine={machine!r}: use pc or q35")
     settings = Settings(
+        machine=machine,
         kernel=_path(_resolve(config, "kernel")), modules=_path(_resolve(config, "modules")),
         initrd=_path(_resolve(config, "initrd")), disk=_path(_resolve(config, "disk")),
         ssh_key=_path(_resolve(config, "ssh-key")),
@@ -303,9 +310,10 @@ def memhp_vm_factory(request: pytest.FixtureRequest, memhp_settings: Settings,
     if not name[0].isalpha():
         name = "t" + name
 
-    def factory(machine: str = "pc", memory: str = "6G,slots=32,maxmem=32G",
+    def factory(machine: str | None = None, memory: str = "6G,slots=32,maxmem=32G",
                 numa: str | None = "3G,3G", append: tuple[str, ...] = (), smp: int = 2) -> Any:
-        scenario = build_scenario(name=name, machine=machine, memory=memory, numa=numa,
+        scenario = build_scenario(name=name, machine=machine or memhp_settings.machine,
+                                  memory=memory, numa=numa,
                                   steps=[], smp=smp, append=append)
         vm, _ = stack.enter_context(launch_vm(
             scenario, memhp_resolved_guest, accel=memhp_accel.accel,
@@ -357,6 +365,7 @@ def memhp_model(request: pytest.FixtureRequest) -> Any:
     from harness.scenario import build_scenario
 
     kw = _machine_kwargs(request)
-    return build_scenario(name="model", machine=kw.get("machine", "pc"),
+    default = request.config.stash[SETTINGS_KEY].machine
+    return build_scenario(name="model", machine=kw.get("machine", default),
                           memory=kw.get("memory", "6G,slots=32,maxmem=32G"),
                           numa=kw.get("numa", "3G,3G"), steps=[]).predict()

@@ -28,10 +28,30 @@ def test_settings_resolve_option_then_env_then_ini(pytester: pytest.Pytester,
     assert "SCALE 2.0 ACCEL tcg" in out  # option beats ini; env beats ini
 
 
+def test_machine_setting_is_the_default_of_unpinned_tests(pytester: pytest.Pytester,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """CI matrices over machine types: MEMHP_MACHINE=q35 moves the tests that
+    do not pin a machine, and the model follows."""
+    pytester.makepyfile("""
+        import pytest
+
+        def test_default(memhp_model):
+            print("DEFAULT", memhp_model.layout.machine)
+
+        @pytest.mark.memhp_machine(machine="pc")
+        def test_pinned(memhp_model):
+            print("PINNED", memhp_model.layout.machine)
+    """)
+    monkeypatch.setenv("MEMHP_MACHINE", "q35")
+    out = pytester.runpytest("-s").stdout.str()
+    assert "DEFAULT q35" in out and "PINNED pc" in out
+
+
 @pytest.mark.parametrize(("args", "needle"), [
     (["--memhp-accel=hvf"], "use auto, kvm or tcg"),
     (["--memhp-timeout-scale=fast"], "not a number"),
     (["--memhp-shard=3/2"], "I/N"),
+    (["--memhp-machine=virt"], "use pc or q35"),
     (["--memhp-kernel=/nonexistent"], "is not a file"),
     (["--memhp-disk=/etc/hostname"], "needs --memhp-ssh-key"),
 ])

@@ -24,7 +24,9 @@ where it broke.  ``exit_code`` is what the CLI exits with.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
 
 class HarnessError(Exception):
@@ -99,6 +101,17 @@ class KconfigError(HarnessError):
 
     phase = "kconfig"
     exit_code = 2
+
+
+def check_readable_file(path: Path, what: str, fix: str) -> None:
+    """UsageError naming ``path`` unless it is an existing, readable file."""
+    if not path.exists():
+        raise UsageError(f"{what} {str(path)!r} does not exist", value=path, fix=fix)
+    if path.is_dir():
+        raise UsageError(f"{what} {str(path)!r} is a directory", value=path, fix=fix)
+    if not os.access(path, os.R_OK):
+        raise UsageError(f"{what} {str(path)!r} is not readable", value=path,
+                         fix="check its permissions")
 
 
 class VMError(HarnessError):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.errors import UsageError
+from harness.errors import UsageError, check_readable_file
 from harness.qemu.accel import AccelChoice, choose_accel
 from harness.qemu.config import DiskBoot, KernelBoot, VMConfig
 from harness.qemu.vm import VM, Timeouts
@@ -56,16 +56,6 @@ class ResolvedGuest:
         return None if self.image is None else Path(self.image.kernel)
 
 
-def _check_file(path: Path, what: str, fix: str) -> None:
-    if not path.exists():
-        raise UsageError(f"{what} {str(path)!r} does not exist", value=path, fix=fix)
-    if path.is_dir():
-        raise UsageError(f"{what} {str(path)!r} is a directory", value=path, fix=fix)
-    if not os.access(path, os.R_OK):
-        raise UsageError(f"{what} {str(path)!r} is not readable", value=path,
-                         fix="check its permissions")
-
-
 def resolve_guest(source: GuestSource) -> ResolvedGuest:
     """Validate the user's choice and build (or fetch from cache) the image."""
     if source.disk is not None:
@@ -74,11 +64,11 @@ def resolve_guest(source: GuestSource) -> ResolvedGuest:
                 "--disk and --kernel cannot be combined",
                 fix="boot either your disk image or a kernel with the default initramfs",
             )
-        _check_file(source.disk, "disk image", "give a raw or qcow2 image")
+        check_readable_file(source.disk, "disk image", "give a raw or qcow2 image")
         if source.ssh_key is None:
             raise UsageError("--disk needs --ssh-key (the guest's authorized key)",
                              fix="pass --ssh-key PATH and --ssh-user NAME")
-        _check_file(source.ssh_key, "SSH key", "give the private key file")
+        check_readable_file(source.ssh_key, "SSH key", "give the private key file")
         host_line = None
         if source.ssh_host_key is not None:
             host_line = read_host_key(source.ssh_host_key)
@@ -87,7 +77,8 @@ def resolve_guest(source: GuestSource) -> ResolvedGuest:
     from harness.image import build_image, ensure_default_image
 
     if source.kernel is not None:
-        _check_file(source.kernel, "kernel", "give the path of a bzImage (arch/x86/boot/bzImage)")
+        check_readable_file(source.kernel, "kernel",
+                            "give the path of a bzImage (arch/x86/boot/bzImage)")
         return ResolvedGuest(image=build_image(kernel=source.kernel, modules=source.modules))
     return ResolvedGuest(image=ensure_default_image())
 
@@ -99,7 +90,7 @@ def read_host_key(path: Path) -> str:
     import binascii
 
     fix = "give the guest's /etc/ssh/ssh_host_ed25519_key.pub (one 'TYPE BASE64' line)"
-    _check_file(path, "SSH host key", fix)
+    check_readable_file(path, "SSH host key", fix)
     words = path.read_text(errors="replace").split()
     for i, word in enumerate(words[:-1]):
         if word.startswith(("ssh-", "ecdsa-sha2-")):

@@ -81,21 +81,16 @@ def compare_cmd(kernels: tuple[Path, ...], modules: tuple[Path, ...], as_json: b
     if len(kernels) != 2:
         click.echo("memhp: compare needs exactly two --kernel (baseline, then patched)", err=True)
         return 2
+    # Bad input and Ctrl-C reach harness.cli.main, which reports them for
+    # every command alike (exit 2 / 3 / 130).
     results = []
-    try:
-        for i, k in enumerate(kernels):
-            opts["modules"] = modules[i] if i < len(modules) else None
-            scenario, guest = prepare(opts, kernel=k)
-            click.echo(f"memhp: running on {'AB'[i]}: {guest.describe()}", err=True)
-            results.append(execute(scenario, guest, accel=opts["accel"],
-                                   qemu_binary=opts["qemu_binary"], keep=opts["keep"],
-                                   timeout_scale=opts["timeout_scale"]))
-    except HarnessError as exc:
-        click.echo(f"memhp: {exc.phase} error: {exc}", err=True)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        click.echo("memhp: interrupted", err=True)
-        return 130
+    for i, k in enumerate(kernels):
+        opts["modules"] = modules[i] if i < len(modules) else None
+        scenario, guest = prepare(opts, kernel=k)
+        click.echo(f"memhp: running on {'AB'[i]}: {guest.describe()}", err=True)
+        results.append(execute(scenario, guest, accel=opts["accel"],
+                               qemu_binary=opts["qemu_binary"], keep=opts["keep"],
+                               timeout_scale=opts["timeout_scale"]))
     a, b = results
     rows, regressed = comparison(a, b)
     if as_json:

@@ -200,11 +200,8 @@ def _sha(*parts: bytes) -> str:
 
 
 def _file_sha(path: Path) -> bytes:
-    h = hashlib.sha256()
     with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.digest()
+        return hashlib.file_digest(f, "sha256").digest()
 
 
 def busybox_applets(busybox: Path) -> list[str]:

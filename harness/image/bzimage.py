@@ -8,23 +8,16 @@ such as ``6.1.0-56-cloud-amd64 (debian-kernel@...) #1 SMP ...``.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-from harness.errors import UsageError
+from harness.errors import UsageError, check_readable_file
 
 _FIX = "give an x86 bzImage such as arch/x86/boot/bzImage or /boot/vmlinuz-*"
 
 
 def kernel_version(path: Path) -> str:
     """The kernel release of the bzImage at ``path``; UsageError if it is not one."""
-    if not path.exists():
-        raise UsageError(f"kernel {str(path)!r} does not exist", value=path, fix=_FIX)
-    if path.is_dir():
-        raise UsageError(f"kernel {str(path)!r} is a directory", value=path, fix=_FIX)
-    if not os.access(path, os.R_OK):
-        raise UsageError(f"kernel {str(path)!r} is not readable", value=path,
-                         fix="check its permissions")
+    check_readable_file(path, "kernel", _FIX)
     with path.open("rb") as f:
         head = f.read(0x8000)
     if len(head) < 0x210 or head[0x202:0x206] != b"HdrS":

@@ -158,6 +158,14 @@ class QMPSession:
         with self._cond:
             return self._events[since:]
 
+    def _unlocked(self, fn: Callable[[], None]) -> None:
+        """Call ``fn`` (which may raise) without holding the event lock."""
+        self._cond.release()
+        try:
+            fn()
+        finally:
+            self._cond.acquire()
+
     def wait_event(
         self,
         match: Callable[[QMPEvent], bool],
@@ -182,11 +190,7 @@ class QMPSession:
                         return ev
                 seen = len(self._events)
                 if abort is not None:
-                    self._cond.release()
-                    try:
-                        abort()
-                    finally:
-                        self._cond.acquire()
+                    self._unlocked(abort)
                     if len(self._events) > seen:
                         continue
                 remaining = deadline - time.monotonic()
@@ -194,11 +198,7 @@ class QMPSession:
                     raise WaitTimeout(what, timeout, phase=phase)
                 if self.disconnected.is_set():
                     if abort is not None:
-                        self._cond.release()
-                        try:
-                            abort()
-                        finally:
-                            self._cond.acquire()
+                        self._unlocked(abort)
                     raise VMError(f"QMP connection closed while waiting for {what}",
                                   phase=phase)
                 self._cond.wait(min(remaining, 0.5))

@@ -28,11 +28,8 @@ SMALL = ["--memory", "2G,slots=2,maxmem=4G", "--numa", "1G,1G", "--add", "d0:512
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
     with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 @pytest.fixture(scope="module")

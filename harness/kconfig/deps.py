@@ -33,8 +33,10 @@ def explain(source: Path, config_text: str, options: Iterable[str]) -> dict[str,
             f.write(config_text)
         kconf.load_config(f.name, replace=True)
         os.unlink(f.name)
-    except Exception as exc:  # kconfiglib raises many kinds (KconfigError, OSError)
-        raise KconfigError(f"kconfiglib could not load {source}/Kconfig: {exc}") from exc
+    except (Exception, SystemExit) as exc:
+        # kconfiglib raises many kinds, and SystemExit on syntax it does not
+        # know (Linux 6.1's `modules` keyword): read the depends-on lines.
+        return _explain_from_text(source, config_text, options, exc)
     finally:
         os.chdir(cwd)
         for k, v in old.items():
@@ -61,4 +63,35 @@ def explain(source: Path, config_text: str, options: Iterable[str]) -> dict[str,
         else:
             out[name] = f"can be enabled (visible as {kconfiglib.TRI_TO_STR[sym.visibility]}, " \
                         f"now {sym.str_value or 'n'})"
+    return out
+
+
+def _explain_from_text(source: Path, config_text: str, options: Iterable[str],
+                       why: BaseException) -> dict[str, str]:
+    """Without kconfiglib: each option's own ``depends on`` lines from the
+    tree's Kconfig files, with the current value of every symbol in them."""
+    import re
+
+    from harness.kernel.build import kconfig_depends, kconfig_symbols, kconfig_texts
+
+    texts = kconfig_texts(source)
+    known = kconfig_symbols(texts)
+    values = dict(re.findall(r"^CONFIG_(\w+)=(\S+)", config_text, flags=re.M))
+    names = list(options)
+    depends = kconfig_depends(texts, names)
+    note = f" (read from the Kconfig text: kconfiglib cannot parse this tree: {why})"
+    out: dict[str, str] = {}
+    for name in names:
+        if name not in known:
+            out[name] = "unknown to this kernel version"
+            continue
+        exprs = depends.get(name) or []
+        symbols = dict.fromkeys(re.findall(r"\b[A-Z][A-Z0-9_]+\b", " && ".join(exprs)))
+        off = [s for s in symbols if values.get(s, "n") == "n"]
+        if off:
+            parts = ", ".join(f"{s}={values.get(s, 'n')}" for s in symbols)
+            out[name] = f"depends on {' && '.join(exprs)}, which has n in it ({parts}){note}"
+        else:
+            out[name] = ("its own depends-on lines hold; an enclosing if/menu or a select "
+                         f"decides{note}")
     return out

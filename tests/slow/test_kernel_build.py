@@ -29,7 +29,6 @@ from harness.workflow import execute
 
 pytestmark = [pytest.mark.slow, pytest.mark.vm]
 
-COLD_BUDGET_S = 15 * 60  # the CI budget for everything is 90 min on 2 cores
 
 
 def _say(msg: str) -> None:
@@ -43,9 +42,7 @@ def auto_online_kernel() -> KernelBuild:
     wall = time.monotonic() - t0
     _say(f"kernel build: {'cache hit' if build.cached else 'cold'} in {wall:.1f}s "
          f"(recorded build time {build.seconds:.0f}s, phases {build.to_json()['phases']})")
-    if build.cached:
-        assert wall < 30, f"a cache hit took {wall:.1f}s"
-    assert build.seconds < COLD_BUDGET_S, f"the build took {build.seconds:.0f}s"
+    # Figures, not assertions: timing belongs to `memhp bench`/build.json.
     return build
 
 

@@ -162,3 +162,39 @@ def test_merge_config_compatible_syntax() -> None:
     for frag in kconfigs_dir().glob("*.config"):
         for line in frag.read_text().splitlines():
             assert not line or line.startswith("#") or line.startswith("CONFIG_"), line
+
+
+FAKE_KCONFIG = """\
+config MODULES
+\tbool "modules"
+\tmodules
+config ACPI
+\tbool "ACPI"
+config NUMA
+\tbool "NUMA"
+config MEMORY_HOTPLUG
+\tbool "hotplug"
+\tdepends on NUMA
+config ACPI_HOTPLUG_MEMORY
+\tbool "ACPI memory hotplug"
+\tdepends on MEMORY_HOTPLUG && ACPI
+"""
+
+
+@pytest.mark.parametrize("modules_keyword", [True, False])
+def test_source_explains_why_an_option_is_off(tmp_path: Path, modules_keyword: bool) -> None:
+    """A fake source tree (one Kconfig file): with the `modules` keyword of
+    Linux 6.1, which kconfiglib cannot parse, the explanation comes from the
+    depends-on lines; without it, from kconfiglib itself."""
+    from harness.kconfig.deps import explain
+
+    text = FAKE_KCONFIG if modules_keyword else FAKE_KCONFIG.replace("\tmodules\n", "")
+    (tmp_path / "Kconfig").write_text(text)
+    config = "CONFIG_ACPI=y\nCONFIG_MEMORY_HOTPLUG=y\nCONFIG_NUMA=y\n"
+    why = explain(tmp_path, config, ["ACPI_HOTPLUG_MEMORY", "NO_SUCH_OPTION"])
+    assert "can be enabled" in why["ACPI_HOTPLUG_MEMORY"] or "hold" in why["ACPI_HOTPLUG_MEMORY"]
+    assert why["NO_SUCH_OPTION"] == "unknown to this kernel version"
+    why = explain(tmp_path, "CONFIG_ACPI=y\n", ["MEMORY_HOTPLUG", "ACPI_HOTPLUG_MEMORY"])
+    assert "NUMA" in why["MEMORY_HOTPLUG"] and "n" in why["MEMORY_HOTPLUG"]
+    assert "MEMORY_HOTPLUG=n" in why["ACPI_HOTPLUG_MEMORY"]
+    assert ("kconfiglib cannot parse" in why["MEMORY_HOTPLUG"]) == modules_keyword

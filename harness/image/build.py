@@ -93,6 +93,8 @@ class Recipe:
     cmdline: tuple[str, ...]
     text: str
     init: bytes
+    compression: str = "zstd"  # of the initramfs: "zstd" or "none"
+    busybox_omit: tuple[str, ...] = ()
 
     @classmethod
     def load(cls, directory: Path | None = None) -> Recipe:
@@ -104,6 +106,8 @@ class Recipe:
             packages=tuple(data["packages"]), binaries=tuple(data["binaries"]),
             modules=tuple(data["modules"]), cmdline=tuple(data["cmdline"]), text=text,
             init=(d / "init").read_bytes(),
+            compression=str(data.get("initramfs_compression", "zstd")),
+            busybox_omit=tuple(data.get("busybox_omit", ())),
         )
 
 
@@ -239,6 +243,8 @@ def write_initramfs(out: Path, root: Path, recipe: Recipe, modules_root: Path | 
         present = set(recipe.binaries)
         for applet in busybox_applets(root / "bin/busybox"):
             rel = applet.lstrip("/")
+            if rel.rsplit("/", 1)[-1] in recipe.busybox_omit:
+                continue
             if rel not in present and rel.rsplit("/", 1)[0] in ("bin", "sbin", "usr/bin",
                                                                 "usr/sbin"):
                 w.symlink(rel, "/bin/busybox")
@@ -259,6 +265,9 @@ def write_initramfs(out: Path, root: Path, recipe: Recipe, modules_root: Path | 
         if config is not None:
             w.file(f"boot/config-{kver}", config.read_bytes())
         w.close()
+    if recipe.compression == "none":
+        os.replace(raw, out)
+        return
     argv, _ = _compressor()
     with out.open("wb") as f:
         subprocess.run([*argv, str(raw)], stdout=f, check=True)

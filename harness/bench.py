@@ -32,7 +32,7 @@ from typing import Any
 from harness.launch import GuestSource, launch_vm, resolve_guest
 from harness.qemu.argv import RuntimePaths
 from harness.scenario import Scenario, add, build_scenario
-from harness.session import block_states
+from harness.session import wait_blocks
 
 
 @dataclass
@@ -140,16 +140,14 @@ def measure(repeat: int, accel: str, suite: bool, cold_build: bool,
             t = time.monotonic()
             vm.hot_add("dimm0", 1 << 30, 1)
             t_added = time.monotonic()
-            while any(s is None for s in block_states(vm, list(pred.blocks)).values()):
-                pass
+            wait_blocks(vm, list(pred.blocks))
             rec("hot-add: device_add return -> blocks visible (s)", time.monotonic() - t_added)
             t = time.monotonic()
             vm.guest.online_blocks(list(pred.blocks[:1]), "online_movable")
             rec("online 1 block (s)", time.monotonic() - t)
             whole = scenario.predict(block_size=bs).final.dimms[1]
             vm.hot_add("dimm1", whole.size, 0)
-            while any(st is None for st in block_states(vm, list(whole.blocks)).values()):
-                pass
+            wait_blocks(vm, list(whole.blocks))
             t = time.monotonic()
             vm.guest.online_blocks(list(whole.blocks), "online_movable")
             rec(f"online a whole 1 GiB DIMM ({len(whole.blocks)} blocks, one round trip) (s)",

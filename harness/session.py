@@ -159,6 +159,30 @@ def block_states(vm: VM, numbers: list[int]) -> dict[int, str | None]:
     return out
 
 
+def wait_blocks(vm: VM, numbers: list[int], *, present: bool = True,
+                state: str | None = None) -> None:
+    """Wait (bounded, one guest round trip per poll) until every block in
+    ``numbers`` is present (in ``state`` if given), or all are gone."""
+    if not numbers:
+        return
+
+    def ready() -> bool | None:
+        states = block_states(vm, numbers)
+        if not present:
+            return True if all(s is None for s in states.values()) else None
+        if any(s is None for s in states.values()):
+            return None
+        if state is not None and any(s != state for s in states.values()):
+            return None
+        return True
+
+    wait_for(ready, what=f"memory blocks {numbers[0]}..{numbers[-1]} to "
+             f"{'appear' if present else 'go'}" + (f" {state}" if state else ""),
+             timeout=vm.timeouts.s("hot_add"), first_interval=0.005,
+             max_interval=0.1, abort=vm.check_alive, phase="hotplug",
+             serial_tail=vm.serial_tail)
+
+
 class Runner:
     """Executes a :class:`Scenario` on a started :class:`VM`."""
 
@@ -273,26 +297,6 @@ class Runner:
                 return d
         raise UsageError(f"DIMM {dimm_id!r} is not plugged at this step", value=dimm_id)
 
-    def _wait_blocks(self, numbers: list[int], *, present: bool, state: str | None) -> None:
-        if not numbers:
-            return
-
-        def ready() -> bool | None:
-            states = block_states(self.vm, numbers)
-            if not present:
-                return True if all(s is None for s in states.values()) else None
-            if any(s is None for s in states.values()):
-                return None
-            if state is not None and any(s != state for s in states.values()):
-                return None
-            return True
-
-        wait_for(ready, what=f"memory blocks {numbers[0]}..{numbers[-1]} to "
-                 f"{'appear' if present else 'go'}" + (f" {state}" if state else ""),
-                 timeout=self.vm.timeouts.s("hot_add"), first_interval=0.005,
-                 max_interval=0.1, abort=self.vm.check_alive, phase="hotplug",
-                 serial_tail=self.vm.serial_tail)
-
     def run_step(self, index: int, step: Step) -> StepResult:
         t0 = time.monotonic()
         lat: dict[str, float] = {}
@@ -311,7 +315,7 @@ class Runner:
                 else:
                     self.state[a.id] = ("offline", None)
                 t1 = time.monotonic()
-                self._wait_blocks(list(d.blocks) if d.guest_accepts else [], present=True,
+                wait_blocks(self.vm, list(d.blocks) if d.guest_accepts else [], present=True,
                                   state="online" if auto and d.guest_accepts else None)
                 lat["blocks_visible_s"] = time.monotonic() - t1
             elif step.action in ("online", "offline"):

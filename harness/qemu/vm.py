@@ -302,15 +302,17 @@ class VM:
     def serial_tail(self, lines: int = 40) -> str:
         return _tail(self.paths.serial_log, lines) if self.paths else ""
 
-    def check_alive(self) -> None:
-        """Raise at once if QEMU died or the guest panicked."""
+    def check_alive(self, serial: str | None = None) -> None:
+        """Raise at once if QEMU died or the guest panicked (``serial``: the
+        console text when the caller has just read it)."""
         if self.proc is not None and self.proc.poll() is not None:
             output = self.paths.qemu_log.read_text(errors="replace") if self.paths else ""
             raise QemuExited(self.proc.returncode, output=output, serial_tail=self.serial_tail())
         panicked = self.qmp is not None and any(
             ev.name == "GUEST_PANICKED" for ev in self.qmp.events()
         )
-        serial = self.serial_text()
+        if serial is None:
+            serial = self.serial_text()
         m = PANIC_RE.search(serial)
         if panicked or m:
             text = m.group(0) if m else "GUEST_PANICKED event from QEMU"
@@ -319,8 +321,8 @@ class VM:
     def check_reachable(self) -> None:
         """Raise at once when the default guest's /init reported that SSH
         cannot come up, instead of waiting out the SSH timeout."""
-        self.check_alive()
         serial = self.serial_text()
+        self.check_alive(serial)
         for needle, why in UNREACHABLE:
             if needle in serial:
                 raise GuestUnreachable(f"the guest cannot be reached over SSH: {why}",
@@ -328,12 +330,16 @@ class VM:
 
     def wait_for_console(self, needle: str, *, what: str, timeout: float | None = None) -> None:
         """Wait for ``needle`` on the serial console."""
+        def seen() -> bool | None:
+            serial = self.serial_text()  # one read per poll, for both checks
+            self.check_alive(serial)
+            return True if needle in serial else None
+
         wait_for(
-            lambda: True if needle in self.serial_text() else None,
-            what=what, timeout=timeout or self.timeouts.s("boot"),
+            seen, what=what, timeout=timeout or self.timeouts.s("boot"),
             # The console log is small and local: a short constant interval
             # costs little and the marker is seen within ~20 ms.
-            first_interval=0.01, max_interval=0.02, abort=self.check_alive, phase="boot",
+            first_interval=0.01, max_interval=0.02, phase="boot",
             serial_tail=self.serial_tail,
         )
 

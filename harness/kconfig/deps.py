@@ -1,10 +1,13 @@
 """Why an option cannot be enabled as-is: its unmet dependencies, resolved
-with kconfiglib against a kernel source tree (``--source DIR``)."""
+with kconfiglib against a kernel source tree (``--source DIR``), or read from
+the tree's Kconfig text when kconfiglib cannot parse it (the readers below are
+shared with ``memhp kernel build``'s check of merged fragments)."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from harness.errors import KconfigError
@@ -66,32 +69,82 @@ def explain(source: Path, config_text: str, options: Iterable[str]) -> dict[str,
     return out
 
 
+# -- reading Kconfig text directly (no kconfiglib) ----------------------------------------
+
+_CONFIG_RE = re.compile(r"^\s*(?:menu)?config\s+([A-Za-z0-9_]+)\s*$", re.M)
+_ENTRY_END = re.compile(r"^\s*(?:(?:menu)?config|choice|endchoice|menu|endmenu|if|endif|"
+                        r"source|comment)\b")
+_DEPENDS = re.compile(r"^\s*depends\s+on\s+(.+?)\s*$")
+
+
+def kconfig_symbols(texts: Iterable[str]) -> set[str]:
+    """The symbols defined (``config X`` / ``menuconfig X``) in Kconfig texts."""
+    names: set[str] = set()
+    for text in texts:
+        names.update(_CONFIG_RE.findall(text))
+    return names
+
+
+def kconfig_depends(texts: Iterable[str], names: Iterable[str]) -> dict[str, list[str]]:
+    """The ``depends on`` lines of each named symbol's own entries (not those
+    inherited from an enclosing ``if``/``menu``)."""
+    wanted = set(names)
+    deps: dict[str, list[str]] = {}
+    for text in texts:
+        current: str | None = None
+        for line in text.splitlines():
+            if m := _CONFIG_RE.match(line):
+                current = m.group(1) if m.group(1) in wanted else None
+                if current is not None:
+                    deps.setdefault(current, [])
+            elif _ENTRY_END.match(line):
+                current = None
+            elif current is not None and (d := _DEPENDS.match(line)):
+                deps[current].append(d.group(1))
+    return deps
+
+
+def explain_dropped(dropped: Sequence[tuple[str, str, str]], depends: Mapping[str, list[str]],
+                    final: Mapping[str, str]) -> dict[str, str]:
+    """``depends on ACPI && PCI`` -> ``depends on ACPI && PCI [ACPI=n PCI=y]``."""
+    out: dict[str, str] = {}
+    for name, _, _ in dropped:
+        exprs = depends.get(name, [])
+        if not exprs:
+            continue
+        symbols = dict.fromkeys(re.findall(r"\b[A-Z][A-Z0-9_]+\b", " && ".join(exprs)))
+        values = " ".join(f"{s}={final.get(s, 'n')}" for s in symbols)
+        out[name] = f"depends on {' && '.join(exprs)} [{values}]"
+        if all(final.get(s, "n") != "n" for s in symbols):
+            out[name] += "; those hold, so an enclosing `if`/`menu` or a `choice` decides"
+    return out
+
+
+def kconfig_texts(tree: Path) -> list[str]:
+    """Every Kconfig* file of a source tree (a second or so for Linux)."""
+    texts = []
+    for dirpath, dirnames, filenames in os.walk(tree):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for name in filenames:
+            if name.startswith("Kconfig"):
+                texts.append(Path(dirpath, name).read_text(errors="replace"))
+    return texts
+
+
 def _explain_from_text(source: Path, config_text: str, options: Iterable[str],
                        why: BaseException) -> dict[str, str]:
     """Without kconfiglib: each option's own ``depends on`` lines from the
     tree's Kconfig files, with the current value of every symbol in them."""
-    import re
-
-    from harness.kernel.build import kconfig_depends, kconfig_symbols, kconfig_texts
+    from harness.kconfig.source import parse_values
 
     texts = kconfig_texts(source)
     known = kconfig_symbols(texts)
-    values = dict(re.findall(r"^CONFIG_(\w+)=(\S+)", config_text, flags=re.M))
+    values = parse_values(config_text)
     names = list(options)
-    depends = kconfig_depends(texts, names)
+    off = [(n, "y", values.get(n, "n")) for n in names if n in known]
+    explained = explain_dropped(off, kconfig_depends(texts, [n for n, _, _ in off]), values)
     note = f" (read from the Kconfig text: kconfiglib cannot parse this tree: {why})"
-    out: dict[str, str] = {}
-    for name in names:
-        if name not in known:
-            out[name] = "unknown to this kernel version"
-            continue
-        exprs = depends.get(name) or []
-        symbols = dict.fromkeys(re.findall(r"\b[A-Z][A-Z0-9_]+\b", " && ".join(exprs)))
-        off = [s for s in symbols if values.get(s, "n") == "n"]
-        if off:
-            parts = ", ".join(f"{s}={values.get(s, 'n')}" for s in symbols)
-            out[name] = f"depends on {' && '.join(exprs)}, which has n in it ({parts}){note}"
-        else:
-            out[name] = ("its own depends-on lines hold; an enclosing if/menu or a select "
-                         f"decides{note}")
-    return out
+    return {n: ("unknown to this kernel version" if n not in known
+                else explained.get(n, "no depends-on of its own; a select or an enclosing "
+                                      "if/menu decides") + note)
+            for n in names}

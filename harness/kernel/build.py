@@ -49,6 +49,12 @@ from filelock import FileLock
 
 from harness.errors import HostEnvironmentError, ImageBuildError, UsageError
 from harness.image.build import _run, download
+from harness.kconfig.deps import (  # noqa: F401 - re-exported: Kconfig text readers
+    explain_dropped,
+    kconfig_depends,
+    kconfig_symbols,
+    kconfig_texts,
+)
 from harness.kconfig.source import parse_values
 from harness.launch import cache_dir
 from harness.resources import kconfigs_dir
@@ -138,55 +144,6 @@ def requested_options(fragments: Iterable[str]) -> dict[str, str]:
     for text in fragments:
         wanted.update(parse_values(text))
     return wanted
-
-
-_CONFIG_RE = re.compile(r"^\s*(?:menu)?config\s+([A-Za-z0-9_]+)\s*$", re.M)
-_ENTRY_END = re.compile(r"^\s*(?:(?:menu)?config|choice|endchoice|menu|endmenu|if|endif|"
-                        r"source|comment)\b")
-_DEPENDS = re.compile(r"^\s*depends\s+on\s+(.+?)\s*$")
-
-
-def kconfig_symbols(texts: Iterable[str]) -> set[str]:
-    """The symbols defined (``config X`` / ``menuconfig X``) in Kconfig texts."""
-    names: set[str] = set()
-    for text in texts:
-        names.update(_CONFIG_RE.findall(text))
-    return names
-
-
-def kconfig_depends(texts: Iterable[str], names: Iterable[str]) -> dict[str, list[str]]:
-    """The ``depends on`` lines of each named symbol's own entries (not those
-    inherited from an enclosing ``if``/``menu``)."""
-    wanted = set(names)
-    deps: dict[str, list[str]] = {}
-    for text in texts:
-        current: str | None = None
-        for line in text.splitlines():
-            if m := _CONFIG_RE.match(line):
-                current = m.group(1) if m.group(1) in wanted else None
-                if current is not None:
-                    deps.setdefault(current, [])
-            elif _ENTRY_END.match(line):
-                current = None
-            elif current is not None and (d := _DEPENDS.match(line)):
-                deps[current].append(d.group(1))
-    return deps
-
-
-def explain_dropped(dropped: Sequence[tuple[str, str, str]], depends: Mapping[str, list[str]],
-                    final: Mapping[str, str]) -> dict[str, str]:
-    """``depends on ACPI && PCI`` -> ``depends on ACPI && PCI [ACPI=n PCI=y]``."""
-    out: dict[str, str] = {}
-    for name, _, _ in dropped:
-        exprs = depends.get(name, [])
-        if not exprs:
-            continue
-        symbols = dict.fromkeys(re.findall(r"\b[A-Z][A-Z0-9_]+\b", " && ".join(exprs)))
-        values = " ".join(f"{s}={final.get(s, 'n')}" for s in symbols)
-        out[name] = f"depends on {' && '.join(exprs)} [{values}]"
-        if all(final.get(s, "n") != "n" for s in symbols):
-            out[name] += "; those hold, so an enclosing `if`/`menu` or a `choice` decides"
-    return out
 
 
 def verify_config(wanted: Mapping[str, str], final: Mapping[str, str],
@@ -377,17 +334,6 @@ def read_fragment(path: Path) -> str:
         raise UsageError(f"{str(path)!r} has no CONFIG_ lines", value=path,
                          fix="a fragment is lines like CONFIG_X=y or # CONFIG_X is not set")
     return text
-
-
-def kconfig_texts(tree: Path) -> list[str]:
-    """Every Kconfig* file of a source tree (a second or so for Linux)."""
-    texts = []
-    for dirpath, dirnames, filenames in os.walk(tree):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        for name in filenames:
-            if name.startswith("Kconfig"):
-                texts.append(Path(dirpath, name).read_text(errors="replace"))
-    return texts
 
 
 # -- the build -------------------------------------------------------------------------

@@ -152,7 +152,7 @@ def kernel_online_policy(guest: Any) -> tuple[str | None, str]:
     from harness.errors import KconfigError
     from harness.kconfig import check_config, read_config
 
-    image = getattr(guest, "image", None)
+    image = guest.image
     if image is None:
         return None, "no kernel config (disk image)"
     try:

@@ -31,7 +31,7 @@ class _QuietWhileBooting(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         text = record.getMessage()
-        return not ("SSH protocol banner" in text or text.startswith(("Traceback", "  ", " "))
+        return not ("SSH protocol banner" in text or text.startswith(("Traceback", " "))
                     or "Connection reset" in text or "During handling" in text or not text)
 
 

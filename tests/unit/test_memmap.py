@@ -42,8 +42,18 @@ def test_svg_is_well_formed_and_draws_every_predicted_block(seed_doc) -> None:
 
 
 def test_a_block_the_guest_disagrees_on_is_outlined(seed_doc) -> None:
+    """The outline follows the run's verdict: here harness.verify's own
+    comparison of the (faked) guest blocks with the prediction."""
+    from types import SimpleNamespace
+
+    from harness.verify import ExpectedBlock, compare_blocks
+
     doc = copy.deepcopy(seed_doc)
-    doc["steps"][-1]["observed"]["blocks"][0]["zone"] = "Normal"
+    step = doc["steps"][-1]
+    step["observed"]["blocks"][0]["zone"] = "Normal"
+    step["mismatches"] = [m.to_json() for m in compare_blocks(
+        [ExpectedBlock(**b) for b in step["expected"]["blocks"]], [],
+        [SimpleNamespace(**b) for b in step["observed"]["blocks"]])]
     svg = render_svg(doc)
     assert svg.count('stroke="#d62728" stroke-width="2.5"') == 1
 

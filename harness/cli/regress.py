@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 
-from harness.cli.run import prepare, scenario_options
+from harness.cli.run import execute_with, prepare, scenario_options
 from harness.errors import HarnessError
 
 GOOD, BAD, SKIP, ABORT = 0, 1, 125, 130
@@ -76,8 +76,6 @@ def comparison(a: Any, b: Any) -> tuple[list[dict[str, Any]], bool]:
 def compare_cmd(kernels: tuple[Path, ...], modules: tuple[Path, ...], as_json: bool,
                 **opts: Any) -> int:
     """Run the same scenario on kernel A and kernel B, side by side; exit 1 if B regresses."""
-    from harness.workflow import execute
-
     if len(kernels) != 2:
         click.echo("memhp: compare needs exactly two --kernel (baseline, then patched)", err=True)
         return 2
@@ -88,9 +86,7 @@ def compare_cmd(kernels: tuple[Path, ...], modules: tuple[Path, ...], as_json: b
         opts["modules"] = modules[i] if i < len(modules) else None
         scenario, guest = prepare(opts, kernel=k)
         click.echo(f"memhp: running on {'AB'[i]}: {guest.describe()}", err=True)
-        results.append(execute(scenario, guest, accel=opts["accel"],
-                               qemu_binary=opts["qemu_binary"], keep=opts["keep"],
-                               timeout_scale=opts["timeout_scale"]))
+        results.append(execute_with(opts, scenario, guest))
     a, b = results
     rows, regressed = comparison(a, b)
     if as_json:
@@ -143,7 +139,6 @@ def _print_comparison(a: Any, b: Any, rows: list[dict[str, Any]], regressed: boo
 def bisect_cmd(source: Path | None, build_cmd: str | None, **opts: Any) -> int:
     """One `git bisect run` step: build, check config, boot, run; exit 0/1/125."""
     from harness.kconfig import check_config
-    from harness.workflow import execute
 
     kernel = opts.get("kernel")
     try:
@@ -163,11 +158,7 @@ def bisect_cmd(source: Path | None, build_cmd: str | None, **opts: Any) -> int:
     except HarnessError as exc:
         click.echo(f"memhp bisect: {exc.phase} error: {exc}", err=True)
         return SKIP if exc.exit_code == 3 else BAD if exc.exit_code == 1 else exc.exit_code
-    try:
-        result = execute(scenario, guest, accel=opts["accel"], qemu_binary=opts["qemu_binary"],
-                         keep=opts["keep"], timeout_scale=opts["timeout_scale"])
-    except KeyboardInterrupt:
-        return ABORT
+    result = execute_with(opts, scenario, guest)  # Ctrl-C: main() exits 130 (= ABORT)
     code = bisect_exit_code(result)
     verdict = {GOOD: "good", BAD: "bad", SKIP: "skip (cannot test)"}[code]
     detail = result.error["message"].splitlines()[0] if result.error else ""

@@ -167,6 +167,15 @@ def kernel_online_policy(guest: Any) -> tuple[str | None, str]:
     return (None if policy == "offline" else policy), report.policy_source
 
 
+def execute_with(opts: dict[str, Any], scenario: Scenario, guest: Any,
+                 **hooks: Any) -> RunResult:
+    """:func:`harness.workflow.execute` with the run options of ``scenario_options``."""
+    from harness.workflow import execute
+
+    return execute(scenario, guest, accel=opts["accel"], qemu_binary=opts["qemu_binary"],
+                   keep=opts["keep"], timeout_scale=opts["timeout_scale"], **hooks)
+
+
 def prepare(opts: dict[str, Any], kernel: Path | None = None) -> tuple[Scenario, Any]:
     """Validate the options into a scenario and a guest (UsageError before any VM)."""
     from harness.launch import GuestSource, resolve_guest
@@ -211,7 +220,6 @@ def _error_json(exc: HarnessError) -> str:
 def _run(**opts: Any) -> int:
     # Imported here so that `memhp --help` and the other commands stay fast.
     from harness.report import print_run_report, print_step
-    from harness.workflow import execute
 
     as_json: bool = opts["as_json"]
     out = sys.stderr if as_json else sys.stdout
@@ -229,9 +237,8 @@ def _run(**opts: Any) -> int:
                    f"in {result.timings.get('boot_to_ssh_s', 0):.2f}s", file=out)
 
     try:
-        result = execute(scenario, guest, accel=opts["accel"], qemu_binary=opts["qemu_binary"],
-                         keep=opts["keep"], timeout_scale=opts["timeout_scale"],
-                         on_boot=booted, on_step=lambda s: print_step(s, file=out))
+        result = execute_with(opts, scenario, guest, on_boot=booted,
+                              on_step=lambda s: print_step(s, file=out))
     except KeyboardInterrupt:
         click.echo("memhp: interrupted; the VM was shut down", err=True)
         return 130

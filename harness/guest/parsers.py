@@ -238,17 +238,19 @@ def parse_boot_profile(dmesg: str, ready_marker: str = "MEMHP-READY") -> BootPro
     if not calls:
         raise _bad("dmesg (no initcall_debug lines: boot with initcall_debug)", dmesg)
 
-    def stamp(needle: str) -> float | None:
-        for line in dmesg.splitlines():
-            if needle in line:
-                m = _STAMP_RE.match(line)
-                return float(m.group(1)) if m else None
-        return None
-
+    run_init: float | None = None
+    ready: float | None = None
     marks = []
-    for line in dmesg.splitlines():
+    for line in dmesg.splitlines():  # one pass: the first of each milestone counts
         m = _STAMP_RE.match(line)
-        if m and "memhp-init: " in line:
-            marks.append((line.split("memhp-init: ", 1)[1].strip(), float(m.group(1))))
-    return BootProfile(tuple(sorted(calls, key=lambda c: -c[1])),
-                       stamp("Run /init as init process"), stamp(ready_marker), tuple(marks))
+        if m is None:
+            continue
+        t = float(m.group(1))
+        if run_init is None and "Run /init as init process" in line:
+            run_init = t
+        elif ready is None and ready_marker in line:
+            ready = t
+        elif "memhp-init: " in line:
+            marks.append((line.split("memhp-init: ", 1)[1].strip(), t))
+    return BootProfile(tuple(sorted(calls, key=lambda c: -c[1])), run_init, ready,
+                       tuple(marks))

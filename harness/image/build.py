@@ -318,7 +318,7 @@ def build_image(
     recipe = Recipe.load()
     root_cache = cache_root(cache_dir)
     if kernel is not None:
-        kernel_version(kernel)  # validates the file before anything else
+        user_kver = kernel_version(kernel)  # validates the file before anything else
         if modules is not None and not modules.is_dir():
             raise UsageError(f"modules {str(modules)!r} is not a directory", value=modules,
                              fix="give lib/modules/<version> or an INSTALL_MOD_PATH root")
@@ -338,7 +338,7 @@ def build_image(
         if modules is None:
             # A distro kernel needs its NIC and fw_cfg modules: find them
             # rather than boot a guest that can never be reached.
-            modules, kdeb = _matching_modules(kernel_version(kernel), root_cache / "debs")
+            modules, kdeb = _matching_modules(user_kver, root_cache / "debs")
             if modules is not None or kdeb is not None:
                 say(f"using modules from {modules or kdeb} (pass --modules to choose)")
             if kdeb is not None:

@@ -34,6 +34,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from harness.apt import Apt
 from harness.errors import HostEnvironmentError, ImageBuildError, UsageError
 from harness.image.bzimage import kernel_version
 from harness.image.cpio import CpioWriter
@@ -141,59 +142,17 @@ def _run(argv: list[str], what: str, cwd: Path | None = None) -> str:
     return proc.stdout
 
 
-def resolve_kernel_package(name: str) -> str:
-    """A metapackage (linux-image-cloud-amd64) -> the concrete image package."""
-    if name.startswith("linux-image-") and name[len("linux-image-"):][:1].isdigit():
-        return name
-    out = _run(["apt-cache", "depends", name], f"resolving {name}")
-    for line in out.splitlines():
-        word = line.strip().removeprefix("|")
-        if word.startswith("Depends: linux-image-"):
-            return word.split()[1]
-    raise UsageError(f"package {name!r} does not depend on a linux-image package",
-                     value=name, fix="give a linux-image-* package name")
+def resolve_kernel_package(name: str, suite: str | None = None,
+                           cache_dir: Path | None = None) -> str:
+    """A metapackage (linux-image-cloud-amd64) -> the concrete image package
+    (through memhp's own apt, :mod:`harness.apt`)."""
+    return Apt(cache_root(cache_dir)).resolve(name, suite)
 
 
-def download(packages: Iterable[str], debs: Path, progress: Progress) -> dict[str, Path]:
-    """``apt-get download`` what is not cached yet; returns name -> .deb path."""
-    debs.mkdir(parents=True, exist_ok=True)
-    wanted = list(dict.fromkeys(packages))
-    # The candidate version decides the file name; ask apt once for all.
-    out = _run(["apt-cache", "show", "--no-all-versions", *wanted], "looking up packages")
-    versions: dict[str, str] = {}
-    current = None
-    for line in out.splitlines():
-        if line.startswith("Package: "):
-            current = line.split(": ", 1)[1]
-        elif line.startswith("Version: ") and current:
-            versions.setdefault(current, line.split(": ", 1)[1])
-    missing = [p for p in wanted if p not in versions]
-    if missing:
-        raise UsageError(f"unknown package(s): {', '.join(missing)}", value=missing,
-                         fix="check the names; run `apt-get update` if they should exist")
-    result: dict[str, Path] = {}
-    fetch = []
-    for name in wanted:
-        ver = versions[name].replace(":", "%3a")
-        hits = list(debs.glob(f"{name}_{ver}_*.deb"))
-        if hits:
-            result[name] = hits[0]
-        else:
-            fetch.append(name)
-    if fetch:
-        progress(f"downloading {len(fetch)} package(s): {' '.join(fetch)}")
-        with tempfile.TemporaryDirectory(dir=debs) as tmp:
-            _run(["apt-get", "download", *[f"{n}={versions[n]}" for n in fetch]],
-                 "apt-get download", cwd=Path(tmp))
-            for f in Path(tmp).glob("*.deb"):
-                os.replace(f, debs / f.name)
-        for name in fetch:
-            ver = versions[name].replace(":", "%3a")
-            hits = list(debs.glob(f"{name}_{ver}_*.deb"))
-            if not hits:
-                raise ImageBuildError(f"apt-get download did not produce {name} {ver}")
-            result[name] = hits[0]
-    return result
+def download(packages: Iterable[str], debs: Path, progress: Progress,
+             suite: str | None = None) -> dict[str, Path]:
+    """Download what is not cached in ``debs`` yet (memhp's own apt); name -> .deb."""
+    return Apt(debs.parent, progress=progress).download(packages, suite, dest=debs)
 
 
 def _sha(*parts: bytes) -> str:

@@ -1,7 +1,8 @@
 """A kernel built by `memhp kernel build` with auto-online configured onlines
 hot-added memory by itself, and the kconfig checker predicted exactly that.
 
-Slow: the first run builds Debian's linux-source-6.1 with tinyconfig +
+Slow: the first run builds Debian's linux-source-6.12 (memhp's default source;
+tests/kernels/test_kernel_612_build.py shares this build) with tinyconfig +
 kconfigs/memhp.config + kconfigs/auto-online.config (minutes on 2 cores);
 later runs take the kernel from the cache (keyed by the build's inputs).
 The guest is then booted under TCG, a DIMM is hot-added and nothing in the
@@ -50,7 +51,7 @@ def test_checker_predicts_auto_online(auto_online_kernel: KernelBuild) -> None:
     report = check_config(auto_online_kernel.config.read_text())
     assert report.ok, [f.to_json() for f in report.problems]
     assert report.auto_online
-    # Linux 6.1 knows only the bool: the kernel picks the zone ("online").
+    # Linux before 6.14 knows only the bool: the kernel picks the zone ("online").
     assert report.online_policy == "online", report.policy_source
     assert "MEMORY_HOTPLUG_DEFAULT_ONLINE" in report.policy_source
     assert "MHP_DEFAULT_ONLINE_TYPE_ONLINE_AUTO" in auto_online_kernel.unknown_options

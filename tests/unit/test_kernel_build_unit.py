@@ -282,3 +282,10 @@ def test_source_package_name_is_checked() -> None:
 
     with pytest.raises(UsageError, match="'linux-image-amd64'"):
         debian_source_deb("linux-image-amd64")
+
+
+def test_cli_default_source_package_is_the_builders() -> None:
+    from harness.cli.kernel import SOURCE_PACKAGE as CLI_DEFAULT
+    from harness.kernel.build import SOURCE_PACKAGE
+
+    assert CLI_DEFAULT == SOURCE_PACKAGE

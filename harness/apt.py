@@ -120,7 +120,8 @@ class Apt:
             raise HostEnvironmentError(
                 f"{KEYRING} is missing: memhp's apt cannot verify Debian's archive "
                 "(fix: apt-get install debian-archive-keyring)")
-        for d in (self.root / "lists/partial", self.root / "cache/archives/partial"):
+        for d in (self.root / "lists/partial", self.root / "cache/archives/partial",
+                  self.root / "empty.d"):
             d.mkdir(parents=True, exist_ok=True)
         for name, text in (("sources.sources", self._sources()),
                            ("preferences", PREFERENCES)):
@@ -138,9 +139,9 @@ class Apt:
             "Dir::Etc::SourceList": "/nonexistent/sources.list",
             "Dir::Etc::SourceParts": str(r),  # reads *.sources here: sources.sources
             "Dir::Etc::Preferences": str(r / "preferences"),
-            "Dir::Etc::PreferencesParts": "/nonexistent",
+            "Dir::Etc::PreferencesParts": str(r / "empty.d"),
             "Dir::Etc::Trusted": "/nonexistent/trusted.gpg",
-            "Dir::Etc::TrustedParts": "/nonexistent",
+            "Dir::Etc::TrustedParts": str(r / "empty.d"),
             "Dir::State": str(r),
             "Dir::State::Lists": str(r / "lists"),
             "Dir::State::status": str(r / "status"),
@@ -217,8 +218,15 @@ class Apt:
         wanted = list(dict.fromkeys(packages))
         self.update()
         args = self._suite_args(suite)
-        out = self._run("apt-cache", *args, "show", "--no-all-versions", *wanted,
-                        what=f"looking up {' '.join(wanted)}")
+        where = f" in {suite}" if suite else ""
+        fix = ("check the name (and --suite); memhp's sources: "
+               f"{self.root / 'sources.sources'}")
+        try:
+            out = self._run("apt-cache", *args, "show", "--no-all-versions", *wanted,
+                            what=f"looking up {' '.join(wanted)}")
+        except UsageError as exc:  # apt-cache: "E: No packages found" when none is known
+            raise UsageError(f"unknown package(s){where}: {', '.join(wanted)}", value=wanted,
+                             fix=fix) from exc
         stanzas: dict[str, dict[str, str]] = {}
         for block in out.split("\n\n"):
             fields = dict(re.findall(r"^([\w-]+): (.*)$", block, re.M))
@@ -226,10 +234,8 @@ class Apt:
                 stanzas.setdefault(fields["Package"], fields)
         missing = [p for p in wanted if p not in stanzas]
         if missing:
-            where = f" in {suite}" if suite else ""
             raise UsageError(f"unknown package(s){where}: {', '.join(missing)}", value=missing,
-                             fix="check the name (and --suite); `apt-cache policy NAME` "
-                                 "with memhp's sources: see harness/apt.py")
+                             fix=fix)
         return stanzas
 
     def version(self, package: str, suite: str | None = None) -> str:

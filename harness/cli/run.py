@@ -88,7 +88,15 @@ _SCENARIO_OPTIONS: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
 @click.option("--kernel", type=click.Path(path_type=Path),
               help="Boot this bzImage instead of the default guest kernel.")
 @click.option("--modules", type=click.Path(path_type=Path),
-              help="Modules tree for --kernel (lib/modules/VERSION or an INSTALL_MOD_PATH).")
+              help="Modules tree for --kernel (lib/modules/VERSION or an INSTALL_MOD_PATH); "
+                   "default: <root>/lib/modules/VER beside <root>/boot/vmlinuz-VER.")
+@click.option("--kernel-config", type=click.Path(path_type=Path),
+              help="The build config of --kernel (default: found beside it, in its source "
+                   "tree, or IKCONFIG); tells the model the kernel's online policy.")
+@click.option("--kernel-package", metavar="NAME[/SUITE]",
+              help="Boot a Debian kernel package (fetched, never installed), e.g. "
+                   "linux-image-amd64/bookworm-backports for Debian's 6.12.")
+@click.option("--suite", help="Debian suite of --kernel-package (e.g. bookworm-backports).")
 @click.option("--disk", type=click.Path(path_type=Path),
               help="Boot your own disk image (raw/qcow2, opened in snapshot mode).")
 @click.option("--ssh-user", default="root", show_default=True, help="SSH user for --disk.")
@@ -187,6 +195,8 @@ def prepare(opts: dict[str, Any], kernel: Path | None = None) -> tuple[Scenario,
         version = _parse_version(detected) if detected != "unknown" else None
     scenario = _scenario(opts, version)
     source = GuestSource(kernel=kernel or opts.get("kernel"), modules=opts.get("modules"),
+                         kernel_package=opts.get("kernel_package"), suite=opts.get("suite"),
+                         kernel_config=opts.get("kernel_config"),
                          disk=opts.get("disk"), ssh_user=opts.get("ssh_user", "root"),
                          ssh_key=opts.get("ssh_key"), ssh_host_key=opts.get("ssh_host_key"))
     guest = resolve_guest(source)

@@ -256,6 +256,8 @@ def _run(**opts: Any) -> int:
         if as_json:
             click.echo(_error_json(exc))
         click.echo(f"memhp: {exc.phase} error: {exc}", err=True)
+        if getattr(exc, "qemu_message", ""):
+            click.echo(f"memhp: QEMU would refuse: {exc.qemu_message}", err=True)  # type: ignore[attr-defined]
         return exc.exit_code
 
     def booted(result: RunResult) -> None:

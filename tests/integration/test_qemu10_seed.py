@@ -14,7 +14,14 @@ import pytest
 from harness.errors import HarnessError
 
 
-def test_seed_session_passes_on_qemu_10(memhp_guest_image: Any, tmp_path: Path) -> None:
+@pytest.mark.parametrize("plan", [
+    [],  # the seed session: pc, 6G over 2 nodes, 1G DIMM on node 1, online_movable
+    # q35 (another split and region), two DIMMs (one at "address 0"), a removal
+    ["--machine", "q35", "--memory", "4096,slots=4,maxmem=8G", "--numa", "2048,2048",
+     "--add", "a:512M@0", "--add", "b:1G@1:0", "--remove", "a"],
+], ids=["seed", "q35-add-remove"])
+def test_sessions_pass_on_qemu_10(memhp_guest_image: Any, tmp_path: Path,
+                                  plan: list[str]) -> None:
     from harness.qemu.fetch import resolve_qemu
 
     try:
@@ -22,7 +29,7 @@ def test_seed_session_passes_on_qemu_10(memhp_guest_image: Any, tmp_path: Path) 
     except HarnessError as exc:
         pytest.skip(f"Debian's QEMU 10.0 could not be fetched: {exc}")
     proc = subprocess.run([sys.executable, "-m", "harness", "run", "--qemu", "debian:10.0",
-                           "--accel", "tcg", "--json", "--keep", str(tmp_path / "art")],
+                           "--accel", "tcg", "--json", "--keep", str(tmp_path / "art"), *plan],
                           capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout)

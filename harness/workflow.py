@@ -64,6 +64,7 @@ def execute(
             for s in runner.steps:
                 result.timings[f"step{s.index}_s"] = s.seconds
             result.exec = run_exec(vm, scenario.exec_cmd, scenario.script)
+            result.splats = runner.boot_splats + runner.scan_log()
             if not result.passed:
                 vm.mark_failed()
     except HarnessError as exc:

@@ -130,7 +130,7 @@ def vm_config(scenario: Scenario, guest: ResolvedGuest, *, accel: str, qemu_bina
         boot = KernelBoot(Path(guest.image.kernel), Path(guest.image.initrd),
                           tuple(guest.image.cmdline) + scenario.append)
     return VMConfig(
-        name=name, machine=spec.machine, memory=spec.ram_size, slots=spec.slots,
+        name=name, machine=spec.machine_name, memory=spec.ram_size, slots=spec.slots,
         maxmem=spec.maxmem, numa=tuple(spec.numa), smp=scenario.smp,
         accel=accel,  # type: ignore[arg-type]
         boot=boot, qemu_binary=qemu_binary,

@@ -56,6 +56,32 @@ def print_step(step: StepResult, *, file: IO[str] | None = None) -> None:
         console.print(f"  [red]error:[/] {step.error}")
     for m in step.mismatches:
         console.print(f"  [red]✗[/] {m}")
+    print_splats(console, step.splats)
+
+
+def print_splats(console: Console, splats: list[Any]) -> None:
+    """Kernel splats, whole (their lines are the evidence); expected ones marked."""
+    for sp in splats:
+        mark = "expected " if sp.expected else "✗ "
+        console.print(f"  {mark}kernel {sp.kind}: {sp.title}", markup=False, highlight=False)
+        for line in sp.lines[1:]:
+            console.print(f"      {line}", markup=False, highlight=False)
+
+
+def policy_line(policy: dict[str, Any]) -> str:
+    """The kernel's hotplug policy inputs as one line (see harness.model.kernel)."""
+    parts = [f"kernel {policy.get('release')}",
+             f"auto_online_blocks={policy.get('auto_online_blocks')}",
+             f"online_policy={policy.get('online_policy')}"]
+    if policy.get("online_policy") == "auto-movable":
+        parts.append(f"auto_movable_ratio={policy.get('auto_movable_ratio')}")
+    parts.append(f"memmap_on_memory={policy.get('memmap_on_memory')}")
+    if policy.get("movable_node"):
+        parts.append("movable_node")
+    for key in ("kernelcore", "movablecore"):
+        if policy.get(key):
+            parts.append(f"{key}={policy[key]}")
+    return "policy: " + ", ".join(parts)
 
 
 def print_run_report(result: RunResult, *, file: IO[str] | None = None) -> None:
@@ -64,6 +90,9 @@ def print_run_report(result: RunResult, *, file: IO[str] | None = None) -> None:
         console.print(f"[bold]exec[/] {result.exec.command} → exit {result.exec.status}")
         if result.exec.output.strip():
             console.print(result.exec.output.rstrip(), markup=False)
+    if result.policy:
+        console.print(policy_line(result.policy), markup=False, highlight=False)
+    print_splats(console, result.splats)
     if result.error:
         console.print(f"[red]{result.error['phase']} error:[/] {result.error['message']}",
                       markup=True)

@@ -74,8 +74,11 @@ _SCENARIO_OPTIONS: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
     click.option("--accel", default="auto", show_default=True,
                   type=click.Choice(["auto", "kvm", "tcg"]),
                   help="auto probes KVM for real and falls back to TCG."),
-    click.option("--qemu", "qemu_binary", default="qemu-system-x86_64", show_default=True),
-    click.option("--qemu-version", help="Model QEMU's layout of this version (default: detected)."),
+    click.option("--qemu", "qemu_binary", default="qemu-system-x86_64", show_default=True,
+                 help="QEMU binary (path or name), or debian:10.0: Debian's QEMU 10.0 from "
+                      "bookworm-backports, fetched into memhp's cache, not installed."),
+    click.option("--qemu-version", help="Model the rules of this QEMU version (default: the "
+                 "binary's; modelled: 7.2, 8.2, 9.2, 10.x)."),
     click.option("--keep", type=click.Path(path_type=Path),
                   help="Keep artifacts (argv, serial log, QMP transcript, dmesg) in this dir."),
     click.option("--timeout-scale", default=1.0, show_default=True,
@@ -146,11 +149,22 @@ def _scenario(opts: dict[str, Any], version: tuple[int, int] | None,
         name=name, machine=opts["machine"], memory=opts["memory"], numa=opts["numa"] or None,
         steps=default_steps(adds, opts["removes"], online, auto), smp=opts["smp"],
         append=append, exec_cmd=opts.get("exec_cmd"), script=opts.get("script"),
-        qemu_version=version,
+        qemu_version=version, host=read_host_memory(),
     )
     if from_cmdline is None and kernel_policy is not None:
         scenario = replace(scenario, auto_online=kernel_policy)  # type: ignore[arg-type]
     return scenario
+
+
+def read_host_memory() -> Any:
+    """This host's memory facts for the model (None when /proc is unreadable)."""
+    from harness.model.qemu_rules.host import parse_meminfo
+
+    try:
+        return parse_meminfo(Path("/proc/meminfo").read_text(),
+                             Path("/proc/sys/vm/overcommit_memory").read_text())
+    except OSError:
+        return None
 
 
 def kernel_online_policy(guest: Any) -> tuple[str | None, str]:
@@ -187,8 +201,10 @@ def execute_with(opts: dict[str, Any], scenario: Scenario, guest: Any,
 def prepare(opts: dict[str, Any], kernel: Path | None = None) -> tuple[Scenario, Any]:
     """Validate the options into a scenario and a guest (UsageError before any VM)."""
     from harness.launch import GuestSource, resolve_guest
+    from harness.qemu.fetch import resolve_qemu
     from harness.session import qemu_version
 
+    opts["qemu_binary"] = resolve_qemu(opts["qemu_binary"])  # debian:X.Y -> its launcher
     version = _parse_version(opts["qemu_version"])
     if version is None:
         detected = qemu_version(opts["qemu_binary"])
@@ -240,6 +256,8 @@ def _run(**opts: Any) -> int:
         if as_json:
             click.echo(_error_json(exc))
         click.echo(f"memhp: {exc.phase} error: {exc}", err=True)
+        if getattr(exc, "qemu_message", ""):
+            click.echo(f"memhp: QEMU would refuse: {exc.qemu_message}", err=True)  # type: ignore[attr-defined]
         return exc.exit_code
 
     def booted(result: RunResult) -> None:

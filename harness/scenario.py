@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from harness.errors import UsageError
+from harness.guest.workload import WorkloadSpec
 from harness.model import (
     AddDimm,
     MachineSpec,
@@ -50,20 +51,22 @@ from harness.model import (
 )
 from harness.model.qemu_rules import parse_machine_type
 from harness.model.qemu_rules.host import HostMemory
+from harness.units import parse_size
 
 Policy = Literal["online", "online_kernel", "online_movable"]
 POLICIES: tuple[str, ...] = ("online", "online_kernel", "online_movable")
-ACTIONS = ("add", "online", "offline", "remove", "reset")
+ACTIONS = ("add", "online", "offline", "remove", "reset", "workload")
 
 
 @dataclass(frozen=True)
 class Step:
     """One action of the plan."""
 
-    action: Literal["add", "online", "offline", "remove", "reset"]
+    action: Literal["add", "online", "offline", "remove", "reset", "workload"]
     dimm: str = ""
     add: AddDimm | None = None
     policy: Policy | None = None
+    workload: WorkloadSpec | None = None
     expect_splat: tuple[str, ...] = ()  # regexes of kernel splats this step may print
 
     def describe(self) -> str:
@@ -74,6 +77,9 @@ class Step:
             return f"{self.policy} {self.dimm}"
         if self.action == "reset":
             return "system_reset"
+        if self.action == "workload" and self.workload is not None:
+            w = self.workload
+            return f"workload {w.id} ({w.size >> 20} MiB on node {w.node})"
         return f"{self.action} {self.dimm}"
 
 
@@ -221,8 +227,15 @@ def _parse_step(i: int, raw: object) -> Step:
                          fix='e.g. add = "dimm0:1G@1"')
     action = actions[0]
     allowed = {action, "expect_splat"} | ({"policy"} if action == "online" else set())
+    if action == "workload":
+        allowed |= {"node", "size"}
     _unknown(raw, allowed, where)
     splats = splat_patterns(raw.get("expect_splat", []), f"{where}.expect_splat")
+    if action == "workload":
+        wid = _expect(raw, "workload", str, where)
+        node = _expect(raw, "node", int, where) if "node" in raw else 0
+        size = parse_size(_expect(raw, "size", str, where)) if "size" in raw else 256 << 20
+        return Step("workload", wid, workload=WorkloadSpec(wid, node, size), expect_splat=splats)
     if action == "reset":
         if raw["reset"] is not True:
             raise UsageError(f"{where}.reset must be true", value=raw["reset"])
@@ -326,3 +339,10 @@ def remove(dimm_id: str) -> Step:
 
 def reset() -> Step:
     return Step("reset")
+
+
+def workload(workload_id: str, node: int = 0, size: str = "256M") -> Step:
+    """Start a workload: ``size`` of random data in tmpfs on ``node``, kept
+    dirty, its checksum and liveness checked after every later step."""
+    return Step("workload", workload_id, workload=WorkloadSpec(workload_id, node,
+                                                               parse_size(size)))

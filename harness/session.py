@@ -8,6 +8,7 @@ the action, observe all three views once and compare them.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shlex
 import subprocess
@@ -19,6 +20,13 @@ from typing import Any
 
 from harness.errors import HarnessError, HotplugRefused, UsageError, VMError
 from harness.guest.splats import Splat, find_splats, last_time, newer_than
+from harness.guest.workload import (
+    CHECK_SCRIPT,
+    START_SCRIPT,
+    STOP_SCRIPT,
+    WorkloadSpec,
+    parse_check,
+)
 from harness.model import PlacedDimm, Prediction, predict
 from harness.model.kernel import KernelMemory, KernelPolicy, Outcome, UnmodelledKernel
 from harness.qemu.vm import VM
@@ -236,7 +244,9 @@ class Runner:
         self._acts: dict[str, Callable[[Step, dict[str, float]], list[Mismatch]]] = {
             "add": self._act_add, "online": self._act_online, "offline": self._act_offline,
             "remove": self._act_remove, "reset": self._act_reset,
+            "workload": self._act_workload,
         }
+        self.workloads: dict[str, WorkloadSpec] = {}
 
     # -- baseline -----------------------------------------------------------
     def take_baseline(self) -> None:
@@ -477,6 +487,40 @@ class Runner:
         self._set_baseline_totals(self.vm.guest.snapshot())
         return []
 
+    def _act_workload(self, step: Step, lat: dict[str, float]) -> list[Mismatch]:
+        assert step.workload is not None
+        w = step.workload
+        if w.id in self.workloads:
+            raise UsageError(f"workload {w.id!r} is already running", value=w.id,
+                             fix="give every workload its own id")
+        t0 = time.monotonic()
+        self.vm.shell.run_script(START_SCRIPT, args=[w.id, str(w.node), str(w.size >> 20)],
+                                 timeout=self.vm.timeouts.s("command") * 10)
+        lat["workload_start_s"] = time.monotonic() - t0
+        self.workloads[w.id] = w
+        self.steps_done.append(step)
+        return []
+
+    def check_workloads(self) -> tuple[list[dict[str, Any]], list[Mismatch]]:
+        """Every running workload must be alive with its content intact."""
+        states, mism = [], []
+        for wid in self.workloads:
+            res = self.vm.shell.run_script(CHECK_SCRIPT, args=[wid], check=False,
+                                           timeout=self.vm.timeouts.s("command") * 10)
+            st = parse_check(wid, res.stdout)
+            states.append(st.to_json())
+            if not st.alive:
+                mism.append(Mismatch("workload alive", wid, True, False, "guest"))
+            if not st.intact:
+                mism.append(Mismatch("workload md5", wid, st.want or "?", st.have or "?",
+                                     "guest"))
+        return states, mism
+
+    def stop_workloads(self) -> None:
+        for wid in list(self.workloads):
+            self.vm.shell.run_script(STOP_SCRIPT, args=[wid], check=False)
+            del self.workloads[wid]
+
     def run_step(self, index: int, step: Step) -> StepResult:
         t0 = time.monotonic()
         lat: dict[str, float] = {}
@@ -490,6 +534,9 @@ class Runner:
             write_mism = act(step, lat)
             observed, mism = self.observe()
             mism = write_mism + mism
+            if self.workloads:
+                observed["workloads"], wl_mism = self.check_workloads()
+                mism += wl_mism
         except HarnessError as exc:
             if isinstance(exc, VMError) and exc.phase in ("qemu", "guest", "launch"):
                 raise
@@ -512,8 +559,13 @@ class Runner:
     def run(self) -> list[StepResult]:
         self.steps_done = []
         self.take_baseline()
-        for i, step in enumerate(self.scenario.steps):
-            self.run_step(i, step)
+        try:
+            for i, step in enumerate(self.scenario.steps):
+                self.run_step(i, step)
+        finally:
+            if self.workloads:
+                with contextlib.suppress(HarnessError):
+                    self.stop_workloads()
         return self.steps
 
 

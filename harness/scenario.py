@@ -31,13 +31,14 @@ TOML format::
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from harness.errors import UsageError
+from harness.errors import PlanRefused, UsageError
 from harness.guest.workload import WorkloadSpec
 from harness.model import (
     AddDimm,
@@ -67,6 +68,13 @@ class Step:
     add: AddDimm | None = None
     policy: Policy | None = None
     workload: WorkloadSpec | None = None
+    # An add QEMU is expected to refuse ("" = any refusal, else a regex of its words)
+    expect_refusal: str | None = None
+
+    @property
+    def is_model_op(self) -> bool:
+        """An operation that changes the DIMMs (a refused add changes nothing)."""
+        return (self.action == "add" and self.expect_refusal is None) or self.action == "remove"
     expect_splat: tuple[str, ...] = ()  # regexes of kernel splats this step may print
 
     def describe(self) -> str:
@@ -100,11 +108,38 @@ class Scenario:
     def model_ops(self) -> list[AddDimm | RemoveDimm]:
         ops: list[AddDimm | RemoveDimm] = []
         for step in self.steps:
+            if not step.is_model_op:
+                continue
             if step.action == "add" and step.add is not None:
                 ops.append(step.add)
             elif step.action == "remove":
                 ops.append(RemoveDimm(step.dimm))
         return ops
+
+    def expected_refusals(self) -> dict[int, PlanRefused]:
+        """For each add expected to be refused: the model's refusal (step index ->
+        error with QEMU's words).  A UsageError when the model predicts that
+        QEMU accepts it, or refuses it in other words than the step expects."""
+        out: dict[int, PlanRefused] = {}
+        for i, step in enumerate(self.steps):
+            if step.expect_refusal is None or step.add is None:
+                continue
+            before = replace(self, steps=self.steps[:i]).model_ops()
+            try:
+                predict(self.machine, [*before, step.add])
+            except PlanRefused as exc:
+                words = getattr(exc, "qemu_message", "") or str(exc)
+                if step.expect_refusal and not re.search(step.expect_refusal, words):
+                    raise UsageError(
+                        f"step {i + 1}: expects QEMU to refuse with {step.expect_refusal!r}, "
+                        f"but the model predicts {words!r}", value=step.expect_refusal,
+                        fix="match QEMU's words (see `memhp model`)") from None
+                out[i] = exc
+                continue
+            raise UsageError(f"step {i + 1}: expects QEMU to refuse {step.describe()}, but the "
+                             "model predicts QEMU accepts it", value=step.dimm,
+                             fix="drop expect_refusal, or change the DIMM")
+        return out
 
     def predict(self, block_size: int | None = None) -> Prediction:
         spec = self.machine
@@ -165,7 +200,7 @@ def build_scenario(
                        numa=tuple(nodes), machine_version=mtype.version, host=host, **kwargs)
     known: set[str] = set()
     for i, step in enumerate(steps):
-        if step.action == "add":
+        if step.action == "add" and step.expect_refusal is None:
             known.add(step.dimm)
         elif step.action in ("online", "offline") and step.dimm not in known:
             raise UsageError(f"step {i + 1}: {step.action} of {step.dimm!r}, which no earlier "
@@ -178,6 +213,7 @@ def build_scenario(
         exec_cmd=exec_cmd, script=script, auto_online=auto_online_from_append(append),
     )
     scenario.predict()  # raises PlanRefused before any VM starts
+    scenario.expected_refusals()  # and every expected refusal must be predicted
     return scenario
 
 
@@ -229,6 +265,8 @@ def _parse_step(i: int, raw: object) -> Step:
     allowed = {action, "expect_splat"} | ({"policy"} if action == "online" else set())
     if action == "workload":
         allowed |= {"node", "size"}
+    if action == "add":
+        allowed |= {"expect_refusal"}
     _unknown(raw, allowed, where)
     splats = splat_patterns(raw.get("expect_splat", []), f"{where}.expect_splat")
     if action == "workload":
@@ -243,7 +281,15 @@ def _parse_step(i: int, raw: object) -> Step:
     value = _expect(raw, action, str, where)
     if action == "add":
         dimm = parse_dimm_option(value)
-        return Step("add", dimm.id, add=dimm, expect_splat=splats)
+        refusal = raw.get("expect_refusal")
+        if refusal is not None and not (refusal is True or isinstance(refusal, str)):
+            raise UsageError(f"{where}.expect_refusal must be true or a string", value=refusal,
+                             fix='e.g. expect_refusal = "no free slots"')
+        if refusal is not None:
+            splat_patterns(refusal if isinstance(refusal, str) else "", f"{where}.expect_refusal")
+        return Step("add", dimm.id, add=dimm, expect_splat=splats,
+                    expect_refusal=None if refusal is None else
+                    ("" if refusal is True else refusal))
     if action == "online":
         policy = _check_policy(raw.get("policy", "online_movable"), where)
         return Step("online", value, policy=policy, expect_splat=splats)
@@ -319,10 +365,11 @@ def load_scenario(path: Path, *, qemu_version: tuple[int, int] | None = None) ->
 
 # -- step constructors (for tests and scripts) -------------------------------------
 
-def add(text: str) -> Step:
-    """``add("dimm0:1G@1")``: hot-add a DIMM (same syntax as ``--add``)."""
+def add(text: str, expect_refusal: str | None = None) -> Step:
+    """``add("dimm0:1G@1")``: hot-add a DIMM (same syntax as ``--add``);
+    ``expect_refusal`` ("" or a regex of QEMU's words): QEMU must refuse it."""
     dimm = parse_dimm_option(text)
-    return Step("add", dimm.id, add=dimm)
+    return Step("add", dimm.id, add=dimm, expect_refusal=expect_refusal)
 
 
 def online(dimm_id: str, policy: str = "online_movable") -> Step:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from harness.errors import HarnessError, HotplugRefused, UsageError, VMError
+from harness.errors import HarnessError, HotplugRefused, QMPCommandError, UsageError, VMError
 from harness.guest.splats import Splat, find_splats, last_time, newer_than
 from harness.guest.workload import (
     CHECK_SCRIPT,
@@ -296,7 +296,7 @@ class Runner:
 
     # -- expectations ---------------------------------------------------------
     def _ops_done(self) -> int:
-        ops = [s for s in self.steps_done if s.action in ("add", "remove")]
+        ops = [s for s in self.steps_done if s.is_model_op]
         return sum(1 for i in range(len(ops)) if i not in self.dropped_removes)
 
     def _current_dimms(self) -> tuple[PlacedDimm, ...]:
@@ -379,8 +379,32 @@ class Runner:
             raise UsageError("take_baseline() must run before the steps")
         return self.kernel
 
+    def _act_refused_add(self, step: Step, lat: dict[str, float]) -> list[Mismatch]:
+        """An add the scenario expects QEMU to refuse: QEMU's words must be the
+        model's, and nothing changes (the scenario goes on)."""
+        assert step.add is not None
+        a = step.add
+        index = self.scenario.steps.index(step)
+        predicted = self.scenario.expected_refusals()[index]
+        words = getattr(predicted, "qemu_message", "") or str(predicted)
+        t0 = time.monotonic()
+        try:
+            self.vm.hot_add(a.id, a.size, a.node, a.addr)
+        except QMPCommandError as exc:
+            lat["device_add_s"] = time.monotonic() - t0
+            self.steps_done.append(step)
+            if exc.desc != words:
+                return [Mismatch("refusal", a.id, words, exc.desc, "qemu")]
+            return []
+        self.steps_done.append(step)
+        # QEMU took it: the plan no longer holds; say so and stop trusting it.
+        raise VMError(f"QEMU accepted {step.describe()}, which the model says it refuses "
+                      f"({words!r})", phase="model")
+
     def _act_add(self, step: Step, lat: dict[str, float]) -> list[Mismatch]:
         assert step.add is not None
+        if step.expect_refusal is not None:
+            return self._act_refused_add(step, lat)
         a = step.add
         t0 = time.monotonic()
         self.vm.hot_add(a.id, a.size, a.node, a.addr)
@@ -454,7 +478,7 @@ class Runner:
             # The DIMM stays: later steps are predicted with it still plugged,
             # and its blocks as the guest left them (an ACPI eject that fails
             # re-onlines what it had offlined).
-            index = sum(1 for s in self.steps_done if s.action in ("add", "remove"))
+            index = sum(1 for s in self.steps_done if s.is_model_op)
             self.dropped_removes.add(index)
             self._step_expects.append(UNMOVABLE_PAGE_DUMP)
             self.steps_done.append(step)

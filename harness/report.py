@@ -90,6 +90,12 @@ def print_run_report(result: RunResult, *, file: IO[str] | None = None) -> None:
         console.print(f"[bold]exec[/] {result.exec.command} → exit {result.exec.status}")
         if result.exec.output.strip():
             console.print(result.exec.output.rstrip(), markup=False)
+        for line in result.exec.findings:
+            console.print(f"  ✗ exec: {line}", markup=False, highlight=False)
+        for line in result.exec.changes:
+            console.print(f"  exec changed {line}", markup=False, highlight=False)
+        for m in result.exec.mismatches:
+            console.print(f"  ✗ after exec: {m}", markup=False, highlight=False)
     if result.policy:
         console.print(policy_line(result.policy), markup=False, highlight=False)
     print_splats(console, result.splats)

@@ -104,6 +104,8 @@ class Scenario:
     script: Path | None = None
     auto_online: Policy | None = field(default=None)
     expect_splats: tuple[str, ...] = ()  # regexes of kernel splats any step may print
+    exec_expect: tuple[str, ...] = ()  # regexes the --exec/--script output must show
+    exec_forbid: tuple[str, ...] = ()  # regexes it must not show
 
     def model_ops(self) -> list[AddDimm | RemoveDimm]:
         ops: list[AddDimm | RemoveDimm] = []
@@ -233,7 +235,7 @@ def default_steps(
     return steps
 
 
-_TOP = {"name", "machine", "guest", "step", "exec", "script"}
+_TOP = {"name", "machine", "guest", "step", "exec", "script", "exec_expect", "exec_forbid"}
 _MACHINE = {"type", "memory", "numa", "smp"}
 _GUEST = {"append", "expect_splats"}
 
@@ -360,7 +362,9 @@ def load_scenario(path: Path, *, qemu_version: tuple[int, int] | None = None) ->
         script=Path(_expect(data, "script", str, "scenario")) if "script" in data else None,
         qemu_version=qemu_version,
     )
-    return replace(scenario, expect_splats=expect_splats)
+    return replace(scenario, expect_splats=expect_splats,
+                   exec_expect=splat_patterns(data.get("exec_expect", []), "exec_expect"),
+                   exec_forbid=splat_patterns(data.get("exec_forbid", []), "exec_forbid"))
 
 
 # -- step constructors (for tests and scripts) -------------------------------------

@@ -86,6 +86,19 @@ class ExecResult:
     command: str
     status: int
     output: str
+    findings: list[str] = field(default_factory=list)  # output patterns missed or forbidden
+    changes: list[str] = field(default_factory=list)  # block changes the guest shows after it
+    mismatches: list[Mismatch] = field(default_factory=list)  # model vs guest after it
+
+    @property
+    def passed(self) -> bool:
+        return self.status == 0 and not self.findings and not self.mismatches
+
+    def to_json(self) -> dict[str, Any]:
+        return {"command": self.command, "status": self.status, "output": self.output,
+                "passed": self.passed, "findings": list(self.findings),
+                "changes": list(self.changes),
+                "mismatches": [m.to_json() for m in self.mismatches]}
 
 
 @dataclass
@@ -117,7 +130,7 @@ class RunResult:
             self.error is None
             and not self.unexpected_splats
             and all(s.passed for s in self.steps)
-            and (self.exec is None or self.exec.status == 0)
+            and (self.exec is None or self.exec.passed)
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -132,10 +145,7 @@ class RunResult:
             "policy": self.policy,
             "splats": [sp.to_json() for sp in self.splats],
             "steps": [s.to_json() for s in self.steps],
-            "exec": None if self.exec is None else {
-                "command": self.exec.command, "status": self.exec.status,
-                "output": self.exec.output,
-            },
+            "exec": None if self.exec is None else self.exec.to_json(),
             "timings": {k: round(v, 4) for k, v in self.timings.items()},
             "error": self.error,
             "artifacts": self.artifacts,
@@ -525,6 +535,34 @@ class Runner:
         self.steps_done.append(step)
         return []
 
+    def reconcile(self) -> tuple[list[str], list[Mismatch]]:
+        """After something outside the steps (``--exec``) touched the blocks:
+        tell the model what the guest shows -- an offlined block, or an
+        onlined one in a zone one of the online types gives it -- and compare
+        everything again.  A block in a zone no online type would give, or a
+        block that appeared or went, is a mismatch."""
+        km = self._km()
+        sysfs = self.vm.guest.memory_sysfs()
+        changes: list[str] = []
+        mism: list[Mismatch] = []
+        for b in km.block_view():
+            seen = sysfs.block(b.number)
+            if seen is None or seen.state == b.state:
+                continue
+            if seen.state == "offline":
+                km.sync(b.number, "offline", None)
+                changes.append(f"memory{b.number}: offlined (was {b.zone})")
+                continue
+            zones = {km.zone_for(t, b) for t in ("online", "online_kernel", "online_movable")}
+            if seen.zone in zones:
+                km.sync(b.number, "online", seen.zone)
+                changes.append(f"memory{b.number}: onlined in {seen.zone}")
+            else:
+                mism.append(Mismatch("zone", f"memory{b.number}", "|".join(sorted(zones)),
+                                     seen.zone, "guest"))
+        _, observed_mism = self.observe()
+        return changes, mism + observed_mism
+
     def check_workloads(self) -> tuple[list[dict[str, Any]], list[Mismatch]]:
         """Every running workload must be alive with its content intact."""
         states, mism = [], []
@@ -591,6 +629,21 @@ class Runner:
                 with contextlib.suppress(HarnessError):
                     self.stop_workloads()
         return self.steps
+
+
+def grade_output(output: str, expect: tuple[str, ...], forbid: tuple[str, ...]) -> list[str]:
+    """The output patterns a command's output misses (expect) or shows (forbid)."""
+    import re
+
+    out = [f"expected output not found: /{p}/" for p in expect
+           if not re.search(p, output, re.M)]
+    for p in forbid:
+        m = re.search(p, output, re.M)
+        if m:
+            line = output[:m.start()].count("\n") + 1
+            out.append(f"forbidden output /{p}/ at line {line}: "
+                       f"{output.splitlines()[line - 1] if output.splitlines() else ''}")
+    return out
 
 
 def run_exec(vm: VM, command: str | None, script: Path | None) -> ExecResult | None:

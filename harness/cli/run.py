@@ -110,6 +110,11 @@ _SCENARIO_OPTIONS: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
 @click.option("--exec", "exec_cmd", help="Run this shell command in the guest after the steps.")
 @click.option("--script", type=click.Path(path_type=Path),
               help="Copy this script into the guest and run it with bash after the steps.")
+@click.option("--expect-output", "exec_expect", multiple=True, metavar="REGEX",
+              help="The --exec/--script output must match this (repeatable).")
+@click.option("--forbid-output", "exec_forbid", multiple=True, metavar="REGEX",
+              help="The --exec/--script output must not match this (repeatable), e.g. "
+                   "'unexpected fail'.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result document as JSON.")
 @click.option("--map", "map_path", type=click.Path(path_type=Path),
               help="Draw the guest-physical memory map after the run to this SVG file.")
@@ -124,6 +129,19 @@ def run_cmd(**opts: Any) -> int:
 
 def _scenario(opts: dict[str, Any], version: tuple[int, int] | None,
               kernel_policy: str | None = None) -> Scenario:
+    scenario = _scenario_plan(opts, version, kernel_policy)
+    from harness.scenario import splat_patterns
+
+    expect = splat_patterns(list(opts.get("exec_expect") or ()), "--expect-output")
+    forbid = splat_patterns(list(opts.get("exec_forbid") or ()), "--forbid-output")
+    if expect or forbid:
+        scenario = replace(scenario, exec_expect=scenario.exec_expect + expect,
+                           exec_forbid=scenario.exec_forbid + forbid)
+    return scenario
+
+
+def _scenario_plan(opts: dict[str, Any], version: tuple[int, int] | None,
+                   kernel_policy: str | None = None) -> Scenario:
     from harness.scenario import (
         auto_online_from_append,
         build_scenario,

@@ -64,7 +64,7 @@ def _print(report, source: Path, kind: str, explanations: dict[str, str]) -> Non
     if console.is_terminal:
         table = make_table(title, ("", "severity", "option", "value", "group", "why / fix"))
     else:
-        console.print(title)
+        console.print(title, soft_wrap=True)
     for f in report.findings:
         mark = "[green]✓[/]" if f.ok else f"[{colour[f.severity]}]✗[/]"
         lines = [esc(f.why)] if f.ok else [esc(f.why), f"fix: {esc(f.fix)}"]

@@ -31,6 +31,9 @@ class GuestSource:
     kernel: Path | None = None
     modules: Path | None = None
     disk: Path | None = None
+    kernel_package: str | None = None  # NAME or NAME/SUITE (harness.image.build)
+    suite: str | None = None
+    kernel_config: Path | None = None
     ssh_user: str = "root"
     ssh_key: Path | None = None
     ssh_host_key: Path | None = None
@@ -59,9 +62,9 @@ class ResolvedGuest:
 def resolve_guest(source: GuestSource) -> ResolvedGuest:
     """Validate the user's choice and build (or fetch from cache) the image."""
     if source.disk is not None:
-        if source.kernel is not None:
+        if source.kernel is not None or source.kernel_package is not None:
             raise UsageError(
-                "--disk and --kernel cannot be combined",
+                "--disk and --kernel/--kernel-package cannot be combined",
                 fix="boot either your disk image or a kernel with the default initramfs",
             )
         check_readable_file(source.disk, "disk image", "give a raw or qcow2 image")
@@ -79,7 +82,14 @@ def resolve_guest(source: GuestSource) -> ResolvedGuest:
     if source.kernel is not None:
         check_readable_file(source.kernel, "kernel",
                             "give the path of a bzImage (arch/x86/boot/bzImage)")
-        return ResolvedGuest(image=build_image(kernel=source.kernel, modules=source.modules))
+        return ResolvedGuest(image=build_image(kernel=source.kernel, modules=source.modules,
+                                               kernel_config=source.kernel_config,
+                                               kernel_package=source.kernel_package))
+    if source.kernel_package is not None or source.suite is not None \
+            or source.modules is not None or source.kernel_config is not None:
+        return ResolvedGuest(image=build_image(
+            kernel_package=source.kernel_package, suite=source.suite, modules=source.modules,
+            kernel_config=source.kernel_config))
     return ResolvedGuest(image=ensure_default_image())
 
 
@@ -120,7 +130,7 @@ def vm_config(scenario: Scenario, guest: ResolvedGuest, *, accel: str, qemu_bina
         boot = KernelBoot(Path(guest.image.kernel), Path(guest.image.initrd),
                           tuple(guest.image.cmdline) + scenario.append)
     return VMConfig(
-        name=name, machine=spec.machine, memory=spec.ram_size, slots=spec.slots,
+        name=name, machine=spec.machine_name, memory=spec.ram_size, slots=spec.slots,
         maxmem=spec.maxmem, numa=tuple(spec.numa), smp=scenario.smp,
         accel=accel,  # type: ignore[arg-type]
         boot=boot, qemu_binary=qemu_binary,

@@ -41,13 +41,18 @@ from harness.errors import HarnessError
 _OPTIONS: tuple[tuple[str, str, str | None], ...] = (
     ("kernel", "Guest kernel (bzImage) instead of the default guest's.", None),
     ("modules", "Modules tree for --memhp-kernel.", None),
+    ("kernel-config", "Build config of --memhp-kernel (default: found beside it or IKCONFIG).",
+     None),
+    ("kernel-package", "Debian kernel package to boot, NAME[/SUITE], e.g. "
+                       "linux-image-amd64/bookworm-backports (fetched, never installed).", None),
     ("initrd", "Guest initramfs to use with --memhp-kernel (default: memhp's).", None),
     ("disk", "Boot this disk image (snapshot mode) instead of kernel+initramfs.", None),
     ("ssh-key", "SSH private key for --memhp-disk.", None),
     ("ssh-host-key", "Public host key of the --memhp-disk guest to pin (else pinned on "
                      "first use).", None),
     ("ssh-user", "SSH user for --memhp-disk.", "root"),
-    ("qemu", "QEMU binary.", "qemu-system-x86_64"),
+    ("qemu", "QEMU binary, or debian:10.0 (fetched into memhp's cache, see README).",
+     "qemu-system-x86_64"),
     ("machine", "Machine type (pc or q35) for tests that do not pin one (CI matrices).",
      "pc"),
     ("accel", "Accelerator: auto (probe KVM, fall back to TCG), kvm or tcg.", "auto"),
@@ -88,6 +93,9 @@ class Settings:
     timeout_scale: float
     shard: tuple[int, int] | None
     machine: str = "pc"
+    kernel_config: Path | None = None
+    kernel_package: str | None = None
+    qemu_version: tuple[int, int] | None = None  # the binary's, for the model's rules
 
 
 SETTINGS_KEY = pytest.StashKey[Settings]()
@@ -129,6 +137,7 @@ def resolve_settings(config: pytest.Config) -> Settings:
     machine = _resolve(config, "machine") or "pc"
     if machine not in ("pc", "q35"):
         raise pytest.UsageError(f"--memhp-machine={machine!r}: use pc or q35")
+    qemu, qemu_ver = _resolve_qemu(_resolve(config, "qemu") or "qemu-system-x86_64")
     settings = Settings(
         machine=machine,
         kernel=_path(_resolve(config, "kernel")), modules=_path(_resolve(config, "modules")),
@@ -136,9 +145,11 @@ def resolve_settings(config: pytest.Config) -> Settings:
         ssh_key=_path(_resolve(config, "ssh-key")),
         ssh_host_key=_path(_resolve(config, "ssh-host-key")),
         ssh_user=_resolve(config, "ssh-user") or "root",
-        qemu=_resolve(config, "qemu") or "qemu-system-x86_64", accel=accel,
+        qemu=qemu, accel=accel,
         artifacts=_path(_resolve(config, "artifacts")) or Path("memhp-artifacts"),
-        timeout_scale=scale, shard=shard,
+        timeout_scale=scale, shard=shard, qemu_version=qemu_ver,
+        kernel_config=_path(_resolve(config, "kernel-config")),
+        kernel_package=_resolve(config, "kernel-package"),
     )
     if settings.disk is not None and settings.kernel is not None:
         raise pytest.UsageError("--memhp-disk and --memhp-kernel cannot be combined")
@@ -264,7 +275,9 @@ def memhp_resolved_guest(memhp_settings: Settings) -> Any:
     try:
         return resolve_guest(GuestSource(kernel=s.kernel, modules=s.modules, disk=s.disk,
                                          ssh_user=s.ssh_user, ssh_key=s.ssh_key,
-                                         ssh_host_key=s.ssh_host_key))
+                                         ssh_host_key=s.ssh_host_key,
+                                         kernel_config=s.kernel_config,
+                                         kernel_package=s.kernel_package))
     except HarnessError as exc:
         pytest.fail(f"memhp: cannot prepare the guest: {exc}", pytrace=False)
 
@@ -314,7 +327,8 @@ def memhp_vm_factory(request: pytest.FixtureRequest, memhp_settings: Settings,
                 numa: str | None = "3G,3G", append: tuple[str, ...] = (), smp: int = 2) -> Any:
         scenario = build_scenario(name=name, machine=machine or memhp_settings.machine,
                                   memory=memory, numa=numa,
-                                  steps=[], smp=smp, append=append)
+                                  steps=[], smp=smp, append=append,
+                                  qemu_version=memhp_settings.qemu_version)
         vm, _ = stack.enter_context(launch_vm(
             scenario, memhp_resolved_guest, accel=memhp_accel.accel,
             qemu_binary=memhp_settings.qemu, artifacts_on_failure=memhp_settings.artifacts,
@@ -343,6 +357,24 @@ def _skip_for_missing_config(request: pytest.FixtureRequest, vm: Any) -> None:
             pytest.skip(f"guest kernel lacks CONFIG_{name}")
 
 
+def _resolve_qemu(text: str) -> tuple[str, tuple[int, int] | None]:
+    """``--memhp-qemu`` as the CLI's ``--qemu``: a binary, or debian:X.Y fetched
+    (harness.qemu.fetch); with its version for the model's rules."""
+    from harness.errors import HarnessError
+    from harness.qemu.fetch import resolve_qemu
+    from harness.session import qemu_version
+
+    try:
+        binary = resolve_qemu(text)
+    except HarnessError as exc:
+        raise pytest.UsageError(f"--memhp-qemu={text!r}: {exc}") from exc
+    detected = qemu_version(binary)
+    parts = detected.split(".")
+    if len(parts) < 2 or not (parts[0].isdigit() and parts[1].isdigit()):
+        return binary, None
+    return binary, (int(parts[0]), int(parts[1]))
+
+
 def _machine_kwargs(request: pytest.FixtureRequest) -> dict[str, Any]:
     marker = request.node.get_closest_marker("memhp_machine")
     return dict(marker.kwargs) if marker else {}
@@ -365,7 +397,8 @@ def memhp_model(request: pytest.FixtureRequest) -> Any:
     from harness.scenario import build_scenario
 
     kw = _machine_kwargs(request)
-    default = request.config.stash[SETTINGS_KEY].machine
-    return build_scenario(name="model", machine=kw.get("machine", default),
+    settings = request.config.stash[SETTINGS_KEY]
+    return build_scenario(name="model", machine=kw.get("machine", settings.machine),
                           memory=kw.get("memory", "6G,slots=32,maxmem=32G"),
-                          numa=kw.get("numa", "3G,3G"), steps=[]).predict()
+                          numa=kw.get("numa", "3G,3G"), steps=[],
+                          qemu_version=settings.qemu_version).predict()

@@ -85,12 +85,30 @@ def print_step(step: StepResult, *, file: IO[str] | None = None) -> None:
         console.print(f"  [red]✗[/] {esc(m)}")
 
 
+def policy_line(policy: dict[str, Any]) -> str:
+    """The kernel's hotplug policy inputs as one line (see harness.model.kernel)."""
+    parts = [f"kernel {policy.get('release')}",
+             f"auto_online_blocks={policy.get('auto_online_blocks')}",
+             f"online_policy={policy.get('online_policy')}"]
+    if policy.get("online_policy") == "auto-movable":
+        parts.append(f"auto_movable_ratio={policy.get('auto_movable_ratio')}")
+    parts.append(f"memmap_on_memory={policy.get('memmap_on_memory')}")
+    if policy.get("movable_node"):
+        parts.append("movable_node")
+    for key in ("kernelcore", "movablecore"):
+        if policy.get(key):
+            parts.append(f"{key}={policy[key]}")
+    return "policy: " + ", ".join(parts)
+
+
 def print_run_report(result: RunResult, *, file: IO[str] | None = None) -> None:
     console = _console(file)
     if result.exec is not None:
         console.print(f"[bold]exec[/] {esc(result.exec.command)} → exit {result.exec.status}")
         if result.exec.output.strip():
             console.print(result.exec.output.rstrip(), markup=False)
+    if result.policy:
+        console.print(policy_line(result.policy), markup=False, highlight=False)
     if result.error:
         console.print(f"[red]{esc(result.error['phase'])} error:[/] "
                       f"{esc(result.error['message'])}")

@@ -48,6 +48,8 @@ from harness.model import (
     parse_numa_option,
     predict,
 )
+from harness.model.qemu_rules import parse_machine_type
+from harness.model.qemu_rules.host import HostMemory
 
 Policy = Literal["online", "online_kernel", "online_movable"]
 POLICIES: tuple[str, ...] = ("online", "online_kernel", "online_movable")
@@ -146,11 +148,12 @@ def build_scenario(
     exec_cmd: str | None = None,
     script: Path | None = None,
     qemu_version: tuple[int, int] | None = None,
+    host: HostMemory | None = None,
 ) -> Scenario:
-    """Validate everything and ask the model whether QEMU accepts the plan."""
-    if machine not in ("pc", "q35"):
-        raise UsageError(f"machine type {machine!r} is not supported", value=machine,
-                         fix="use pc or q35")
+    """Validate everything and ask the model whether QEMU accepts the plan.
+    ``machine`` is pc, q35 or a versioned pc-i440fx-X.Y/pc-q35-X.Y; ``host``
+    the host's memory facts, when the caller read them."""
+    mtype = parse_machine_type(machine)
     import re
 
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name, re.ASCII):
@@ -167,8 +170,8 @@ def build_scenario(
     kwargs: dict[str, Any] = {}
     if qemu_version is not None:
         kwargs["qemu_version"] = qemu_version
-    spec = MachineSpec(machine=machine, ram_size=ram, slots=slots, maxmem=maxmem,  # type: ignore[arg-type]
-                       numa=tuple(nodes), **kwargs)
+    spec = MachineSpec(machine=mtype.family, ram_size=ram, slots=slots, maxmem=maxmem,
+                       numa=tuple(nodes), machine_version=mtype.version, host=host, **kwargs)
     known: set[str] = set()
     for i, step in enumerate(steps):
         if step.action == "add":

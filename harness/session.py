@@ -13,12 +13,13 @@ import shlex
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from harness.errors import HarnessError, UsageError, VMError
-from harness.model import PlacedDimm, Prediction, expected_zone
+from harness.errors import HarnessError, HotplugRefused, UsageError, VMError
+from harness.model import PlacedDimm, Prediction, predict
+from harness.model.kernel import KernelMemory, KernelPolicy, Outcome, UnmodelledKernel
 from harness.qemu.vm import VM
 from harness.retry import wait_for
 from harness.scenario import Scenario, Step
@@ -85,6 +86,7 @@ class RunResult:
     artifacts: str | None = None
     layout: dict[str, Any] = field(default_factory=dict)
     map: str | None = None
+    policy: dict[str, Any] | None = None  # the guest kernel's hotplug policy inputs
 
     @property
     def passed(self) -> bool:
@@ -103,6 +105,7 @@ class RunResult:
             "qemu_version": self.qemu_version,
             "kernel": self.kernel,
             "layout": self.layout,
+            "policy": self.policy,
             "steps": [s.to_json() for s in self.steps],
             "exec": None if self.exec is None else {
                 "command": self.exec.command, "status": self.exec.status,
@@ -184,7 +187,16 @@ def wait_blocks(vm: VM, numbers: list[int], *, present: bool = True,
 
 
 class Runner:
-    """Executes a :class:`Scenario` on a started :class:`VM`."""
+    """Executes a :class:`Scenario` on a started :class:`VM`.
+
+    Two models predict every step: the QEMU side (:func:`harness.model.predict`:
+    addresses, slots, blocks) and the kernel side
+    (:class:`harness.model.kernel.KernelMemory`: block states, zones, what
+    each ``state`` write answers, the bytes MemTotal gains), fed with the
+    policy the guest reports at baseline.  Each step kind has one method
+    that acts and tells the kernel model what happened; observing and
+    comparing is the same for all.
+    """
 
     def __init__(self, scenario: Scenario, vm: VM, *, on_step: Callable[[StepResult], None]
                  | None = None) -> None:
@@ -192,53 +204,78 @@ class Runner:
         self.vm = vm
         self.on_step = on_step
         self.prediction: Prediction = scenario.predict()
-        self.state: dict[str, tuple[str, str | None]] = {}  # dimm -> (state, zone)
+        self.block_size = self.prediction.layout.block_size
+        self.policy: KernelPolicy | None = None
+        self.kernel: KernelMemory | None = None
         self.boot_blocks: set[int] = set()
         self.baseline_nodes: dict[int, int] = {}
         self.baseline_total = 0
         self.steps: list[StepResult] = []
         self.steps_done: list[Step] = []
+        self.dropped_removes: set[int] = set()  # indices of removes the guest refused
+        self._acts: dict[str, Callable[[Step, dict[str, float]], list[Mismatch]]] = {
+            "add": self._act_add, "online": self._act_online, "offline": self._act_offline,
+            "remove": self._act_remove, "reset": self._act_reset,
+        }
 
     # -- baseline -----------------------------------------------------------
     def take_baseline(self) -> None:
-        """Record the boot state; adopt the guest's block size if it differs."""
-        view = self.vm.guest.snapshot()
+        """Record the boot state and the kernel's hotplug policy; adopt the
+        guest's block size if it differs from the model's default."""
+        guest = self.vm.guest
+        view = guest.snapshot()
+        if not view.sysfs.blocks or not view.nodes:
+            raise VMError(
+                "the guest's baseline is empty (no memory blocks or no node meminfo): "
+                "the guest cannot report its memory; see its dmesg", phase="observe")
         observed_bs = view.sysfs.block_size
-        if observed_bs != self.prediction.layout.block_size:
+        if observed_bs != self.block_size:
             log.warning("guest block size %d differs from the model's default %d; "
-                        "re-predicting with the observed value", observed_bs,
-                        self.prediction.layout.block_size)
-            self.prediction = self.scenario.predict(block_size=observed_bs)
-        hotplugged = {b for d in self._current_dimms() for b in d.blocks}
-        self.boot_blocks = {b.number for b in view.sysfs.blocks} - hotplugged
+                        "re-predicting with the observed value", observed_bs, self.block_size)
+            self.block_size = observed_bs
+            self._repredict()
+        self.policy = guest.kernel_policy()
+        try:
+            self.kernel = KernelMemory(self.policy, self.block_size)
+        except UnmodelledKernel as exc:
+            raise VMError(str(exc), phase="model") from exc
+        self.boot_blocks = {b.number for b in view.sysfs.blocks}
+        self._set_baseline_totals(view)
+
+    def _set_baseline_totals(self, view: Any) -> None:
         online = self._online_bytes_by_node()
         self.baseline_nodes = {
             n: info.values["MemTotal"] - online.get(n, 0) for n, info in view.nodes.items()
         }
         self.baseline_total = view.meminfo["MemTotal"] - sum(online.values())
 
+    def _repredict(self) -> None:
+        ops = [op for i, op in enumerate(self.scenario.model_ops())
+               if i not in self.dropped_removes]
+        spec = replace(self.scenario.machine, block_size=self.block_size)
+        self.prediction = predict(spec, ops)
+
     # -- expectations ---------------------------------------------------------
+    def _ops_done(self) -> int:
+        ops = [s for s in self.steps_done if s.action in ("add", "remove")]
+        return sum(1 for i in range(len(ops)) if i not in self.dropped_removes)
+
     def _current_dimms(self) -> tuple[PlacedDimm, ...]:
-        ops_done = sum(1 for s in self.steps_done if s.action in ("add", "remove"))
-        if ops_done == 0:
-            return ()
-        return self.prediction.steps[ops_done - 1].dimms
+        done = self._ops_done()
+        return self.prediction.steps[done - 1].dimms if done else ()
 
     def expected_blocks(self) -> list[ExpectedBlock]:
-        out: list[ExpectedBlock] = []
-        for d in self._current_dimms():
-            if not d.guest_accepts:
-                continue
-            state, zone = self.state.get(d.id, ("offline", None))
-            out.extend(ExpectedBlock(n, d.node, state, zone) for n in d.blocks)
-        return out
+        if self.kernel is None:
+            return []
+        k = self.kernel
+        return [ExpectedBlock(b.number, b.node, b.state, b.zone, k.managed_bytes(b.number),
+                              b.valid_zones) for b in k.block_view()]
 
     def _online_bytes_by_node(self) -> dict[int, int]:
         out: dict[int, int] = {}
-        bs = self.prediction.layout.block_size
         for b in self.expected_blocks():
             if b.state == "online":
-                out[b.node] = out.get(b.node, 0) + bs
+                out[b.node] = out.get(b.node, 0) + (b.managed_bytes or 0)
         return out
 
     # -- observation -------------------------------------------------------------
@@ -262,7 +299,8 @@ class Runner:
         observed = {
             "dimms": [_dimm_json(d) | {"addr": d.addr} for d in qemu_dimms],
             "blocks": [
-                {"number": b.number, "state": b.state, "node": b.node, "zone": b.zone}
+                {"number": b.number, "state": b.state, "node": b.node, "zone": b.zone,
+                 "valid_zones": list(b.valid_zones)}
                 for b in view.sysfs.blocks if b.number not in self.boot_blocks
             ],
             "nodes": [{"node": n, "bytes": v} for n, v in sorted(node_totals.items())],
@@ -273,13 +311,13 @@ class Runner:
         return observed, mism
 
     def expected_json(self) -> dict[str, Any]:
-        bs = self.prediction.layout.block_size
         online = self._online_bytes_by_node()
         nodes = sorted(set(self.baseline_nodes) | set(online))
         return {
             "dimms": [_dimm_json(d) for d in self._current_dimms()],
             "blocks": [
-                {"number": b.number, "state": b.state, "node": b.node, "zone": b.zone}
+                {"number": b.number, "state": b.state, "node": b.node, "zone": b.zone,
+                 "managed_bytes": b.managed_bytes, "valid_zones": list(b.valid_zones)}
                 for b in self.expected_blocks()
             ],
             "nodes": [
@@ -287,71 +325,145 @@ class Runner:
                  "hotplug_online_bytes": online.get(n, 0)}
                 for n in nodes
             ],
-            "block_size": bs,
+            "block_size": self.block_size,
         }
 
-    # -- actions -------------------------------------------------------------------
+    # -- actions: one method per step kind -----------------------------------------
     def _dimm(self, dimm_id: str) -> PlacedDimm:
         for d in self._current_dimms():
             if d.id == dimm_id:
                 return d
         raise UsageError(f"DIMM {dimm_id!r} is not plugged at this step", value=dimm_id)
 
+    def _km(self) -> KernelMemory:
+        if self.kernel is None:
+            raise UsageError("take_baseline() must run before the steps")
+        return self.kernel
+
+    def _act_add(self, step: Step, lat: dict[str, float]) -> list[Mismatch]:
+        assert step.add is not None
+        a = step.add
+        t0 = time.monotonic()
+        self.vm.hot_add(a.id, a.size, a.node, a.addr)
+        lat["device_add_s"] = time.monotonic() - t0
+        self.steps_done.append(step)
+        d = self._dimm(a.id)
+        if not d.guest_accepts:
+            return []
+        outcomes = self._km().hot_add(d.id, d.node, d.blocks, d.size)
+        t1 = time.monotonic()
+        wait_blocks(self.vm, list(d.blocks), present=True,
+                    state="online" if outcomes and all(o.ok for o in outcomes) else None)
+        lat["blocks_visible_s"] = time.monotonic() - t1
+        return []
+
+    def _write_states(self, step: Step, blocks: list[int], want: str,
+                      predicted: list[Outcome]) -> list[Mismatch]:
+        """Write ``want`` to each block; compare every answer with the model's."""
+        if want == "offline":
+            changes = self.vm.guest.offline_blocks(blocks)
+        else:
+            changes = self.vm.guest.online_blocks(blocks, want)  # type: ignore[arg-type]
+        got = {c.number: c for c in changes}
+        out: list[Mismatch] = []
+        for p in predicted:
+            c = got.get(p.number)
+            observed = "no answer" if c is None else ("ok" if c.ok else
+                                                      (c.errno_name or c.error or "error"))
+            expected = "ok" if p.ok else (p.errno or "error")
+            if observed == expected:
+                continue
+            if p.may_fail is not None and observed == p.may_fail:
+                # The kernel may answer this (e.g. EBUSY offlining kernel
+                # memory): the block stays as it was, and the model follows.
+                self._km().restore(p.number)
+                continue
+            out.append(Mismatch(f"write {want}", f"memory{p.number}", expected,
+                                observed if c is None or c.ok else f"{observed} ({c.error})",
+                                "guest"))
+        return out
+
+    def _act_online(self, step: Step, lat: dict[str, float]) -> list[Mismatch]:
+        assert step.policy is not None
+        d = self._dimm(step.dimm)
+        blocks = list(d.blocks)
+        predicted = self._km().online(blocks, step.policy)
+        t1 = time.monotonic()
+        mism = self._write_states(step, blocks, step.policy, predicted)
+        lat["online_s"] = time.monotonic() - t1
+        self.steps_done.append(step)
+        return mism
+
+    def _act_offline(self, step: Step, lat: dict[str, float]) -> list[Mismatch]:
+        d = self._dimm(step.dimm)
+        blocks = list(d.blocks)
+        predicted = self._km().offline(blocks)
+        t1 = time.monotonic()
+        mism = self._write_states(step, blocks, "offline", predicted)
+        lat["offline_s"] = time.monotonic() - t1
+        self.steps_done.append(step)
+        return mism
+
+    def _act_remove(self, step: Step, lat: dict[str, float]) -> list[Mismatch]:
+        self._dimm(step.dimm)
+        t0 = time.monotonic()
+        try:
+            self.vm.hot_remove(step.dimm)
+        except HotplugRefused:
+            # The DIMM stays: later steps are predicted with it still plugged,
+            # and its blocks as the guest left them (an ACPI eject that fails
+            # re-onlines what it had offlined).
+            index = sum(1 for s in self.steps_done if s.action in ("add", "remove"))
+            self.dropped_removes.add(index)
+            self.steps_done.append(step)
+            self._repredict()
+            self._follow_guest(step.dimm)
+            raise
+        lat["unplug_s"] = time.monotonic() - t0
+        self.steps_done.append(step)
+        self._km().remove(step.dimm)
+        return []
+
+    def _follow_guest(self, dimm_id: str) -> None:
+        km = self._km()
+        try:
+            sysfs = self.vm.guest.memory_sysfs()
+        except HarnessError:
+            return
+        for b in km.block_view():
+            if b.group == dimm_id and (seen := sysfs.block(b.number)) is not None:
+                km.sync(b.number, seen.state, seen.zone)
+
+    def _act_reset(self, step: Step, lat: dict[str, float]) -> list[Mismatch]:
+        t0 = time.monotonic()
+        self.vm.reboot()
+        lat["reboot_s"] = time.monotonic() - t0
+        self.steps_done.append(step)
+        plugged = sorted((d for d in self._current_dimms() if d.guest_accepts),
+                         key=lambda d: d.slot)
+        self._km().reboot((d.id, d.node, d.blocks, d.size) for d in plugged)
+        self._set_baseline_totals(self.vm.guest.snapshot())
+        return []
+
     def run_step(self, index: int, step: Step) -> StepResult:
         t0 = time.monotonic()
         lat: dict[str, float] = {}
         error: str | None = None
+        mism: list[Mismatch] = []
+        observed: dict[str, Any] = {}
         try:
-            if step.action == "add":
-                assert step.add is not None
-                a = step.add
-                self.vm.hot_add(a.id, a.size, a.node, a.addr)
-                lat["device_add_s"] = time.monotonic() - t0
-                self.steps_done.append(step)
-                d = self._dimm(a.id)
-                auto = self.scenario.auto_online
-                if auto is not None and d.guest_accepts:
-                    self.state[a.id] = ("online", expected_zone(auto))
-                else:
-                    self.state[a.id] = ("offline", None)
-                t1 = time.monotonic()
-                wait_blocks(self.vm, list(d.blocks) if d.guest_accepts else [], present=True,
-                                  state="online" if auto and d.guest_accepts else None)
-                lat["blocks_visible_s"] = time.monotonic() - t1
-            elif step.action in ("online", "offline"):
-                d = self._dimm(step.dimm)
-                t1 = time.monotonic()
-                if step.action == "online":
-                    assert step.policy is not None
-                    self.vm.guest.online_blocks(list(d.blocks), step.policy)
-                    self.state[d.id] = ("online", expected_zone(step.policy))
-                    lat["online_s"] = time.monotonic() - t1
-                else:
-                    self.vm.guest.offline_blocks(list(d.blocks))
-                    self.state[d.id] = ("offline", None)
-                    lat["offline_s"] = time.monotonic() - t1
-                self.steps_done.append(step)
-            elif step.action == "remove":
-                d = self._dimm(step.dimm)
-                self.vm.hot_remove(step.dimm)
-                lat["unplug_s"] = time.monotonic() - t0
-                self.steps_done.append(step)
-                self.state.pop(step.dimm, None)
-            elif step.action == "reset":
-                self.vm.reboot()
-                lat["reboot_s"] = time.monotonic() - t0
-                auto = self.scenario.auto_online
-                for d in self._current_dimms():
-                    self.state[d.id] = ("online", expected_zone(auto)) if auto else (
-                        "offline", None)
-                self.steps_done.append(step)
-                self.take_baseline()
+            act = self._acts[step.action]
+            write_mism = act(step, lat)
             observed, mism = self.observe()
+            mism = write_mism + mism
         except HarnessError as exc:
             if isinstance(exc, VMError) and exc.phase in ("qemu", "guest", "launch"):
                 raise
             error = f"{exc.phase} error: {exc}"
-            observed, mism = {}, []
+            try:
+                observed, mism = self.observe()
+            except HarnessError:
+                observed, mism = {}, []
         result = StepResult(index, step.describe(), self.expected_json(), observed, mism,
                             time.monotonic() - t0, lat, error)
         self.steps.append(result)

@@ -17,11 +17,13 @@ Comparison rules (and why):
   reservations we cannot predict, so totals are compared as *deltas from
   the boot baseline*: per node (``nodeN/meminfo`` MemTotal) and in total
   (``/proc/meminfo`` MemTotal, which ``free -b`` reports as "total"), the
-  delta must equal the bytes of hot-added blocks that are online, exactly
-  (the memmap of hot-added memory is allocated from memory already present,
-  unless ``memory_hotplug.memmap_on_memory=1``, which the default guest does
-  not set).  ``numactl -H`` reports MiB, floored: it must equal
-  MemTotal // MiB.
+  delta must equal the managed bytes of hot-added blocks that are online,
+  exactly: the block size, less the pages that hold the block's own memmap
+  when ``memory_hotplug.memmap_on_memory`` applies (the kernel model,
+  :mod:`harness.model.kernel.rules`, says when).  ``numactl -H`` reports
+  MiB, floored: it must equal MemTotal // MiB.
+* Offline blocks: ``valid_zones`` must list the zones the model's
+  ``zone_for_pfn_range()`` gives, default first (``valid_zones_show()``).
 """
 
 from __future__ import annotations
@@ -58,6 +60,8 @@ class ExpectedBlock:
     node: int
     state: str  # "online" | "offline"
     zone: str | None  # expected zone when online
+    managed_bytes: int | None = None  # added to MemTotal when online (None: block size)
+    valid_zones: tuple[str, ...] = ()  # expected valid_zones of an offline block
 
 
 def compare_qemu(predicted: Iterable[Any], observed: Iterable[Any]) -> list[Mismatch]:
@@ -102,6 +106,10 @@ def compare_blocks(
             out.append(Mismatch("state", f"memory{n}", w.state, s.state, "guest"))
         elif w.state == "online" and w.zone is not None and s.zone != w.zone:
             out.append(Mismatch("zone", f"memory{n}", w.zone, s.zone, "guest"))
+        elif (w.state == "offline" and w.valid_zones and s.valid_zones
+              and tuple(s.valid_zones) != tuple(w.valid_zones)):
+            out.append(Mismatch("valid_zones", f"memory{n}", " ".join(w.valid_zones),
+                                " ".join(s.valid_zones), "guest"))
     return out
 
 
@@ -121,7 +129,8 @@ def compare_totals(
     added: dict[int, int] = {}
     for b in expected:
         if b.state == "online":
-            added[b.node] = added.get(b.node, 0) + block_size
+            size = block_size if b.managed_bytes is None else b.managed_bytes
+            added[b.node] = added.get(b.node, 0) + size
     for node in sorted(baseline_nodes.keys() | observed_nodes.keys()):
         want = baseline_nodes.get(node, 0) + added.get(node, 0)
         got = observed_nodes.get(node)

@@ -28,24 +28,32 @@ def image_group() -> None:
 
 @image_group.command("build")
 @click.option("--kernel-package", help="Debian kernel package (default: the recipe's, "
-              "linux-image-cloud-amd64).")
+              "linux-image-cloud-amd64); NAME/SUITE or --suite picks the suite, e.g. "
+              "linux-image-amd64/bookworm-backports (Debian's 6.12).")
+@click.option("--suite", help="Debian suite of --kernel-package: bookworm, bookworm-updates, "
+              "bookworm-backports, bookworm-security, trixie.")
 @click.option("--kernel", type=click.Path(path_type=Path), help="Your own bzImage instead.")
 @click.option("--modules", type=click.Path(path_type=Path),
               help="Modules for --kernel: lib/modules/VERSION or an INSTALL_MOD_PATH root.")
 @click.option("--kernel-config", type=click.Path(path_type=Path),
-              help="The .config of --kernel (recorded, and copied into the guest).")
+              help="The .config of --kernel (recorded, and copied into the guest); default: "
+                   "config-VER or .config beside it, the source tree's .config, IKCONFIG.")
 @click.option("--force", is_flag=True, help="Rebuild even if cached; re-resolve packages.")
-def build_cmd(kernel_package: str | None, kernel: Path | None, modules: Path | None,
-              kernel_config: Path | None, force: bool) -> int:
+def build_cmd(kernel_package: str | None, suite: str | None, kernel: Path | None,
+              modules: Path | None, kernel_config: Path | None, force: bool) -> int:
     """Build (or fetch from the cache) the guest image and print its paths."""
     from harness.image import build_image, ensure_default_image
 
-    if kernel is None and kernel_package is None:
+    if kernel is None and kernel_package is None and suite is None and modules is None \
+            and kernel_config is None:
         image = ensure_default_image(force=force, progress=_progress)
     else:
         image = build_image(kernel_package=kernel_package, kernel=kernel, modules=modules,
-                            kernel_config=kernel_config, force=force, progress=_progress)
+                            kernel_config=kernel_config, force=force, progress=_progress,
+                            suite=suite)
     click.echo(f"kernel  {image.kernel}\ninitrd  {image.initrd}\nversion {image.kernel_version}")
+    click.echo(f"config  {image.config or '(none)'}"
+               + (f" (from {image.config_source})" if image.config_source else ""))
     return 0
 
 
@@ -68,7 +76,8 @@ def info_cmd(as_json: bool) -> int:
     if as_json:
         click.echo(json.dumps(data, indent=2))
     else:
-        for k in ("kernel", "initrd", "kernel_version", "key", "source"):
+        for k in ("kernel", "initrd", "kernel_version", "key", "source", "config",
+                  "config_source"):
             click.echo(f"{k:15} {data[k]}")
         click.echo(f"{'sizes':15} kernel {data['sizes']['kernel']} B, "
                    f"initrd {data['sizes']['initrd']} B")

@@ -12,6 +12,9 @@ from pathlib import Path
 
 import click
 
+# = harness.kernel.build.SOURCE_PACKAGE (not imported here: `memhp --help` stays fast)
+SOURCE_PACKAGE = "linux-source-6.12"
+
 
 @click.group("kernel")
 def kernel_group() -> None:
@@ -20,8 +23,15 @@ def kernel_group() -> None:
 
 @kernel_group.command("build")
 @click.option("--source", type=click.Path(path_type=Path, file_okay=False),
-              help="Kernel source tree (default: Debian's linux-source-6.1, downloaded "
+              help="Kernel source tree (default: Debian's --source-package, downloaded "
                    "and unpacked into the cache).")
+@click.option("--source-package", default=SOURCE_PACKAGE, show_default=True,
+              help="Debian source package used without --source, e.g. linux-source-6.1 "
+                   "(fetched with memhp's own apt; never installed).")
+@click.option("--suite", default=None,
+              help="Debian suite to take --source-package from (bookworm, "
+                   "bookworm-backports, bookworm-security, trixie; default: the newest "
+                   "bookworm candidate, then trixie).")
 @click.option("--fragment", "fragments", multiple=True, type=click.Path(path_type=Path),
               help="Config fragment to merge, in order (repeatable; default "
                    "kconfigs/memhp.config).")
@@ -34,7 +44,8 @@ def kernel_group() -> None:
               help="Parallel make jobs (default and maximum: the number of CPUs).")
 @click.option("--force", is_flag=True, help="Rebuild even when the cache has this build.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def build_cmd(source: Path | None, fragments: tuple[Path, ...], auto_online: bool, base: str,
+def build_cmd(source: Path | None, source_package: str, suite: str | None,
+              fragments: tuple[Path, ...], auto_online: bool, base: str,
               jobs: int | None, force: bool, as_json: bool) -> int:
     """Build a bzImage: BASE config + fragments, verified, cached by its inputs."""
     from harness.kernel import build_kernel
@@ -43,7 +54,8 @@ def build_cmd(source: Path | None, fragments: tuple[Path, ...], auto_online: boo
         click.echo(msg, err=True)
 
     build = build_kernel(source, list(fragments) or None, auto_online=auto_online, base=base,
-                         jobs=jobs, force=force, progress=say)
+                         jobs=jobs, force=force, progress=say,
+                         source_package=source_package, suite=suite)
     if as_json:
         click.echo(json.dumps(build.to_json(), indent=2))
         return 0

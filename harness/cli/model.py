@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from typing import Any
 
 import click
 
-from harness.errors import PlanRefused, UsageError
+from harness.errors import HarnessError, PlanRefused
 
 
 def _ranges(blocks: tuple[int, ...]) -> str:
@@ -26,53 +25,66 @@ def _ranges(blocks: tuple[int, ...]) -> str:
 
 
 def detected_qemu_version(binary: str = "qemu-system-x86_64") -> tuple[tuple[int, int], str]:
-    try:
-        out = subprocess.run([binary, "--version"], capture_output=True, text=True,
-                             timeout=10, check=False).stdout.split()
-        major, minor = out[3].split(".")[:2]
-        return (int(major), int(minor)), f"detected from {binary}"
-    except (OSError, IndexError, ValueError, subprocess.SubprocessError):
-        return (7, 2), f"{binary} not found; assuming 7.2"
+    """(major, minor) of ``binary --version``; 7.2 (Debian 12's) when there is none."""
+    from harness.session import qemu_version
+
+    found = qemu_version(binary)
+    parts = found.split(".")
+    if len(parts) >= 2 and parts[0].isdigit() and parts[1].isdigit():
+        return (int(parts[0]), int(parts[1])), f"{found}, from {binary}"
+    return (7, 2), f"{binary} not found; assuming 7.2"
 
 
 @click.command("model")
-@click.option("--machine", default="pc", show_default=True, type=click.Choice(["pc", "q35"]))
+@click.option("--machine", default="pc", show_default=True,
+              help="pc, q35, or a versioned pc-i440fx-X.Y / pc-q35-X.Y (as -machine).")
 @click.option("--memory", default="6G,slots=32,maxmem=32G", show_default=True,
-              help="As QEMU's -m: SIZE[,slots=N,maxmem=SIZE].")
+              help="As QEMU's -m: SIZE[,slots=N][,maxmem=SIZE]; a bare SIZE is MiB.")
 @click.option("--numa", default="3G,3G", show_default=True,
-              help="Boot memory per node; '' for no NUMA.")
+              help="Boot memory per node (bare numbers MiB); '' for no NUMA.")
 @click.option("--add", "adds", multiple=True, metavar="ID:SIZE@NODE[:ADDR]",
               help="Hot-add a DIMM (repeatable; applied in order with --remove).")
 @click.option("--remove", "removes", multiple=True, metavar="ID",
               help="Hot-remove a DIMM (repeatable).")
 @click.option("--block-size", help="Guest memory block size (default: the kernel's x86 rule).")
-@click.option("--qemu-version", help="Model this QEMU version (default: detected).")
+@click.option("--cpu", default="max", show_default=True,
+              help="As -cpu: MODEL[,phys-bits=N][,vendor=ID], or amd|intel[,phys-bits=N]. "
+                   "Default: memhp's TCG CPU (AMD, 40 phys-bits).")
+@click.option("--qemu", "qemu_binary", default="qemu-system-x86_64", show_default=True,
+              help="Whose version to model when --qemu-version is not given "
+                   "(a binary, or debian:10.0).")
+@click.option("--qemu-version", help="Model this QEMU version (7.2, 8.2, 9.2, 10.x; "
+                                     "default: the --qemu binary's).")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def model_cmd(ctx: click.Context, machine: str, memory: str, numa: str, adds: tuple[str, ...],
-              removes: tuple[str, ...], block_size: str | None, qemu_version: str | None,
-              as_json: bool) -> int:
+              removes: tuple[str, ...], block_size: str | None, cpu: str, qemu_binary: str,
+              qemu_version: str | None, as_json: bool) -> int:
     """Predict where each DIMM lands, its memory blocks and the node totals."""
     from harness.model import MachineSpec, RemoveDimm, parse_dimm_option, predict
+    from harness.model.qemu_rules import (
+        parse_cpu_option,
+        parse_machine_type,
+        parse_qemu_version,
+    )
     from harness.model.spec import parse_memory_option, parse_numa_option
     from harness.units import parse_size
 
     try:
         if qemu_version is None:
-            version, version_note = detected_qemu_version()
+            from harness.qemu.fetch import resolve_qemu
+
+            version, version_note = detected_qemu_version(resolve_qemu(qemu_binary))
         else:
-            try:
-                major, minor = qemu_version.split(".")[:2]
-                version, version_note = (int(major), int(minor)), "given"
-            except ValueError:
-                raise UsageError(f"QEMU version {qemu_version!r} is not MAJOR.MINOR",
-                                 value=qemu_version, fix="e.g. --qemu-version 7.2") from None
+            version, version_note = parse_qemu_version(qemu_version), "given"
+        mtype = parse_machine_type(machine)
         ram, slots, maxmem = parse_memory_option(memory)
         spec = MachineSpec(
-            machine=machine,  # type: ignore[arg-type]
+            machine=mtype.family, machine_version=mtype.version,
             ram_size=ram, slots=slots, maxmem=maxmem,
             numa=parse_numa_option(numa) if numa else (), qemu_version=version,
             block_size=parse_size(block_size, what="block size") if block_size else None,
+            cpu=parse_cpu_option(cpu),
         )
         ops = _ordered_ops(ctx, adds, removes, parse_dimm_option, RemoveDimm)
         prediction = predict(spec, ops)
@@ -82,13 +94,17 @@ def model_cmd(ctx: click.Context, machine: str, memory: str, numa: str, adds: tu
                 "kind": exc.kind, "message": str(exc),
                 "qemu_message": getattr(exc, "qemu_message", ""),
                 "step": getattr(exc, "step", None)}}))
+        qemu_words = getattr(exc, "qemu_message", "")
         click.echo(f"memhp: plan refused ({exc.kind}): {exc}", err=True)
+        if qemu_words:
+            click.echo(f"memhp: QEMU {'.'.join(map(str, spec.qemu_version))} would say: "
+                       f"{qemu_words}", err=True)
         return 2
-    except UsageError as exc:
+    except HarnessError as exc:
         if as_json:
             click.echo(json.dumps({"error": {"kind": "usage", "message": str(exc)}}))
         click.echo(f"memhp: {exc}", err=True)
-        return 2
+        return exc.exit_code
     if as_json:
         doc = prediction.to_json()
         doc["qemu_version_source"] = version_note
@@ -125,11 +141,16 @@ def _print_table(prediction: Any, version_note: str) -> None:
     console = Console(highlight=False)
     lay = prediction.layout
     spec = prediction.spec
-    console.print(f"[bold]{spec.machine}[/], QEMU {'.'.join(map(str, spec.qemu_version))} "
-                  f"({version_note}): RAM {human(lay.below_4g)} below 4G + "
+    rules = spec.rules
+    console.print(f"[bold]{spec.machine_name}[/] (machine type "
+                  f"{'.'.join(map(str, rules.machine_version))}), QEMU "
+                  f"{'.'.join(map(str, spec.qemu_version))} ({version_note}), CPU "
+                  f"{spec.cpu.model} ({spec.cpu.vendor}, {spec.cpu.phys_bits} phys-bits): "
+                  f"RAM {human(lay.below_4g)} below 4G + "
                   f"{human(lay.above_4g)} above; device memory "
                   f"{lay.device_base:#x}-{lay.device_end:#x}; block size {human(lay.block_size)}")
     console.print(f"why: {lay.why}")
+    console.print("rules: " + "; ".join(rules.sources), soft_wrap=True)
     table = Table(title="DIMMs after the last step", title_justify="left")
     for col in ("DIMM", "address", "size", "node", "slot", "blocks", "guest"):
         table.add_column(col)

@@ -117,8 +117,11 @@ _SCENARIO_OPTIONS: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
     click.option("--accel", default="auto", show_default=True,
                   type=click.Choice(["auto", "kvm", "tcg"]),
                   help="auto probes KVM for real and falls back to TCG."),
-    click.option("--qemu", "qemu_binary", default="qemu-system-x86_64", show_default=True),
-    click.option("--qemu-version", help="Model QEMU's layout of this version (default: detected)."),
+    click.option("--qemu", "qemu_binary", default="qemu-system-x86_64", show_default=True,
+                 help="QEMU binary (path or name), or debian:10.0: Debian's QEMU 10.0 from "
+                      "bookworm-backports, fetched into memhp's cache, not installed."),
+    click.option("--qemu-version", help="Model the rules of this QEMU version (default: the "
+                 "binary's; modelled: 7.2, 8.2, 9.2, 10.x)."),
     click.option("--keep", type=click.Path(path_type=Path),
                   help="Keep artifacts (argv, serial log, QMP transcript, dmesg) in this dir."),
     click.option("--timeout-scale", default=1.0, show_default=True,
@@ -131,7 +134,15 @@ _SCENARIO_OPTIONS: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
 @click.option("--kernel", type=click.Path(path_type=Path),
               help="Boot this bzImage instead of the default guest kernel.")
 @click.option("--modules", type=click.Path(path_type=Path),
-              help="Modules tree for --kernel (lib/modules/VERSION or an INSTALL_MOD_PATH).")
+              help="Modules tree for --kernel (lib/modules/VERSION or an INSTALL_MOD_PATH); "
+                   "default: <root>/lib/modules/VER beside <root>/boot/vmlinuz-VER.")
+@click.option("--kernel-config", type=click.Path(path_type=Path),
+              help="The build config of --kernel (default: found beside it, in its source "
+                   "tree, or IKCONFIG); tells the model the kernel's online policy.")
+@click.option("--kernel-package", metavar="NAME[/SUITE]",
+              help="Boot a Debian kernel package (fetched, never installed), e.g. "
+                   "linux-image-amd64/bookworm-backports for Debian's 6.12.")
+@click.option("--suite", help="Debian suite of --kernel-package (e.g. bookworm-backports).")
 @click.option("--disk", type=click.Path(path_type=Path),
               help="Boot your own disk image (raw/qcow2, opened in snapshot mode).")
 @click.option("--ssh-user", default="root", show_default=True, help="SSH user for --disk.")
@@ -181,11 +192,22 @@ def _scenario(opts: dict[str, Any], version: tuple[int, int] | None,
         name=name, machine=opts["machine"], memory=opts["memory"], numa=opts["numa"] or None,
         steps=default_steps(adds, opts["removes"], online, auto), smp=opts["smp"],
         append=append, exec_cmd=opts.get("exec_cmd"), script=opts.get("script"),
-        qemu_version=version,
+        qemu_version=version, host=read_host_memory(),
     )
     if from_cmdline is None and kernel_policy is not None:
         scenario = replace(scenario, auto_online=kernel_policy)  # type: ignore[arg-type]
     return scenario
+
+
+def read_host_memory() -> Any:
+    """This host's memory facts for the model (None when /proc is unreadable)."""
+    from harness.model.qemu_rules.host import parse_meminfo
+
+    try:
+        return parse_meminfo(Path("/proc/meminfo").read_text(),
+                             Path("/proc/sys/vm/overcommit_memory").read_text())
+    except OSError:
+        return None
 
 
 def kernel_online_policy(guest: Any) -> tuple[str | None, str]:
@@ -222,6 +244,7 @@ def execute_with(opts: dict[str, Any], scenario: Scenario, guest: Any,
 def prepare(opts: dict[str, Any], kernel: Path | None = None) -> tuple[Scenario, Any]:
     """Validate the options into a scenario and a guest (UsageError before any VM)."""
     from harness.launch import GuestSource, resolve_guest
+    from harness.qemu.fetch import resolve_qemu
     from harness.session import qemu_version
 
     check_keep_dir(opts.get("keep"))
@@ -233,6 +256,7 @@ def prepare(opts: dict[str, Any], kernel: Path | None = None) -> tuple[Scenario,
         raise UsageError(f"--modules {str(opts['modules'])!r} is not a directory",
                          value=opts["modules"], fix="give lib/modules/VERSION or an "
                          "INSTALL_MOD_PATH directory")
+    opts["qemu_binary"] = resolve_qemu(opts["qemu_binary"])  # debian:X.Y -> its launcher
     version = _parse_version(opts["qemu_version"])
     detected = qemu_version(opts["qemu_binary"])
     if version is None and detected != "unknown":
@@ -240,6 +264,8 @@ def prepare(opts: dict[str, Any], kernel: Path | None = None) -> tuple[Scenario,
     scenario = _scenario(opts, version)
     check_qemu(opts["qemu_binary"], detected)
     source = GuestSource(kernel=kernel or opts.get("kernel"), modules=opts.get("modules"),
+                         kernel_package=opts.get("kernel_package"), suite=opts.get("suite"),
+                         kernel_config=opts.get("kernel_config"),
                          disk=opts.get("disk"), ssh_user=opts.get("ssh_user", "root"),
                          ssh_key=opts.get("ssh_key"), ssh_host_key=opts.get("ssh_host_key"))
     guest = resolve_guest(source)
@@ -283,6 +309,8 @@ def _run(**opts: Any) -> int:
         if as_json:
             click.echo(_error_json(exc))
         click.echo(f"memhp: {exc.phase} error: {exc}", err=True)
+        if getattr(exc, "qemu_message", ""):
+            click.echo(f"memhp: QEMU would refuse: {exc.qemu_message}", err=True)  # type: ignore[attr-defined]
         return exc.exit_code
 
     def booted(result: RunResult) -> None:

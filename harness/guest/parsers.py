@@ -191,7 +191,10 @@ def parse_memory_sysfs(text: str) -> MemorySysfs:
     for line in text.splitlines():
         line = line.strip()
         if line.startswith("block_size_bytes:"):
-            block_size = int(line.split(":", 1)[1], 16)
+            try:
+                block_size = int(line.split(":", 1)[1], 16)
+            except ValueError:
+                raise _bad("memory block sysfs (block_size_bytes)", text) from None
         elif line.startswith("auto_online_blocks:"):
             auto = line.split(":", 1)[1]
         elif m := re.match(r"memory(\d+)/(\w+):(.*)$", line):
@@ -254,3 +257,67 @@ def parse_boot_profile(dmesg: str, ready_marker: str = "MEMHP-READY") -> BootPro
             marks.append((line.split("memhp-init: ", 1)[1].strip(), t))
     return BootProfile(tuple(sorted(calls, key=lambda c: -c[1])), run_init, ready,
                        tuple(marks))
+
+
+# -- the kernel's hotplug policy inputs ------------------------------------------------
+
+# One round trip: release, auto-online type, memory_hotplug parameters,
+# command line, and the zone lines of /proc/zoneinfo.
+KERNEL_POLICY_SCRIPT = r"""
+echo "@@release"; uname -r
+echo "@@auto"; cat /sys/devices/system/memory/auto_online_blocks
+echo "@@params"
+if cd /sys/module/memory_hotplug/parameters 2>/dev/null; then grep -sH . ./*; fi
+echo "@@cmdline"; cat /proc/cmdline
+echo "@@zoneinfo"
+grep -E '^Node|^ +(spanned|present|managed|cma) |start_pfn:' /proc/zoneinfo
+echo "@@end"
+"""
+
+
+@dataclass(frozen=True)
+class PolicyDump:
+    """What :data:`KERNEL_POLICY_SCRIPT` printed, split into its parts."""
+
+    release: str
+    auto_online_blocks: str
+    params: dict[str, str]
+    cmdline: str
+    zones: tuple[tuple[int, str, dict[str, int]], ...]  # (node, zone, fields)
+
+
+def parse_zoneinfo(text: str) -> tuple[tuple[int, str, dict[str, int]], ...]:
+    """``/proc/zoneinfo`` (or its zone lines): per zone spanned, present,
+    managed, cma and start_pfn (mm/vmstat.c zoneinfo_show_print; an
+    unpopulated zone prints no start_pfn)."""
+    zones: list[tuple[int, str, dict[str, int]]] = []
+    current: dict[str, int] | None = None
+    for line in text.splitlines():
+        if m := re.match(r"Node (\d+), zone\s+(\w+)", line):
+            current = {}
+            zones.append((int(m.group(1)), m.group(2), current))
+        elif current is not None and (m := re.match(
+                r"\s+(spanned|present|managed|cma)\s+(\d+)$", line)):
+            current[m.group(1)] = int(m.group(2))
+        elif current is not None and (m := re.match(r"\s+start_pfn:\s+(\d+)$", line)):
+            current["start_pfn"] = int(m.group(1))
+    return tuple(zones)
+
+
+def parse_policy_dump(text: str) -> PolicyDump:
+    parts = re.split(r"^@@(\w+)$", text, flags=re.M)
+    sections = dict(zip(parts[1::2], parts[2::2], strict=False))
+    if "end" not in sections or not sections.get("release", "").strip():
+        raise _bad("the kernel's hotplug policy", text)
+    params: dict[str, str] = {}
+    for line in sections.get("params", "").splitlines():
+        if m := re.match(r"(?:\./)?(\w+):(.*)$", line.strip()):
+            params[m.group(1)] = m.group(2).strip()
+    zones = parse_zoneinfo(sections.get("zoneinfo", ""))
+    if not zones or not any(f.get("present") for _, _, f in zones):
+        raise _bad("/proc/zoneinfo (no populated zone)", sections.get("zoneinfo", ""))
+    auto = sections.get("auto", "").strip()
+    if not auto:
+        raise _bad("auto_online_blocks", text)
+    return PolicyDump(release=sections["release"].strip(), auto_online_blocks=auto,
+                      params=params, cmdline=sections.get("cmdline", "").strip(), zones=zones)

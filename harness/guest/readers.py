@@ -14,6 +14,7 @@ from typing import Literal
 
 from harness.errors import UsageError, VMError
 from harness.guest.parsers import (
+    KERNEL_POLICY_SCRIPT,
     MEMORY_SYSFS_SCRIPT,
     FreeMemory,
     MemorySysfs,
@@ -24,8 +25,10 @@ from harness.guest.parsers import (
     parse_memory_sysfs,
     parse_node_meminfo,
     parse_numactl_hardware,
+    parse_policy_dump,
 )
 from harness.guest.ssh import GuestShell
+from harness.model.kernel import KernelPolicy, ZoneInfo, policy_from_guest
 
 OnlinePolicy = Literal["online", "online_kernel", "online_movable"]
 _POLICIES = ("online", "online_kernel", "online_movable", "offline")
@@ -97,6 +100,22 @@ class Guest:
             )
         except KeyError as exc:
             raise VMError(f"guest snapshot lacks section {exc}", phase="observe") from exc
+
+    def kernel_policy(self) -> KernelPolicy:
+        """The inputs of the kernel's hotplug decisions, in one round trip
+        (see :mod:`harness.model.kernel.inputs` for where each comes from)."""
+        dump = parse_policy_dump(self.shell.run_script(KERNEL_POLICY_SCRIPT).stdout)
+        zones = tuple(
+            ZoneInfo(node=n, name=name, start_pfn=f.get("start_pfn", 0),
+                     spanned=f.get("spanned", 0), present=f.get("present", 0),
+                     managed=f.get("managed", 0), cma=f.get("cma", 0))
+            for n, name, f in dump.zones)
+        try:
+            return policy_from_guest(dump.release, dump.auto_online_blocks, dump.params,
+                                     dump.cmdline, zones)
+        except ValueError as exc:
+            raise VMError(f"the guest's hotplug policy is not understood: {exc}",
+                          phase="observe") from exc
 
     def memory_sysfs(self) -> MemorySysfs:
         return parse_memory_sysfs(self.shell.run_script(MEMORY_SYSFS_SCRIPT).stdout)

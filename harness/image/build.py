@@ -23,6 +23,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -34,15 +35,23 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from harness.apt import Apt
 from harness.errors import HostEnvironmentError, ImageBuildError, UsageError
 from harness.image.bzimage import kernel_version
 from harness.image.cpio import CpioWriter
 from harness.image.elf import library_closure
-from harness.image.modules import load_order, parse_modules_dep
+from harness.image.modules import (
+    ModinfoDeps,
+    load_order,
+    module_bytes,
+    modules_release,
+    parse_modules_dep,
+    plain_name,
+)
 from harness.resources import guest_images_dir
 
 log = logging.getLogger("harness.image")
-BUILDER_VERSION = "1"
+BUILDER_VERSION = "2"
 READY_MARKER = "MEMHP-READY"
 
 
@@ -60,6 +69,7 @@ class GuestImage:
     ssh_user: str = "root"
     modules: tuple[str, ...] = ()
     source: str = "default"
+    config_source: str = ""  # where the recorded config came from
 
     def to_json(self) -> dict[str, object]:
         d = asdict(self)
@@ -80,6 +90,7 @@ class GuestImage:
             ssh_user=str(d.get("ssh_user", "root")),
             modules=tuple(d.get("modules", ())),  # type: ignore[arg-type]
             source=str(d.get("source", "default")),
+            config_source=str(d.get("config_source", "")),
         )
 
 
@@ -141,59 +152,17 @@ def _run(argv: list[str], what: str, cwd: Path | None = None) -> str:
     return proc.stdout
 
 
-def resolve_kernel_package(name: str) -> str:
-    """A metapackage (linux-image-cloud-amd64) -> the concrete image package."""
-    if name.startswith("linux-image-") and name[len("linux-image-"):][:1].isdigit():
-        return name
-    out = _run(["apt-cache", "depends", name], f"resolving {name}")
-    for line in out.splitlines():
-        word = line.strip().removeprefix("|")
-        if word.startswith("Depends: linux-image-"):
-            return word.split()[1]
-    raise UsageError(f"package {name!r} does not depend on a linux-image package",
-                     value=name, fix="give a linux-image-* package name")
+def resolve_kernel_package(name: str, suite: str | None = None,
+                           cache_dir: Path | None = None) -> str:
+    """A metapackage (linux-image-cloud-amd64) -> the concrete image package
+    (through memhp's own apt, :mod:`harness.apt`)."""
+    return Apt(cache_root(cache_dir)).resolve(name, suite)
 
 
-def download(packages: Iterable[str], debs: Path, progress: Progress) -> dict[str, Path]:
-    """``apt-get download`` what is not cached yet; returns name -> .deb path."""
-    debs.mkdir(parents=True, exist_ok=True)
-    wanted = list(dict.fromkeys(packages))
-    # The candidate version decides the file name; ask apt once for all.
-    out = _run(["apt-cache", "show", "--no-all-versions", *wanted], "looking up packages")
-    versions: dict[str, str] = {}
-    current = None
-    for line in out.splitlines():
-        if line.startswith("Package: "):
-            current = line.split(": ", 1)[1]
-        elif line.startswith("Version: ") and current:
-            versions.setdefault(current, line.split(": ", 1)[1])
-    missing = [p for p in wanted if p not in versions]
-    if missing:
-        raise UsageError(f"unknown package(s): {', '.join(missing)}", value=missing,
-                         fix="check the names; run `apt-get update` if they should exist")
-    result: dict[str, Path] = {}
-    fetch = []
-    for name in wanted:
-        ver = versions[name].replace(":", "%3a")
-        hits = list(debs.glob(f"{name}_{ver}_*.deb"))
-        if hits:
-            result[name] = hits[0]
-        else:
-            fetch.append(name)
-    if fetch:
-        progress(f"downloading {len(fetch)} package(s): {' '.join(fetch)}")
-        with tempfile.TemporaryDirectory(dir=debs) as tmp:
-            _run(["apt-get", "download", *[f"{n}={versions[n]}" for n in fetch]],
-                 "apt-get download", cwd=Path(tmp))
-            for f in Path(tmp).glob("*.deb"):
-                os.replace(f, debs / f.name)
-        for name in fetch:
-            ver = versions[name].replace(":", "%3a")
-            hits = list(debs.glob(f"{name}_{ver}_*.deb"))
-            if not hits:
-                raise ImageBuildError(f"apt-get download did not produce {name} {ver}")
-            result[name] = hits[0]
-    return result
+def download(packages: Iterable[str], debs: Path, progress: Progress,
+             suite: str | None = None) -> dict[str, Path]:
+    """Download what is not cached in ``debs`` yet (memhp's own apt); name -> .deb."""
+    return Apt(debs.parent, progress=progress).download(packages, suite, dest=debs)
 
 
 def _sha(*parts: bytes) -> str:
@@ -221,7 +190,7 @@ def _compressor() -> tuple[list[str], str]:
 
 
 def write_initramfs(out: Path, root: Path, recipe: Recipe, modules_root: Path | None,
-                    kver: str, module_paths: list[str], config: Path | None) -> None:
+                    kver: str, module_paths: list[str], config: str | None) -> None:
     """Assemble the cpio archive from the unpacked packages and compress it."""
     raw = out.with_suffix(".cpio")
     with raw.open("wb") as f:
@@ -258,12 +227,14 @@ def write_initramfs(out: Path, root: Path, recipe: Recipe, modules_root: Path | 
         names = []
         if modules_root is not None:
             for i, path in enumerate(module_paths):
-                name = f"{i:02d}-{Path(path).name}"
-                w.file(f"lib/modules/{name}", (modules_root / path).read_bytes())
+                # Plain .ko: see harness.image.modules.module_bytes (busybox insmod
+                # and compressed modules: "Invalid ELF header magic").
+                name = f"{i:02d}-{plain_name(path)}"
+                w.file(f"lib/modules/{name}", module_bytes(modules_root / path))
                 names.append(name)
         w.file("etc/memhp/modules", ("\n".join(names) + "\n").encode())
         if config is not None:
-            w.file(f"boot/config-{kver}", config.read_bytes())
+            w.file(f"boot/config-{kver}", config.encode())
         w.close()
     if recipe.compression == "none":
         os.replace(raw, out)
@@ -274,34 +245,163 @@ def write_initramfs(out: Path, root: Path, recipe: Recipe, modules_root: Path | 
     raw.unlink()
 
 
-def _find_modules_dir(modules: Path, kver: str) -> Path:
-    for cand in (modules / "lib/modules" / kver, modules / kver, modules):
-        if (cand / "modules.dep").exists() or (cand / "modules.order").exists():
+_PACKAGE_RE = re.compile(r"[a-z0-9][a-z0-9.+-]+")
+
+
+def split_package_spec(spec: str, suite: str | None = None) -> tuple[str, str | None]:
+    """``NAME``, ``NAME/SUITE`` or ``debian:NAME/SUITE`` (apt's own ``pkg/release``
+    spelling) plus an optional ``--suite`` -> (name, suite)."""
+    text = spec.removeprefix("debian:")
+    name, sep, in_spec = text.partition("/")
+    if sep:
+        if suite is not None and suite != in_spec:
+            raise UsageError(f"--kernel-package {spec!r} names suite {in_spec!r} but --suite "
+                             f"is {suite!r}", value=spec, fix="give the suite once")
+        suite = in_spec
+    if not _PACKAGE_RE.fullmatch(name):
+        raise UsageError(f"--kernel-package {spec!r} is not a Debian package name", value=spec,
+                         fix="e.g. linux-image-amd64 --suite bookworm-backports, or "
+                             "linux-image-amd64/bookworm-backports")
+    return name, suite
+
+
+# -- a user's kernel: its modules and config, found and checked before any build --------
+
+_MODULES_FIX = ("give the modules built with this kernel: lib/modules/<version> or the "
+                "INSTALL_MOD_PATH root they were installed under")
+
+
+def find_modules_dir(modules: Path, kver: str) -> Path:
+    """The ``lib/modules/<kver>`` directory in what the user gave as ``--modules``,
+    checked against the kernel's release (the modules' ``vermagic``)."""
+    if not modules.is_dir():
+        raise UsageError(f"modules {str(modules)!r} is not a directory", value=modules,
+                         fix=_MODULES_FIX)
+    for cand in (modules / "lib/modules" / kver, modules / kver):
+        if cand.is_dir():
+            _check_release(cand, kver, modules)
             return cand
-    raise UsageError(f"modules directory {str(modules)!r} has no modules.dep for {kver}",
-                     value=modules, fix="give lib/modules/<version> or an INSTALL_MOD_PATH")
+    marks = ("modules.dep", "modules.order", "modules.builtin", "kernel")
+    if any((modules / m).exists() for m in marks):
+        _check_release(modules, kver, modules)
+        return modules
+    others = sorted(p.name for base in (modules / "lib/modules", modules) if base.is_dir()
+                    for p in base.iterdir() if (p / "modules.order").exists()
+                    or (p / "modules.dep").exists())
+    found = f"; it holds modules for {', '.join(others)}" if others else ""
+    raise UsageError(f"modules {str(modules)!r} has no modules for kernel {kver}{found}",
+                     value=modules, fix=_MODULES_FIX)
 
 
-def _matching_modules(kver: str, debs: Path) -> tuple[Path | None, Path | None]:
-    """Modules for a user kernel given without --modules: the host's
-    ``/lib/modules/<version>``, else a cached Debian package of that release."""
-    host = Path("/lib/modules") / kver
-    if (host / "modules.dep").exists():
-        return host, None
-    kdeb = next(iter(sorted(debs.glob(f"linux-image-{kver}_*.deb"))), None)
-    return None, kdeb
+def _check_release(mdir: Path, kver: str, given: Path) -> None:
+    release = modules_release(mdir)
+    if release is None and mdir.name != kver and re.match(r"\d+\.\d+", mdir.name):
+        release = mdir.name  # no module file to read: trust the directory's name
+    if release is not None and release != kver:
+        raise UsageError(f"modules {str(given)!r} are for kernel {release}, but the kernel "
+                         f"is {kver}", value=given, fix=_MODULES_FIX)
+
+
+def modules_beside(kernel: Path, kver: str) -> Path | None:
+    """``<root>/boot/vmlinuz-VER`` of an unpacked Debian package (or an
+    ``INSTALL_PATH``/``INSTALL_MOD_PATH`` pair) -> ``<root>/lib/modules/VER``."""
+    root = kernel.resolve().parent.parent
+    cand = root / "lib/modules" / kver
+    return cand if cand.is_dir() and (cand / "kernel").is_dir() else None
+
+
+def find_config(kernel: Path, kver: str, explicit: Path | None,
+                debs: Iterable[Path] = ()) -> tuple[str | None, str]:
+    """The kernel's build config and where it was found, in this order:
+    ``--kernel-config``; ``config-VER`` or ``.config`` beside the kernel (a
+    Debian ``/boot``, memhp's kernel cache; ``config`` beside a memhp image's
+    ``vmlinuz``); the ``.config`` of the source tree
+    the bzImage sits in (``arch/x86/boot/bzImage``); IKCONFIG inside the
+    bzImage; ``boot/config-VER`` inside the Debian package the modules came
+    from.  (None, why) when none exists."""
+    from harness.errors import KconfigError
+    from harness.kconfig.source import read_config
+
+    if explicit is not None:
+        if not explicit.is_file():
+            raise UsageError(f"kernel config {str(explicit)!r} is not a file", value=explicit,
+                             fix="give the kernel's .config (or /boot/config-VER)")
+        try:
+            text, _ = read_config(explicit)
+        except KconfigError as exc:
+            raise UsageError(f"--kernel-config {str(explicit)!r}: {exc}", value=explicit,
+                             fix="give the kernel's .config") from exc
+        return text, f"--kernel-config {explicit}"
+    real = kernel.resolve()
+    near = [real.parent / f"config-{kver}", real.parent / ".config"]
+    if real.name == "vmlinuz":
+        near.append(real.parent / "config")  # a memhp image's own layout
+    if real.parts[-4:-1] in (("arch", "x86", "boot"), ("arch", "x86_64", "boot")):
+        near.append(real.parents[3] / ".config")
+    for cand in near:
+        if cand.is_file():
+            try:
+                return read_config(cand)[0], str(cand)
+            except KconfigError:
+                continue
+    try:
+        text, kind = read_config(real)
+        return text, f"{kind} in {kernel}"
+    except KconfigError:
+        pass
+    for deb in debs:
+        try:
+            return read_config(deb)[0], f"boot/config-{kver} in {deb.name}"
+        except KconfigError:
+            continue
+    return None, "no config found (none beside the kernel, no IKCONFIG)"
 
 
 def _module_plan(mdir: Path, kver: str, wanted: Iterable[str]) -> list[str]:
-    dep = mdir / "modules.dep"
-    if not dep.exists():
-        _run(["depmod", "-b", str(mdir.parent.parent.parent), kver], "depmod")
+    """Module paths (relative to ``mdir``) to load, dependencies first.  Reads
+    ``modules.dep`` when there is one, else the modules' own ``depends=``;
+    never runs depmod, so nothing is written into the tree."""
+    deps = (parse_modules_dep((mdir / "modules.dep").read_text())
+            if (mdir / "modules.dep").exists() else ModinfoDeps(mdir))
     builtin = set()
     if (mdir / "modules.builtin").exists():
         builtin = {Path(x).name.removesuffix(".ko").replace("-", "_")
                    for x in (mdir / "modules.builtin").read_text().split()}
-    deps = parse_modules_dep(dep.read_text())
     return load_order(deps, [m for m in wanted if m.replace("-", "_") not in builtin])
+
+
+@dataclass(frozen=True)
+class UserKernel:
+    """A user's bzImage with what goes with it (checked before any download)."""
+
+    kernel: Path
+    kver: str
+    modules: Path | None  # its lib/modules/<kver>
+    modules_from: str
+    kdeb: Path | None  # a cached Debian package of this release, for its modules
+    config: str | None
+    config_from: str
+
+
+def user_kernel(kernel: Path, modules: Path | None, kernel_config: Path | None,
+                debs: Path) -> UserKernel:
+    kver = kernel_version(kernel)  # validates the file before anything else
+    kdeb = None
+    if modules is not None:
+        mdir: Path | None = find_modules_dir(modules, kver)
+        how = "--modules"
+    else:
+        # A distro kernel needs its NIC and fw_cfg modules: find them rather
+        # than boot a guest that can never be reached.
+        mdir, how = modules_beside(kernel, kver), "beside the kernel"
+        if mdir is None and (Path("/lib/modules") / kver / "kernel").is_dir():
+            mdir, how = Path("/lib/modules") / kver, "the host's"
+        if mdir is None:
+            kdeb = next(iter(sorted(debs.glob(f"linux-image-{kver}_*.deb"))), None)
+            how = f"package {kdeb.name}" if kdeb is not None else "none"
+    config, config_from = find_config(kernel, kver, kernel_config,
+                                      [kdeb] if kdeb is not None else [])
+    return UserKernel(kernel, kver, mdir, how, kdeb, config, config_from)
 
 
 def build_image(
@@ -312,41 +412,44 @@ def build_image(
     cache_dir: Path | None = None,
     force: bool = False,
     progress: Progress | None = None,
+    suite: str | None = None,
 ) -> GuestImage:
-    """Build (or fetch from cache) the guest for a Debian kernel package or a user bzImage."""
+    """Build (or fetch from cache) the guest for a Debian kernel package (from
+    ``suite``; ``NAME/SUITE`` works too) or a user bzImage (with its modules
+    and config, found beside it when not given)."""
     say = progress or (lambda msg: log.info("%s", msg))
     recipe = Recipe.load()
     root_cache = cache_root(cache_dir)
+    user: UserKernel | None = None
     if kernel is not None:
-        user_kver = kernel_version(kernel)  # validates the file before anything else
-        if modules is not None and not modules.is_dir():
-            raise UsageError(f"modules {str(modules)!r} is not a directory", value=modules,
-                             fix="give lib/modules/<version> or an INSTALL_MOD_PATH root")
-        if kernel_config is not None and not kernel_config.is_file():
-            raise UsageError(f"kernel config {str(kernel_config)!r} is not a file",
-                             value=kernel_config)
-    debs = download(recipe.packages, root_cache / "debs", say)
+        if kernel_package is not None:
+            raise UsageError("--kernel and --kernel-package cannot be combined",
+                             fix="boot either your bzImage or a Debian kernel package")
+        user = user_kernel(kernel, modules, kernel_config, root_cache / "debs")
+    elif modules is not None or kernel_config is not None:
+        raise UsageError("--modules and --kernel-config go with --kernel",
+                         fix="a --kernel-package brings its own modules and config")
+    apt = Apt(root_cache, progress=say)
+    debs = apt.download(recipe.packages)
     parts = [recipe.text.encode(), recipe.init, BUILDER_VERSION.encode(),
              *[p.name.encode() for p in sorted(debs.values())]]
     kdeb: Path | None = None
-    if kernel is None:
-        concrete = resolve_kernel_package(kernel_package or recipe.kernel_package)
-        kdeb = download([concrete], root_cache / "debs", say)[concrete]
+    if user is None:
+        name, pkg_suite = split_package_spec(kernel_package or recipe.kernel_package, suite)
+        concrete = apt.resolve(name, pkg_suite)
+        kdeb = apt.download([concrete], pkg_suite)[concrete]
         parts.append(kdeb.name.encode())
     else:
-        parts.append(_file_sha(kernel))
-        if modules is None:
-            # A distro kernel needs its NIC and fw_cfg modules: find them
-            # rather than boot a guest that can never be reached.
-            modules, kdeb = _matching_modules(user_kver, root_cache / "debs")
-            if modules is not None or kdeb is not None:
-                say(f"using modules from {modules or kdeb} (pass --modules to choose)")
-            if kdeb is not None:
-                parts.append(kdeb.name.encode())
-        if modules is not None:
-            parts.append(str(modules.resolve()).encode())
-        if kernel_config is not None:
-            parts.append(_file_sha(kernel_config))
+        kdeb = user.kdeb
+        parts.append(_file_sha(user.kernel))
+        say(f"kernel {user.kver}: modules {user.modules or user.modules_from} "
+            f"({user.modules_from}); config: {user.config_from}")
+        if kdeb is not None:
+            parts.append(kdeb.name.encode())
+        if user.modules is not None:
+            parts.append(str(user.modules.resolve()).encode())
+        if user.config is not None:
+            parts.append(user.config.encode())
     key = _sha(*parts)
     images = root_cache / "images"
     images.mkdir(parents=True, exist_ok=True)
@@ -358,8 +461,8 @@ def build_image(
         t0 = time.monotonic()
         tmp = Path(tempfile.mkdtemp(prefix=f".build-{key}-", dir=images))
         try:
-            image = _build_into(tmp, final, key, recipe, debs, kdeb, kernel, modules,
-                                kernel_config, say)
+            image = _build_into(tmp, final, key, recipe, debs, kdeb, user, say)
+            tmp.chmod(0o755)
             if final.exists():
                 shutil.rmtree(final)
             os.replace(tmp, final)
@@ -371,53 +474,64 @@ def build_image(
         return image
 
 
+def _unpack_kernel_deb(deb: Path, dest: Path) -> None:
+    """``boot/`` and ``lib/modules/`` of a linux-image .deb (not its firmware
+    or docs), never installed."""
+    dest.mkdir(parents=True, exist_ok=True)
+    with subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)],
+                          stdout=subprocess.PIPE) as deb_proc:
+        tar = subprocess.run(["tar", "-x", "-C", str(dest), "--wildcards", "./boot/*",
+                              "./lib/modules/*"], stdin=deb_proc.stdout, capture_output=True,
+                             check=False)
+    if deb_proc.returncode != 0 or tar.returncode != 0:
+        raise ImageBuildError(f"unpacking {deb.name} failed: "
+                              f"{tar.stderr.decode(errors='replace').strip()}")
+
+
 def _build_into(tmp: Path, final: Path, key: str, recipe: Recipe, debs: dict[str, Path],
-                kdeb: Path | None, kernel: Path | None, modules: Path | None,
-                kernel_config: Path | None, say: Progress) -> GuestImage:
+                kdeb: Path | None, user: UserKernel | None, say: Progress) -> GuestImage:
     root = tmp / "root"
     say("unpacking packages")
     for deb in debs.values():
         _run(["dpkg-deb", "-x", str(deb), str(root)], f"unpacking {deb.name}")
-    config: Path | None = None
+    config: str | None = None
+    config_from = ""
     module_names: list[str] = []
     modules_root: Path | None = None
-    if kdeb is not None and kernel is None:
+    if kdeb is not None:
+        say(f"unpacking {kdeb.name}")
+        _unpack_kernel_deb(kdeb, tmp / "kernel")
+    if user is None:
+        assert kdeb is not None
         kroot = tmp / "kernel"
-        _run(["dpkg-deb", "-x", str(kdeb), str(kroot)], f"unpacking {kdeb.name}")
         vmlinuz = next((kroot / "boot").glob("vmlinuz-*"))
         kver = vmlinuz.name.removeprefix("vmlinuz-")
         shutil.copy2(vmlinuz, tmp / "vmlinuz")
-        shutil.copy2(kroot / "boot" / f"config-{kver}", tmp / "config")
-        config = tmp / "config"
-        mdir = kroot / "lib/modules" / kver
-        if not (mdir / "modules.dep").exists():
-            _run(["depmod", "-b", str(kroot), kver], "depmod")
-        module_names = _module_plan(mdir, kver, recipe.modules)
-        modules_root = mdir
+        config = (kroot / "boot" / f"config-{kver}").read_text()
+        config_from = f"boot/config-{kver} in {kdeb.name}"
+        modules_root = kroot / "lib/modules" / kver
         source = f"debian:{kdeb.name}"
     else:
-        assert kernel is not None
-        kver = kernel_version(kernel)
-        shutil.copy2(kernel, tmp / "vmlinuz")
-        if kernel_config is not None:
-            shutil.copy2(kernel_config, tmp / "config")
-            config = tmp / "config"
-        if modules is None and kdeb is not None:
-            kroot = tmp / "kernel"
-            _run(["dpkg-deb", "-x", str(kdeb), str(kroot)], f"unpacking {kdeb.name}")
-            modules = kroot / "lib/modules" / kver
-        if modules is not None:
-            modules_root = _find_modules_dir(modules, kver)
-            module_names = _module_plan(modules_root, kver, recipe.modules)
-        source = f"user:{kernel}"
+        kver = user.kver
+        shutil.copy2(user.kernel, tmp / "vmlinuz")
+        config, config_from = user.config, user.config_from
+        modules_root = user.modules
+        if modules_root is None and kdeb is not None:
+            modules_root = tmp / "kernel/lib/modules" / kver
+        source = f"user:{user.kernel}"
+    if modules_root is not None:
+        module_names = _module_plan(modules_root, kver, recipe.modules)
     say(f"writing initramfs ({len(module_names)} modules)")
     write_initramfs(tmp / "initrd.img", root, recipe, modules_root, kver, module_names, config)
+    if config is not None:
+        (tmp / "config").write_text(config)
     shutil.rmtree(root)
     shutil.rmtree(tmp / "kernel", ignore_errors=True)
     image = GuestImage(
         kernel=final / "vmlinuz", initrd=final / "initrd.img", kernel_version=kver,
-        config=(final / "config") if config else None, cmdline=recipe.cmdline, key=key,
-        modules=tuple(Path(m).name for m in module_names), source=source,
+        config=(final / "config") if config is not None else None, cmdline=recipe.cmdline,
+        key=key, modules=tuple(plain_name(m) for m in module_names), source=source,
+        config_source=config_from,
     )
     (tmp / "manifest.json").write_text(json.dumps(image.to_json(), indent=2))
     return image

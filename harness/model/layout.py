@@ -16,10 +16,21 @@ Device-memory (hotplug) region
     only when ``ram_size < maxram_size``; base = ROUND_UP(4 GiB +
     above_4g, 1 GiB); size = maxmem - ram_size, plus 1 GiB per slot when
     ``enforce_aligned_dimm`` (every type since 2.2) "assuming 1G page max
-    alignment per slot".  QEMU 7.1+ moves the start of RAM above 4 GiB to
-    1 TiB on AMD hosts when the layout would reach the HyperTransport hole
-    just below 1 TiB; layouts that stay below 1 TiB (all memhp defaults)
-    are unaffected, and the model refuses to predict beyond it.
+    alignment per slot".  The region exists whenever maxmem > RAM, with or
+    without slots (v7.2.0 and v10.0.0 alike).
+The 64-bit PCI hole, the 1 TiB relocation and phys-bits
+  * ``hw/i386/pc.c`` ``pc_pci_hole64_start()``: ROUND_UP(end of the
+    device-memory region, or of RAM above 4G without one, 1 GiB);
+    ``pc_max_used_gpa()``: that + the hole's size - 1 for a 64-bit CPU.
+    The size is the host bridge's ``pci-hole64-size``: 2 GiB on pc
+    (I440FX_PCI_HOST_HOLE64_SIZE_DEFAULT, hw/pci-host/i440fx.c), 32 GiB on
+    q35 (Q35_PCI_HOST_HOLE64_SIZE_DEFAULT, hw/pci-host/q35.c).
+  * ``pc_memory_init()``: with an AMD vCPU and ``enforce_amd_1tb_hole``
+    (machine types 7.1+), RAM above 4G starts at 1 TiB (AMD_ABOVE_1TB_START)
+    when the max used address reaches AMD_HT_START (0xfd00000000); the
+    device-memory region and the PCI hole move with it.  Then QEMU exits
+    with "Address space limit ... phys-bits too low" when the max used
+    address exceeds 2^phys-bits - 1 (predicted in :mod:`.predict`).
 Memory block size
   * kernel ``arch/x86/mm/init_64.c`` ``probe_memory_block_size()``: 128 MiB
     (MIN_MEMORY_BLOCK_SIZE) when the end of boot RAM is below 64 GiB
@@ -33,14 +44,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from harness.model.spec import MachineSpec
-from harness.units import GiB, MiB
+from harness.units import GiB, MiB, TiB
 
 FOUR_GIB = 4 * GiB
 MIN_MEMORY_BLOCK_SIZE = 128 * MiB
 MAX_BLOCK_SIZE = 2 * GiB
 MEM_SIZE_FOR_LARGE_BLOCK = 64 * GiB
-# Where QEMU 7.1+ starts relocating above-4G RAM on AMD hosts (AMD_HT_START).
+# hw/i386/pc.c (v7.2.0, v10.0.0): the AMD HyperTransport hole below 1 TiB
+# and where RAM above 4G moves to on AMD vCPUs.
 AMD_HT_START = 0xFD00000000
+AMD_ABOVE_1TB_START = TiB
+# Default pci-hole64-size per host bridge (hw/pci-host/i440fx.c, q35.c).
+PCI_HOLE64_SIZE = {"pc": 2 * GiB, "q35": 32 * GiB}
 # QEMU_VMALLOC_ALIGN on an x86_64 Linux host (include/qemu/osdep.h): the
 # alignment anonymous RAM backends report, hence DIMM address/size alignment
 # (hw/mem/memory-device.c memory_device_pre_plug()).
@@ -64,6 +79,9 @@ class Layout:
     boot_mem_end: int
     dimm_align: int
     why: str
+    above_4g_start: int = FOUR_GIB
+    max_used_gpa: int = 0
+    phys_bits: int = 40
 
     @property
     def device_end(self) -> int:
@@ -108,15 +126,37 @@ def default_block_size(boot_mem_end: int, hypervisor: bool = True) -> int:
     return bz
 
 
+def _max_used_gpa(spec: MachineSpec, above: int, above_start: int) -> int:
+    """hw/i386/pc.c pc_max_used_gpa() for a 64-bit vCPU."""
+    end = above_start + above
+    if spec.ram_size < spec.maxram:
+        base, size = _device_region(spec, end)
+        end = base + size
+    return _round_up(end, GiB) + PCI_HOLE64_SIZE[spec.machine] - 1
+
+
+def _device_region(spec: MachineSpec, above_4g_end: int) -> tuple[int, int]:
+    """hw/i386/pc.c pc_get_device_memory_range()."""
+    return (_round_up(above_4g_end, GiB),
+            spec.maxram - spec.ram_size + GiB * spec.slots)
+
+
 def compute_layout(spec: MachineSpec) -> Layout:
     below, above, why = ram_split(spec)
-    boot_mem_end = FOUR_GIB + above if above else below
+    above_start = FOUR_GIB
+    if (spec.rules.enforce_amd_1tb_hole and spec.cpu.is_amd
+            and _max_used_gpa(spec, above, FOUR_GIB) >= AMD_HT_START):
+        above_start = AMD_ABOVE_1TB_START
+        why += ("; the highest used address would reach the AMD HyperTransport hole at "
+                "0xfd00000000, so RAM above 4G (and everything after it) starts at 1 TiB "
+                "(pc.c pc_memory_init, AMD vCPU, machine type 7.1+)")
+    boot_mem_end = above_start + above if above else below
     base = size = 0
-    if spec.slots and spec.maxmem > spec.ram_size:
-        base = _round_up(FOUR_GIB + above, GiB)
-        size = spec.maxmem - spec.ram_size + GiB * spec.slots
-        why += (f"; device memory starts at ROUND_UP(4G + {above >> 20}M, 1G) = {base:#x} "
-                f"and spans maxmem - mem + 1G x {spec.slots} slots (pc.c)")
+    if spec.ram_size < spec.maxram:
+        base, size = _device_region(spec, above_start + above)
+        why += (f"; device memory starts at ROUND_UP({above_start >> 30}G + {above >> 20}M, 1G) "
+                f"= {base:#x} and spans maxmem - mem + 1G x {spec.slots} slots (pc.c)")
     block = spec.block_size or default_block_size(boot_mem_end)
     return Layout(spec.machine, below, above, base, size, block, boot_mem_end, BACKEND_ALIGN,
-                  why)
+                  why, above_start, _max_used_gpa(spec, above, above_start),
+                  spec.cpu.phys_bits)

@@ -1,20 +1,36 @@
 """Placement of DIMMs, QEMU's refusals and the guest kernel's verdicts.
 
-For each ``AddDimm``, QEMU 7.2 checks, in this order (each a
+At start-up QEMU refuses, in this order (:func:`_check_spec`; each a
 :class:`PlanRefused` with a stable ``kind`` and QEMU's wording in
-``qemu_message``):
+``qemu_message``; the same in v7.2.0 and v10.0.0):
 
+1. ``-m`` -- hw/core/machine.c ``machine_set_mem()``: maxmem below RAM;
+   slots with maxmem equal to RAM;
+2. a boot RAM backend the host will not map (:mod:`.qemu_rules.host`);
+3. NUMA sizes that do not add up -- hw/core/numa.c
+   ``numa_complete_configuration()``;
+4. hw/i386/pc.c ``pc_memory_init()``: the max used address beyond
+   phys-bits (after the AMD 1 TiB relocation, see :mod:`.layout`); more
+   than ACPI_MAX_RAM_SLOTS (256) slots when maxmem > RAM.
+
+For each ``AddDimm`` (:func:`_place`), in this order:
+
+0. the host maps the backend (``object-add``, :mod:`.qemu_rules.host`);
 1. the id is not in use (``qdev_set_id()``, softmmu/qdev-monitor.c);
 2. a slot is free -- ``pc_dimm_get_free_slot()`` (hw/mem/pc-dimm.c) takes
-   the lowest free slot, and fails when no slots were configured;
+   the lowest free slot, and fails when no slots were configured (also
+   with maxmem but no slots: QEMU starts, and every DIMM is refused);
 3. the DIMMs fit in ``maxmem - mem`` -- ``memory_device_check_addable()``
    (hw/mem/memory-device.c);
 4. the explicit address and the size are multiples of the backend's
-   alignment (2 MiB for RAM backends on an x86_64 Linux host) --
-   ``memory_device_get_free_addr()``;
-5. an address: the explicit one must lie in the device-memory region and
-   not overlap another DIMM; otherwise first fit from the region's start,
-   stepping past each DIMM (sorted by address) to ALIGN_UP(its end, align);
+   alignment (2 MiB for RAM backends on an x86_64 Linux host); the order
+   of the two checks, and whether the size is checked at all, depends on
+   the QEMU version (``QemuRules.size_check``, :mod:`.qemu_rules`);
+5. an address: an explicit 0 means none (``memory_device_pre_plug()``
+   passes ``!addr ? NULL : &addr``, v7.2.0 and v10.0.0); an explicit one
+   must lie in the device-memory region and not overlap another DIMM;
+   otherwise first fit from the region's start, stepping past each DIMM
+   (sorted by address) to ALIGN_UP(its end, align);
 6. the node exists -- ``pc_dimm_realize()`` (after pre-plug).
 
 QEMU then plugs the DIMM; the guest kernel adds it only if its start and
@@ -33,7 +49,7 @@ from typing import Any
 
 from harness.errors import PlanRefused
 from harness.model.layout import Layout, compute_layout
-from harness.model.spec import AddDimm, MachineSpec, Operation, RemoveDimm
+from harness.model.spec import ACPI_MAX_RAM_SLOTS, AddDimm, MachineSpec, Operation, RemoveDimm
 from harness.units import format_size
 
 
@@ -99,11 +115,21 @@ class Prediction:
         lay = self.layout
         return {
             "machine": self.spec.machine,
+            "machine_type": self.spec.machine_name,
             "qemu_version": ".".join(map(str, self.spec.qemu_version)),
+            "rules": {
+                "machine_version": ".".join(map(str, self.spec.rules.machine_version)),
+                "size_check": self.spec.rules.size_check,
+                "enforce_amd_1tb_hole": self.spec.rules.enforce_amd_1tb_hole,
+                "sources": list(self.spec.rules.sources),
+            },
+            "cpu": {"vendor": self.spec.cpu.vendor, "phys_bits": self.spec.cpu.phys_bits,
+                    "model": self.spec.cpu.model},
             "layout": {
                 "below_4g": lay.below_4g, "above_4g": lay.above_4g,
                 "device_base": lay.device_base, "device_size": lay.device_size,
                 "boot_mem_end": lay.boot_mem_end, "dimm_align": lay.dimm_align,
+                "above_4g_start": lay.above_4g_start, "max_used_gpa": lay.max_used_gpa,
                 "why": lay.why,
             },
             "block_size": lay.block_size,
@@ -123,8 +149,46 @@ def _align_up(value: int, align: int) -> int:
     return -(-value // align) * align
 
 
+def _check_addr_align(op: AddDimm, addr: int | None, align: int) -> None:
+    """memory_device_get_free_addr() (hw/mem/memory-device.c, v7.2.0-v10.0.0)."""
+    if addr is not None and addr % align:
+        raise _refuse("misaligned-addr",
+                      f"DIMM {op.id!r}: address {addr:#x} is not {format_size(align)} aligned",
+                      f"address must be aligned to 0x{align:x} bytes", value=addr,
+                      limit=align, fix=f"use a multiple of {format_size(align)}")
+
+
+def _check_size_align(op: AddDimm, addr: int | None, align: int) -> None:
+    """memory_device_get_free_addr() in v7.2.0, memory_device_pre_plug() since
+    540a1abbf0b2 (v9.0.0; v10.0.0); absent in v8.2.0 (eb1b7c4bd413)."""
+    if op.size % align:
+        raise _refuse("misaligned-size",
+                      f"DIMM {op.id!r}: size {op.size} is not a multiple of {format_size(align)}",
+                      f"backend memory size must be multiple of 0x{align:x}", value=op.size,
+                      limit=align, fix=f"use a multiple of {format_size(align)}")
+
+
+def _check_host(spec: MachineSpec, size: int, backend: str, already: int) -> None:
+    """ram_block_add() (softmmu/physmem.c v7.2.0, system/physmem.c v10.0.0)
+    when the host kernel refuses the mapping (:mod:`.qemu_rules.host`)."""
+    if spec.host is not None and spec.host.refuses(size, already):
+        raise _refuse(
+            "host-memory", f"the host will not map {format_size(size)} for {backend} "
+            f"(MemTotal {format_size(spec.host.mem_total)}, SwapTotal "
+            f"{format_size(spec.host.swap_total)}, overcommit_memory={spec.host.overcommit})",
+            f"cannot set up guest memory '{backend}': Cannot allocate memory", value=size,
+            limit=spec.host.mem_total + spec.host.swap_total,
+            fix="use less memory, add swap, or set vm.overcommit_memory=1")
+
+
+# The backend id memhp's VM driver gives a DIMM is not known to the model:
+# host refusals at object-add name it with this placeholder.
+DIMM_BACKEND = "<backend>"
+
+
 def _place(spec: MachineSpec, layout: Layout, dimms: list[PlacedDimm], op: AddDimm
            ) -> PlacedDimm:
+    _check_host(spec, op.size, DIMM_BACKEND, spec.ram_size + sum(d.size for d in dimms))
     if any(d.id == op.id for d in dimms):
         raise _refuse("duplicate-id", f"DIMM id {op.id!r} is already in use",
                       f"Duplicate device ID '{op.id}'", value=op.id, limit=None,
@@ -141,7 +205,7 @@ def _place(spec: MachineSpec, layout: Layout, dimms: list[PlacedDimm], op: AddDi
                       f"DIMM {op.id!r}: all {spec.slots} slots are in use",
                       "no free slots available", value=len(dimms) + 1, limit=spec.slots,
                       fix="raise slots= or remove a DIMM first")
-    room = spec.maxmem - spec.ram_size
+    room = spec.maxram - spec.ram_size
     used = sum(d.size for d in dimms)
     if used + op.size > room:
         raise _refuse(
@@ -152,34 +216,30 @@ def _place(spec: MachineSpec, layout: Layout, dimms: list[PlacedDimm], op: AddDi
             f"devices 0x{room:x}", value=op.size, limit=room,
             fix="raise maxmem or use a smaller DIMM")
     align = layout.dimm_align
-    if op.addr is not None and op.addr % align:
-        raise _refuse("misaligned-addr",
-                      f"DIMM {op.id!r}: address {op.addr:#x} is not {format_size(align)} aligned",
-                      f"address must be aligned to 0x{align:x} bytes", value=op.addr,
-                      limit=align, fix=f"use a multiple of {format_size(align)}")
-    if op.size % align:
-        raise _refuse("misaligned-size",
-                      f"DIMM {op.id!r}: size {op.size} is not a multiple of {format_size(align)}",
-                      f"backend memory size must be multiple of 0x{align:x}", value=op.size,
-                      limit=align, fix=f"use a multiple of {format_size(align)}")
+    explicit = op.addr if op.addr else None  # address 0 = no address
+    checks = {"after-addr": (_check_addr_align, _check_size_align),
+              "before-addr": (_check_size_align, _check_addr_align),
+              "none": (_check_addr_align,)}[spec.rules.size_check]
+    for check in checks:
+        check(op, explicit, align)
     lo, hi = layout.device_base, layout.device_end
     ordered = sorted(dimms, key=lambda d: d.addr)
-    if op.addr is not None:
-        if op.addr < lo or op.addr + op.size > hi:
+    if explicit is not None:
+        if explicit < lo or explicit + op.size > hi:
             raise _refuse(
                 "addr-outside-region",
-                f"DIMM {op.id!r}: [{op.addr:#x}, {op.addr + op.size:#x}) is outside the "
+                f"DIMM {op.id!r}: [{explicit:#x}, {explicit + op.size:#x}) is outside the "
                 f"device-memory region [{lo:#x}, {hi:#x})",
-                f"can't add memory device [0x{op.addr:x}:0x{op.size:x}], usable range for "
-                f"memory devices [0x{lo:x}:0x{hi - lo:x}]", value=op.addr, limit=(lo, hi),
+                f"can't add memory device [0x{explicit:x}:0x{op.size:x}], usable range for "
+                f"memory devices [0x{lo:x}:0x{hi - lo:x}]", value=explicit, limit=(lo, hi),
                 fix="pick an address inside the region (see `memhp model`)")
         for d in ordered:
-            if d.addr < op.addr + op.size and op.addr < d.end:
+            if d.addr < explicit + op.size and explicit < d.end:
                 raise _refuse(
-                    "addr-conflict", f"DIMM {op.id!r} at {op.addr:#x} overlaps DIMM {d.id!r}",
-                    f"address range conflicts with memory device id='{d.id}'", value=op.addr,
+                    "addr-conflict", f"DIMM {op.id!r} at {explicit:#x} overlaps DIMM {d.id!r}",
+                    f"address range conflicts with memory device id='{d.id}'", value=explicit,
                     limit=(d.addr, d.end), fix="pick a free address or let QEMU place it")
-        addr = op.addr
+        addr = explicit
     else:
         addr = _align_up(lo, align)
         for d in ordered:
@@ -219,24 +279,53 @@ def _totals(spec: MachineSpec, dimms: Sequence[PlacedDimm]) -> tuple[NodeTotals,
 
 
 def _check_spec(spec: MachineSpec, layout: Layout) -> None:
-    if spec.numa and sum(spec.numa) != spec.ram_size:
+    """QEMU's start-up refusals, in QEMU's order (module docstring)."""
+    ram, maxmem = spec.ram_size, spec.maxmem
+    if maxmem and maxmem < ram:
+        raise _refuse(
+            "maxmem-below-ram", f"maxmem {format_size(maxmem)} is below the boot memory "
+            f"{format_size(ram)}",
+            f"invalid value of maxmem: maximum memory size (0x{maxmem:x}) must be at least "
+            f"the initial memory size (0x{ram:x})", value=maxmem, limit=ram, fix="raise maxmem")
+    if spec.slots and maxmem == ram:
+        raise _refuse(
+            "maxmem-equals-ram", f"slots={spec.slots} but maxmem equals the boot memory, so "
+            "there is no room for DIMMs",
+            f"invalid value of maxmem: memory slots were specified but maximum memory size "
+            f"(0x{maxmem:x}) is equal to the initial memory size (0x{ram:x})", value=maxmem,
+            limit=ram, fix="raise maxmem above the boot memory")
+    if spec.slots and not maxmem:
+        raise _refuse("slots-without-maxmem", "slots= needs maxmem=",
+                      "slots specified but no max-size", value=spec.slots, limit=None,
+                      fix="give maxmem= with slots=, or neither")
+    committed = 0
+    for i, size in enumerate(spec.numa or (ram,)):
+        if size:
+            _check_host(spec, size, f"mem{i}" if spec.numa else "pc.ram", committed)
+            committed += size
+    if spec.numa and sum(spec.numa) != ram:
         raise _refuse(
             "numa-mismatch",
             f"NUMA node sizes {'+'.join(format_size(n) for n in spec.numa)} do not add up to "
-            f"the boot memory {format_size(spec.ram_size)}",
+            f"the boot memory {format_size(ram)}",
             f"total memory for NUMA nodes (0x{sum(spec.numa):x}) should equal RAM size "
-            f"(0x{spec.ram_size:x})", value=spec.numa, limit=spec.ram_size,
+            f"(0x{ram:x})", value=spec.numa, limit=ram,
             fix="make the node sizes sum to -m")
-    if spec.maxmem and spec.maxmem < spec.ram_size:
-        raise _refuse("bad-memory-options", "maxmem is below the boot memory",
-                      "invalid value of maxmem", value=spec.maxmem, limit=spec.ram_size,
-                      fix="raise maxmem")
-    if layout.device_end > 0xFD00000000:
-        raise _refuse("beyond-model",
-                      "the device-memory region would reach 1012 GiB, where QEMU 7.1+ may "
-                      "relocate memory on AMD hosts; the model does not predict that",
-                      "", value=layout.device_end, limit=0xFD00000000,
-                      fix="use a smaller maxmem")
+    limit = (1 << layout.phys_bits) - 1
+    if layout.max_used_gpa > limit:
+        raise _refuse(
+            "phys-bits", f"the highest guest-physical address the machine uses "
+            f"({layout.max_used_gpa:#x}: RAM, device memory and the 64-bit PCI hole) is beyond "
+            f"what {layout.phys_bits} phys-bits address",
+            f"Address space limit 0x{limit:x} < 0x{layout.max_used_gpa:x} phys-bits too low "
+            f"({layout.phys_bits})", value=layout.max_used_gpa, limit=limit,
+            fix="use a smaller maxmem or fewer slots, or more phys-bits (-cpu ...,phys-bits=N)")
+    if ram < spec.maxram and spec.slots > ACPI_MAX_RAM_SLOTS:
+        raise _refuse(
+            "too-many-slots", f"slots={spec.slots} exceeds ACPI_MAX_RAM_SLOTS "
+            f"({ACPI_MAX_RAM_SLOTS})", f"unsupported amount of memory slots: {spec.slots}",
+            value=spec.slots, limit=ACPI_MAX_RAM_SLOTS,
+            fix=f"use at most {ACPI_MAX_RAM_SLOTS} slots")
 
 
 def predict(spec: MachineSpec, ops: Sequence[Operation]) -> Prediction:

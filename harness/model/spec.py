@@ -7,11 +7,18 @@ options (``-m 6G,slots=32,maxmem=32G``) so a user can copy a command line.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from harness.errors import UsageError
-from harness.units import MiB, format_size, is_count, parse_size
+from harness.model.qemu_rules import (
+    CpuSpec,
+    QemuRules,
+    default_cpu,
+    rules_for,
+)
+from harness.model.qemu_rules.host import HostMemory
+from harness.units import MiB, is_count, parse_size
 
 # QEMU util/id.c id_wellformed(): a letter, then letters, digits, '-', '.', '_';
 # at most 64 characters here (QEMU's own ids are short; names are shown in tables).
@@ -40,10 +47,17 @@ def check_id(dimm_id: str) -> str:
 
 @dataclass(frozen=True)
 class MachineSpec:
-    """The VM as the model sees it: machine type, RAM, hotplug room, NUMA.
+    """The VM as the model sees it: machine type, RAM, hotplug room, NUMA,
+    the QEMU version and machine-type version whose rules apply, the vCPU
+    (vendor, phys-bits) and, optionally, the host's memory facts.
 
     ``numa`` holds the boot memory of each node (index = node id); empty
     means no ``-numa`` options (QEMU then has one implicit node 0).
+    ``maxmem`` of 0 means "not given" (QEMU: maxram = RAM); ``slots`` and
+    ``maxmem`` are kept as given, so that the model can refuse what QEMU
+    refuses (``slots`` without ``maxmem`` ...) with QEMU's words.
+    ``machine_version`` None is the bare ``pc``/``q35`` alias: the binary's
+    newest machine type, i.e. ``qemu_version``.
     """
 
     machine: Literal["pc", "q35"] = "pc"
@@ -53,6 +67,9 @@ class MachineSpec:
     numa: tuple[int, ...] = (3 << 30, 3 << 30)
     qemu_version: tuple[int, int] = DEFAULT_QEMU_VERSION
     block_size: int | None = None
+    machine_version: tuple[int, int] | None = None
+    cpu: CpuSpec = field(default_factory=default_cpu)
+    host: HostMemory | None = None
 
     def __post_init__(self) -> None:
         if self.machine not in ("pc", "q35"):
@@ -73,9 +90,24 @@ class MachineSpec:
             raise UsageError(f"memory block size {self.block_size} is not a power of two of "
                              "at least 128M (x86-64)", value=self.block_size,
                              fix="e.g. 128M (block_size_bytes in sysfs)")
-        if tuple(self.qemu_version) < (2, 12):
-            raise UsageError(f"QEMU {self.qemu_version} is older than any modelled layout",
-                             value=self.qemu_version, fix="use QEMU 2.12 or newer")
+        rules_for(self.qemu_version, self.machine_version)  # refuses unmodelled versions
+
+    @property
+    def rules(self) -> QemuRules:
+        return rules_for(self.qemu_version, self.machine_version)
+
+    @property
+    def maxram(self) -> int:
+        """QEMU's maxram_size: maxmem if given, else the boot RAM."""
+        return self.maxmem or self.ram_size
+
+    @property
+    def machine_name(self) -> str:
+        """The ``-machine`` value: ``pc``/``q35`` or ``pc-i440fx-X.Y``/``pc-q35-X.Y``."""
+        if self.machine_version is None:
+            return self.machine
+        prefix = "pc-i440fx" if self.machine == "pc" else "pc-q35"
+        return f"{prefix}-{self.machine_version[0]}.{self.machine_version[1]}"
 
     @property
     def node_count(self) -> int:
@@ -120,12 +152,32 @@ class RemoveDimm:
 Operation = AddDimm | RemoveDimm
 
 
+def _mib_when_bare(text: str, what: str, *, allow_zero: bool = False) -> int:
+    """A size where a bare number means MiB, as QEMU's ``-m 4096`` (softmmu/vl.c
+    ``parse_memory_options()`` v7.2.0, system/vl.c v10.0.0: "Fix up legacy
+    suffix-less format" appends ``M`` when the value ends in a digit) and
+    ``-numa node,mem=2048`` (hw/core/numa.c ``set_numa_options()``,
+    ``qemu_strtosz_MiB()``)."""
+    raw = text.strip()
+    if raw and raw[-1].isascii() and raw[-1].isdigit():
+        raw += "M"
+    return parse_size(raw, what=what, allow_zero=allow_zero)
+
+
 def parse_memory_option(text: str) -> tuple[int, int, int]:
-    """``6G,slots=32,maxmem=32G`` -> (ram_size, slots, maxmem), as QEMU's ``-m``."""
+    """``6G,slots=32,maxmem=32G`` -> (ram_size, slots, maxmem), as QEMU's ``-m``.
+
+    Units follow QEMU: the RAM size is MiB when bare (``4096`` = 4 GiB);
+    ``maxmem`` is a plain QEMU size, bytes when bare (vl.c passes it on
+    as ``max-size`` unchanged).  ``maxmem`` 0 means not given.  Relations
+    between the values (maxmem below RAM, slots without maxmem, slots over
+    256) are not usage errors but QEMU refusals, predicted with QEMU's own
+    words by :func:`harness.model.predict.predict`.
+    """
     if not isinstance(text, str) or not text.strip():
         raise UsageError("memory option is empty", value=text, fix="e.g. 6G,slots=32,maxmem=32G")
     parts = [p.strip() for p in text.split(",")]
-    ram = parse_size(parts[0], what="boot memory")
+    ram = _mib_when_bare(parts[0], "boot memory")
     slots, maxmem = 0, 0
     seen: set[str] = set()
     for part in parts[1:]:
@@ -141,24 +193,20 @@ def parse_memory_option(text: str) -> tuple[int, int, int]:
                                  fix="e.g. slots=32")
             slots = int(value)
         else:
-            maxmem = parse_size(value, what="maxmem", allow_zero=True)
+            maxmem = parse_size(value, what="maxmem")
     if ram % MiB:
-        raise UsageError(f"boot memory {format_size(ram)} is not a whole number of MiB",
+        raise UsageError(f"boot memory {ram} is not a whole number of MiB",
                          value=text, fix="e.g. 6G or 6144M")
-    if slots > ACPI_MAX_RAM_SLOTS:
-        raise UsageError(f"slots={slots} exceeds ACPI_MAX_RAM_SLOTS ({ACPI_MAX_RAM_SLOTS})",
-                         value=text, fix=f"use at most {ACPI_MAX_RAM_SLOTS} slots")
-    if (slots == 0) != (maxmem == 0):
-        raise UsageError("slots and maxmem must be given together", value=text,
-                         fix="e.g. 6G,slots=32,maxmem=32G, or neither for no hotplug")
-    if maxmem and maxmem < ram:
-        raise UsageError(f"maxmem {format_size(maxmem)} is below the boot memory "
-                         f"{format_size(ram)}", value=text, fix="raise maxmem")
+    if "slots" in seen and "maxmem" not in seen and slots == 0:
+        # hw/core/machine.c machine_set_mem(): has_slots without max-size.
+        raise UsageError("slots specified but no max-size", value=text,
+                         fix="give maxmem= with slots=, or neither")
     return ram, slots, maxmem
 
 
 def parse_numa_option(text: str) -> tuple[int, ...]:
-    """``3G,3G`` -> boot memory of node 0, node 1, ..."""
+    """``3G,3G`` -> boot memory of node 0, node 1, ...; a bare number is MiB,
+    as in QEMU's ``-numa node,mem=2048``."""
     if not isinstance(text, str) or not text.strip():
         raise UsageError("NUMA option is empty", value=text, fix="e.g. 3G,3G")
     # 0 makes a memoryless node (QEMU: -numa node without memdev), which
@@ -167,7 +215,7 @@ def parse_numa_option(text: str) -> tuple[int, ...]:
     if len(parts) > MAX_NODES:
         raise UsageError(f"{len(parts)} NUMA nodes exceed QEMU's limit of {MAX_NODES}",
                          value=f"{text[:40]}...", fix=f"give at most {MAX_NODES} node sizes")
-    sizes = tuple(parse_size(p, what="NUMA node size", allow_zero=True) for p in parts)
+    sizes = tuple(_mib_when_bare(p, "NUMA node size", allow_zero=True) for p in parts)
     if not any(sizes):
         raise UsageError("every NUMA node is empty", value=text, fix="e.g. 3G,3G or 6G,0")
     for s in sizes:
@@ -201,11 +249,11 @@ def parse_dimm_option(text: str) -> AddDimm:
     addr = None
     if m.group("addr") is not None:
         raw = m.group("addr").strip()
-        try:
-            addr = int(raw, 16) if raw.lower().startswith("0x") else int(raw, 10)
-        except ValueError:
+        # ASCII only: int() also reads '١٢' (Arabic-Indic digits) as 12.
+        if not re.fullmatch(r"0[xX][0-9a-fA-F]{1,16}|[0-9]{1,20}", raw, re.ASCII):
             raise UsageError(f"DIMM {dimm_id}: address {raw!r} is not a number", value=text,
-                             fix="give it in hex, e.g. 0x1c0000000") from None
+                             fix="give it in hex, e.g. 0x1c0000000")
+        addr = int(raw, 16) if raw.lower().startswith("0x") else int(raw, 10)
         if addr < 0 or addr >= 1 << 64:
             raise UsageError(f"DIMM {dimm_id}: address {raw!r} is out of range", value=text)
     return AddDimm(dimm_id, size, node, addr)

@@ -70,8 +70,10 @@ def smp_args(cfg: VMConfig) -> list[str]:
 
 def memory_args(cfg: VMConfig) -> list[str]:
     spec = _mib(cfg.memory)
-    if cfg.hotplug_enabled:
-        spec += f",slots={cfg.slots},maxmem={_mib(cfg.maxmem)}"
+    if cfg.slots:
+        spec += f",slots={cfg.slots}"
+    if cfg.maxmem:
+        spec += f",maxmem={_mib(cfg.maxmem)}"
     return ["-m", spec]
 
 

@@ -13,7 +13,8 @@ from typing import Literal
 from harness.errors import UsageError
 from harness.units import MiB, format_size
 
-Machine = Literal["pc", "q35"]
+# pc, q35 or a versioned pc-i440fx-X.Y / pc-q35-X.Y (harness.model.qemu_rules)
+Machine = str
 Accel = Literal["kvm", "tcg"]
 MACHINES: tuple[str, ...] = ("pc", "q35")
 # ACPI_MAX_RAM_SLOTS in QEMU's include/hw/acpi/pc-hotplug.h / hw/i386/pc.c
@@ -78,21 +79,21 @@ class VMConfig:
                 value=self.name,
                 fix="use a letter followed by letters, digits, '-', '_' or '.'",
             )
-        if self.machine not in MACHINES:
-            raise UsageError(
-                f"machine type {self.machine!r} is not supported",
-                value=self.machine, fix="use 'pc' or 'q35'",
-            )
+        from harness.model.qemu_rules import parse_machine_type
+
+        parse_machine_type(self.machine)  # a UsageError naming it if not pc/q35[-X.Y]
         if self.memory <= 0 or self.memory % MiB:
             raise UsageError(
                 f"boot memory {self.memory} is not a positive multiple of 1M",
                 value=self.memory, fix="give e.g. 6G",
             )
-        if (self.slots == 0) != (self.maxmem == 0):
+        if self.slots and not self.maxmem:
+            # hw/core/machine.c machine_set_mem(): "slots specified but no max-size".
+            # maxmem without slots is valid: QEMU starts and refuses every DIMM.
             raise UsageError(
-                "slots and maxmem go together",
+                "slots need maxmem",
                 value=(self.slots, self.maxmem),
-                fix="give both (e.g. 6G,slots=32,maxmem=32G) or neither",
+                fix="give both (e.g. 6G,slots=32,maxmem=32G), maxmem alone, or neither",
             )
         if self.slots < 0 or self.slots > MAX_SLOTS:
             raise UsageError(

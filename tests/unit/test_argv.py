@@ -83,7 +83,7 @@ def test_disk_is_opened_in_snapshot_mode() -> None:
         ({"name": "bad name"}, "VM name"),
         ({"name": "x", "machine": "virt"}, "machine type"),
         ({"name": "x", "numa": (GiB, GiB)}, "do not add up"),
-        ({"name": "x", "slots": 0}, "slots and maxmem"),
+        ({"name": "x", "maxmem": 0}, "slots need maxmem"),
         ({"name": "x", "slots": 300}, "slots=300"),
         ({"name": "x", "maxmem": GiB}, "below the boot memory"),
         ({"name": "x", "smp": 0}, "smp=0"),
@@ -92,3 +92,35 @@ def test_disk_is_opened_in_snapshot_mode() -> None:
 def test_bad_configs_are_refused_with_the_value_named(kwargs: dict, needle: str) -> None:
     with pytest.raises(UsageError, match=needle):
         VMConfig(**kwargs)
+
+
+def test_versioned_machine_type_and_maxmem_without_slots() -> None:
+    argv = build_argv(VMConfig(name="t", machine="pc-q35-7.0", memory=2 * GiB, slots=0,
+                               maxmem=4 * GiB, numa=()), PATHS)
+    assert _pairs(argv, "-machine") == ["pc-q35-7.0"]
+    assert _pairs(argv, "-m") == ["2048M,maxmem=4096M"]  # QEMU starts; DIMMs are refused
+    with pytest.raises(UsageError):
+        VMConfig(name="t", machine="virt")
+
+
+def test_debian_qemu_launcher_passes_both_firmware_dirs(tmp_path: Path) -> None:
+    from harness.qemu.fetch import launcher_text, missing_libraries, needed_libraries
+
+    text = launcher_text(tmp_path / "debian-10.0.2")
+    assert text.startswith("#!/bin/sh\nexec ")
+    assert f"-L {tmp_path}/debian-10.0.2/usr/share/qemu" in text
+    assert f"-L {tmp_path}/debian-10.0.2/usr/share/seabios" in text
+    assert text.rstrip().endswith('"$@"')
+    elf = (" 0x0000000000000001 (NEEDED)             Shared library: [libpixman-1.so.0]\n"
+           " 0x0000000000000001 (NEEDED)             Shared library: [libfoo.so.9]\n")
+    assert needed_libraries(elf) == ["libpixman-1.so.0", "libfoo.so.9"]
+    ldconfig = "\tlibpixman-1.so.0 (libc6,x86-64) => /lib/x86_64-linux-gnu/libpixman-1.so.0\n"
+    assert missing_libraries(needed_libraries(elf), ldconfig) == ["libfoo.so.9"]
+
+
+def test_unknown_debian_qemu_is_a_usage_error() -> None:
+    from harness.qemu.fetch import resolve_qemu
+
+    with pytest.raises(UsageError):
+        resolve_qemu("debian:6.0")
+    assert resolve_qemu("/opt/qemu/bin/qemu-system-x86_64") == "/opt/qemu/bin/qemu-system-x86_64"

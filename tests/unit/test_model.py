@@ -26,7 +26,16 @@ from harness.model import (
     predict,
     ram_split,
 )
-from harness.units import GiB, MiB
+from harness.model.qemu_rules import (
+    CpuSpec,
+    MachineType,
+    parse_cpu_option,
+    parse_machine_type,
+    rules_for,
+)
+from harness.model.qemu_rules.cpu import host_cpu_from_cpuinfo
+from harness.model.qemu_rules.host import parse_meminfo
+from harness.units import GiB, MiB, TiB
 
 BS = 128 * MiB  # MIN_MEMORY_BLOCK_SIZE, arch/x86/mm/init_64.c
 
@@ -146,11 +155,161 @@ def test_expected_zone() -> None:
     assert expected_zone("online") == "Normal"
 
 
-@pytest.mark.parametrize("text", ["", "6G,slots=x,maxmem=8G", "6G,slots=4", "6G,maxmem=4G,slots=2",
-                                  "6G,foo=1", "1.5G", "6G,slots=300,maxmem=400G"])
+@pytest.mark.parametrize("text", ["", "6G,slots=x,maxmem=8G", "6G,slots=0", "6G,foo=1", "1.5G",
+                                  "6G,slots=\u0663,maxmem=8G", "6G,maxmem=0"])
 def test_bad_memory_options(text: str) -> None:
     with pytest.raises(UsageError):
         parse_memory_option(text)
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("4096", (4 * GiB, 0, 0)),                         # -m 4096 is MiB (vl.c legacy suffix)
+    ("4096,slots=2,maxmem=8G", (4 * GiB, 2, 8 * GiB)),
+    ("4096M,maxmem=8589934592", (4 * GiB, 0, 8 * GiB)),  # maxmem bare is bytes
+    ("6G,slots=4", (6 * GiB, 4, 0)),                   # QEMU's refusal, predicted later
+    ("6G,maxmem=4G,slots=2", (6 * GiB, 2, 4 * GiB)),
+    ("6G,slots=300,maxmem=400G", (6 * GiB, 300, 400 * GiB)),
+])
+def test_memory_option_follows_qemu_units(text: str, expected: tuple[int, int, int]) -> None:
+    assert parse_memory_option(text) == expected
+
+
+def test_numa_bare_numbers_are_mib_like_numa_node_mem() -> None:
+    assert parse_numa_option("2048,2048") == (2 * GiB, 2 * GiB)
+    assert parse_numa_option("3G,0") == (3 * GiB, 0)
+
+
+Q35_NO_NUMA = {"machine": "q35", "ram_size": 512 * MiB, "slots": 1, "numa": ()}
+
+
+@pytest.mark.parametrize(("spec", "kind", "qemu_message"), [
+    # hw/core/machine.c machine_set_mem()
+    (MachineSpec(ram_size=6 * GiB, slots=2, maxmem=4 * GiB, numa=()), "maxmem-below-ram",
+     "invalid value of maxmem: maximum memory size (0x100000000) must be at least the initial "
+     "memory size (0x180000000)"),
+    (MachineSpec(ram_size=2 * GiB, slots=2, maxmem=2 * GiB, numa=()), "maxmem-equals-ram",
+     "invalid value of maxmem: memory slots were specified but maximum memory size "
+     "(0x80000000) is equal to the initial memory size (0x80000000)"),
+    (MachineSpec(ram_size=2 * GiB, slots=2, maxmem=0, numa=()), "slots-without-maxmem",
+     "slots specified but no max-size"),
+    # hw/i386/pc.c pc_memory_init()
+    (MachineSpec(ram_size=2 * GiB, slots=257, maxmem=4 * GiB, numa=()), "too-many-slots",
+     "unsupported amount of memory slots: 257"),
+    # AMD (TCG's default CPU), machine type 7.1+: relocated to 1 TiB, then beyond 40 bits
+    (MachineSpec(maxmem=988 * GiB, **Q35_NO_NUMA), "phys-bits",
+     "Address space limit 0xffffffffff < 0x1ff3fffffff phys-bits too low (40)"),
+    (MachineSpec(maxmem=976 * GiB, **Q35_NO_NUMA), "phys-bits",
+     "Address space limit 0xffffffffff < 0x1fc3fffffff phys-bits too low (40)"),
+    # Intel: no relocation; only the 32 GiB q35 PCI hole beyond the region
+    (MachineSpec(maxmem=1000 * GiB, cpu=CpuSpec("Intel", 40), **Q35_NO_NUMA), "phys-bits",
+     "Address space limit 0xffffffffff < 0x1033fffffff phys-bits too low (40)"),
+])
+def test_start_up_refusals_in_qemus_words(spec: MachineSpec, kind: str, qemu_message: str) -> None:
+    with pytest.raises(PlanRefused) as info:
+        predict(spec, [])
+    assert (info.value.kind, info.value.qemu_message) == (kind, qemu_message)
+
+
+def test_amd_relocation_and_machine_type_7_0() -> None:
+    # 976G on q35: ROUND_UP(4G + 976G - 512M + 1G, 1G) + 32G = 1013G > 0xfd00000000
+    amd48 = CpuSpec("AMD", 48)
+    spec = MachineSpec(maxmem=976 * GiB, cpu=amd48, **Q35_NO_NUMA)
+    relocated = predict(spec, [AddDimm("a", GiB)])
+    assert relocated.layout.above_4g_start == TiB
+    assert relocated.final.dimms[0].addr == TiB
+    old = predict(MachineSpec(maxmem=976 * GiB, machine_version=(7, 0), cpu=amd48,
+                              **Q35_NO_NUMA), [AddDimm("a", GiB)])
+    assert old.layout.above_4g_start == 4 * GiB and old.final.dimms[0].addr == 4 * GiB
+    intel = predict(MachineSpec(maxmem=976 * GiB, cpu=CpuSpec("Intel", 48), **Q35_NO_NUMA), [])
+    assert intel.layout.above_4g_start == 4 * GiB
+    # 970G stays below the hole: ROUND_UP(4G + 970.5G, 1G) + 32G = 1007G
+    assert predict(MachineSpec(maxmem=970 * GiB, **Q35_NO_NUMA), []).layout.above_4g_start == \
+        4 * GiB
+    # pc's 64-bit PCI hole is 2 GiB, q35's 32 GiB
+    pc = MachineSpec(machine="pc", ram_size=512 * MiB, slots=1, maxmem=970 * GiB, numa=())
+    assert predict(pc, []).layout.max_used_gpa == 4 * GiB + 970 * GiB - 512 * MiB + GiB + \
+        512 * MiB + 2 * GiB - 1
+
+
+def test_dimm_check_order_per_qemu_version() -> None:
+    odd = [AddDimm("a", 129 * MiB, 0, 0x100000001)]
+    base = {"ram_size": 2 * GiB, "slots": 2, "maxmem": 4 * GiB, "numa": ()}
+    kinds = {}
+    for version in ((7, 2), (8, 2), (9, 2), (10, 0)):
+        with pytest.raises(PlanRefused) as info:
+            predict(MachineSpec(qemu_version=version, **base), odd)
+        kinds[version] = info.value.kind
+    assert kinds == {(7, 2): "misaligned-addr", (8, 2): "misaligned-addr",
+                     (9, 2): "misaligned-size", (10, 0): "misaligned-size"}
+    # 8.2.0 has no size check at all (eb1b7c4bd413): 129M is placed, the next
+    # DIMM starts at the 2 MiB boundary after it.
+    p = predict(MachineSpec(qemu_version=(8, 2), **base),
+                [AddDimm("a", 129 * MiB), AddDimm("b", 128 * MiB)])
+    assert [d.addr for d in p.final.dimms] == [4 * GiB, 4 * GiB + 130 * MiB]
+    assert not p.final.dimms[0].guest_accepts
+
+
+def test_address_zero_means_first_fit() -> None:
+    p = predict(MachineSpec(ram_size=2 * GiB, slots=2, maxmem=4 * GiB, numa=()),
+                [AddDimm("a", GiB, 0, 0)])
+    assert p.final.dimms[0].addr == 4 * GiB
+
+
+def test_maxmem_without_slots_starts_but_refuses_dimms() -> None:
+    spec = MachineSpec(ram_size=2 * GiB, slots=0, maxmem=4 * GiB, numa=())
+    assert predict(spec, []).layout.device_base == 4 * GiB
+    with pytest.raises(PlanRefused) as info:
+        predict(spec, [AddDimm("a", GiB)])
+    assert info.value.qemu_message == \
+        "no slots where allocated, please specify the 'slots' option"
+
+
+def test_unmodelled_versions_are_refused() -> None:
+    for kwargs in ({"qemu_version": (8, 1)}, {"qemu_version": (6, 2)},
+                   {"machine_version": (3, 1)},
+                   {"qemu_version": (7, 2), "machine_version": (8, 0)}):
+        with pytest.raises(UsageError):
+            MachineSpec(**kwargs)
+    assert rules_for((10, 1)).size_check == "before-addr"
+    assert rules_for((7, 2)).sources
+
+
+def test_machine_and_cpu_spellings() -> None:
+    assert parse_machine_type("pc-q35-7.0") == MachineType("q35", (7, 0))
+    assert parse_machine_type("pc") == MachineType("pc")
+    with pytest.raises(UsageError):
+        parse_machine_type("virt")
+    assert parse_cpu_option("max") == CpuSpec("AMD", 40, "max")
+    assert parse_cpu_option("Skylake-Client-v4,phys-bits=46") == CpuSpec(
+        "Intel", 46, "Skylake-Client-v4")
+    assert parse_cpu_option("EPYC-Rome,vendor=GenuineIntel").vendor == "Intel"
+    assert parse_cpu_option("intel,phys-bits=39").phys_bits == 39
+    for bad in ("host", "qemu32", "nonsense", "max,phys-bits=60"):
+        with pytest.raises(UsageError):
+            parse_cpu_option(bad)
+    host = host_cpu_from_cpuinfo("vendor_id\t: GenuineIntel\naddress sizes\t: 46 bits physical, "
+                                 "57 bits virtual\n")
+    assert host == CpuSpec("Intel", 46, "host")
+    assert parse_cpu_option("host", host=host).phys_bits == 46
+
+
+def test_host_memory_refusals() -> None:
+    meminfo = "MemTotal:       24000000 kB\nSwapTotal:             0 kB\n" \
+              "CommitLimit:    12000000 kB\nCommitted_AS:    1000000 kB\n"
+    host = parse_meminfo(meminfo, "0\n")
+    assert host.mem_total == 24000000 * 1024
+    spec = MachineSpec(ram_size=6 * GiB, slots=2, maxmem=64 * GiB, host=host)
+    with pytest.raises(PlanRefused) as info:
+        predict(spec, [AddDimm("a", 46 * GiB, 1)])
+    assert info.value.qemu_message == \
+        "cannot set up guest memory '<backend>': Cannot allocate memory"
+    predict(spec, [AddDimm("a", 20 * GiB, 1), AddDimm("b", 20 * GiB, 0)])  # one mapping each
+    assert not parse_meminfo(meminfo, "1").refuses(1 << 50)
+    assert parse_meminfo(meminfo, "2").refuses(11 * GiB)
+    with pytest.raises(PlanRefused) as info:
+        predict(MachineSpec(ram_size=40 * GiB, slots=0, maxmem=0, numa=(), host=host), [])
+    assert info.value.qemu_message == \
+        "cannot set up guest memory 'pc.ram': Cannot allocate memory"
 
 
 @pytest.mark.parametrize("text", ["", ":1G@0", "d 0:1G@0", "d0:1G@-1", "d0:1G@x", "d;rm:1G",

@@ -1,0 +1,300 @@
+"""memhp's own apt: Debian packages fetched without touching the host's apt.
+
+memhp downloads Debian packages (the guest's kernel and userland, kernel
+sources, a newer QEMU) but never installs them and never reads or changes
+the host's apt sources.  It keeps a private apt configuration in the cache::
+
+    apt/sources.sources  deb.debian.org: bookworm, bookworm-updates,
+                         bookworm-backports, trixie and bookworm-security
+                         (main), Signed-By the Debian archive keyring in
+                         /usr/share/keyrings
+    apt/preferences      trixie at priority 100 (like backports), so a plain
+                         name resolves to bookworm's version
+    apt/lists/           its own package lists (``apt-get update``)
+    apt/cache/           its own binary cache
+    apt/status           an empty dpkg status: what the host has installed
+                         never changes which version memhp picks
+    apt/updated          stamp: the lists are refreshed at most once a day
+    debs/                downloaded .deb files (name_version_arch.deb)
+
+Every call is ``apt-get``/``apt-cache`` with ``-o Dir::Etc::SourceList=...
+-o Dir::Etc::SourceParts=/nonexistent -o Dir::State=... -o Dir::Cache=...``
+(see :meth:`Apt.argv`), so it runs as any user who owns the cache.
+
+API::
+
+    from harness.apt import Apt, download
+
+    apt = Apt()                                   # the cache's apt/ (created on first use)
+    apt.update()                                  # at most once a day, file-locked; force=True
+    apt.version("qemu-system-x86", "bookworm-backports")   # -> "1:10.0.2+ds-1~bpo12+1"
+    apt.resolve("linux-image-amd64", "bookworm-backports") # -> "linux-image-6.12...-amd64"
+    debs = download(["qemu-system-x86", "qemu-system-data"], suite="bookworm-backports")
+    debs["qemu-system-x86"]                       # -> Path(.../debs/qemu-system-x86_..._amd64.deb)
+
+``suite`` is a Debian suite of :data:`SUITES` (``-t SUITE``: that suite's
+version wins, dependencies are not involved since nothing is installed);
+``None`` means the default candidate (bookworm and its updates).  Unknown
+package or suite -> :class:`UsageError` (exit 2) naming it; mirror
+unreachable -> :class:`HostEnvironmentError` (exit 3).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from filelock import FileLock
+
+from harness.errors import HostEnvironmentError, ImageBuildError, UsageError
+
+log = logging.getLogger("harness.apt")
+
+MIRROR = "http://deb.debian.org/debian"
+SECURITY_MIRROR = "http://deb.debian.org/debian-security"
+SUITES = ("bookworm", "bookworm-updates", "bookworm-backports", "trixie")
+#: Debian 12's kernels get their updates here first (the default guest's
+#: linux-image-cloud-amd64 is newer in bookworm-security than in bookworm).
+SECURITY_SUITES = ("bookworm-security",)
+#: debian-archive-keyring's combined keyring.  Checked on Debian 12
+#: (debian-archive-keyring 2023.3+deb12u2): it holds the 11/bullseye,
+#: 12/bookworm and 13/trixie archive and release keys; trixie's InRelease
+#: is signed with the 12 and 13 automatic keys, so even a keyring without
+#: the 13 keys verifies it.
+KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
+MAX_AGE_S = 24 * 3600
+CONFIG_VERSION = "1"
+
+Progress = Callable[[str], None]
+
+
+def sources_text(mirror: str = MIRROR, suites: Iterable[str] = SUITES,
+                 keyring: Path = KEYRING, security_mirror: str = SECURITY_MIRROR) -> str:
+    """The deb822 sources file of memhp's apt."""
+    stanza = ("Types: deb\nURIs: {}\nSuites: {}\nComponents: main\nArchitectures: amd64\n"
+              f"Signed-By: {keyring}\n")
+    return ("# memhp's own apt sources (harness/apt.py); not the host's\n"
+            + stanza.format(mirror, " ".join(suites)) + "\n"
+            + stanza.format(security_mirror, " ".join(SECURITY_SUITES)))
+
+
+PREFERENCES = ("# trixie only for what bookworm lacks (linux-source-6.12), or with -t trixie\n"
+               "Package: *\nPin: release n=trixie\nPin-Priority: 100\n")
+
+
+def cache_root() -> Path:
+    base = os.environ.get("MEMHP_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "memhp")
+    return Path(base)
+
+
+class Apt:
+    """memhp's private apt configuration under ``<cache>/apt``."""
+
+    def __init__(self, cache: Path | None = None, *, mirror: str = MIRROR,
+                 progress: Progress | None = None) -> None:
+        self.cache = cache or cache_root()
+        self.root = self.cache / "apt"
+        self.debs = self.cache / "debs"
+        self.mirror = mirror
+        self.say = progress or (lambda msg: log.info("%s", msg))
+
+    # -- configuration -----------------------------------------------------------------
+
+    def _sources(self) -> str:
+        return sources_text(self.mirror)
+
+    def _fingerprint(self) -> str:
+        return hashlib.sha256((CONFIG_VERSION + self._sources() + PREFERENCES).encode()
+                              ).hexdigest()[:16]
+
+    def _write_config(self) -> None:
+        if not KEYRING.is_file():
+            raise HostEnvironmentError(
+                f"{KEYRING} is missing: memhp's apt cannot verify Debian's archive "
+                "(fix: apt-get install debian-archive-keyring)")
+        for d in (self.root / "lists/partial", self.root / "cache/archives/partial"):
+            d.mkdir(parents=True, exist_ok=True)
+        for name, text in (("sources.sources", self._sources()),
+                           ("preferences", PREFERENCES)):
+            path = self.root / name
+            if not path.exists() or path.read_text() != text:
+                path.write_text(text)
+        status = self.root / "status"
+        if not status.exists():
+            status.write_text("")
+
+    def options(self) -> list[str]:
+        """The ``-o`` options that make apt use only memhp's configuration."""
+        r = self.root
+        opts = {
+            "Dir::Etc::SourceList": "/nonexistent/sources.list",
+            "Dir::Etc::SourceParts": str(r),  # reads *.sources here: sources.sources
+            "Dir::Etc::Preferences": str(r / "preferences"),
+            "Dir::Etc::PreferencesParts": "/nonexistent",
+            "Dir::Etc::Trusted": "/nonexistent/trusted.gpg",
+            "Dir::Etc::TrustedParts": "/nonexistent",
+            "Dir::State": str(r),
+            "Dir::State::Lists": str(r / "lists"),
+            "Dir::State::status": str(r / "status"),
+            "Dir::Cache": str(r / "cache"),
+            "Dir::Cache::pkgcache": "pkgcache.bin",
+            "Dir::Cache::srcpkgcache": "srcpkgcache.bin",
+            "APT::Architecture": "amd64",
+            "APT::Architectures": "amd64",
+            # Root's downloads would otherwise run as _apt, which cannot enter ~root.
+            "APT::Sandbox::User": "root" if os.geteuid() == 0 else "",
+            "Acquire::Languages": "none",
+            "Acquire::IndexTargets::deb::Contents-deb::DefaultEnabled": "false",
+        }
+        out: list[str] = []
+        for k, v in opts.items():
+            if v:
+                out += ["-o", f"{k}={v}"]
+        return out
+
+    def argv(self, tool: str, *args: str) -> list[str]:
+        return [tool, *self.options(), *args]
+
+    # -- commands ------------------------------------------------------------------------
+
+    def _run(self, tool: str, *args: str, what: str, cwd: Path | None = None) -> str:
+        argv = self.argv(tool, *args)
+        try:
+            proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, check=False,
+                                  env=os.environ | {"LC_ALL": "C"})
+        except FileNotFoundError as exc:
+            raise HostEnvironmentError(f"{tool} is not installed ({what}); memhp needs "
+                                       "Debian's apt to fetch packages") from exc
+        err = (proc.stderr or "").strip()
+        if proc.returncode != 0 or (tool == "apt-get" and "\nE: " in "\n" + err):
+            if ("Could not resolve" in err or "Failed to fetch" in err
+                    or "Temporary failure" in err or "Connection failed" in err):
+                raise HostEnvironmentError(f"{what}: cannot reach {self.mirror}: {err}")
+            if "Unable to locate package" in err or "has no installation candidate" in err \
+                    or "No packages found" in err:
+                raise UsageError(f"{what}: {err}", fix="check the package name (and --suite)")
+            raise ImageBuildError(f"{what} failed ({' '.join(argv[:1] + list(args))}): "
+                                  f"{err or proc.stdout.strip()}")
+        return proc.stdout
+
+    def update(self, *, force: bool = False, max_age_s: float = MAX_AGE_S) -> bool:
+        """Refresh the lists when older than a day (or ``force``); True if it ran."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        stamp = self.root / "updated"
+        with FileLock(str(self.root / "update.lock")):
+            self._write_config()
+            fresh = (stamp.exists() and stamp.read_text().strip() == self._fingerprint()
+                     and time.time() - stamp.stat().st_mtime < max_age_s)
+            if fresh and not force:
+                return False
+            suites = ", ".join(SUITES + SECURITY_SUITES)
+            self.say(f"apt-get update of memhp's own sources ({suites})")
+            t0 = time.monotonic()
+            self._run("apt-get", "update", "-q", what="apt-get update (memhp's sources)")
+            stamp.write_text(self._fingerprint() + "\n")
+            self.say(f"apt-get update took {time.monotonic() - t0:.1f}s")
+            return True
+
+    def _suite_args(self, suite: str | None) -> list[str]:
+        if suite is None:
+            return []
+        if suite not in SUITES + SECURITY_SUITES:
+            raise UsageError(f"suite {suite!r} is not one memhp's apt knows", value=suite,
+                             fix=f"use one of {', '.join(SUITES + SECURITY_SUITES)}")
+        return ["-t", suite]
+
+    def show(self, packages: Iterable[str],
+             suite: str | None = None) -> dict[str, dict[str, str]]:
+        """The candidate stanza (``apt-cache show``) of each package, by name."""
+        wanted = list(dict.fromkeys(packages))
+        self.update()
+        args = self._suite_args(suite)
+        out = self._run("apt-cache", *args, "show", "--no-all-versions", *wanted,
+                        what=f"looking up {' '.join(wanted)}")
+        stanzas: dict[str, dict[str, str]] = {}
+        for block in out.split("\n\n"):
+            fields = dict(re.findall(r"^([\w-]+): (.*)$", block, re.M))
+            if "Package" in fields:
+                stanzas.setdefault(fields["Package"], fields)
+        missing = [p for p in wanted if p not in stanzas]
+        if missing:
+            where = f" in {suite}" if suite else ""
+            raise UsageError(f"unknown package(s){where}: {', '.join(missing)}", value=missing,
+                             fix="check the name (and --suite); `apt-cache policy NAME` "
+                                 "with memhp's sources: see harness/apt.py")
+        return stanzas
+
+    def version(self, package: str, suite: str | None = None) -> str:
+        return self.show([package], suite)[package]["Version"]
+
+    def resolve(self, name: str, suite: str | None = None, prefix: str = "linux-image-") -> str:
+        """A metapackage (``linux-image-amd64``) -> the concrete package it depends on
+        (``linux-image-6.12.57+deb12-amd64``); a concrete name is returned as is."""
+        if name.startswith(prefix) and name[len(prefix):][:1].isdigit():
+            return name
+        depends = self.show([name], suite)[name].get("Depends", "")
+        for alt in re.split(r"[,|]", depends):
+            word = alt.strip().split(" ", 1)[0]
+            if word.startswith(prefix):
+                return word
+        raise UsageError(f"package {name!r} does not depend on a {prefix}* package", value=name,
+                         fix=f"give a {prefix}* package name")
+
+    def download(self, packages: Iterable[str], suite: str | None = None,
+                 dest: Path | None = None) -> dict[str, Path]:
+        """``apt-get download`` the candidates not cached yet; name -> .deb path."""
+        debs = dest or self.debs
+        debs.mkdir(parents=True, exist_ok=True)
+        wanted = list(dict.fromkeys(packages))
+        stanzas = self.show(wanted, suite)
+        result: dict[str, Path] = {}
+        fetch: list[str] = []
+        for name in wanted:
+            hit = _cached_deb(debs, name, stanzas[name]["Version"])
+            if hit is not None:
+                result[name] = hit
+            else:
+                fetch.append(name)
+        if fetch:
+            self.say(f"downloading {len(fetch)} package(s)"
+                     f"{' from ' + suite if suite else ''}: {' '.join(fetch)}")
+            t0 = time.monotonic()
+            with tempfile.TemporaryDirectory(dir=debs, prefix=".download-") as tmp:
+                self._run("apt-get", "download", "-q",
+                          *[f"{n}={stanzas[n]['Version']}" for n in fetch],
+                          what="apt-get download", cwd=Path(tmp))
+                for f in Path(tmp).glob("*.deb"):
+                    os.replace(f, debs / f.name)
+            self.say(f"downloaded in {time.monotonic() - t0:.1f}s")
+            for name in fetch:
+                hit = _cached_deb(debs, name, stanzas[name]["Version"])
+                if hit is None:
+                    raise ImageBuildError(f"apt-get download did not produce {name} "
+                                          f"{stanzas[name]['Version']}")
+                result[name] = hit
+        return result
+
+
+def _cached_deb(debs: Path, name: str, version: str) -> Path | None:
+    ver = version.replace(":", "%3a")
+    return next(iter(sorted(debs.glob(f"{name}_{ver}_*.deb"))), None)
+
+
+def download(packages: Iterable[str], suite: str | None = None, *,
+             cache: Path | None = None, progress: Progress | None = None) -> dict[str, Path]:
+    """Download Debian packages (from ``suite``) into ``<cache>/debs``; name -> path."""
+    return Apt(cache, progress=progress).download(packages, suite)
+
+
+def resolve(name: str, suite: str | None = None, *, cache: Path | None = None,
+            progress: Progress | None = None) -> str:
+    """A ``linux-image-*`` metapackage -> its concrete package (see :meth:`Apt.resolve`)."""
+    return Apt(cache, progress=progress).resolve(name, suite)

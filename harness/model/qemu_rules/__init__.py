@@ -1,0 +1,169 @@
+"""QEMU's memory-hotplug rules, per QEMU version and machine-type version.
+
+The model never branches on a version number inline: it asks
+:func:`rules_for` for a :class:`QemuRules` and reads its fields.  Each field
+that changed between versions is one entry of :data:`CHANGES` (QEMU
+version) or :data:`MACHINE_CHANGES` (machine-type version, like QEMU's own
+``pc_compat_X_Y`` arrays), with the source that made the change.
+
+Modelled QEMU versions: 7.2 (Debian 12), 8.2 (Ubuntu 24.04), 9.2 (Fedora)
+and 10.x (Debian 13, bookworm-backports).  Sources read: the Debian source
+packages of 7.2 (``qemu_7.2+dfsg``) and 10.0.2 (``qemu_10.0.2+ds``), and for
+8.2/9.2 the commits that changed a rule in between (cited per entry).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from harness.errors import UsageError
+from harness.model.qemu_rules.cpu import CpuSpec, default_cpu, parse_cpu_option
+
+__all__ = [
+    "CHANGES", "MACHINE_CHANGES", "MODELLED", "MachineType", "QemuRules", "CpuSpec",
+    "default_cpu", "describe_versions", "parse_cpu_option", "parse_machine_type",
+    "parse_qemu_version", "rules_for",
+]
+
+SizeCheck = Literal["after-addr", "none", "before-addr"]
+
+# The QEMU releases whose rules were read and checked; 10.x covers 10.0/10.1
+# (the newest this project knows of; 10.0.2 is the one checked against).
+MODELLED: tuple[tuple[int, int], ...] = ((7, 2), (8, 2), (9, 2), (10, 0), (10, 1))
+# Machine-type versions older than this are not modelled: older types
+# differ in DIMM alignment (enforce_aligned_dimm, <= 2.1), the reserved-end
+# of device memory (broken_reserved_end, <= 2.4) and gigabyte_align (<= 2.0),
+# none of which memhp users need.  4.0 is the oldest pc and q35 type QEMU
+# 10.0 still has that is not deprecated for removal in 7.2 alike.
+OLDEST_MACHINE = (4, 0)
+
+
+@dataclass(frozen=True)
+class QemuRules:
+    """The rules that apply to one QEMU binary and machine-type version."""
+
+    qemu: tuple[int, int]
+    machine_version: tuple[int, int]
+    # Where memory_device_pre_plug()/memory_device_get_free_addr() check
+    # that the backend size is a multiple of its alignment (2 MiB):
+    # after the explicit address's alignment (7.2), not at all (8.2), or
+    # before it (9.0+).
+    size_check: SizeCheck = "after-addr"
+    # pcmc->enforce_amd_1tb_hole: RAM above 4G moves to 1 TiB on AMD CPUs
+    # when the highest used address reaches the HyperTransport hole.
+    enforce_amd_1tb_hole: bool = True
+    sources: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Change:
+    """One rule that changed at ``since`` (inclusive)."""
+
+    field: str
+    since: tuple[int, int]
+    value: object
+    source: str
+
+
+# Keyed by QEMU version.
+CHANGES: tuple[Change, ...] = (
+    Change("size_check", (7, 2), "after-addr",
+           "hw/mem/memory-device.c memory_device_get_free_addr() (v7.2.0): "
+           "check_addable, then 'address must be aligned', then 'backend memory size "
+           "must be multiple'"),
+    Change("size_check", (8, 2), "none",
+           "commit eb1b7c4bd413 'memory-device: Drop size alignment check' "
+           "(hv-balloon series, pulled Nov 2023, in v8.2.0)"),
+    Change("size_check", (9, 0), "before-addr",
+           "commit 540a1abbf0b2 'memory-device: reintroduce memory region size check' "
+           "(Jan 2024, in v9.0.0): memory_device_pre_plug() checks the size before "
+           "memory_device_get_free_addr() checks the address (v10.0.0 alike)"),
+)
+
+# Keyed by machine-type version (pc-i440fx-X.Y / pc-q35-X.Y).
+MACHINE_CHANGES: tuple[Change, ...] = (
+    Change("enforce_amd_1tb_hole", (4, 0), False,
+           "hw/i386/pc_piix.c pc_i440fx_machine_7_0_options() and hw/i386/pc_q35.c "
+           "pc_q35_machine_7_0_options(): enforce_amd_1tb_hole = false (v7.2.0, v10.0.0)"),
+    Change("enforce_amd_1tb_hole", (7, 1), True,
+           "hw/i386/pc.c pc_machine_class_init(): enforce_amd_1tb_hole = true (v7.2.0, "
+           "v10.0.0)"),
+)
+
+
+@dataclass(frozen=True)
+class MachineType:
+    """``pc``/``q35`` or a versioned ``pc-i440fx-X.Y``/``pc-q35-X.Y``."""
+
+    family: Literal["pc", "q35"]
+    version: tuple[int, int] | None = None  # None: the binary's newest
+
+    def qemu_name(self, qemu: tuple[int, int]) -> str:
+        if self.version is None:
+            return self.family
+        prefix = "pc-i440fx" if self.family == "pc" else "pc-q35"
+        return f"{prefix}-{self.version[0]}.{self.version[1]}"
+
+
+def _version(text: str, what: str, fix: str) -> tuple[int, int]:
+    parts = text.split(".")
+    if len(parts) < 2 or not all(p.isascii() and p.isdigit() for p in parts[:2]):
+        raise UsageError(f"{what} {text!r} is not MAJOR.MINOR", value=text, fix=fix)
+    return int(parts[0]), int(parts[1])
+
+
+def parse_qemu_version(text: str) -> tuple[int, int]:
+    """``10.0.2`` or ``7.2`` -> (10, 0)."""
+    return _version(text.strip(), "QEMU version", "e.g. --qemu-version 10.0")
+
+
+def parse_machine_type(text: str) -> MachineType:
+    """``pc``, ``q35``, ``pc-i440fx-7.2``, ``pc-q35-10.0`` (``-machine`` spelling)."""
+    t = text.strip()
+    fix = "use pc, q35, pc-i440fx-X.Y or pc-q35-X.Y"
+    if t in ("pc", "q35"):
+        return MachineType(t)  # type: ignore[arg-type]
+    for prefix, family in (("pc-i440fx-", "pc"), ("pc-q35-", "q35")):
+        if t.startswith(prefix):
+            return MachineType(family, _version(t[len(prefix):],  # type: ignore[arg-type]
+                                                "machine-type version", fix))
+    raise UsageError(f"machine type {text!r} is not modelled", value=text, fix=fix)
+
+
+def describe_versions() -> str:
+    return ", ".join(f"{a}.{b}" for a, b in MODELLED[:3]) + ", 10.x"
+
+
+def rules_for(qemu: tuple[int, int], machine_version: tuple[int, int] | None = None
+              ) -> QemuRules:
+    """The rules of QEMU ``qemu`` with machine type ``machine_version``
+    (None: the binary's newest, which is ``qemu`` itself); a UsageError for a
+    version outside the modelled ones."""
+    qemu = (int(qemu[0]), int(qemu[1]))
+    if qemu not in MODELLED:
+        raise UsageError(
+            f"QEMU {qemu[0]}.{qemu[1]} is not modelled (modelled: {describe_versions()})",
+            value=qemu,
+            fix="run a modelled QEMU (e.g. --qemu debian:10.0) or pass --qemu-version of the "
+                "nearest modelled release if you accept the risk")
+    mver = qemu if machine_version is None else machine_version
+    if mver > qemu:
+        raise UsageError(
+            f"machine-type version {mver[0]}.{mver[1]} is newer than QEMU {qemu[0]}.{qemu[1]}",
+            value=mver, fix=f"use a machine type up to {qemu[0]}.{qemu[1]}")
+    if mver < OLDEST_MACHINE:
+        raise UsageError(
+            f"machine-type version {mver[0]}.{mver[1]} is not modelled (oldest: "
+            f"{OLDEST_MACHINE[0]}.{OLDEST_MACHINE[1]})", value=mver,
+            fix="use a machine type of 4.0 or newer")
+    chosen: dict[str, Change] = {}
+    for table, key in ((CHANGES, qemu), (MACHINE_CHANGES, mver)):
+        for change in table:
+            if change.since <= key:
+                chosen[change.field] = change  # the last one in force wins
+    return QemuRules(
+        qemu, mver,
+        size_check=chosen["size_check"].value,  # type: ignore[arg-type]
+        enforce_amd_1tb_hole=bool(chosen["enforce_amd_1tb_hole"].value),
+        sources=tuple(c.source for c in chosen.values()))

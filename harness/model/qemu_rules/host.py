@@ -1,0 +1,57 @@
+"""Whether the host kernel lets QEMU map a RAM backend of a given size.
+
+QEMU maps each ``memory-backend-ram`` (``reserve=on``, the default) with
+``qemu_anon_ram_alloc()``; when the host kernel refuses, ``ram_block_add()``
+(softmmu/physmem.c v7.2.0, system/physmem.c v10.0.0) fails with
+``cannot set up guest memory 'ID': Cannot allocate memory``: at start-up for
+the boot RAM, at ``object-add`` for a DIMM's backend.
+
+The host kernel's verdict (Linux mm/util.c ``__vm_enough_memory()``), per
+``vm.overcommit_memory``:
+  * 0 (heuristic): refused when the one mapping is larger than total RAM +
+    swap;
+  * 1 (always): never refused;
+  * 2 (never): refused when it would take the committed address space past
+    CommitLimit.
+The facts are inputs (``/proc/meminfo``, ``/proc/sys/vm/overcommit_memory``),
+read by the caller; the model stays pure.  Mode 2 depends on what else the
+host commits meanwhile, so it is a prediction at the time of reading.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class HostMemory:
+    mem_total: int
+    swap_total: int = 0
+    overcommit: int = 0
+    commit_limit: int = 0
+    committed: int = 0
+
+    def refuses(self, size: int, already: int = 0) -> bool:
+        """Would a new ``size``-byte mapping be refused (``already``: bytes
+        this plan maps before it, which count in mode 2 only)?"""
+        if self.overcommit == 1:
+            return False
+        if self.overcommit == 2:
+            return self.committed + already + size > self.commit_limit
+        return size > self.mem_total + self.swap_total
+
+
+def parse_meminfo(meminfo: str, overcommit: str) -> HostMemory:
+    """A :class:`HostMemory` from ``/proc/meminfo`` and ``overcommit_memory`` text."""
+    values: dict[str, int] = {}
+    for line in meminfo.splitlines():
+        key, _, rest = line.partition(":")
+        words = rest.split()
+        if words and words[0].isascii() and words[0].isdigit():
+            scale = 1024 if len(words) > 1 and words[1] == "kB" else 1
+            values[key.strip()] = int(words[0]) * scale
+    mode = overcommit.strip()
+    return HostMemory(
+        mem_total=values.get("MemTotal", 0), swap_total=values.get("SwapTotal", 0),
+        overcommit=int(mode) if mode.isascii() and mode.isdigit() else 0,
+        commit_limit=values.get("CommitLimit", 0), committed=values.get("Committed_AS", 0))

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import stat
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -105,6 +107,16 @@ def _default_sigint() -> None:  # runs in the child before exec
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+_CWDS: list[Path] = []
+
+
+@pytest.fixture(autouse=True)
+def _remove_run_cwds() -> Iterator[None]:
+    yield
+    while _CWDS:
+        shutil.rmtree(_CWDS.pop(), ignore_errors=True)
+
+
 def start_held_run(extra: list[str] = ()) -> tuple[subprocess.Popen[str], Path, list[str]]:
     """``memhp run`` held in a long ``--exec`` (it cannot finish by itself);
     returns once the exec runs in the guest (the last step's table was
@@ -112,10 +124,12 @@ def start_held_run(extra: list[str] = ()) -> tuple[subprocess.Popen[str], Path, 
     short = Path(tempfile.mkdtemp(prefix="mi-", dir="/tmp"))  # short: the work dir goes here
     env = dict(os.environ, TMPDIR=str(short), XDG_RUNTIME_DIR="", PYTHONUNBUFFERED="1",
                COLUMNS="200")
+    cwd = Path(tempfile.mkdtemp(prefix="mi-cwd-", dir="/tmp"))  # its ./memhp-artifacts
+    _CWDS.append(cwd)
     proc = subprocess.Popen(
         [sys.executable, "-m", "harness", "run", "--accel", "tcg",
          "--memory", "1G,slots=2,maxmem=2G", "--numa", "512M,512M", "--add", "d0:128M@1",
-         "--exec", "sleep 600", *extra], env=env,
+         "--exec", "sleep 600", *extra], env=env, cwd=cwd,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         preexec_fn=_default_sigint,
     )
@@ -234,7 +248,8 @@ def test_kill_9_of_memhp_leaves_a_dir_the_next_memhp_sweeps(memhp_guest_image) -
     assert left[0].exists()  # nobody could clean up
     env = dict(os.environ, TMPDIR=str(short), XDG_RUNTIME_DIR="")
     refused = subprocess.run([sys.executable, "-m", "harness", "run", "--add", "bad id:1G@1"],
-                             env=env, capture_output=True, text=True, timeout=60, check=False)
+                             env=env, capture_output=True, text=True, timeout=60, check=False,
+                             cwd=short)
     assert refused.returncode == 2, refused.stderr
     assert [p for p in short.iterdir() if p.name.startswith("memhp-")] == []
     short.rmdir()

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from harness.errors import PlanRefused, UsageError
+from harness.errors import PlanRefused, UsageError, check_readable_file, read_small_file
 from harness.guest.workload import WorkloadSpec
 from harness.model import (
     AddDimm,
@@ -57,6 +57,12 @@ from harness.units import parse_size
 Policy = Literal["online", "online_kernel", "online_movable"]
 POLICIES: tuple[str, ...] = ("online", "online_kernel", "online_movable")
 ACTIONS = ("add", "online", "offline", "remove", "reset", "workload")
+# Bounds on what a scenario may ask for (a scenario file is input, maybe hostile).
+MAX_STEPS = 1000
+MAX_SMP = 64
+MAX_SCENARIO_BYTES = 1 << 20
+MAX_SCRIPT_BYTES = 16 << 20
+_NAME_FIX = "use letters, digits, '-', '.' and '_' (at most 64), e.g. remove-readd"
 
 
 @dataclass(frozen=True)
@@ -193,6 +199,17 @@ def build_scenario(
     ``machine`` is pc, q35 or a versioned pc-i440fx-X.Y/pc-q35-X.Y; ``host``
     the host's memory facts, when the caller read them."""
     mtype = parse_machine_type(machine)
+    import re
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name, re.ASCII):
+        raise UsageError(f"scenario name {name!r} is not a valid name", value=name,
+                         fix=_NAME_FIX)
+    if isinstance(smp, bool) or not isinstance(smp, int) or not 1 <= smp <= MAX_SMP:
+        raise UsageError(f"smp {smp!r} is out of range", value=smp,
+                         fix=f"give 1 to {MAX_SMP} vCPUs")
+    if len(steps) > MAX_STEPS:
+        raise UsageError(f"{len(steps)} steps exceed the limit of {MAX_STEPS}", value=len(steps),
+                         fix=f"split the scenario into files of at most {MAX_STEPS} steps")
     ram, slots, maxmem = parse_memory_option(memory)
     nodes = parse_numa_option(numa) if numa else ()
     kwargs: dict[str, Any] = {}
@@ -207,9 +224,9 @@ def build_scenario(
         elif step.action in ("online", "offline") and step.dimm not in known:
             raise UsageError(f"step {i + 1}: {step.action} of {step.dimm!r}, which no earlier "
                              "step adds", value=step.dimm, fix="add the DIMM first")
-    if script is not None and not script.is_file():
-        raise UsageError(f"script {str(script)!r} is not a readable file", value=script,
-                         fix="give the path of a shell script to run in the guest")
+    if script is not None:
+        check_readable_file(script, "script", "give the path of a shell script to run in the "
+                            "guest", max_bytes=MAX_SCRIPT_BYTES)
     scenario = Scenario(
         name=name, machine=spec, steps=tuple(steps), smp=smp, append=tuple(append),
         exec_cmd=exec_cmd, script=script, auto_online=auto_online_from_append(append),
@@ -318,15 +335,16 @@ def splat_patterns(value: object, where: str) -> tuple[str, ...]:
 
 def load_scenario(path: Path, *, qemu_version: tuple[int, int] | None = None) -> Scenario:
     """Load and validate a scenario TOML file."""
+    fix = "give a TOML scenario file (see the format in the README)"
+    raw = read_small_file(path, "scenario", fix, max_bytes=MAX_SCENARIO_BYTES)
     try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise UsageError(f"scenario file {str(path)!r} does not exist", value=path) from exc
-    except IsADirectoryError as exc:
-        raise UsageError(f"scenario {str(path)!r} is a directory", value=path,
-                         fix="give a .toml file") from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"cannot read scenario {str(path)!r}: {exc}", value=path) from exc
+        data = tomllib.loads(raw.decode())
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"scenario {str(path)!r} is not UTF-8 text: {exc.reason}", value=path,
+                         fix=fix) from exc
+    except RecursionError:
+        raise UsageError(f"scenario {str(path)!r} nests too deeply", value=path,
+                         fix=fix) from None
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"scenario {str(path)!r} is not valid TOML: {exc}", value=path,
                          fix="see the format in the README") from exc
@@ -342,9 +360,15 @@ def load_scenario(path: Path, *, qemu_version: tuple[int, int] | None = None) ->
     if not isinstance(steps_raw, list) or not steps_raw:
         raise UsageError("scenario has no [[step]] tables", value=path,
                          fix='add at least one [[step]] with add = "dimm0:1G@1"')
+    if len(steps_raw) > MAX_STEPS:
+        raise UsageError(f"scenario {str(path)!r} has {len(steps_raw)} steps, over the limit "
+                         f"of {MAX_STEPS}", value=path,
+                         fix=f"split it into files of at most {MAX_STEPS} steps")
     append = guest.get("append", [])
-    if not isinstance(append, list) or not all(isinstance(a, str) for a in append):
-        raise UsageError("[guest].append must be a list of strings", value=append)
+    if not isinstance(append, list) or not all(isinstance(a, str) for a in append) \
+            or len(append) > 256:
+        raise UsageError("[guest].append must be a list of strings", value=append,
+                         fix='e.g. append = ["memhp_default_state=online"] (at most 256)')
     expect_splats = splat_patterns(guest.get("expect_splats", []), "[guest].expect_splats")
     numa = machine.get("numa", "3G,3G")
     if not isinstance(numa, str):

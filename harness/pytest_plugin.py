@@ -41,6 +41,10 @@ from harness.errors import HarnessError
 _OPTIONS: tuple[tuple[str, str, str | None], ...] = (
     ("kernel", "Guest kernel (bzImage) instead of the default guest's.", None),
     ("modules", "Modules tree for --memhp-kernel.", None),
+    ("kernel-config", "Build config of --memhp-kernel (default: found beside it or IKCONFIG).",
+     None),
+    ("kernel-package", "Debian kernel package to boot, NAME[/SUITE], e.g. "
+                       "linux-image-amd64/bookworm-backports (fetched, never installed).", None),
     ("initrd", "Guest initramfs to use with --memhp-kernel (default: memhp's).", None),
     ("disk", "Boot this disk image (snapshot mode) instead of kernel+initramfs.", None),
     ("ssh-key", "SSH private key for --memhp-disk.", None),
@@ -89,6 +93,8 @@ class Settings:
     timeout_scale: float
     shard: tuple[int, int] | None
     machine: str = "pc"
+    kernel_config: Path | None = None
+    kernel_package: str | None = None
     qemu_version: tuple[int, int] | None = None  # the binary's, for the model's rules
 
 
@@ -142,6 +148,8 @@ def resolve_settings(config: pytest.Config) -> Settings:
         qemu=qemu, accel=accel,
         artifacts=_path(_resolve(config, "artifacts")) or Path("memhp-artifacts"),
         timeout_scale=scale, shard=shard, qemu_version=qemu_ver,
+        kernel_config=_path(_resolve(config, "kernel-config")),
+        kernel_package=_resolve(config, "kernel-package"),
     )
     if settings.disk is not None and settings.kernel is not None:
         raise pytest.UsageError("--memhp-disk and --memhp-kernel cannot be combined")
@@ -267,7 +275,9 @@ def memhp_resolved_guest(memhp_settings: Settings) -> Any:
     try:
         return resolve_guest(GuestSource(kernel=s.kernel, modules=s.modules, disk=s.disk,
                                          ssh_user=s.ssh_user, ssh_key=s.ssh_key,
-                                         ssh_host_key=s.ssh_host_key))
+                                         ssh_host_key=s.ssh_host_key,
+                                         kernel_config=s.kernel_config,
+                                         kernel_package=s.kernel_package))
     except HarnessError as exc:
         pytest.fail(f"memhp: cannot prepare the guest: {exc}", pytrace=False)
 

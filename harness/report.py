@@ -56,6 +56,16 @@ def print_step(step: StepResult, *, file: IO[str] | None = None) -> None:
         console.print(f"  [red]error:[/] {step.error}")
     for m in step.mismatches:
         console.print(f"  [red]✗[/] {m}")
+    print_splats(console, step.splats)
+
+
+def print_splats(console: Console, splats: list[Any]) -> None:
+    """Kernel splats, whole (their lines are the evidence); expected ones marked."""
+    for sp in splats:
+        mark = "expected " if sp.expected else "✗ "
+        console.print(f"  {mark}kernel {sp.kind}: {sp.title}", markup=False, highlight=False)
+        for line in sp.lines[1:]:
+            console.print(f"      {line}", markup=False, highlight=False)
 
 
 def policy_line(policy: dict[str, Any]) -> str:
@@ -82,6 +92,7 @@ def print_run_report(result: RunResult, *, file: IO[str] | None = None) -> None:
             console.print(result.exec.output.rstrip(), markup=False)
     if result.policy:
         console.print(policy_line(result.policy), markup=False, highlight=False)
+    print_splats(console, result.splats)
     if result.error:
         console.print(f"[red]{result.error['phase']} error:[/] {result.error['message']}",
                       markup=True)

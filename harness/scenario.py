@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -64,6 +64,7 @@ class Step:
     dimm: str = ""
     add: AddDimm | None = None
     policy: Policy | None = None
+    expect_splat: tuple[str, ...] = ()  # regexes of kernel splats this step may print
 
     def describe(self) -> str:
         if self.action == "add" and self.add is not None:
@@ -88,6 +89,7 @@ class Scenario:
     exec_cmd: str | None = None
     script: Path | None = None
     auto_online: Policy | None = field(default=None)
+    expect_splats: tuple[str, ...] = ()  # regexes of kernel splats any step may print
 
     def model_ops(self) -> list[AddDimm | RemoveDimm]:
         ops: list[AddDimm | RemoveDimm] = []
@@ -194,7 +196,7 @@ def default_steps(
 
 _TOP = {"name", "machine", "guest", "step", "exec", "script"}
 _MACHINE = {"type", "memory", "numa", "smp"}
-_GUEST = {"append"}
+_GUEST = {"append", "expect_splats"}
 
 
 def _expect(table: Mapping[str, Any], key: str, kind: type, where: str) -> Any:
@@ -221,19 +223,39 @@ def _parse_step(i: int, raw: object) -> Step:
         raise UsageError(f"{where} needs exactly one of {', '.join(ACTIONS)}", value=raw,
                          fix='e.g. add = "dimm0:1G@1"')
     action = actions[0]
-    _unknown(raw, {action, "policy"} if action == "online" else {action}, where)
+    allowed = {action, "expect_splat"} | ({"policy"} if action == "online" else set())
+    _unknown(raw, allowed, where)
+    splats = splat_patterns(raw.get("expect_splat", []), f"{where}.expect_splat")
     if action == "reset":
         if raw["reset"] is not True:
             raise UsageError(f"{where}.reset must be true", value=raw["reset"])
-        return Step("reset")
+        return Step("reset", expect_splat=splats)
     value = _expect(raw, action, str, where)
     if action == "add":
         dimm = parse_dimm_option(value)
-        return Step("add", dimm.id, add=dimm)
+        return Step("add", dimm.id, add=dimm, expect_splat=splats)
     if action == "online":
         policy = _check_policy(raw.get("policy", "online_movable"), where)
-        return Step("online", value, policy=policy)
-    return Step(action, value)  # type: ignore[arg-type]
+        return Step("online", value, policy=policy, expect_splat=splats)
+    return Step(action, value, expect_splat=splats)  # type: ignore[arg-type]
+
+
+def splat_patterns(value: object, where: str) -> tuple[str, ...]:
+    """A string or list of strings, each a valid regular expression."""
+    import re
+
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(v, str) for v in items):
+        raise UsageError(f"{where} must be a string or a list of strings", value=value,
+                         fix='e.g. expect_splat = "page dumped because: unmovable page"')
+    for v in items:
+        try:
+            re.compile(v)
+        except re.error as exc:
+            raise UsageError(f"{where}: {v!r} is not a regular expression ({exc})",
+                             value=v, fix="escape special characters with a backslash") \
+                from None
+    return tuple(items)
 
 
 def load_scenario(path: Path, *, qemu_version: tuple[int, int] | None = None) -> Scenario:
@@ -265,10 +287,11 @@ def load_scenario(path: Path, *, qemu_version: tuple[int, int] | None = None) ->
     append = guest.get("append", [])
     if not isinstance(append, list) or not all(isinstance(a, str) for a in append):
         raise UsageError("[guest].append must be a list of strings", value=append)
+    expect_splats = splat_patterns(guest.get("expect_splats", []), "[guest].expect_splats")
     numa = machine.get("numa", "3G,3G")
     if not isinstance(numa, str):
         raise UsageError("[machine].numa must be a string like \"3G,3G\"", value=numa)
-    return build_scenario(
+    scenario = build_scenario(
         name=_expect(data, "name", str, "scenario") if "name" in data else path.stem,
         machine=_expect(machine, "type", str, "[machine]") if "type" in machine else "pc",
         memory=(_expect(machine, "memory", str, "[machine]") if "memory" in machine
@@ -281,6 +304,7 @@ def load_scenario(path: Path, *, qemu_version: tuple[int, int] | None = None) ->
         script=Path(_expect(data, "script", str, "scenario")) if "script" in data else None,
         qemu_version=qemu_version,
     )
+    return replace(scenario, expect_splats=expect_splats)
 
 
 # -- step constructors (for tests and scripts) -------------------------------------

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import HarnessError, HotplugRefused, UsageError, VMError
+from harness.guest.splats import Splat, find_splats, last_time, newer_than
 from harness.model import PlacedDimm, Prediction, predict
 from harness.model.kernel import KernelMemory, KernelPolicy, Outcome, UnmodelledKernel
 from harness.qemu.vm import VM
@@ -32,6 +33,9 @@ from harness.verify import (
 )
 
 log = logging.getLogger("harness.session")
+# mm/page_isolation.c: a failed isolation for offlining dumps the culprit
+# (dump_page(page, "unmovable page")); it is how the kernel explains EBUSY.
+UNMOVABLE_PAGE_DUMP = r"page dumped because: unmovable page"
 SCHEMA_VERSION = 1
 
 
@@ -47,10 +51,15 @@ class StepResult:
     seconds: float
     latencies: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    splats: list[Splat] = field(default_factory=list)
+
+    @property
+    def unexpected_splats(self) -> list[Splat]:
+        return [s for s in self.splats if not s.expected]
 
     @property
     def passed(self) -> bool:
-        return not self.mismatches and self.error is None
+        return not self.mismatches and self.error is None and not self.unexpected_splats
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -60,6 +69,7 @@ class StepResult:
             "seconds": round(self.seconds, 4),
             "latencies": {k: round(v, 4) for k, v in self.latencies.items()},
             "error": self.error,
+            "splats": [sp.to_json() for sp in self.splats],
         }
 
 
@@ -87,11 +97,17 @@ class RunResult:
     layout: dict[str, Any] = field(default_factory=dict)
     map: str | None = None
     policy: dict[str, Any] | None = None  # the guest kernel's hotplug policy inputs
+    splats: list[Splat] = field(default_factory=list)  # at boot and after the last step
+
+    @property
+    def unexpected_splats(self) -> list[Splat]:
+        return [s for s in self.splats if not s.expected]
 
     @property
     def passed(self) -> bool:
         return (
             self.error is None
+            and not self.unexpected_splats
             and all(s.passed for s in self.steps)
             and (self.exec is None or self.exec.status == 0)
         )
@@ -106,6 +122,7 @@ class RunResult:
             "kernel": self.kernel,
             "layout": self.layout,
             "policy": self.policy,
+            "splats": [sp.to_json() for sp in self.splats],
             "steps": [s.to_json() for s in self.steps],
             "exec": None if self.exec is None else {
                 "command": self.exec.command, "status": self.exec.status,
@@ -213,6 +230,9 @@ class Runner:
         self.steps: list[StepResult] = []
         self.steps_done: list[Step] = []
         self.dropped_removes: set[int] = set()  # indices of removes the guest refused
+        self.log_mark: float | None = None  # kernel time of the last log record scanned
+        self.boot_splats: list[Splat] = []
+        self._step_expects: list[str] = []  # splats the kernel's answer in this step explains
         self._acts: dict[str, Callable[[Step, dict[str, float]], list[Mismatch]]] = {
             "add": self._act_add, "online": self._act_online, "offline": self._act_offline,
             "remove": self._act_remove, "reset": self._act_reset,
@@ -241,6 +261,15 @@ class Runner:
             raise VMError(str(exc), phase="model") from exc
         self.boot_blocks = {b.number for b in view.sysfs.blocks}
         self._set_baseline_totals(view)
+        records = guest.kernel_log()
+        self.log_mark = last_time(records)
+        self.boot_splats = find_splats(records, self.scenario.expect_splats)
+
+    def scan_log(self, expected: tuple[str, ...] = ()) -> list[Splat]:
+        """Kernel splats logged since the last scan (see harness.guest.splats)."""
+        records = newer_than(self.vm.guest.kernel_log(), self.log_mark)
+        self.log_mark = last_time(records) or self.log_mark
+        return find_splats(records, (*self.scenario.expect_splats, *expected))
 
     def _set_baseline_totals(self, view: Any) -> None:
         online = self._online_bytes_by_node()
@@ -375,8 +404,10 @@ class Runner:
                 continue
             if p.may_fail is not None and observed == p.may_fail:
                 # The kernel may answer this (e.g. EBUSY offlining kernel
-                # memory): the block stays as it was, and the model follows.
+                # memory): the block stays as it was, and the model follows;
+                # the page the kernel dumps to say why is part of that answer.
                 self._km().restore(p.number)
+                self._step_expects.append(UNMOVABLE_PAGE_DUMP)
                 continue
             out.append(Mismatch(f"write {want}", f"memory{p.number}", expected,
                                 observed if c is None or c.ok else f"{observed} ({c.error})",
@@ -415,6 +446,7 @@ class Runner:
             # re-onlines what it had offlined).
             index = sum(1 for s in self.steps_done if s.action in ("add", "remove"))
             self.dropped_removes.add(index)
+            self._step_expects.append(UNMOVABLE_PAGE_DUMP)
             self.steps_done.append(step)
             self._repredict()
             self._follow_guest(step.dimm)
@@ -451,6 +483,8 @@ class Runner:
         error: str | None = None
         mism: list[Mismatch] = []
         observed: dict[str, Any] = {}
+        self._step_expects = []
+        splats: list[Splat] = []
         try:
             act = self._acts[step.action]
             write_mism = act(step, lat)
@@ -464,8 +498,12 @@ class Runner:
                 observed, mism = self.observe()
             except HarnessError:
                 observed, mism = {}, []
+        try:
+            splats = self.scan_log((*step.expect_splat, *self._step_expects))
+        except HarnessError as exc:
+            error = error or f"{exc.phase} error: cannot read the kernel log: {exc}"
         result = StepResult(index, step.describe(), self.expected_json(), observed, mism,
-                            time.monotonic() - t0, lat, error)
+                            time.monotonic() - t0, lat, error, splats)
         self.steps.append(result)
         if self.on_step:
             self.on_step(result)

@@ -59,9 +59,12 @@ def execute(
                 result.steps = runner.steps
                 if runner.policy is not None:
                     result.policy = runner.policy.to_json()
+                if runner.kernel is not None and result.policy is not None:
+                    result.policy["rules"] = runner.kernel.rules.name
             for s in runner.steps:
                 result.timings[f"step{s.index}_s"] = s.seconds
             result.exec = run_exec(vm, scenario.exec_cmd, scenario.script)
+            result.splats = runner.boot_splats + runner.scan_log()
             if not result.passed:
                 vm.mark_failed()
     except HarnessError as exc:

@@ -76,7 +76,8 @@ def info_cmd(as_json: bool) -> int:
     if as_json:
         click.echo(json.dumps(data, indent=2))
     else:
-        for k in ("kernel", "initrd", "kernel_version", "key", "source"):
+        for k in ("kernel", "initrd", "kernel_version", "key", "source", "config",
+                  "config_source"):
             click.echo(f"{k:15} {data[k]}")
         click.echo(f"{'sizes':15} kernel {data['sizes']['kernel']} B, "
                    f"initrd {data['sizes']['initrd']} B")

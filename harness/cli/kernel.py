@@ -12,6 +12,9 @@ from pathlib import Path
 
 import click
 
+# = harness.kernel.build.SOURCE_PACKAGE (not imported here: `memhp --help` stays fast)
+SOURCE_PACKAGE = "linux-source-6.12"
+
 
 @click.group("kernel")
 def kernel_group() -> None:
@@ -22,8 +25,8 @@ def kernel_group() -> None:
 @click.option("--source", type=click.Path(path_type=Path, file_okay=False),
               help="Kernel source tree (default: Debian's --source-package, downloaded "
                    "and unpacked into the cache).")
-@click.option("--source-package", default="linux-source-6.1", show_default=True,
-              help="Debian source package used without --source, e.g. linux-source-6.12 "
+@click.option("--source-package", default=SOURCE_PACKAGE, show_default=True,
+              help="Debian source package used without --source, e.g. linux-source-6.1 "
                    "(fetched with memhp's own apt; never installed).")
 @click.option("--suite", default=None,
               help="Debian suite to take --source-package from (bookworm, "

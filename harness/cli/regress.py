@@ -34,6 +34,19 @@ def bisect_exit_code(result: Any) -> int:
     return GOOD if result.passed else BAD
 
 
+def _node_deltas(step: Any) -> str:
+    """Each node's MemTotal change since boot: the boot totals differ between
+    kernels by reservations nobody predicts, the hotplug deltas must not."""
+    base = {n["node"]: n["bytes"] - n.get("hotplug_online_bytes", 0)
+            for n in step.expected.get("nodes", [])}
+    parts = []
+    for n in step.observed.get("nodes", []):
+        if n["node"] in base:
+            delta = (n["bytes"] - base[n["node"]]) >> 20
+            parts.append(f"node{n['node']} {delta:+d}M")
+    return ", ".join(parts) or "-"
+
+
 def _step_key(step: Any) -> dict[str, Any]:
     obs = step.observed
     blocks = obs.get("blocks", [])
@@ -41,9 +54,22 @@ def _step_key(step: Any) -> dict[str, Any]:
         "passed": step.passed,
         "blocks": ", ".join(f"memory{b['number']}:{b['state']}/{b.get('zone') or '-'}"
                             for b in blocks) or "-",
-        "nodes": ", ".join(f"node{n['node']}={n['bytes'] >> 20}M" for n in obs.get("nodes", [])),
+        "nodes": _node_deltas(step),
         "seconds": step.seconds,
     }
+
+
+POLICY_KEYS = ("auto_online_blocks", "online_policy", "auto_movable_ratio",
+               "auto_movable_numa_aware", "memmap_on_memory", "movable_node", "kernelcore",
+               "movablecore", "rules")
+
+
+def policy_differences(a: Any, b: Any) -> list[str]:
+    """The kernel policy inputs and model rule sets that differ between A and
+    B: what explains a real difference in behaviour."""
+    pa, pb = a.policy or {}, b.policy or {}
+    return [f"{k}: {pa.get(k)} (A) vs {pb.get(k)} (B)" for k in POLICY_KEYS
+            if pa.get(k) != pb.get(k)]
 
 
 def comparison(a: Any, b: Any) -> tuple[list[dict[str, Any]], bool]:
@@ -91,6 +117,7 @@ def compare_cmd(kernels: tuple[Path, ...], modules: tuple[Path, ...], as_json: b
     rows, regressed = comparison(a, b)
     if as_json:
         click.echo(json.dumps({"a": a.to_json(), "b": b.to_json(), "regressed": regressed,
+                               "policy_differences": policy_differences(a, b),
                                "rows": [r | {"differs": sorted(r["differs"])} for r in rows]},
                               indent=2))
     else:
@@ -118,6 +145,8 @@ def _print_comparison(a: Any, b: Any, rows: list[dict[str, Any]], regressed: boo
             return "\n".join(parts)
         table.add_row(r["step"], cell(r["a"], r["differs"]), cell(r["b"], r["differs"]))
     console.print(table)
+    for line in policy_differences(a, b):
+        console.print(f"policy differs: {line}", markup=False)
     for name, res in (("A", a), ("B", b)):
         if res.error:
             console.print(f"{name}: {res.error['phase']} error: {res.error['message']}")

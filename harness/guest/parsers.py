@@ -191,7 +191,10 @@ def parse_memory_sysfs(text: str) -> MemorySysfs:
     for line in text.splitlines():
         line = line.strip()
         if line.startswith("block_size_bytes:"):
-            block_size = int(line.split(":", 1)[1], 16)
+            try:
+                block_size = int(line.split(":", 1)[1], 16)
+            except ValueError:
+                raise _bad("memory block sysfs (block_size_bytes)", text) from None
         elif line.startswith("auto_online_blocks:"):
             auto = line.split(":", 1)[1]
         elif m := re.match(r"memory(\d+)/(\w+):(.*)$", line):

@@ -314,7 +314,8 @@ def find_config(kernel: Path, kver: str, explicit: Path | None,
                 debs: Iterable[Path] = ()) -> tuple[str | None, str]:
     """The kernel's build config and where it was found, in this order:
     ``--kernel-config``; ``config-VER`` or ``.config`` beside the kernel (a
-    Debian ``/boot``, memhp's kernel cache); the ``.config`` of the source tree
+    Debian ``/boot``, memhp's kernel cache; ``config`` beside a memhp image's
+    ``vmlinuz``); the ``.config`` of the source tree
     the bzImage sits in (``arch/x86/boot/bzImage``); IKCONFIG inside the
     bzImage; ``boot/config-VER`` inside the Debian package the modules came
     from.  (None, why) when none exists."""
@@ -333,6 +334,8 @@ def find_config(kernel: Path, kver: str, explicit: Path | None,
         return text, f"--kernel-config {explicit}"
     real = kernel.resolve()
     near = [real.parent / f"config-{kver}", real.parent / ".config"]
+    if real.name == "vmlinuz":
+        near.append(real.parent / "config")  # a memhp image's own layout
     if real.parts[-4:-1] in (("arch", "x86", "boot"), ("arch", "x86_64", "boot")):
         near.append(real.parents[3] / ".config")
     for cand in near:

@@ -79,9 +79,10 @@ def module_bytes(path: Path) -> bytes:
     busybox's ``insmod`` first hands the file to ``finit_module(fd, "", 0)``
     (modutils/modutils.c: bb_init_module), without
     ``MODULE_INIT_COMPRESSED_FILE``; the kernel then rejects the xz data with
-    "Invalid ELF header magic: != \\x7fELF" (kernel/module/main.c:
-    elf_validity_cache_copy) before busybox falls back to ``init_module`` on
-    the decompressed image.  So the initramfs carries plain ``.ko`` files.
+    "Invalid ELF header magic: != \\x7fELF" (6.12's kernel/module/main.c:
+    elf_validity_ehdr) -- one console line per module -- before busybox
+    falls back to ``init_module`` on the image it decompressed itself.  So
+    the initramfs carries plain ``.ko`` files, decompressed at build time.
     """
     data = path.read_bytes()
     name = path.name

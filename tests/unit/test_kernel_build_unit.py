@@ -215,3 +215,77 @@ def test_user_source_identity_follows_version_commit_and_edits(tmp_path: Path) -
     assert committed.startswith(plain + ":") and "dirty" not in committed
     (tree / "Kconfig").write_text("config FAKE\n\tbool \"edited\"\n")
     assert user_source(tree).identity.startswith(committed + ":dirty-")
+
+
+# -- kernel packages and user kernels' inputs (harness/image/build.py) ------------------
+
+@pytest.mark.parametrize(("spec", "suite", "want"), [
+    ("linux-image-amd64", None, ("linux-image-amd64", None)),
+    ("linux-image-amd64/bookworm-backports", None,
+     ("linux-image-amd64", "bookworm-backports")),
+    ("debian:linux-image-amd64/trixie", None, ("linux-image-amd64", "trixie")),
+    ("linux-image-amd64", "bookworm-backports", ("linux-image-amd64", "bookworm-backports")),
+])
+def test_kernel_package_spellings(spec: str, suite: str | None,
+                                  want: tuple[str, str | None]) -> None:
+    from harness.image.build import split_package_spec
+
+    assert split_package_spec(spec, suite) == want
+
+
+@pytest.mark.parametrize(("spec", "suite", "named"), [
+    ("linux-image-amd64/trixie", "bookworm-backports", "'trixie'"),
+    ("Linux Image", None, "'Linux Image'"),
+    ("linux-image-amd64;rm", None, "amd64;rm"),
+])
+def test_bad_kernel_package_is_usage_error(spec: str, suite: str | None, named: str) -> None:
+    from harness.image.build import split_package_spec
+
+    with pytest.raises(UsageError, match=named) as info:
+        split_package_spec(spec, suite)
+    assert info.value.exit_code == 2
+
+
+def test_compressed_module_names_become_plain() -> None:
+    from harness.image.modules import plain_name
+
+    assert plain_name("kernel/drivers/net/virtio_net.ko.xz") == "virtio_net.ko"
+    assert plain_name("kernel/x/pvpanic-mmio.ko.zst") == "pvpanic-mmio.ko"
+    assert plain_name("kernel/x/a.ko") == "a.ko"
+
+
+def test_modules_dir_named_for_another_release_is_refused(tmp_path: Path) -> None:
+    """No module file to read: the directory names its release (bug 5)."""
+    from harness.image.build import find_modules_dir
+
+    tree = tmp_path / "lib/modules/6.12.95+deb12-amd64"
+    tree.mkdir(parents=True)
+    (tree / "modules.order").write_text("")
+    with pytest.raises(UsageError, match=r"6\.12\.95\+deb12-amd64.*6\.1\.0-56"):
+        find_modules_dir(tree, "6.1.0-56-cloud-amd64")
+    with pytest.raises(UsageError, match=r"no modules for kernel 6\.1\.0-56-cloud-amd64; "
+                                         r"it holds modules for 6\.12\.95\+deb12-amd64"):
+        find_modules_dir(tmp_path / "lib/modules", "6.1.0-56-cloud-amd64")
+    with pytest.raises(UsageError, match="not a directory"):
+        find_modules_dir(tmp_path / "nope", "6.1.0-56-cloud-amd64")
+
+
+def test_kernel_and_kernel_package_cannot_combine(tmp_path: Path) -> None:
+    from harness.image.build import build_image
+
+    with pytest.raises(UsageError, match="--modules and --kernel-config go with --kernel"):
+        build_image(modules=tmp_path, cache_dir=tmp_path)
+
+
+def test_source_package_name_is_checked() -> None:
+    from harness.kernel.build import debian_source_deb
+
+    with pytest.raises(UsageError, match="'linux-image-amd64'"):
+        debian_source_deb("linux-image-amd64")
+
+
+def test_cli_default_source_package_is_the_builders() -> None:
+    from harness.cli.kernel import SOURCE_PACKAGE as CLI_DEFAULT
+    from harness.kernel.build import SOURCE_PACKAGE
+
+    assert CLI_DEFAULT == SOURCE_PACKAGE

@@ -1,0 +1,28 @@
+"""Helpers of the kernel-matrix tests: memhp's CLI in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+#: apt's pkg/release spelling, as `memhp run --kernel-package` takes it.
+DEBIAN_612 = "linux-image-amd64/bookworm-backports"
+
+
+def memhp_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True,
+                          text=True, timeout=timeout, check=False)
+
+
+def run_json(*args: str) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    """`memhp run ... --json`: the process and its result document."""
+    proc = memhp_cli("run", *args, "--json")
+    try:
+        doc = json.loads(proc.stdout)
+    except ValueError:
+        pytest.fail(f"memhp run printed no JSON (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+    return proc, doc

@@ -1,0 +1,20 @@
+"""The kernel's hotplug policy, predicted rather than tolerated, on the
+default guest (Debian 12's 6.1).  The same cases run on Debian's 6.12 in
+tests/kernels/test_policy_matrix.py; see policy_cases.py."""
+
+from __future__ import annotations
+
+import pytest
+
+from harness.testing import assert_passed, run_steps
+from scenarios.policy_cases import CASES, Case
+
+pytestmark = [pytest.mark.vm]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_policy(case: Case, memhp_vm_factory, request) -> None:
+    vm = memhp_vm_factory(**case.machine)
+    results = run_steps(vm, case.steps, request)
+    assert_passed(results)
+    case.check(results)

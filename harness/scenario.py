@@ -50,7 +50,7 @@ from harness.model import (
     parse_numa_option,
     predict,
 )
-from harness.model.qemu_rules import parse_machine_type
+from harness.model.qemu_rules import CpuSpec, parse_machine_type
 from harness.model.qemu_rules.host import HostMemory
 from harness.units import parse_size
 
@@ -194,6 +194,7 @@ def build_scenario(
     script: Path | None = None,
     qemu_version: tuple[int, int] | None = None,
     host: HostMemory | None = None,
+    cpu: CpuSpec | None = None,
 ) -> Scenario:
     """Validate everything and ask the model whether QEMU accepts the plan.
     ``machine`` is pc, q35 or a versioned pc-i440fx-X.Y/pc-q35-X.Y; ``host``
@@ -215,6 +216,8 @@ def build_scenario(
     kwargs: dict[str, Any] = {}
     if qemu_version is not None:
         kwargs["qemu_version"] = qemu_version
+    if cpu is not None:
+        kwargs["cpu"] = cpu
     spec = MachineSpec(machine=mtype.family, ram_size=ram, slots=slots, maxmem=maxmem,
                        numa=tuple(nodes), machine_version=mtype.version, host=host, **kwargs)
     known: set[str] = set()

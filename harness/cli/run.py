@@ -210,11 +210,25 @@ def _scenario_plan(opts: dict[str, Any], version: tuple[int, int] | None,
         name=name, machine=opts["machine"], memory=opts["memory"], numa=opts["numa"] or None,
         steps=default_steps(adds, opts["removes"], online, auto), smp=opts["smp"],
         append=append, exec_cmd=opts.get("exec_cmd"), script=opts.get("script"),
-        qemu_version=version, host=read_host_memory(),
+        qemu_version=version, host=read_host_memory(), cpu=_vcpu(opts["accel"]),
     )
     if from_cmdline is None and kernel_policy is not None:
         scenario = replace(scenario, auto_online=kernel_policy)  # type: ignore[arg-type]
     return scenario
+
+
+def _vcpu(accel: str) -> Any:
+    """The vCPU the model assumes: memhp's TCG ``-cpu max`` (AMD, 40 bits), or
+    under ``--accel kvm`` ``-cpu host``: this host's vendor and phys-bits.
+    (``auto`` models TCG's; it matters only for layouts near 1 TiB.)"""
+    if accel != "kvm":
+        return None
+    from harness.model.qemu_rules.cpu import host_cpu_from_cpuinfo
+
+    try:
+        return host_cpu_from_cpuinfo(Path("/proc/cpuinfo").read_text())
+    except OSError:
+        return None
 
 
 def read_host_memory() -> Any:

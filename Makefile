@@ -12,7 +12,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 HOST_PKGS := qemu-system-x86 qemu-utils cpio zstd xz-utils kmod debian-archive-keyring python3-venv ca-certificates librsvg2-bin syslinux syslinux-common mtools dosfstools gcc make flex bison bc libelf-dev libssl-dev
 PYTEST_ARGS ?= -n 2
 
-.PHONY: demo test setup host-deps venv image lint clean
+.PHONY: demo test setup host-deps venv image lint clean soak
 
 demo: setup
 	$(MEMHP) run
@@ -52,3 +52,8 @@ lint: venv
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# The fault tests (tests marked `fault`) repeated SOAK times: flakiness shows here.
+SOAK ?= 20
+soak: setup
+	$(VENV)/bin/pytest -n 2 -m fault --soak $(SOAK) -p no:cacheprovider tests/reliability

@@ -11,6 +11,8 @@
      +-- VMError                      anything about a running VM; carries artifacts
           +-- LaunchError             QEMU did not start (argv, exit code, output)
           +-- QemuExited              QEMU died while we used it (exit code/signal)
+          +-- QemuUnresponsive        QEMU runs but is stopped or does not answer QMP
+          +-- GuestHung               QEMU answers QMP but the guest does not answer SSH
           +-- GuestPanic              the guest kernel panicked (panic text)
           +-- WaitTimeout             a bounded wait expired (what was awaited)
           +-- QMPCommandError         QMP answered with an error (class, desc)
@@ -103,15 +105,54 @@ class KconfigError(HarnessError):
     exit_code = 2
 
 
-def check_readable_file(path: Path, what: str, fix: str) -> None:
-    """UsageError naming ``path`` unless it is an existing, readable file."""
-    if not path.exists():
-        raise UsageError(f"{what} {str(path)!r} does not exist", value=path, fix=fix)
-    if path.is_dir():
+# Inputs memhp reads whole (scenarios, keys, result documents) are small;
+# kernels and disks are opened by QEMU, not read by memhp.
+MAX_READ_BYTES = 16 << 20
+
+
+def check_readable_file(path: Path, what: str, fix: str, *,
+                        max_bytes: int | None = None) -> None:
+    """UsageError naming ``path`` unless it is an existing, readable regular
+    file (at most ``max_bytes`` long when given).  Decided from ``stat``: a
+    FIFO, a device or a directory is refused without being opened."""
+    import stat as _stat
+
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise UsageError(f"{what} {str(path)!r} does not exist", value=path, fix=fix) from None
+    except OSError as exc:
+        raise UsageError(f"{what} {str(path)!r} cannot be read: {exc.strerror}", value=path,
+                         fix=fix) from None
+    if _stat.S_ISDIR(st.st_mode):
         raise UsageError(f"{what} {str(path)!r} is a directory", value=path, fix=fix)
+    if not _stat.S_ISREG(st.st_mode):
+        kind = ("a FIFO" if _stat.S_ISFIFO(st.st_mode) else
+                "a device" if _stat.S_ISCHR(st.st_mode) or _stat.S_ISBLK(st.st_mode) else
+                "a socket" if _stat.S_ISSOCK(st.st_mode) else "not a regular file")
+        raise UsageError(f"{what} {str(path)!r} is {kind}, not a regular file", value=path,
+                         fix=fix)
+    if max_bytes is not None and st.st_size > max_bytes:
+        raise UsageError(f"{what} {str(path)!r} is {st.st_size} bytes, over the limit of "
+                         f"{max_bytes}", value=path, fix=fix)
     if not os.access(path, os.R_OK):
         raise UsageError(f"{what} {str(path)!r} is not readable", value=path,
                          fix="check its permissions")
+
+
+def read_small_file(path: Path, what: str, fix: str, *, max_bytes: int = MAX_READ_BYTES) -> bytes:
+    """The bytes of a small regular input file (see :func:`check_readable_file`)."""
+    check_readable_file(path, what, fix, max_bytes=max_bytes)
+    try:
+        with path.open("rb") as f:
+            data = f.read(max_bytes + 1)
+    except OSError as exc:
+        raise UsageError(f"cannot read {what} {str(path)!r}: {exc.strerror}", value=path,
+                         fix=fix) from exc
+    if len(data) > max_bytes:
+        raise UsageError(f"{what} {str(path)!r} is over the limit of {max_bytes} bytes",
+                         value=path, fix=fix)
+    return data
 
 
 class VMError(HarnessError):
@@ -166,6 +207,23 @@ class QemuExited(VMError):
             msg += f"\nQEMU said:\n{output.strip()}"
         super().__init__(msg, serial_tail=serial_tail)
         self.returncode = returncode
+
+
+class QemuUnresponsive(VMError):
+    """QEMU's process exists but cannot serve us: stopped (SIGSTOP, a
+    debugger) or not answering QMP.  ``state`` is its /proc state."""
+
+    phase = "qemu"
+
+    def __init__(self, message: str, *, state: str = "", serial_tail: str = "") -> None:
+        super().__init__(message, serial_tail=serial_tail)
+        self.state = state
+
+
+class GuestHung(VMError):
+    """QEMU runs and answers QMP, but the guest stopped answering SSH."""
+
+    phase = "guest"
 
 
 class GuestPanic(VMError):

@@ -24,6 +24,11 @@ from typing import Any
 
 GiB = 1 << 30
 PX_PER_GIB = 48.0
+MAX_SEGMENT_W = 4000.0  # a range wider than ~83 GiB is drawn compressed
+# Bounds on what is drawn: a result document may be crafted (merged shards
+# from other jobs).  16384 blocks of 128 MiB are 2 TiB of hot-added memory.
+MAX_BLOCKS = 16384
+MAX_DIMMS = 1024
 MIN_W = 26.0
 GAP_W = 44.0
 # Node bands avoid the zone colours below (green Movable, blue Normal).
@@ -79,8 +84,10 @@ def segments(layout: dict[str, Any], dimms: list[dict[str, Any]]) -> list[Segmen
         addr = int(d["addr"])
         if addr > cursor:
             segs.append(Segment(cursor, addr, "free", "free"))
-        segs.append(Segment(addr, addr + int(d["size"]), "dimm", str(d["id"]), d.get("node"),
-                            tuple(d.get("blocks") or ())))
+        node = d.get("node")
+        segs.append(Segment(addr, addr + int(d["size"]), "dimm", str(d["id"]),
+                            int(node) if node is not None else None,
+                            tuple(int(b) for b in d.get("blocks") or ())))
         cursor = addr + int(d["size"])
     if size and base + size > cursor:
         segs.append(Segment(cursor, base + size, "free", "free"))
@@ -90,7 +97,7 @@ def segments(layout: dict[str, Any], dimms: list[dict[str, Any]]) -> list[Segmen
 def _width(seg: Segment) -> float:
     if seg.kind in ("free", "hole"):
         return GAP_W
-    return max(MIN_W, (seg.end - seg.start) / GiB * PX_PER_GIB)
+    return min(MAX_SEGMENT_W, max(MIN_W, (seg.end - seg.start) / GiB * PX_PER_GIB))
 
 
 def _zone_colour(block: dict[str, Any] | None) -> str:
@@ -115,6 +122,13 @@ def render_svg(doc: dict[str, Any], step: int | None = None) -> str:
     predicted = {int(b["number"]): b for b in expected.get("blocks") or []}
     # The run's own verdict (harness.verify), not a second comparison here.
     differs = {str(m.get("subject")) for m in st.get("mismatches") or []}
+    dimm_rows = [d for d in dimms if d.get("blocks")]
+    n_blocks = sum(len(d["blocks"]) for d in dimm_rows)
+    if len(dimms) > MAX_DIMMS or n_blocks > MAX_BLOCKS:
+        raise ValueError(f"the map would draw {len(dimms)} DIMMs and {n_blocks} memory blocks, "
+                         f"over the limit of {MAX_DIMMS} DIMMs and {MAX_BLOCKS} blocks "
+                         "(fix: draw another --step, or check the document: no real run "
+                         "plugs that much)")
     segs = segments(layout, [d for d in dimms if d.get("guest_accepts", True)])
 
     x0, y_bar, bar_h = 20.0, 140.0, 46.0
@@ -124,7 +138,6 @@ def render_svg(doc: dict[str, Any], step: int | None = None) -> str:
         xs.append(x)
         x += _width(seg)
     bar_w = x - x0
-    dimm_rows = [d for d in dimms if d.get("blocks")]
     sq, sq_gap = 22.0, 4.0
     max_blocks = max((len(d["blocks"]) for d in dimm_rows), default=0)
     width = max(bar_w + 110, 260 + max_blocks * (sq + sq_gap), 780)
@@ -143,7 +156,7 @@ def render_svg(doc: dict[str, Any], step: int | None = None) -> str:
         f'<text x="{x0}" y="56" fill="#555">QEMU '
         f'{escape(str(doc.get("qemu_version", "")))} · after step '
         f'{escape(str(st.get("action", "-")))} · block size '
-        f'{_size(int(layout.get("block_size", 0)))} · result '
+        f'{escape(_size(int(layout.get("block_size", 0))))} · result '
         f'{escape(str(doc.get("result", "")))}</text>',
     ]
     for seg, sx in zip(segs, xs, strict=True):
@@ -202,11 +215,11 @@ def render_svg(doc: dict[str, Any], step: int | None = None) -> str:
                f'(guest-reported; model prediction in the tooltip)</text>')
     y = y_detail
     for d in dimm_rows:
-        node = d.get("node")
+        node = escape(str(d.get("node")))
         out.append(f'<text x="{x0}" y="{y + 15}">{escape(str(d["id"]))} · node{node} · '
-                   f'{_size(int(d["size"]))} @ {int(d["addr"]):#x}</text>')
+                   f'{escape(_size(int(d["size"])))} @ {int(d["addr"]):#x}</text>')
         bx = x0 + 230
-        for num in d["blocks"]:
+        for num in (int(b) for b in d["blocks"]):
             got, want = seen.get(num), predicted.get(num)
             stroke = ('stroke="#d62728" stroke-width="2.5"' if f"memory{num}" in differs
                       else 'stroke="#555"')
@@ -231,7 +244,7 @@ def _describe(block: dict[str, Any] | None) -> str:
     if block.get("zone"):
         parts.append(str(block["zone"]))
     if block.get("node") is not None:
-        parts.append(f"node{block['node']}")
+        parts.append(f"node{block['node']}")  # escaped by the caller, with the whole tip
     return " ".join(parts)
 
 

@@ -1,41 +1,68 @@
 """Human-readable reports of a run: a table per step (model vs guest) and a
-final PASS/FAIL line, rendered with :mod:`rich`."""
+final PASS/FAIL line, rendered with :mod:`rich`.
+
+Output is data, never markup: every string that comes from the user, the
+guest or a document goes through :func:`esc` (``[/]`` prints as ``[/]``).
+Width follows the terminal, else ``COLUMNS``, else 80; ``NO_COLOR`` is
+honoured (rich); table cells fold long words instead of cropping them, so
+a CI log shows every identifier, path and fix whole.
+"""
 
 from __future__ import annotations
 
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from harness.session import RunResult, StepResult
+if TYPE_CHECKING:
+    from harness.session import RunResult, StepResult
+
+
+def esc(value: object) -> str:
+    """``value`` as literal text for rich (markup characters escaped)."""
+    return escape(str(value))
+
+
+def make_console(file: IO[str] | None = None, *, stderr: bool = False) -> Console:
+    """The one way memhp makes a rich console (see the module docstring)."""
+    return Console(file=file, stderr=stderr, highlight=False, soft_wrap=False, emoji=False)
+
+
+def make_table(title: str, columns: tuple[str, ...]) -> Table:
+    """A table whose cells fold (never crop with an ellipsis)."""
+    table = Table(title=title, title_justify="left")
+    for col in columns:
+        table.add_column(col, overflow="fold")
+    return table
 
 
 def _console(file: IO[str] | None) -> Console:
-    return Console(file=file, highlight=False, soft_wrap=False, width=120)
+    return make_console(file)
 
 
 def step_table(step: StepResult) -> Table:
     """Per block: address, node, zone, state — model vs guest."""
     status = "[green]ok[/]" if step.passed else "[bold red]MISMATCH[/]"
-    lat = ", ".join(f"{k.removesuffix('_s')} {v * 1000:.0f} ms" for k, v in step.latencies.items())
-    table = Table(title=f"step {step.index + 1}: {step.action} — {status}"
-                        + (f"  ({lat})" if lat else ""), title_justify="left")
-    for col in ("block", "address", "node (model/guest)", "zone (model/guest)",
-                "state (model/guest)"):
-        table.add_column(col)
+    lat = ", ".join(f"{esc(k.removesuffix('_s'))} {v * 1000:.0f} ms"
+                    for k, v in step.latencies.items())
+    table = make_table(f"step {step.index + 1}: {esc(step.action)} — {status}"
+                       + (f"  ({lat})" if lat else ""),
+                       ("block", "address", "node (model/guest)", "zone (model/guest)",
+                        "state (model/guest)"))
     bs = step.expected.get("block_size", 0)
     seen = {b["number"]: b for b in step.observed.get("blocks", [])}
     want = {b["number"]: b for b in step.expected.get("blocks", [])}
 
     def pair(a: Any, b: Any) -> str:
-        text = f"{a if a is not None else '-'} / {b if b is not None else '-'}"
+        text = esc(f"{a if a is not None else '-'} / {b if b is not None else '-'}")
         return text if a == b else f"[red]{text}[/]"
 
     for n in sorted(want.keys() | seen.keys()):
         w, s = want.get(n, {}), seen.get(n, {})
         table.add_row(
-            f"memory{n}", f"{n * bs:#x}" if bs else "?",
+            esc(f"memory{n}"), esc(f"{n * bs:#x}") if isinstance(bs, int) and bs else "?",
             pair(w.get("node"), s.get("node")),
             pair(w.get("zone") if w.get("state") == "online" else None,
                  s.get("zone") if s.get("state") == "online" else None),
@@ -44,7 +71,7 @@ def step_table(step: StepResult) -> Table:
     exp_nodes = {n["node"]: n["bytes"] for n in step.expected.get("nodes", [])}
     obs_nodes = {n["node"]: n["bytes"] for n in step.observed.get("nodes", [])}
     for node in sorted(exp_nodes.keys() | obs_nodes.keys()):
-        table.add_row(f"node{node} MemTotal", "", "", "",
+        table.add_row(esc(f"node{node} MemTotal"), "", "", "",
                       pair(exp_nodes.get(node), obs_nodes.get(node)))
     return table
 
@@ -53,9 +80,9 @@ def print_step(step: StepResult, *, file: IO[str] | None = None) -> None:
     console = _console(file)
     console.print(step_table(step))
     if step.error:
-        console.print(f"  [red]error:[/] {step.error}")
+        console.print(f"  [red]error:[/] {esc(step.error)}")
     for m in step.mismatches:
-        console.print(f"  [red]✗[/] {m}")
+        console.print(f"  [red]✗[/] {esc(m)}")
     print_splats(console, step.splats)
 
 
@@ -87,23 +114,29 @@ def policy_line(policy: dict[str, Any]) -> str:
 def print_run_report(result: RunResult, *, file: IO[str] | None = None) -> None:
     console = _console(file)
     if result.exec is not None:
-        console.print(f"[bold]exec[/] {result.exec.command} → exit {result.exec.status}")
+        console.print(f"[bold]exec[/] {esc(result.exec.command)} → exit {result.exec.status}")
         if result.exec.output.strip():
             console.print(result.exec.output.rstrip(), markup=False)
+        for line in result.exec.findings:
+            console.print(f"  ✗ exec: {line}", markup=False, highlight=False)
+        for line in result.exec.changes:
+            console.print(f"  exec changed {line}", markup=False, highlight=False)
+        for m in result.exec.mismatches:
+            console.print(f"  ✗ after exec: {m}", markup=False, highlight=False)
     if result.policy:
         console.print(policy_line(result.policy), markup=False, highlight=False)
     print_splats(console, result.splats)
     if result.error:
-        console.print(f"[red]{result.error['phase']} error:[/] {result.error['message']}",
-                      markup=True)
+        console.print(f"[red]{esc(result.error['phase'])} error:[/] "
+                      f"{esc(result.error['message'])}")
     t = result.timings
     figures = ", ".join(
         f"{label} {t[key]:.2f}s" for key, label in
         (("boot_to_ssh_s", "boot-to-SSH"), ("total_s", "total")) if key in t
     )
     verdict = "[bold green]PASS[/]" if result.passed else "[bold red]FAIL[/]"
-    console.print(f"{verdict} {result.scenario}: {len(result.steps)} step(s), "
-                  f"{result.accel.upper()}, QEMU {result.qemu_version}, kernel {result.kernel}"
-                  + (f"; {figures}" if figures else ""))
+    console.print(f"{verdict} {esc(result.scenario)}: {len(result.steps)} step(s), "
+                  f"{esc(result.accel.upper())}, QEMU {esc(result.qemu_version)}, "
+                  f"kernel {esc(result.kernel)}" + (f"; {figures}" if figures else ""))
     if result.artifacts:
-        console.print(f"artifacts: {result.artifacts}")
+        console.print(f"artifacts: {esc(result.artifacts)}")

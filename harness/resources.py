@@ -1,27 +1,34 @@
 """Where memhp's data lives: ``guest_images/`` and ``kconfigs/``.
 
-They sit beside the ``harness`` package in the checkout (the README installs
-with ``pip install -e``); this module is the only place that knows that.
+An installed wheel carries them as package data, ``harness/data/NAME``
+(see setup.py), found through :mod:`importlib.resources`; in a checkout
+(``pip install -e``) they sit beside the ``harness`` package.  This module
+is the only place that knows that.
 """
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 
 from harness.errors import HostEnvironmentError
 
-_ROOT = Path(__file__).resolve().parent.parent
+_CHECKOUT = Path(__file__).resolve().parent.parent
 
 
 def data_dir(name: str) -> Path:
     """Return the data directory ``name`` (``guest_images`` or ``kconfigs``)."""
-    path = _ROOT / name
-    if not path.is_dir():
-        raise HostEnvironmentError(
-            f"memhp data directory {path} is missing; install memhp from a checkout "
-            "with `pip install -e .`"
-        )
-    return path
+    packaged = resources.files("harness").joinpath("data", name)
+    if packaged.is_dir():
+        return Path(str(packaged))
+    path = _CHECKOUT / name
+    if path.is_dir():
+        return path
+    raise HostEnvironmentError(
+        f"memhp data directory {name!r} is missing (neither {packaged} nor {path}); "
+        "reinstall memhp (fix: pip install memhp-harness from a wheel, or pip install -e . "
+        "from a checkout)"
+    )
 
 
 def guest_images_dir() -> Path:

@@ -17,8 +17,23 @@ GiB = 1 << 30
 TiB = 1 << 40
 
 _SUFFIX = {"": 1, "B": 1, "K": KiB, "M": MiB, "G": GiB, "T": TiB, "P": 1 << 50, "E": 1 << 60}
-_SIZE_RE = re.compile(r"^(?P<num>[0-9]+)(?P<suffix>[KMGTPE]?)(?:I?B)?$", re.IGNORECASE)
+_SIZE_RE = re.compile(r"(?P<num>[0-9]+)(?P<suffix>[KMGTPE]?)(?:I?B)?", re.IGNORECASE | re.ASCII)
+_COUNT_RE = re.compile(r"[0-9]{1,19}", re.ASCII)
 MAX_SIZE = (1 << 64) - 1
+
+
+def is_count(text: object) -> bool:
+    """``text`` is a non-negative integer in ASCII digits (``str.isdigit``
+    also accepts ``²`` and ``١``, which ``int()`` or QEMU then refuse)."""
+    return isinstance(text, str) and _COUNT_RE.fullmatch(text) is not None
+
+
+def parse_count(text: str, *, what: str, fix: str) -> int:
+    """A non-negative integer written in ASCII digits, or a UsageError."""
+    if not is_count(text):
+        raise UsageError(f"{what} {text!r} is not a whole number in ASCII digits", value=text,
+                         fix=fix)
+    return int(text)
 
 
 def parse_size(text: str, *, what: str = "size", allow_zero: bool = False) -> int:
@@ -26,7 +41,7 @@ def parse_size(text: str, *, what: str = "size", allow_zero: bool = False) -> in
     if not isinstance(text, str):  # defensive: TOML may hand us ints
         raise UsageError(f"{what} must be a string like '1G', got {text!r}", value=text)
     raw = text.strip()
-    m = _SIZE_RE.match(raw)
+    m = _SIZE_RE.fullmatch(raw)
     if m is None:
         fix = "use an integer with an optional K, M, G or T suffix, e.g. 512M or 1G"
         if re.match(r"^-", raw):
@@ -40,7 +55,8 @@ def parse_size(text: str, *, what: str = "size", allow_zero: bool = False) -> in
         raise UsageError(f"{what} {text!r} is not a size", value=text, fix=fix)
     value = int(m.group("num")) * _SUFFIX[m.group("suffix").upper()]
     if value > MAX_SIZE:
-        raise UsageError(f"{what} {text!r} is too large (over 2^64 bytes)", value=text)
+        raise UsageError(f"{what} {text!r} is too large (over 2^64 bytes)", value=text,
+                         fix="give a size below 16E, e.g. 1G")
     if value == 0 and not allow_zero:
         raise UsageError(f"{what} {text!r} is zero", value=text, fix="give a positive size")
     return value

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -14,32 +17,52 @@ def default_kernel(memhp_guest_image: Any) -> Path:
     return Path(memhp_guest_image.kernel)
 
 
-# -- leak check over the whole run ------------------------------------------------------
-# The controller (not an xdist worker) records memhp's QEMUs and work dirs at
-# the start and fails the run if any new one is left at the end.
+# -- soak: repeat the fault tests ---------------------------------------------------------
 
-_BEFORE = pytest.StashKey[tuple[set[int], set[Path]]]()
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--soak", type=int, default=1, metavar="N",
+                     help="Run every @pytest.mark.fault test N times (make soak).")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    rounds = metafunc.config.getoption("soak")
+    if rounds > 1 and metafunc.definition.get_closest_marker("fault") is not None:
+        metafunc.fixturenames.append("soak_round")
+        metafunc.parametrize("soak_round", range(rounds), ids=lambda i: f"soak{i}")
+
+
+# -- leak check over the whole run ------------------------------------------------------
+# The controller (not an xdist worker) gives the whole run a private TMPDIR
+# (inherited by the workers and every memhp they start) and, at the end, fails
+# the run if a memhp QEMU or work dir of *this run* is left.  Other memhp users
+# on the host (another engineer's suite, a CI job) are not counted.
+
+_SUITE_TMP = pytest.StashKey[Path]()
 
 
 def _is_worker(config: pytest.Config) -> bool:
     return hasattr(config, "workerinput")
 
 
-def pytest_sessionstart(session: pytest.Session) -> None:
-    from harness.leaks import memhp_qemu_pids, memhp_work_dirs
-
-    if not _is_worker(session.config):
-        session.config.stash[_BEFORE] = (memhp_qemu_pids(), memhp_work_dirs())
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "fault: a provoked fault (repeated by --soak N)")
+    if _is_worker(config):
+        return
+    suite_tmp = Path(tempfile.mkdtemp(prefix="mhsuite-", dir="/tmp"))  # short: sockets
+    config.stash[_SUITE_TMP] = suite_tmp
+    os.environ["TMPDIR"] = str(suite_tmp)
+    os.environ.pop("XDG_RUNTIME_DIR", None)
+    tempfile.tempdir = None  # forget the cached default
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     from harness.leaks import memhp_qemu_pids, memhp_work_dirs
 
-    if _is_worker(session.config) or _BEFORE not in session.config.stash:
+    if _is_worker(session.config) or _SUITE_TMP not in session.config.stash:
         return
-    pids, dirs = session.config.stash[_BEFORE]
-    leaked_pids = memhp_qemu_pids() - pids
-    leaked_dirs = memhp_work_dirs() - dirs
+    suite_tmp = session.config.stash[_SUITE_TMP]
+    leaked_pids = memhp_qemu_pids(under=suite_tmp)
+    leaked_dirs = memhp_work_dirs(roots=[suite_tmp])
     if leaked_pids or leaked_dirs:
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
         msg = (f"memhp LEAK: QEMU pids {sorted(leaked_pids)}, "
@@ -47,3 +70,5 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         if reporter is not None:
             reporter.write_line(msg, red=True)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    elif exitstatus == 0:
+        shutil.rmtree(suite_tmp, ignore_errors=True)

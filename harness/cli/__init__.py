@@ -23,6 +23,9 @@ def cli(verbose: int) -> None:
     """memhp: test Linux memory hotplug on QEMU guests against a model."""
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    from harness.leaks import sweep_stale_workdirs
+
+    sweep_stale_workdirs()  # what a kill -9 of an earlier memhp left behind
 
 
 def _register() -> None:

@@ -126,30 +126,28 @@ def compare_cmd(kernels: tuple[Path, ...], modules: tuple[Path, ...], as_json: b
 
 
 def _print_comparison(a: Any, b: Any, rows: list[dict[str, Any]], regressed: bool) -> None:
-    from rich.console import Console
-    from rich.table import Table
+    from harness.report import esc, make_console, make_table
 
-    console = Console(highlight=False)
-    table = Table(title=f"A: {a.kernel}\nB: {b.kernel}", title_justify="left")
-    for col in ("step", "A", "B"):
-        table.add_column(col)
+    console = make_console()
+    table = make_table(f"A: {esc(a.kernel)}\nB: {esc(b.kernel)}", ("step", "A", "B"))
     for r in rows:
         def cell(k: dict[str, Any], differs: set[str]) -> str:
             if not k:
                 return "[red](not run)[/]"
             parts = []
             for key in ("passed", "blocks", "nodes"):
-                text = ("pass" if k[key] else "FAIL") if key == "passed" else str(k[key])
+                text = ("pass" if k[key] else "FAIL") if key == "passed" else esc(k[key])
                 parts.append(f"[bold red]{text}[/]" if key in differs else text)
             parts.append(f"{k['seconds']:.2f}s")
             return "\n".join(parts)
-        table.add_row(r["step"], cell(r["a"], r["differs"]), cell(r["b"], r["differs"]))
+        table.add_row(esc(r["step"]), cell(r["a"], r["differs"]), cell(r["b"], r["differs"]))
     console.print(table)
     for line in policy_differences(a, b):
         console.print(f"policy differs: {line}", markup=False)
     for name, res in (("A", a), ("B", b)):
         if res.error:
-            console.print(f"{name}: {res.error['phase']} error: {res.error['message']}")
+            console.print(f"{name}: {esc(res.error['phase'])} error: "
+                          f"{esc(res.error['message'])}")
         console.print(f"{name}: {'PASS' if res.passed else 'FAIL'}, boot-to-SSH "
                       f"{res.timings.get('boot_to_ssh_s', 0):.2f}s, total "
                       f"{res.timings.get('total_s', 0):.2f}s")

@@ -8,6 +8,10 @@ Exit codes: 0 pass, 1 mismatch or failure, 2 usage or refused plan,
 from __future__ import annotations
 
 import json
+import math
+import os
+import re
+import shutil
 import signal
 import sys
 from collections.abc import Callable
@@ -18,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from harness.errors import HarnessError, UsageError
+from harness.errors import HarnessError, HostEnvironmentError, UsageError
 
 if TYPE_CHECKING:
     from harness.scenario import Scenario
@@ -36,12 +40,51 @@ def _sigterm_as_interrupt(signum: int, frame: FrameType | None) -> None:
 def _parse_version(text: str | None) -> tuple[int, int] | None:
     if text is None:
         return None
-    try:
-        major, minor = text.split(".")[:2]
-        return int(major), int(minor)
-    except ValueError as exc:
+    m = re.fullmatch(r"([0-9]{1,3})\.([0-9]{1,3})(?:\.[0-9]{1,5})?", text, re.ASCII)
+    if m is None:
         raise UsageError(f"QEMU version {text!r} is not MAJOR.MINOR", value=text,
-                         fix="e.g. --qemu-version 7.2") from exc
+                         fix="e.g. --qemu-version 7.2 (ASCII digits)")
+    return int(m.group(1)), int(m.group(2))
+
+
+def _finite_scale(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    if not math.isfinite(value):
+        raise click.BadParameter(f"{value!r} is not a finite number (fix: e.g. 2 to double "
+                                 "every timeout)", ctx=ctx, param=param)
+    return value
+
+
+def check_keep_dir(path: Path | None) -> None:
+    """``--keep`` must be a directory, or creatable as one (nothing is created
+    here: a refused run leaves nothing behind)."""
+    if path is None:
+        return
+    fix = "give a directory (it is created if missing), e.g. --keep ./artifacts"
+    if path.exists() or path.is_symlink():
+        if not path.is_dir():
+            raise UsageError(f"--keep {str(path)!r} exists and is not a directory", value=path,
+                             fix=fix)
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise UsageError(f"--keep {str(path)!r} is not writable", value=path, fix=fix)
+        return
+    parent = path.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"--keep {str(path)!r} cannot be created under {str(parent)!r}",
+                         value=path, fix=fix)
+
+
+def check_qemu(binary: str, detected: str) -> None:
+    """An environment error (exit 3) unless ``binary`` is a QEMU that says so."""
+    if detected != "unknown":
+        return
+    if shutil.which(binary) is None:
+        raise HostEnvironmentError(f"QEMU binary {binary!r} not found (fix: apt-get install "
+                                   "qemu-system-x86, or pass --qemu PATH)")
+    raise HostEnvironmentError(f"--qemu {binary!r} is not QEMU: its --version does not say "
+                               "'QEMU emulator version' (fix: pass --qemu PATH of "
+                               "qemu-system-x86_64)")
 
 
 def scenario_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -82,7 +125,7 @@ _SCENARIO_OPTIONS: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
     click.option("--keep", type=click.Path(path_type=Path),
                   help="Keep artifacts (argv, serial log, QMP transcript, dmesg) in this dir."),
     click.option("--timeout-scale", default=1.0, show_default=True,
-                 type=click.FloatRange(0.1, 100)),
+                 type=click.FloatRange(0.1, 100), callback=_finite_scale),
 ]
 
 
@@ -110,6 +153,11 @@ _SCENARIO_OPTIONS: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
 @click.option("--exec", "exec_cmd", help="Run this shell command in the guest after the steps.")
 @click.option("--script", type=click.Path(path_type=Path),
               help="Copy this script into the guest and run it with bash after the steps.")
+@click.option("--expect-output", "exec_expect", multiple=True, metavar="REGEX",
+              help="The --exec/--script output must match this (repeatable).")
+@click.option("--forbid-output", "exec_forbid", multiple=True, metavar="REGEX",
+              help="The --exec/--script output must not match this (repeatable), e.g. "
+                   "'unexpected fail'.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result document as JSON.")
 @click.option("--map", "map_path", type=click.Path(path_type=Path),
               help="Draw the guest-physical memory map after the run to this SVG file.")
@@ -124,6 +172,19 @@ def run_cmd(**opts: Any) -> int:
 
 def _scenario(opts: dict[str, Any], version: tuple[int, int] | None,
               kernel_policy: str | None = None) -> Scenario:
+    scenario = _scenario_plan(opts, version, kernel_policy)
+    from harness.scenario import splat_patterns
+
+    expect = splat_patterns(list(opts.get("exec_expect") or ()), "--expect-output")
+    forbid = splat_patterns(list(opts.get("exec_forbid") or ()), "--forbid-output")
+    if expect or forbid:
+        scenario = replace(scenario, exec_expect=scenario.exec_expect + expect,
+                           exec_forbid=scenario.exec_forbid + forbid)
+    return scenario
+
+
+def _scenario_plan(opts: dict[str, Any], version: tuple[int, int] | None,
+                   kernel_policy: str | None = None) -> Scenario:
     from harness.scenario import (
         auto_online_from_append,
         build_scenario,
@@ -149,11 +210,25 @@ def _scenario(opts: dict[str, Any], version: tuple[int, int] | None,
         name=name, machine=opts["machine"], memory=opts["memory"], numa=opts["numa"] or None,
         steps=default_steps(adds, opts["removes"], online, auto), smp=opts["smp"],
         append=append, exec_cmd=opts.get("exec_cmd"), script=opts.get("script"),
-        qemu_version=version, host=read_host_memory(),
+        qemu_version=version, host=read_host_memory(), cpu=_vcpu(opts["accel"]),
     )
     if from_cmdline is None and kernel_policy is not None:
         scenario = replace(scenario, auto_online=kernel_policy)  # type: ignore[arg-type]
     return scenario
+
+
+def _vcpu(accel: str) -> Any:
+    """The vCPU the model assumes: memhp's TCG ``-cpu max`` (AMD, 40 bits), or
+    under ``--accel kvm`` ``-cpu host``: this host's vendor and phys-bits.
+    (``auto`` models TCG's; it matters only for layouts near 1 TiB.)"""
+    if accel != "kvm":
+        return None
+    from harness.model.qemu_rules.cpu import host_cpu_from_cpuinfo
+
+    try:
+        return host_cpu_from_cpuinfo(Path("/proc/cpuinfo").read_text())
+    except OSError:
+        return None
 
 
 def read_host_memory() -> Any:
@@ -204,12 +279,22 @@ def prepare(opts: dict[str, Any], kernel: Path | None = None) -> tuple[Scenario,
     from harness.qemu.fetch import resolve_qemu
     from harness.session import qemu_version
 
+    check_keep_dir(opts.get("keep"))
+    if opts.get("modules") is not None and (kernel or opts.get("kernel")) is None:
+        raise UsageError("--modules is only for --kernel", value=opts["modules"],
+                         fix="pass --kernel BZIMAGE too, or drop --modules (the default "
+                             "guest brings its own)")
+    if opts.get("modules") is not None and not Path(opts["modules"]).is_dir():
+        raise UsageError(f"--modules {str(opts['modules'])!r} is not a directory",
+                         value=opts["modules"], fix="give lib/modules/VERSION or an "
+                         "INSTALL_MOD_PATH directory")
     opts["qemu_binary"] = resolve_qemu(opts["qemu_binary"])  # debian:X.Y -> its launcher
     version = _parse_version(opts["qemu_version"])
-    if version is None:
-        detected = qemu_version(opts["qemu_binary"])
-        version = _parse_version(detected) if detected != "unknown" else None
+    detected = qemu_version(opts["qemu_binary"])
+    if version is None and detected != "unknown":
+        version = _parse_version(".".join(detected.split(".")[:2]))
     scenario = _scenario(opts, version)
+    check_qemu(opts["qemu_binary"], detected)
     source = GuestSource(kernel=kernel or opts.get("kernel"), modules=opts.get("modules"),
                          kernel_package=opts.get("kernel_package"), suite=opts.get("suite"),
                          kernel_config=opts.get("kernel_config"),

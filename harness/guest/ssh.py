@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import shlex
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -85,6 +85,11 @@ class GuestShell:
         self.log = logger or logging.getLogger("harness.ssh")
         self._client: paramiko.SSHClient | None = None
         self.pinned_on_first_use = False
+        # Set by the VM: ``abort`` is called about twice a second while a
+        # command runs (raises when QEMU died or is stopped); ``diagnose``
+        # names the cause of a failed command (timeout, lost channel).
+        self.abort: Callable[[], None] | None = None
+        self.diagnose: Callable[..., None] | None = None
 
     def _load_client_key(self) -> paramiko.PKey:
         for cls in (paramiko.Ed25519Key, paramiko.ECDSAKey, paramiko.RSAKey):
@@ -157,13 +162,23 @@ class GuestShell:
 
     def _exec(self, command: str, *, timeout: float, check: bool,
               stdin: bytes | None) -> CommandResult:
+        try:
+            result = self._exec_raw(command, timeout=timeout, stdin=stdin)
+        except VMError as exc:
+            if self.diagnose is not None:
+                self.diagnose(exc, what=f"guest command {command!r}")
+            raise
+        if result.status == -1 and self.diagnose is not None:
+            # No exit status: killed by a signal, or the connection died with QEMU.
+            self.diagnose(VMError(f"no exit status for {command!r}", phase="ssh"),
+                          what=f"guest command {command!r}")
+        return result.check() if check else result
+
+    def _exec_raw(self, command: str, *, timeout: float,
+                  stdin: bytes | None) -> CommandResult:
         start = time.monotonic()
         self.log.debug("ssh $ %s", command)
-        try:
-            chan = self._transport().open_session(timeout=timeout)
-        except (paramiko.SSHException, OSError, EOFError) as exc:
-            raise VMError(f"cannot open an SSH channel for {command!r}: {exc}",
-                          phase="ssh") from exc
+        chan = self._open_session(command, start + timeout, timeout)
         try:
             chan.settimeout(timeout)
             chan.exec_command(command)
@@ -172,6 +187,7 @@ class GuestShell:
             chan.shutdown_write()
             out, err = bytearray(), bytearray()
             deadline = start + timeout
+            next_check = start + 0.5
             while True:
                 if chan.recv_ready():
                     out += chan.recv(65536)
@@ -181,7 +197,11 @@ class GuestShell:
                         and not chan.recv_stderr_ready():
                     break
                 else:
-                    if time.monotonic() > deadline:
+                    now = time.monotonic()
+                    if self.abort is not None and now >= next_check:
+                        next_check = now + 0.5
+                        self.abort()
+                    if now > deadline:
                         raise WaitTimeout(f"guest command {command!r}", timeout, phase="ssh")
                     if chan.closed and not chan.exit_status_ready():
                         raise VMError(f"SSH channel closed during {command!r}", phase="ssh")
@@ -195,9 +215,28 @@ class GuestShell:
             raise VMError(f"SSH failed during {command!r}: {exc}", phase="ssh") from exc
         finally:
             chan.close()
-        result = CommandResult(command, status, out.decode(errors="replace"),
-                               err.decode(errors="replace"), time.monotonic() - start)
-        return result.check() if check else result
+        return CommandResult(command, status, out.decode(errors="replace"),
+                             err.decode(errors="replace"), time.monotonic() - start)
+
+    def _open_session(self, command: str, deadline: float, timeout: float) -> paramiko.Channel:
+        """Open a channel, in slices so that ``abort`` is checked meanwhile
+        (a stopped QEMU never answers the open)."""
+        while True:
+            if self.abort is not None:
+                self.abort()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise WaitTimeout(f"an SSH channel for {command!r}", timeout, phase="ssh")
+            try:
+                return self._transport().open_session(timeout=min(remaining, 5.0))
+            except paramiko.SSHException as exc:
+                if "Timeout opening channel" in str(exc):
+                    continue
+                raise VMError(f"cannot open an SSH channel for {command!r}: {exc}",
+                              phase="ssh") from exc
+            except (OSError, EOFError) as exc:
+                raise VMError(f"cannot open an SSH channel for {command!r}: {exc}",
+                              phase="ssh") from exc
 
     def read_file(self, path: str) -> str:
         return self.run(["cat", path]).stdout

@@ -18,10 +18,15 @@ from harness.model.qemu_rules import (
     rules_for,
 )
 from harness.model.qemu_rules.host import HostMemory
-from harness.units import MiB, parse_size
+from harness.units import MiB, is_count, parse_size
 
-# QEMU util/id.c id_wellformed(): a letter, then letters, digits, '-', '.', '_'.
-_ID = re.compile(r"^[A-Za-z][A-Za-z0-9._-]*$")
+# QEMU util/id.c id_wellformed(): a letter, then letters, digits, '-', '.', '_';
+# at most 64 characters here (QEMU's own ids are short; names are shown in tables).
+_ID = re.compile(r"[A-Za-z][A-Za-z0-9._-]{0,63}", re.ASCII)
+# MAX_NODES (QEMU include/sysemu/numa.h): -numa node,nodeid= must be below it.
+MAX_NODES = 128
+# The smallest memory block on x86-64 (arch/x86/mm/init_64.c MIN_MEMORY_BLOCK_SIZE).
+MIN_BLOCK_SIZE = 128 * MiB
 # ACPI_MAX_RAM_SLOTS (QEMU include/hw/acpi/pc-hotplug.h, checked in
 # hw/i386/pc.c pc_memory_init()).
 ACPI_MAX_RAM_SLOTS = 256
@@ -30,11 +35,12 @@ DEFAULT_QEMU_VERSION = (7, 2)
 
 def check_id(dimm_id: str) -> str:
     """A DIMM id QEMU accepts (util/id.c id_wellformed), or a UsageError."""
-    if not isinstance(dimm_id, str) or not _ID.match(dimm_id):
+    if not isinstance(dimm_id, str) or not _ID.fullmatch(dimm_id):
         raise UsageError(
             f"DIMM id {dimm_id!r} is not a valid QEMU id",
             value=dimm_id,
-            fix="start with a letter; use only letters, digits, '-', '.' and '_'",
+            fix="start with a letter; use only letters, digits, '-', '.' and '_' "
+                "(at most 64 characters)",
         )
     return dimm_id
 
@@ -73,12 +79,17 @@ class MachineSpec:
             raise UsageError(f"boot memory {self.ram_size} is not a positive multiple of 1M",
                              value=self.ram_size, fix="e.g. 6G")
         if self.slots < 0 or self.maxmem < 0:
-            raise UsageError("slots and maxmem cannot be negative", value=(self.slots, self.maxmem))
+            raise UsageError("slots and maxmem cannot be negative", value=(self.slots, self.maxmem),
+                             fix="e.g. 6G,slots=32,maxmem=32G")
+        if len(self.numa) > MAX_NODES:
+            raise UsageError(f"{len(self.numa)} NUMA nodes exceed QEMU's limit of {MAX_NODES}",
+                             value=len(self.numa), fix=f"give at most {MAX_NODES} nodes")
         if self.block_size is not None and (
-            self.block_size <= 0 or self.block_size & (self.block_size - 1)
+            self.block_size < MIN_BLOCK_SIZE or self.block_size & (self.block_size - 1)
         ):
-            raise UsageError(f"memory block size {self.block_size} is not a power of two",
-                             value=self.block_size, fix="e.g. 128M (block_size_bytes in sysfs)")
+            raise UsageError(f"memory block size {self.block_size} is not a power of two of "
+                             "at least 128M (x86-64)", value=self.block_size,
+                             fix="e.g. 128M (block_size_bytes in sysfs)")
         rules_for(self.qemu_version, self.machine_version)  # refuses unmodelled versions
 
     @property
@@ -177,12 +188,13 @@ def parse_memory_option(text: str) -> tuple[int, int, int]:
                 value=text, fix="e.g. 6G,slots=32,maxmem=32G")
         seen.add(key)
         if key == "slots":
-            if not (value.isascii() and value.isdigit()):
+            if not is_count(value):
                 raise UsageError(f"slots={value!r} is not a number", value=text,
                                  fix="e.g. slots=32")
             slots = int(value)
         else:
-            maxmem = parse_size(value, what="maxmem")
+            # 0 is memhp's "no maxmem" (memhp then passes none to QEMU)
+            maxmem = parse_size(value, what="maxmem", allow_zero=True)
     if ram % MiB:
         raise UsageError(f"boot memory {ram} is not a whole number of MiB",
                          value=text, fix="e.g. 6G or 6144M")
@@ -200,7 +212,11 @@ def parse_numa_option(text: str) -> tuple[int, ...]:
         raise UsageError("NUMA option is empty", value=text, fix="e.g. 3G,3G")
     # 0 makes a memoryless node (QEMU: -numa node without memdev), which
     # hot-added memory can then populate.
-    sizes = tuple(_mib_when_bare(p, "NUMA node size", allow_zero=True) for p in text.split(","))
+    parts = text.split(",")
+    if len(parts) > MAX_NODES:
+        raise UsageError(f"{len(parts)} NUMA nodes exceed QEMU's limit of {MAX_NODES}",
+                         value=f"{text[:40]}...", fix=f"give at most {MAX_NODES} node sizes")
+    sizes = tuple(_mib_when_bare(p, "NUMA node size", allow_zero=True) for p in parts)
     if not any(sizes):
         raise UsageError("every NUMA node is empty", value=text, fix="e.g. 3G,3G or 6G,0")
     for s in sizes:
@@ -226,7 +242,7 @@ def parse_dimm_option(text: str) -> AddDimm:
     node_text = m.group("node")
     if node_text is None:
         node = 0
-    elif node_text.isdigit():
+    elif is_count(node_text):
         node = int(node_text)
     else:
         raise UsageError(f"DIMM {dimm_id}: node {node_text!r} is not a non-negative integer",
@@ -234,11 +250,11 @@ def parse_dimm_option(text: str) -> AddDimm:
     addr = None
     if m.group("addr") is not None:
         raw = m.group("addr").strip()
-        try:
-            addr = int(raw, 16) if raw.lower().startswith("0x") else int(raw, 10)
-        except ValueError:
+        # ASCII only: int() also reads '١٢' (Arabic-Indic digits) as 12.
+        if not re.fullmatch(r"0[xX][0-9a-fA-F]{1,16}|[0-9]{1,20}", raw, re.ASCII):
             raise UsageError(f"DIMM {dimm_id}: address {raw!r} is not a number", value=text,
-                             fix="give it in hex, e.g. 0x1c0000000") from None
+                             fix="give it in hex, e.g. 0x1c0000000")
+        addr = int(raw, 16) if raw.lower().startswith("0x") else int(raw, 10)
         if addr < 0 or addr >= 1 << 64:
             raise UsageError(f"DIMM {dimm_id}: address {raw!r} is out of range", value=text)
     return AddDimm(dimm_id, size, node, addr)

@@ -40,6 +40,13 @@ class RuntimePaths:
         return self.workdir / "qmp.jsonl"
 
 
+def opt_value(value: object) -> str:
+    """A value inside a QEMU ``key=value,...`` option string: QEMU's option
+    parser reads ``,,`` as a literal comma (a path ``/x/my,disk.img`` must not
+    end the value at the comma and become an option of its own)."""
+    return str(value).replace(",", ",,")
+
+
 def _mib(n: int) -> str:
     return f"{n >> 20}M"
 
@@ -100,14 +107,14 @@ def boot_args(cfg: VMConfig) -> list[str]:
     # snapshot=on: writes go to a temporary overlay, the image is never modified.
     return [
         "-drive",
-        f"file={boot.image},format={boot.format},if=virtio,snapshot=on",
+        f"file={opt_value(boot.image)},format={boot.format},if=virtio,snapshot=on",
     ]
 
 
 def fw_cfg_args(cfg: VMConfig) -> list[str]:
     args: list[str] = []
     for item in cfg.fw_cfg:
-        args += ["-fw_cfg", f"name={item.name},file={item.path}"]
+        args += ["-fw_cfg", f"name={opt_value(item.name)},file={opt_value(item.path)}"]
     return args
 
 
@@ -132,7 +139,7 @@ def console_args(paths: RuntimePaths) -> list[str]:
 
 def control_args(cfg: VMConfig, paths: RuntimePaths) -> list[str]:
     args = [
-        "-qmp", f"unix:{paths.qmp_socket},server=on,wait=off",
+        "-qmp", f"unix:{opt_value(paths.qmp_socket)},server=on,wait=off",
         "-pidfile", str(paths.pidfile),
     ]
     if cfg.pvpanic:

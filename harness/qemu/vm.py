@@ -13,6 +13,7 @@ a ``kill -9`` of memhp cannot leak a QEMU.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import itertools
 import logging
@@ -31,15 +32,20 @@ from types import TracebackType
 from typing import Any
 
 from harness.errors import (
+    GuestCommandError,
+    GuestHung,
     GuestPanic,
     GuestUnreachable,
     HostEnvironmentError,
     HotplugRefused,
     LaunchError,
     QemuExited,
+    QemuUnresponsive,
     QMPCommandError,
     VMError,
+    WaitTimeout,
 )
+from harness.leaks import proc_start_time, proc_stat, sweep_stale_workdirs, workdir_base
 from harness.qemu.argv import RuntimePaths, build_argv
 from harness.qemu.config import FwCfgFile, KernelBoot, VMConfig
 from harness.qemu.qmp import QMPEvent, QMPSession
@@ -128,6 +134,21 @@ def _tail(path: Path, lines: int = 40) -> str:
 
 
 _ids = itertools.count()
+_NAMED = (QemuExited, QemuUnresponsive, GuestHung, GuestPanic)
+
+# How long a broken QMP connection may precede the exit of QEMU's process:
+# after kill -9 the socket closes before the kernel lets us reap the child.
+EXIT_GRACE_S = 3.0
+PROC_STATES = {"R": "running", "S": "sleeping", "D": "in uninterruptible sleep",
+               "T": "stopped", "t": "stopped by a tracer", "Z": "a zombie", "X": "dead",
+               "I": "idle"}
+
+
+def process_state(pid: int) -> str | None:
+    """The one-letter /proc state of ``pid`` (``R``, ``S``, ``T``, ``Z``...),
+    None when there is no such process."""
+    fields = proc_stat(pid)
+    return fields[0] if fields else None
 
 
 class VM:
@@ -205,17 +226,13 @@ class VM:
         self.timings["boot_to_ssh_s"] = time.monotonic() - t0
 
     def _make_workdir(self) -> Path:
-        parent = self._runtime_dir
-        if parent is None:
-            xdg = os.environ.get("XDG_RUNTIME_DIR")
-            parent = Path(xdg) if xdg and os.access(xdg, os.W_OK) else None
-        base = Path(parent) if parent is not None else Path(tempfile.gettempdir())
-        if len(str(base)) > 60:
-            # a unix socket path must fit in sun_path (108 bytes)
-            base = Path("/tmp")
+        base = workdir_base(self._runtime_dir)
+        sweep_stale_workdirs(base)
         # mkdtemp creates the directory 0700, owned by us.
-        path = Path(tempfile.mkdtemp(prefix="memhp-", dir=base))
+        pid = os.getpid()
+        path = Path(tempfile.mkdtemp(prefix=f"memhp-{pid}-", dir=base))
         os.chmod(path, 0o700)
+        (path / "owner").write_text(f"{pid} {proc_start_time(pid)}\n")
         return path
 
     def _prepare_boot(self, workdir: Path) -> VMConfig:
@@ -303,11 +320,18 @@ class VM:
         return _tail(self.paths.serial_log, lines) if self.paths else ""
 
     def check_alive(self, serial: str | None = None) -> None:
-        """Raise at once if QEMU died or the guest panicked (``serial``: the
-        console text when the caller has just read it)."""
-        if self.proc is not None and self.proc.poll() is not None:
-            output = self.paths.qemu_log.read_text(errors="replace") if self.paths else ""
-            raise QemuExited(self.proc.returncode, output=output, serial_tail=self.serial_tail())
+        """Raise at once if QEMU died, is stopped, or the guest panicked
+        (``serial``: the console text when the caller has just read it)."""
+        try:
+            self._check_process()
+        except QemuExited as exited:
+            # QEMU ends itself after a guest panic (-action panic=shutdown):
+            # the panic is the cause, the exit its consequence.
+            self._check_panic(serial, also=f" ({exited.message.splitlines()[0]})")
+            raise
+        self._check_panic(serial)
+
+    def _check_panic(self, serial: str | None = None, also: str = "") -> None:
         panicked = self.qmp is not None and any(
             ev.name == "GUEST_PANICKED" for ev in self.qmp.events()
         )
@@ -316,7 +340,64 @@ class VM:
         m = PANIC_RE.search(serial)
         if panicked or m:
             text = m.group(0) if m else "GUEST_PANICKED event from QEMU"
-            raise GuestPanic(f"guest kernel panicked: {text}", serial_tail=self.serial_tail(60))
+            raise GuestPanic(f"guest kernel panicked: {text}{also}",
+                             serial_tail=self.serial_tail(60))
+
+    def _check_process(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is not None:
+            output = self.paths.qemu_log.read_text(errors="replace") if self.paths else ""
+            raise QemuExited(self.proc.returncode, output=output, serial_tail=self.serial_tail())
+        state = process_state(self.proc.pid)
+        if state in ("T", "t"):
+            raise QemuUnresponsive(
+                f"QEMU (pid {self.proc.pid}) is {PROC_STATES[state]} (process state {state}: "
+                "SIGSTOP or a debugger); it can answer neither QMP nor the guest's SSH "
+                f"(fix: kill -CONT {self.proc.pid}, or find what stopped it)",
+                state=state, serial_tail=self.serial_tail())
+
+    def _wait_exit(self, grace: float = EXIT_GRACE_S) -> None:
+        """After QMP broke: give QEMU's process a bounded moment to end, and
+        raise what ended it (exit code/signal, stop, panic) if it did."""
+        if self.proc is None:
+            return
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(grace)
+        self.check_alive()
+
+    def diagnose(self, exc: BaseException, *, what: str) -> None:
+        """Name the cause of a failed QMP or SSH exchange: QEMU exited or
+        was killed, is stopped, the guest panicked, QEMU no longer answers
+        QMP, or the guest no longer answers SSH.  Raises the named error, or
+        returns when none applies (the caller re-raises ``exc``)."""
+        if isinstance(exc, _NAMED):
+            return  # already named (e.g. by the SSH layer's own diagnosis)
+        self._wait_exit(EXIT_GRACE_S if not isinstance(exc, WaitTimeout) else 0.0)
+        if not isinstance(exc, WaitTimeout) or self.proc is None:
+            return
+        pid = self.proc.pid
+        state = process_state(pid) or "?"
+        how = PROC_STATES.get(state, state)
+        try:
+            status = self._qmp().execute("query-status", timeout=5.0 * self.timeouts.scale,
+                                         phase="qemu")
+        except VMError as probe:
+            self._wait_exit(0.0)
+            raise QemuUnresponsive(
+                f"{what} timed out and QEMU (pid {pid}, {how}) does not answer QMP either "
+                f"({probe.message}); QEMU is hung", state=state,
+                serial_tail=self.serial_tail()) from exc
+        run_state = status.get("status", "?") if isinstance(status, dict) else "?"
+        if run_state != "running":
+            raise QemuUnresponsive(
+                f"{what} timed out: the VM is not running (QMP status {run_state!r})",
+                state=state, serial_tail=self.serial_tail()) from exc
+        if exc.phase == "ssh":
+            raise GuestHung(
+                f"{what} timed out; QEMU (pid {pid}) runs and answers QMP, so the guest "
+                "itself stopped answering (hung kernel, or sshd gone)",
+                phase="guest", serial_tail=self.serial_tail()) from exc
 
     def check_reachable(self) -> None:
         """Raise at once when the default guest's /init reported that SSH
@@ -361,6 +442,10 @@ class VM:
             "127.0.0.1", self.config.ssh_port, self.ssh_user, key, host_line,
             connect_timeout=self.timeouts.s("ssh"), logger=self.log,
         )
+        # Every guest command, whoever runs it, stops at once when QEMU
+        # dies or is stopped, and a timeout is explained (QEMU or guest hung).
+        shell.abort = self.check_alive
+        shell.diagnose = self.diagnose
 
         def attempt() -> bool:
             try:
@@ -383,14 +468,17 @@ class VM:
 
     def execute(self, command: str, arguments: dict[str, Any] | None = None, *,
                 phase: str = "qmp", timeout: float = 60.0) -> Any:
-        """A QMP command; if QMP breaks because QEMU died or the guest
-        panicked, that is what gets raised."""
+        """A QMP command.  When QMP breaks, QEMU gets a bounded moment to
+        exit and the cause is raised: :class:`QemuExited` (exit code or
+        signal), :class:`GuestPanic`, :class:`QemuUnresponsive` (stopped, or
+        no reply); otherwise the QMP failure itself."""
+        self._check_process()  # a stopped QEMU would only time out
         try:
             return self._qmp().execute(command, arguments, phase=phase, timeout=timeout)
         except QMPCommandError:
             raise
-        except VMError:
-            self.check_alive()
+        except VMError as exc:
+            self.diagnose(exc, what=f"QMP {command}")
             raise
 
     def ssh(self, argv: list[str], *, timeout: float | None = None, check: bool = True) -> Any:
@@ -401,8 +489,10 @@ class VM:
         try:
             return self.shell.run(argv, timeout=timeout or self.timeouts.s("command"),
                                   check=check)
-        except (VMError, OSError, EOFError):
-            self.check_alive()
+        except GuestCommandError:
+            raise
+        except (VMError, OSError, EOFError) as exc:
+            self.diagnose(exc, what=f"guest command {shlex.join(argv)!r}")
             raise
 
     def query_memory_devices(self) -> tuple[QemuDimm, ...]:
@@ -536,7 +626,10 @@ class VM:
         proc = self.proc
         if proc is None:
             return
-        if proc.poll() is None and self.qmp is not None:
+        if process_state(proc.pid) in ("T", "t"):
+            self.log.info("QEMU %d is stopped, killing it", proc.pid)
+            proc.kill()
+        elif proc.poll() is None and self.qmp is not None:
             try:
                 self.qmp.execute("quit", timeout=2.0, phase="shutdown")
             except Exception as exc:  # noqa: BLE001 - QEMU may go before replying

@@ -37,7 +37,7 @@ def test_markdown_names_each_run_and_each_mismatch() -> None:
     text = markdown(merge([good, bad]))
     assert "`fake` — PASS" in text and "`broken` — FAIL" in text
     assert "**FAIL**" in text
-    assert "`memory32` zone: model `Movable`, sysfs `Normal`" in text
+    assert "`memory32` `zone`: model `Movable`, `sysfs` `Normal`" in text
     first_block = good["steps"][-1]["expected"]["dimms"][0]["blocks"][0]
     assert f"memory{first_block}" in text
 

@@ -1,0 +1,271 @@
+"""Hostile inputs: each is refused with exit 2 (3 for a QEMU that is not
+QEMU), a one-line message naming the value and the fix, before any VM starts,
+and nothing is left in the temp dir.
+
+The commands run in-process with ``--qemu`` pointing at a recorder: a
+wrapper that answers ``--version`` with the real QEMU and logs any other
+invocation (a VM launch) to a file, which must stay empty.  It is a real
+QEMU for the one thing memhp asks before a VM, not a mock.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from harness.cli import main
+
+NON_ASCII_DIGITS = st.characters(categories=["Nd"]).filter(lambda c: not c.isascii())
+ID_RE = re.compile(r"[A-Za-z][A-Za-z0-9._-]{0,63}", re.ASCII)
+
+
+@dataclass
+class Sandbox:
+    root: Path
+    tmp: Path
+    qemu: Path
+    launches: Path
+    capsys: pytest.CaptureFixture[str]
+
+    def run(self, args: list[str], *, code: int = 2, needle: str,
+            fix: bool = True) -> str:
+        """Run memhp with ``args``; check the exit code, the one-line message
+        (``needle`` in it, with a fix), no VM launch and an empty temp dir."""
+        argv = list(args)
+        if argv[0] == "run":
+            argv[1:1] = ["--accel", "tcg", "--qemu", str(self.qemu)]
+        rc = main(argv)
+        out, err = self.capsys.readouterr()
+        assert rc == code, f"{args!r}: exit {rc}\n{err}"
+        lines = [ln for ln in err.splitlines() if ln.startswith(("memhp", "Error:"))]
+        assert len(lines) == 1, f"{args!r}: not one message line:\n{err}"
+        assert needle in lines[0], f"{args!r}: {needle!r} not in {lines[0]!r}"
+        if fix:
+            assert "fix" in lines[0] or "Try" in err or "e.g." in lines[0], lines[0]
+        assert "Traceback" not in err + out
+        assert not self.launches.exists(), f"{args!r} launched QEMU: {self.launches.read_text()}"
+        left = [p.name for p in self.tmp.iterdir()]
+        assert left == [], f"{args!r} left {left} in the temp dir"
+        return lines[0]
+
+
+@pytest.fixture()
+def sandbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> Iterator[Sandbox]:
+    tmp = Path(tempfile.mkdtemp(prefix="hostile-", dir="/tmp"))
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    launches = tmp_path / "launches.log"
+    qemu = tmp_path / "qemu-recorder"
+    qemu.write_text('#!/bin/sh\nif [ "$1" = --version ]; then exec qemu-system-x86_64 '
+                    f'--version; fi\necho "$@" >> {launches}\nexit 1\n')
+    qemu.chmod(0o755)
+    work = tmp_path / "work"
+    work.mkdir()
+    yield Sandbox(work, tmp, qemu, launches, capsys)
+    os.rmdir(tmp)
+
+
+def _fifo(root: Path) -> Path:
+    path = root / "fifo"
+    if not path.exists():
+        os.mkfifo(path)
+    return path
+
+
+def _file(root: Path, name: str, text: str | bytes) -> Path:
+    path = root / name
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text)
+    return path
+
+
+DEEP = "a = " + "[" * 5000 + "]" * 5000 + "\n"
+MANY_STEPS = "".join(f'[[step]]\nadd = "d{i}:128M@0"\n' for i in range(1001))
+NODES_192 = ",".join(["1G"] * 192)
+
+# (argv with {fifo} {file:NAME:TEXT} placeholders resolved below, exit code, needle)
+CASES: list[tuple[list[str], int, str]] = [
+    # digits are ASCII only
+    (["run", "--memory", "6G,slots=²,maxmem=32G"], 2, "slots='²'"),
+    (["run", "--add", "dimm0:1G@²"], 2, "node '²'"),
+    (["run", "--add", "dimm0:1G@١"], 2, "node '١'"),
+    (["run", "--add", "dimm0:١G@1"], 2, "'١G'"),
+    (["run", "--add", "d0:1G@1:0x١٢"], 2, "address"),
+    (["run", "--numa", "٣G,3G"], 2, "'٣G'"),
+    (["run", "--qemu-version", "٧.٢"], 2, "'٧.٢'"),
+    (["run", "--qemu-version", "7"], 2, "MAJOR.MINOR"),
+    (["run", "--qemu-version", "7.2beta"], 2, "MAJOR.MINOR"),
+    (["model", "--add", "dimm0:1G@²"], 2, "node '²'"),
+    (["model", "--memory", "6G,slots=²,maxmem=32G"], 2, "slots='²'"),
+    # ids
+    (["run", "--add", "dimm0\n:1G@1"], 2, "not a valid QEMU id"),
+    (["run", "--add", "a" * 1000 + ":1G@1"], 2, "not a valid QEMU id"),
+    (["run", "--add", "a" * 65 + ":1G@1"], 2, "not a valid QEMU id"),
+    (["run", "--add", "d,x:1G@1"], 2, "not a valid QEMU id"),
+    (["run", "--add", "d[/]:1G@1"], 2, "not a valid QEMU id"),
+    (["run", "--add", "d0:1G@1", "--remove", "bad id"], 2, "not a valid QEMU id"),
+    (["model", "--add", "d\x00:1G@1"], 2, "not a valid QEMU id"),
+    # nodes, smp, block size
+    (["run", "--memory", "192G,slots=2,maxmem=200G", "--numa", NODES_192], 2,
+     "192 NUMA nodes exceed"),
+    (["model", "--memory", "192G,slots=2,maxmem=200G", "--numa", NODES_192], 2,
+     "192 NUMA nodes exceed"),
+    (["run", "--smp", "100000"], 2, "100000"),
+    (["run", "--smp", "0"], 2, "0"),
+    (["model", "--block-size=1"], 2, "power of two of at least 128M"),
+    (["model", "--block-size=4K"], 2, "power of two of at least 128M"),
+    (["model", "--block-size=64M"], 2, "power of two of at least 128M"),
+    (["model", "--block-size=384M"], 2, "power of two of at least 128M"),
+    # timeouts
+    (["run", "--timeout-scale", "nan"], 2, "nan"),
+    (["run", "--timeout-scale", "inf"], 2, "inf"),
+    (["run", "--timeout-scale", "-1"], 2, "-1"),
+    (["run", "--timeout-scale", "0"], 2, "0"),
+    # --modules only with --kernel
+    (["run", "--modules", "/tmp"], 2, "--modules is only for --kernel"),
+    # files: regular and bounded, never opened otherwise
+    (["run", "--scenario", "{fifo}"], 2, "is a FIFO"),
+    (["run", "--scenario", "/dev/zero"], 2, "is a device"),
+    (["run", "--scenario", "/dev/null"], 2, "is a device"),
+    (["run", "--scenario", "/"], 2, "is a directory"),
+    (["run", "--scenario", "{file:big.toml:" + "#" * (2 << 20) + "}"], 2, "over the limit"),
+    (["run", "--scenario", "{file:deep.toml:" + DEEP + "}"], 2, "nests too deeply"),
+    (["run", "--scenario", "{file:steps.toml:" + MANY_STEPS + "}"], 2, "over the limit of 1000"),
+    (["run", "--scenario", "{file:smp.toml:[machine]\nsmp = 100000\n[[step]]\nadd='d:1G@1'\n}"],
+     2, "smp 100000"),
+    (["run", "--scenario", "{file:smp0.toml:[machine]\nsmp = 0\n[[step]]\nadd='d:1G@1'\n}"],
+     2, "smp 0"),
+    (["run", "--scenario", "{file:name.toml:name = 'x[/]'\n[[step]]\nadd='d:1G@1'\n}"],
+     2, "scenario name 'x[/]'"),
+    (["run", "--scenario", "{file:nl.toml:name = \"a\\nb\"\n[[step]]\nadd='d:1G@1'\n}"],
+     2, "scenario name 'a\\nb'"),
+    (["run", "--scenario", "{file:comma.toml:name = 'a,b'\n[[step]]\nadd='d:1G@1'\n}"],
+     2, "scenario name 'a,b'"),
+    (["run", "--scenario", "{file:bin.toml:\xff\xfe}"], 2, "not UTF-8"),
+    (["run", "--scenario", "{file:nodes.toml:[machine]\nnuma = '" + NODES_192 + "'\n"
+      "memory = '192G,slots=2,maxmem=200G'\n[[step]]\nadd='d:1G@1'\n}"], 2, "192 NUMA nodes"),
+    (["run", "--scenario", "{file:id.toml:[[step]]\nadd = \"d\\n:1G@1\"\n}"], 2,
+     "not a valid QEMU id"),
+    (["run", "--kernel", "{fifo}"], 2, "is a FIFO"),
+    (["run", "--kernel", "/dev/zero"], 2, "is a device"),
+    (["run", "--kernel", "/"], 2, "is a directory"),
+    (["run", "--disk", "{fifo}", "--ssh-key", "/dev/null"], 2, "is a FIFO"),
+    (["run", "--disk", "/dev/zero", "--ssh-key", "/dev/null"], 2, "is a device"),
+    (["run", "--disk", "{file:d.img:x}", "--ssh-key", "{fifo}"], 2, "is a FIFO"),
+    (["run", "--disk", "{file:d.img:x}", "--ssh-key", "{file:k:x}", "--ssh-host-key", "{fifo}"],
+     2, "is a FIFO"),
+    (["run", "--exec", "true", "--script", "{fifo}"], 2, "is a FIFO"),
+    (["run", "--script", "/dev/zero"], 2, "is a device"),
+    # --keep
+    (["run", "--keep", "/dev/null"], 2, "exists and is not a directory"),
+    (["run", "--keep", "{file:afile:x}"], 2, "exists and is not a directory"),
+    (["run", "--keep", "{file:afile:x}/sub"], 2, "cannot be created"),
+    # --online / --append
+    (["run", "--append", "memhp_default_state=bogus"], 2, "memhp_default_state='bogus'"),
+    (["run", "--online", "sideways"], 2, "sideways"),
+    # a QEMU that is not QEMU: environment (3)
+    (["run", "--accel", "tcg", "--qemu", "/bin/false"], 3, "is not QEMU"),
+    (["run", "--accel", "tcg", "--qemu", "/bin/echo"], 3, "is not QEMU"),
+    (["run", "--accel", "tcg", "--qemu", "/nonexistent/qemu"], 3, "not found"),
+    # report inputs: regular files, JSON, the published schema
+    (["report", "markdown", "{fifo}"], 2, "is a FIFO"),
+    (["report", "markdown", "/dev/zero"], 2, "is a device"),
+    (["report", "markdown", "{file:deep.json:" + "[" * 100000 + "}"], 2, "nests too deeply"),
+    (["report", "markdown", "{file:noexp.json:" + json.dumps(
+        {"schema": 1, "result": "pass", "steps": [{"action": "add", "observed": {}}]}) + "}"],
+     2, "'expected' is a required property"),
+    (["report", "markdown", "{file:strnum.json:" + json.dumps(
+        {"schema": 1, "result": "pass", "steps": [{"action": "a", "expected": {
+            "blocks": [{"number": "<script>"}]}, "observed": {}}]}) + "}"], 2, "steps/0/expected"),
+    (["report", "markdown", "{file:badres.json:" + json.dumps(
+        {"schema": 1, "result": "maybe", "steps": []}) + "}"], 2, "result"),
+    (["report", "markdown", "{file:runs.json:" + json.dumps(
+        {"schema": 1, "runs": "x"}) + "}"], 2, "runs"),
+    (["report", "merge", "{file:list.json:[1,2]}"], 2, "not a memhp result document"),
+    (["report", "map", "{file:node.json:" + json.dumps(
+        {"schema": 1, "result": "pass", "layout": {"below_4g": 1, "above_4g": 0},
+         "steps": [{"action": "a", "expected": {"dimms": [
+             {"id": "d", "addr": 0, "size": 1, "node": "<script>"}]}, "observed": {}}]})
+      + "}", "-o", "{root}/m.svg"], 2, "node"),
+    # kconfig check
+    (["kconfig", "check", "{fifo}"], 2, "is a FIFO"),
+    (["kconfig", "check", "/dev/zero"], 2, "is a device"),
+    (["kconfig", "check", "{file:c.config:CONFIG_X=y\n}", "--cmdline",
+      "memhp_default_state=bogus"], 2, "memhp_default_state='bogus'"),
+]
+
+
+def _resolve(arg: str, root: Path) -> str:
+    if arg == "{fifo}":
+        return str(_fifo(root))
+    if arg.startswith("{file:"):
+        body, _, rest = arg[len("{file:"):].rpartition("}")
+        name, _, text = body.partition(":")
+        data = text.encode("latin-1") if name == "bin.toml" else text
+        return str(_file(root, name, data)) + rest
+    return arg.replace("{root}", str(root))
+
+
+def _case_id(case: tuple[list[str], int, str]) -> str:
+    text = " ".join(case[0])
+    return re.sub(r"\s+", " ", text)[:60]
+
+
+@pytest.mark.parametrize(("args", "code", "needle"), CASES, ids=[_case_id(c) for c in CASES])
+def test_hostile_input_is_refused_cleanly(sandbox: Sandbox, args: list[str], code: int,
+                                          needle: str) -> None:
+    sandbox.run([_resolve(a, sandbox.root) for a in args], code=code, needle=needle,
+                fix=code == 2 or "fix" in needle)
+
+
+def test_the_fifo_was_never_opened(sandbox: Sandbox) -> None:
+    """A FIFO with no writer blocks whoever opens it for reading: refused
+    from stat alone, so this returns at once."""
+    fifo = _fifo(sandbox.root)
+    assert stat.S_ISFIFO(fifo.stat().st_mode)
+    sandbox.run(["run", "--scenario", str(fifo)], needle="is a FIFO")
+
+
+SLOW = settings(max_examples=25, deadline=None,
+                suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@SLOW
+@given(NON_ASCII_DIGITS, st.sampled_from([
+    ("run", "--add", "dimm0:1G@{}", "node"),
+    ("run", "--memory", "6G,slots={},maxmem=32G", "slots="),
+    ("run", "--add", "dimm0:{}G@1", "size"),
+    ("model", "--add", "dimm0:1G@{}", "node"),
+    ("run", "--qemu-version", "{}.2", "MAJOR.MINOR"),
+]))
+def test_non_ascii_digits_are_refused(sandbox: Sandbox, digit: str,
+                                      template: tuple[str, str, str, str]) -> None:
+    cmd, opt, value, needle = template
+    sandbox.run([cmd, opt, value.format(digit)], needle=needle)
+
+
+@SLOW
+@given(st.text(alphabet=st.characters(blacklist_characters=":@"), min_size=0, max_size=80)
+       .filter(lambda s: s == s.strip() and not ID_RE.fullmatch(s)))
+def test_ids_outside_qemus_rules_are_refused(sandbox: Sandbox, dimm_id: str) -> None:
+    sandbox.run(["run", "--add", f"{dimm_id}:1G@1"], needle="not a valid QEMU id")
+
+
+@SLOW
+@given(st.integers(min_value=129, max_value=400))
+def test_more_than_128_nodes_are_refused(sandbox: Sandbox, n: int) -> None:
+    sandbox.run(["model", "--memory", f"{n}G,slots=2,maxmem={n + 8}G", "--numa",
+                 ",".join(["1G"] * n)], needle=f"{n} NUMA nodes exceed")

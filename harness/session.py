@@ -18,20 +18,18 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from harness.errors import HarnessError, HotplugRefused, QMPCommandError, UsageError, VMError
+from harness.errors import HarnessError, UsageError, VMError
 from harness.guest.splats import Splat, find_splats, last_time, newer_than
 from harness.guest.workload import (
-    CHECK_SCRIPT,
-    START_SCRIPT,
-    STOP_SCRIPT,
     WorkloadSpec,
-    parse_check,
 )
 from harness.model import PlacedDimm, Prediction, predict
-from harness.model.kernel import KernelMemory, KernelPolicy, Outcome, UnmodelledKernel
+from harness.model.kernel import KernelMemory, KernelPolicy, UnmodelledKernel
 from harness.qemu.vm import VM
 from harness.retry import wait_for
 from harness.scenario import Scenario, Step
+from harness.steps import ACTS
+from harness.steps.workload import check_workloads, stop_workloads
 from harness.verify import (
     ExpectedBlock,
     Mismatch,
@@ -41,9 +39,6 @@ from harness.verify import (
 )
 
 log = logging.getLogger("harness.session")
-# mm/page_isolation.c: a failed isolation for offlining dumps the culprit
-# (dump_page(page, "unmovable page")); it is how the kernel explains EBUSY.
-UNMOVABLE_PAGE_DUMP = r"page dumped because: unmovable page"
 SCHEMA_VERSION = 1
 
 
@@ -228,9 +223,9 @@ class Runner:
     addresses, slots, blocks) and the kernel side
     (:class:`harness.model.kernel.KernelMemory`: block states, zones, what
     each ``state`` write answers, the bytes MemTotal gains), fed with the
-    policy the guest reports at baseline.  Each step kind has one method
-    that acts and tells the kernel model what happened; observing and
-    comparing is the same for all.
+    policy the guest reports at baseline.  Each step kind acts in its own
+    module (:mod:`harness.steps`) and tells the kernel model what happened;
+    observing and comparing is the same for all, so this stays a loop.
     """
 
     def __init__(self, scenario: Scenario, vm: VM, *, on_step: Callable[[StepResult], None]
@@ -250,12 +245,7 @@ class Runner:
         self.dropped_removes: set[int] = set()  # indices of removes the guest refused
         self.log_mark: float | None = None  # kernel time of the last log record scanned
         self.boot_splats: list[Splat] = []
-        self._step_expects: list[str] = []  # splats the kernel's answer in this step explains
-        self._acts: dict[str, Callable[[Step, dict[str, float]], list[Mismatch]]] = {
-            "add": self._act_add, "online": self._act_online, "offline": self._act_offline,
-            "remove": self._act_remove, "reset": self._act_reset,
-            "workload": self._act_workload,
-        }
+        self.step_expects: list[str] = []  # splats the kernel's answer in this step explains
         self.workloads: dict[str, WorkloadSpec] = {}
 
     # -- baseline -----------------------------------------------------------
@@ -273,14 +263,14 @@ class Runner:
             log.warning("guest block size %d differs from the model's default %d; "
                         "re-predicting with the observed value", observed_bs, self.block_size)
             self.block_size = observed_bs
-            self._repredict()
+            self.repredict()
         self.policy = guest.kernel_policy()
         try:
             self.kernel = KernelMemory(self.policy, self.block_size)
         except UnmodelledKernel as exc:
             raise VMError(str(exc), phase="model") from exc
         self.boot_blocks = {b.number for b in view.sysfs.blocks}
-        self._set_baseline_totals(view)
+        self.set_baseline_totals(view)
         records = guest.kernel_log()
         self.log_mark = last_time(records)
         self.boot_splats = find_splats(records, self.scenario.expect_splats)
@@ -291,14 +281,14 @@ class Runner:
         self.log_mark = last_time(records) or self.log_mark
         return find_splats(records, (*self.scenario.expect_splats, *expected))
 
-    def _set_baseline_totals(self, view: Any) -> None:
+    def set_baseline_totals(self, view: Any) -> None:
         online = self._online_bytes_by_node()
         self.baseline_nodes = {
             n: info.values["MemTotal"] - online.get(n, 0) for n, info in view.nodes.items()
         }
         self.baseline_total = view.meminfo["MemTotal"] - sum(online.values())
 
-    def _repredict(self) -> None:
+    def repredict(self) -> None:
         ops = [op for i, op in enumerate(self.scenario.model_ops())
                if i not in self.dropped_removes]
         spec = replace(self.scenario.machine, block_size=self.block_size)
@@ -309,7 +299,7 @@ class Runner:
         ops = [s for s in self.steps_done if s.is_model_op]
         return sum(1 for i in range(len(ops)) if i not in self.dropped_removes)
 
-    def _current_dimms(self) -> tuple[PlacedDimm, ...]:
+    def current_dimms(self) -> tuple[PlacedDimm, ...]:
         done = self._ops_done()
         return self.prediction.steps[done - 1].dimms if done else ()
 
@@ -335,7 +325,7 @@ class Runner:
         numactl = guest.numactl()
         free = guest.free()
         expected = self.expected_blocks()
-        mism = compare_qemu(self._current_dimms(), qemu_dimms)
+        mism = compare_qemu(self.current_dimms(), qemu_dimms)
         mism += compare_blocks(expected, self.boot_blocks, view.sysfs.blocks)
         node_totals = {n: info.values["MemTotal"] for n, info in view.nodes.items()}
         mism += compare_totals(
@@ -363,7 +353,7 @@ class Runner:
         online = self._online_bytes_by_node()
         nodes = sorted(set(self.baseline_nodes) | set(online))
         return {
-            "dimms": [_dimm_json(d) for d in self._current_dimms()],
+            "dimms": [_dimm_json(d) for d in self.current_dimms()],
             "blocks": [
                 {"number": b.number, "state": b.state, "node": b.node, "zone": b.zone,
                  "managed_bytes": b.managed_bytes, "valid_zones": list(b.valid_zones)}
@@ -378,162 +368,16 @@ class Runner:
         }
 
     # -- actions: one method per step kind -----------------------------------------
-    def _dimm(self, dimm_id: str) -> PlacedDimm:
-        for d in self._current_dimms():
+    def dimm(self, dimm_id: str) -> PlacedDimm:
+        for d in self.current_dimms():
             if d.id == dimm_id:
                 return d
         raise UsageError(f"DIMM {dimm_id!r} is not plugged at this step", value=dimm_id)
 
-    def _km(self) -> KernelMemory:
+    def km(self) -> KernelMemory:
         if self.kernel is None:
             raise UsageError("take_baseline() must run before the steps")
         return self.kernel
-
-    def _act_refused_add(self, step: Step, lat: dict[str, float]) -> list[Mismatch]:
-        """An add the scenario expects QEMU to refuse: QEMU's words must be the
-        model's, and nothing changes (the scenario goes on)."""
-        assert step.add is not None
-        a = step.add
-        index = self.scenario.steps.index(step)
-        predicted = self.scenario.expected_refusals()[index]
-        words = getattr(predicted, "qemu_message", "") or str(predicted)
-        t0 = time.monotonic()
-        try:
-            self.vm.hot_add(a.id, a.size, a.node, a.addr)
-        except QMPCommandError as exc:
-            lat["device_add_s"] = time.monotonic() - t0
-            self.steps_done.append(step)
-            if exc.desc != words:
-                return [Mismatch("refusal", a.id, words, exc.desc, "qemu")]
-            return []
-        self.steps_done.append(step)
-        # QEMU took it: the plan no longer holds; say so and stop trusting it.
-        raise VMError(f"QEMU accepted {step.describe()}, which the model says it refuses "
-                      f"({words!r})", phase="model")
-
-    def _act_add(self, step: Step, lat: dict[str, float]) -> list[Mismatch]:
-        assert step.add is not None
-        if step.expect_refusal is not None:
-            return self._act_refused_add(step, lat)
-        a = step.add
-        t0 = time.monotonic()
-        self.vm.hot_add(a.id, a.size, a.node, a.addr)
-        lat["device_add_s"] = time.monotonic() - t0
-        self.steps_done.append(step)
-        d = self._dimm(a.id)
-        if not d.guest_accepts:
-            return []
-        outcomes = self._km().hot_add(d.id, d.node, d.blocks, d.size)
-        t1 = time.monotonic()
-        wait_blocks(self.vm, list(d.blocks), present=True,
-                    state="online" if outcomes and all(o.ok for o in outcomes) else None)
-        lat["blocks_visible_s"] = time.monotonic() - t1
-        return []
-
-    def _write_states(self, step: Step, blocks: list[int], want: str,
-                      predicted: list[Outcome]) -> list[Mismatch]:
-        """Write ``want`` to each block; compare every answer with the model's."""
-        if want == "offline":
-            changes = self.vm.guest.offline_blocks(blocks)
-        else:
-            changes = self.vm.guest.online_blocks(blocks, want)  # type: ignore[arg-type]
-        got = {c.number: c for c in changes}
-        out: list[Mismatch] = []
-        for p in predicted:
-            c = got.get(p.number)
-            observed = "no answer" if c is None else ("ok" if c.ok else
-                                                      (c.errno_name or c.error or "error"))
-            expected = "ok" if p.ok else (p.errno or "error")
-            if observed == expected:
-                continue
-            if p.may_fail is not None and observed == p.may_fail:
-                # The kernel may answer this (e.g. EBUSY offlining kernel
-                # memory): the block stays as it was, and the model follows;
-                # the page the kernel dumps to say why is part of that answer.
-                self._km().restore(p.number)
-                self._step_expects.append(UNMOVABLE_PAGE_DUMP)
-                continue
-            out.append(Mismatch(f"write {want}", f"memory{p.number}", expected,
-                                observed if c is None or c.ok else f"{observed} ({c.error})",
-                                "guest"))
-        return out
-
-    def _act_online(self, step: Step, lat: dict[str, float]) -> list[Mismatch]:
-        assert step.policy is not None
-        d = self._dimm(step.dimm)
-        blocks = list(d.blocks)
-        predicted = self._km().online(blocks, step.policy)
-        t1 = time.monotonic()
-        mism = self._write_states(step, blocks, step.policy, predicted)
-        lat["online_s"] = time.monotonic() - t1
-        self.steps_done.append(step)
-        return mism
-
-    def _act_offline(self, step: Step, lat: dict[str, float]) -> list[Mismatch]:
-        d = self._dimm(step.dimm)
-        blocks = list(d.blocks)
-        predicted = self._km().offline(blocks)
-        t1 = time.monotonic()
-        mism = self._write_states(step, blocks, "offline", predicted)
-        lat["offline_s"] = time.monotonic() - t1
-        self.steps_done.append(step)
-        return mism
-
-    def _act_remove(self, step: Step, lat: dict[str, float]) -> list[Mismatch]:
-        self._dimm(step.dimm)
-        t0 = time.monotonic()
-        try:
-            self.vm.hot_remove(step.dimm)
-        except HotplugRefused:
-            # The DIMM stays: later steps are predicted with it still plugged,
-            # and its blocks as the guest left them (an ACPI eject that fails
-            # re-onlines what it had offlined).
-            index = sum(1 for s in self.steps_done if s.is_model_op)
-            self.dropped_removes.add(index)
-            self._step_expects.append(UNMOVABLE_PAGE_DUMP)
-            self.steps_done.append(step)
-            self._repredict()
-            self._follow_guest(step.dimm)
-            raise
-        lat["unplug_s"] = time.monotonic() - t0
-        self.steps_done.append(step)
-        self._km().remove(step.dimm)
-        return []
-
-    def _follow_guest(self, dimm_id: str) -> None:
-        km = self._km()
-        try:
-            sysfs = self.vm.guest.memory_sysfs()
-        except HarnessError:
-            return
-        for b in km.block_view():
-            if b.group == dimm_id and (seen := sysfs.block(b.number)) is not None:
-                km.sync(b.number, seen.state, seen.zone)
-
-    def _act_reset(self, step: Step, lat: dict[str, float]) -> list[Mismatch]:
-        t0 = time.monotonic()
-        self.vm.reboot()
-        lat["reboot_s"] = time.monotonic() - t0
-        self.steps_done.append(step)
-        plugged = sorted((d for d in self._current_dimms() if d.guest_accepts),
-                         key=lambda d: d.slot)
-        self._km().reboot((d.id, d.node, d.blocks, d.size) for d in plugged)
-        self._set_baseline_totals(self.vm.guest.snapshot())
-        return []
-
-    def _act_workload(self, step: Step, lat: dict[str, float]) -> list[Mismatch]:
-        assert step.workload is not None
-        w = step.workload
-        if w.id in self.workloads:
-            raise UsageError(f"workload {w.id!r} is already running", value=w.id,
-                             fix="give every workload its own id")
-        t0 = time.monotonic()
-        self.vm.shell.run_script(START_SCRIPT, args=[w.id, str(w.node), str(w.size >> 20)],
-                                 timeout=self.vm.timeouts.s("command") * 10)
-        lat["workload_start_s"] = time.monotonic() - t0
-        self.workloads[w.id] = w
-        self.steps_done.append(step)
-        return []
 
     def reconcile(self) -> tuple[list[str], list[Mismatch]]:
         """After something outside the steps (``--exec``) touched the blocks:
@@ -541,7 +385,7 @@ class Runner:
         onlined one in a zone one of the online types gives it -- and compare
         everything again.  A block in a zone no online type would give, or a
         block that appeared or went, is a mismatch."""
-        km = self._km()
+        km = self.km()
         sysfs = self.vm.guest.memory_sysfs()
         changes: list[str] = []
         mism: list[Mismatch] = []
@@ -563,41 +407,20 @@ class Runner:
         _, observed_mism = self.observe()
         return changes, mism + observed_mism
 
-    def check_workloads(self) -> tuple[list[dict[str, Any]], list[Mismatch]]:
-        """Every running workload must be alive with its content intact."""
-        states, mism = [], []
-        for wid in self.workloads:
-            res = self.vm.shell.run_script(CHECK_SCRIPT, args=[wid], check=False,
-                                           timeout=self.vm.timeouts.s("command") * 10)
-            st = parse_check(wid, res.stdout)
-            states.append(st.to_json())
-            if not st.alive:
-                mism.append(Mismatch("workload alive", wid, True, False, "guest"))
-            if not st.intact:
-                mism.append(Mismatch("workload md5", wid, st.want or "?", st.have or "?",
-                                     "guest"))
-        return states, mism
-
-    def stop_workloads(self) -> None:
-        for wid in list(self.workloads):
-            self.vm.shell.run_script(STOP_SCRIPT, args=[wid], check=False)
-            del self.workloads[wid]
-
     def run_step(self, index: int, step: Step) -> StepResult:
         t0 = time.monotonic()
         lat: dict[str, float] = {}
         error: str | None = None
         mism: list[Mismatch] = []
         observed: dict[str, Any] = {}
-        self._step_expects = []
+        self.step_expects = []
         splats: list[Splat] = []
         try:
-            act = self._acts[step.action]
-            write_mism = act(step, lat)
+            write_mism = ACTS[step.action](self, step, lat)
             observed, mism = self.observe()
             mism = write_mism + mism
             if self.workloads:
-                observed["workloads"], wl_mism = self.check_workloads()
+                observed["workloads"], wl_mism = check_workloads(self)
                 mism += wl_mism
         except HarnessError as exc:
             if isinstance(exc, VMError) and exc.phase in ("qemu", "guest", "launch"):
@@ -608,7 +431,7 @@ class Runner:
             except HarnessError:
                 observed, mism = {}, []
         try:
-            splats = self.scan_log((*step.expect_splat, *self._step_expects))
+            splats = self.scan_log((*step.expect_splat, *self.step_expects))
         except HarnessError as exc:
             error = error or f"{exc.phase} error: cannot read the kernel log: {exc}"
         result = StepResult(index, step.describe(), self.expected_json(), observed, mism,
@@ -627,7 +450,7 @@ class Runner:
         finally:
             if self.workloads:
                 with contextlib.suppress(HarnessError):
-                    self.stop_workloads()
+                    stop_workloads(self)
         return self.steps
 
 

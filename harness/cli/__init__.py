@@ -29,9 +29,19 @@ def cli(verbose: int) -> None:
 
 
 def _register() -> None:
-    from harness.cli import bench, image, kconfig, kernel, model, regress, report, run
+    from harness.cli import (
+        bench,
+        image,
+        kconfig,
+        kernel,
+        model,
+        regress,
+        report,
+        run,
+        selftest,
+    )
 
-    for module in (model, image, kconfig, kernel, run, regress, bench, report):
+    for module in (model, image, kconfig, kernel, run, regress, bench, report, selftest):
         for command in module.COMMANDS:
             cli.add_command(command)
 

@@ -1,0 +1,101 @@
+"""The pc-dimm device's steps: add (and an add QEMU must refuse), remove.
+
+Act over QMP, then tell the kernel model what the guest now has: the
+DIMM's blocks (auto-onlined by the policy), or nothing (a refused add), or
+the DIMM gone (a removal; one the guest refuses keeps it, as the guest
+left its blocks).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from harness.errors import HarnessError, HotplugRefused, QMPCommandError, VMError
+from harness.verify import Mismatch
+
+if TYPE_CHECKING:
+    from harness.scenario import Step
+    from harness.session import Runner
+
+# mm/page_isolation.c: a failed isolation for offlining dumps the culprit
+# (dump_page(page, "unmovable page")); it is how the kernel explains EBUSY.
+UNMOVABLE_PAGE_DUMP = r"page dumped because: unmovable page"
+
+
+def act_add(runner: Runner, step: Step, lat: dict[str, float]) -> list[Mismatch]:
+    assert step.add is not None
+    if step.expect_refusal is not None:
+        return act_refused_add(runner, step, lat)
+    a = step.add
+    t0 = time.monotonic()
+    runner.vm.hot_add(a.id, a.size, a.node, a.addr)
+    lat["device_add_s"] = time.monotonic() - t0
+    runner.steps_done.append(step)
+    d = runner.dimm(a.id)
+    if not d.guest_accepts:
+        return []
+    outcomes = runner.km().hot_add(d.id, d.node, d.blocks, d.size)
+    t1 = time.monotonic()
+    from harness.session import wait_blocks
+
+    wait_blocks(runner.vm, list(d.blocks), present=True,
+                state="online" if outcomes and all(o.ok for o in outcomes) else None)
+    lat["blocks_visible_s"] = time.monotonic() - t1
+    return []
+
+
+def act_refused_add(runner: Runner, step: Step, lat: dict[str, float]) -> list[Mismatch]:
+    """An add the scenario expects QEMU to refuse: QEMU's words must be the
+    model's, and nothing changes (the scenario goes on)."""
+    assert step.add is not None
+    a = step.add
+    index = runner.scenario.steps.index(step)
+    predicted = runner.scenario.expected_refusals()[index]
+    words = getattr(predicted, "qemu_message", "") or str(predicted)
+    t0 = time.monotonic()
+    try:
+        runner.vm.hot_add(a.id, a.size, a.node, a.addr)
+    except QMPCommandError as exc:
+        lat["device_add_s"] = time.monotonic() - t0
+        runner.steps_done.append(step)
+        if exc.desc != words:
+            return [Mismatch("refusal", a.id, words, exc.desc, "qemu")]
+        return []
+    runner.steps_done.append(step)
+    # QEMU took it: the plan no longer holds; say so and stop trusting it.
+    raise VMError(f"QEMU accepted {step.describe()}, which the model says it refuses "
+                  f"({words!r})", phase="model")
+
+
+def act_remove(runner: Runner, step: Step, lat: dict[str, float]) -> list[Mismatch]:
+    runner.dimm(step.dimm)
+    t0 = time.monotonic()
+    try:
+        runner.vm.hot_remove(step.dimm)
+    except HotplugRefused:
+        # The DIMM stays: later steps are predicted with it still plugged,
+        # and its blocks as the guest left them (an ACPI eject that fails
+        # re-onlines what it had offlined).
+        index = sum(1 for s in runner.steps_done if s.is_model_op)
+        runner.dropped_removes.add(index)
+        runner.step_expects.append(UNMOVABLE_PAGE_DUMP)
+        runner.steps_done.append(step)
+        runner.repredict()
+        follow_guest(runner, step.dimm)
+        raise
+    lat["unplug_s"] = time.monotonic() - t0
+    runner.steps_done.append(step)
+    runner.km().remove(step.dimm)
+    return []
+
+
+def follow_guest(runner: Runner, dimm_id: str) -> None:
+    km = runner.km()
+    try:
+        sysfs = runner.vm.guest.memory_sysfs()
+    except HarnessError:
+        return
+    for b in km.block_view():
+        if b.group == dimm_id and (seen := sysfs.block(b.number)) is not None:
+            km.sync(b.number, seen.state, seen.zone)

@@ -13,7 +13,7 @@ import click
 @click.option("--script", "script", type=click.Path(path_type=Path),
               help="Your mem-on-off-test.sh (default: the one in Debian's linux-source "
                    "tree in memhp's cache, unpacked on first use).")
-@click.option("--ratio", default=2, show_default=True, type=click.IntRange(0, 100),
+@click.option("--ratio", default=10, show_default=True, type=click.IntRange(0, 100),
               help="Percent of memory blocks the script offlines (its -r).")
 @click.pass_context
 def selftest_cmd(ctx: click.Context, script: Path | None, ratio: int) -> int:

@@ -29,7 +29,7 @@ import subprocess
 import tempfile
 import time
 import tomllib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -51,7 +51,7 @@ from harness.image.modules import (
 from harness.resources import guest_images_dir
 
 log = logging.getLogger("harness.image")
-BUILDER_VERSION = "2"
+BUILDER_VERSION = "3"
 READY_MARKER = "MEMHP-READY"
 
 
@@ -106,6 +106,7 @@ class Recipe:
     init: bytes
     compression: str = "zstd"  # of the initramfs: "zstd" or "none"
     busybox_omit: tuple[str, ...] = ()
+    on_demand_modules: tuple[str, ...] = ()  # shipped for modprobe, not loaded at boot
 
     @classmethod
     def load(cls, directory: Path | None = None) -> Recipe:
@@ -119,6 +120,7 @@ class Recipe:
             init=(d / "init").read_bytes(),
             compression=str(data.get("initramfs_compression", "zstd")),
             busybox_omit=tuple(data.get("busybox_omit", ())),
+            on_demand_modules=tuple(data.get("on_demand_modules", ())),
         )
 
 
@@ -190,7 +192,8 @@ def _compressor() -> tuple[list[str], str]:
 
 
 def write_initramfs(out: Path, root: Path, recipe: Recipe, modules_root: Path | None,
-                    kver: str, module_paths: list[str], config: str | None) -> None:
+                    kver: str, module_paths: list[str], config: str | None,
+                    on_demand: Mapping[str, list[str]] | None = None) -> None:
     """Assemble the cpio archive from the unpacked packages and compress it."""
     raw = out.with_suffix(".cpio")
     with raw.open("wb") as f:
@@ -233,6 +236,24 @@ def write_initramfs(out: Path, root: Path, recipe: Recipe, modules_root: Path | 
                 w.file(f"lib/modules/{name}", module_bytes(modules_root / path))
                 names.append(name)
         w.file("etc/memhp/modules", ("\n".join(names) + "\n").encode())
+        if modules_root is not None and on_demand:
+            # For busybox modprobe: /lib/modules/<release>/<path>.ko and a
+            # modules.dep of just these (each line: the module, then all it
+            # needs, the one loaded first last, as depmod writes it).
+            dep_lines = []
+            made = set(dirs)
+            for path in on_demand:  # the kernel's unpacker makes no parent directories
+                parts = f"lib/modules/{kver}/{path}".split("/")[:-1]
+                for i in range(2, len(parts) + 1):
+                    d = "/".join(parts[:i])
+                    if d not in made:
+                        w.directory(d)
+                        made.add(d)
+            for path, needs in on_demand.items():
+                w.file(f"lib/modules/{kver}/{_plain_path(path)}", module_bytes(modules_root / path))
+                dep_lines.append(f"{_plain_path(path)}: "
+                                 + " ".join(_plain_path(n) for n in reversed(needs)))
+            w.file(f"lib/modules/{kver}/modules.dep", ("\n".join(dep_lines) + "\n").encode())
         if config is not None:
             w.file(f"boot/config-{kver}", config.encode())
         w.close()
@@ -355,6 +376,30 @@ def find_config(kernel: Path, kver: str, explicit: Path | None,
         except KconfigError:
             continue
     return None, "no config found (none beside the kernel, no IKCONFIG)"
+
+
+def _plain_path(path: str) -> str:
+    for ext in (".ko.xz", ".ko.zst", ".ko.gz"):
+        if path.endswith(ext):
+            return path[: -len(ext)] + ".ko"
+    return path
+
+
+def _on_demand_plan(mdir: Path, kver: str, wanted: Iterable[str],
+                    say: Progress) -> dict[str, list[str]]:
+    """Each on-demand module (and what it needs) -> the modules it needs, in load
+    order.  A module this kernel lacks is skipped, with a note: the guest
+    boots without it and whatever needs it says so."""
+    out: dict[str, list[str]] = {}
+    for name in wanted:
+        try:
+            order = _module_plan(mdir, kver, [name])
+        except ImageBuildError as exc:
+            say(f"on-demand module {name} left out: {exc}")
+            continue
+        for i, path in enumerate(order):
+            out.setdefault(path, order[:i])
+    return out
 
 
 def _module_plan(mdir: Path, kver: str, wanted: Iterable[str]) -> list[str]:
@@ -519,10 +564,13 @@ def _build_into(tmp: Path, final: Path, key: str, recipe: Recipe, debs: dict[str
         if modules_root is None and kdeb is not None:
             modules_root = tmp / "kernel/lib/modules" / kver
         source = f"user:{user.kernel}"
+    on_demand: dict[str, list[str]] = {}
     if modules_root is not None:
         module_names = _module_plan(modules_root, kver, recipe.modules)
-    say(f"writing initramfs ({len(module_names)} modules)")
-    write_initramfs(tmp / "initrd.img", root, recipe, modules_root, kver, module_names, config)
+        on_demand = _on_demand_plan(modules_root, kver, recipe.on_demand_modules, say)
+    say(f"writing initramfs ({len(module_names)} modules, {len(on_demand)} on demand)")
+    write_initramfs(tmp / "initrd.img", root, recipe, modules_root, kver, module_names, config,
+                    on_demand)
     if config is not None:
         (tmp / "config").write_text(config)
     shutil.rmtree(root)

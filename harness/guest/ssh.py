@@ -184,6 +184,14 @@ class GuestShell:
                           what=f"guest command {command!r}")
         return result.check() if check else result
 
+    def probe(self, timeout: float) -> bool:
+        """Does the guest still run a trivial command within ``timeout``?
+        (No hooks: used by the diagnosis of a failed command.)"""
+        try:
+            return self._exec_raw("true", timeout=timeout, stdin=None).status == 0
+        except Exception:  # noqa: BLE001 - any failure means "no"
+            return False
+
     def _watch(self, stop: threading.Event, aborted: list[BaseException]) -> None:
         """While a command runs: call ``abort`` twice a second; when it raises
         (QEMU died or was stopped), keep its error and close the connection,

@@ -394,9 +394,11 @@ class VM:
                 f"{what} timed out: the VM is not running (QMP status {run_state!r})",
                 state=state, serial_tail=self.serial_tail()) from exc
         if exc.phase == "ssh":
+            if self.shell is not None and self.shell.probe(5.0 * self.timeouts.scale):
+                return  # the guest answers: only this command outlived its timeout
             raise GuestHung(
-                f"{what} timed out; QEMU (pid {pid}) runs and answers QMP, so the guest "
-                "itself stopped answering (hung kernel, or sshd gone)",
+                f"{what} timed out; QEMU (pid {pid}) runs and answers QMP but the guest "
+                "does not run even `true` over SSH: the guest is hung (kernel or sshd)",
                 phase="guest", serial_tail=self.serial_tail()) from exc
 
     def check_reachable(self) -> None:

@@ -83,6 +83,16 @@ def print_step(step: StepResult, *, file: IO[str] | None = None) -> None:
         console.print(f"  [red]error:[/] {esc(step.error)}")
     for m in step.mismatches:
         console.print(f"  [red]✗[/] {esc(m)}")
+    print_splats(console, step.splats)
+
+
+def print_splats(console: Console, splats: list[Any]) -> None:
+    """Kernel splats, whole (their lines are the evidence); expected ones marked."""
+    for sp in splats:
+        mark = "expected " if sp.expected else "✗ "
+        console.print(f"  {mark}kernel {sp.kind}: {sp.title}", markup=False, highlight=False)
+        for line in sp.lines[1:]:
+            console.print(f"      {line}", markup=False, highlight=False)
 
 
 def policy_line(policy: dict[str, Any]) -> str:
@@ -107,8 +117,15 @@ def print_run_report(result: RunResult, *, file: IO[str] | None = None) -> None:
         console.print(f"[bold]exec[/] {esc(result.exec.command)} → exit {result.exec.status}")
         if result.exec.output.strip():
             console.print(result.exec.output.rstrip(), markup=False)
+        for line in result.exec.findings:
+            console.print(f"  ✗ exec: {line}", markup=False, highlight=False)
+        for line in result.exec.changes:
+            console.print(f"  exec changed {line}", markup=False, highlight=False)
+        for m in result.exec.mismatches:
+            console.print(f"  ✗ after exec: {m}", markup=False, highlight=False)
     if result.policy:
         console.print(policy_line(result.policy), markup=False, highlight=False)
+    print_splats(console, result.splats)
     if result.error:
         console.print(f"[red]{esc(result.error['phase'])} error:[/] "
                       f"{esc(result.error['message'])}")

@@ -161,6 +161,32 @@ def markdown(doc: dict[str, Any]) -> str:
                 out.append(f"- {code(m.get('subject'))} {code(m.get('what'))}: model "
                            f"{code(m.get('expected'))}, {code(m.get('source', '?'))} "
                            f"{code(m.get('observed'))}")
+        policy = r.get("policy")
+        if isinstance(policy, dict):
+            keys = ("release", "auto_online_blocks", "online_policy", "memmap_on_memory",
+                    "movable_node", "rules")
+            out.append("")
+            out.append("Kernel policy: " + " · ".join(f"{k} {code(policy.get(k))}"
+                                                       for k in keys))
+        splats = [(s.get("action"), sp) for s in r.get("steps", [])
+                  for sp in s.get("splats") or []]
+        splats += [("run", sp) for sp in r.get("splats") or []]
+        if splats:
+            out.append("")
+            out.append("Kernel splats:")
+            for where, sp in splats:
+                tag = "expected" if sp.get("expected") else "**unexpected**"
+                out.append(f"- {tag} {code(sp.get('kind'))} in {code(where)}: "
+                           f"{code(sp.get('title'))}")
+        ex = r.get("exec")
+        if isinstance(ex, dict) and (ex.get("findings") or ex.get("mismatches")):
+            out.append("")
+            out.append(f"Exec {code(ex.get('command'))}:")
+            for f in ex.get("findings") or []:
+                out.append(f"- {code(f)}")
+            for m in ex.get("mismatches") or []:
+                out.append(f"- after exec: {code(m.get('subject'))} {code(m.get('what'))}: "
+                           f"model {code(m.get('expected'))}, guest {code(m.get('observed'))}")
         err = r.get("error")
         if err:
             out.append("")

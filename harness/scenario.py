@@ -31,13 +31,15 @@ TOML format::
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from harness.errors import UsageError, check_readable_file, read_small_file
+from harness.errors import PlanRefused, UsageError, check_readable_file, read_small_file
+from harness.guest.workload import WorkloadSpec
 from harness.model import (
     AddDimm,
     MachineSpec,
@@ -48,12 +50,13 @@ from harness.model import (
     parse_numa_option,
     predict,
 )
-from harness.model.qemu_rules import parse_machine_type
+from harness.model.qemu_rules import CpuSpec, parse_machine_type
 from harness.model.qemu_rules.host import HostMemory
+from harness.units import parse_size
 
 Policy = Literal["online", "online_kernel", "online_movable"]
 POLICIES: tuple[str, ...] = ("online", "online_kernel", "online_movable")
-ACTIONS = ("add", "online", "offline", "remove", "reset")
+ACTIONS = ("add", "online", "offline", "remove", "reset", "workload")
 # Bounds on what a scenario may ask for (a scenario file is input, maybe hostile).
 MAX_STEPS = 1000
 MAX_SMP = 64
@@ -66,10 +69,19 @@ _NAME_FIX = "use letters, digits, '-', '.' and '_' (at most 64), e.g. remove-rea
 class Step:
     """One action of the plan."""
 
-    action: Literal["add", "online", "offline", "remove", "reset"]
+    action: Literal["add", "online", "offline", "remove", "reset", "workload"]
     dimm: str = ""
     add: AddDimm | None = None
     policy: Policy | None = None
+    workload: WorkloadSpec | None = None
+    # An add QEMU is expected to refuse ("" = any refusal, else a regex of its words)
+    expect_refusal: str | None = None
+
+    @property
+    def is_model_op(self) -> bool:
+        """An operation that changes the DIMMs (a refused add changes nothing)."""
+        return (self.action == "add" and self.expect_refusal is None) or self.action == "remove"
+    expect_splat: tuple[str, ...] = ()  # regexes of kernel splats this step may print
 
     def describe(self) -> str:
         if self.action == "add" and self.add is not None:
@@ -79,6 +91,9 @@ class Step:
             return f"{self.policy} {self.dimm}"
         if self.action == "reset":
             return "system_reset"
+        if self.action == "workload" and self.workload is not None:
+            w = self.workload
+            return f"workload {w.id} ({w.size >> 20} MiB on node {w.node})"
         return f"{self.action} {self.dimm}"
 
 
@@ -94,15 +109,45 @@ class Scenario:
     exec_cmd: str | None = None
     script: Path | None = None
     auto_online: Policy | None = field(default=None)
+    expect_splats: tuple[str, ...] = ()  # regexes of kernel splats any step may print
+    exec_expect: tuple[str, ...] = ()  # regexes the --exec/--script output must show
+    exec_forbid: tuple[str, ...] = ()  # regexes it must not show
 
     def model_ops(self) -> list[AddDimm | RemoveDimm]:
         ops: list[AddDimm | RemoveDimm] = []
         for step in self.steps:
+            if not step.is_model_op:
+                continue
             if step.action == "add" and step.add is not None:
                 ops.append(step.add)
             elif step.action == "remove":
                 ops.append(RemoveDimm(step.dimm))
         return ops
+
+    def expected_refusals(self) -> dict[int, PlanRefused]:
+        """For each add expected to be refused: the model's refusal (step index ->
+        error with QEMU's words).  A UsageError when the model predicts that
+        QEMU accepts it, or refuses it in other words than the step expects."""
+        out: dict[int, PlanRefused] = {}
+        for i, step in enumerate(self.steps):
+            if step.expect_refusal is None or step.add is None:
+                continue
+            before = replace(self, steps=self.steps[:i]).model_ops()
+            try:
+                predict(self.machine, [*before, step.add])
+            except PlanRefused as exc:
+                words = getattr(exc, "qemu_message", "") or str(exc)
+                if step.expect_refusal and not re.search(step.expect_refusal, words):
+                    raise UsageError(
+                        f"step {i + 1}: expects QEMU to refuse with {step.expect_refusal!r}, "
+                        f"but the model predicts {words!r}", value=step.expect_refusal,
+                        fix="match QEMU's words (see `memhp model`)") from None
+                out[i] = exc
+                continue
+            raise UsageError(f"step {i + 1}: expects QEMU to refuse {step.describe()}, but the "
+                             "model predicts QEMU accepts it", value=step.dimm,
+                             fix="drop expect_refusal, or change the DIMM")
+        return out
 
     def predict(self, block_size: int | None = None) -> Prediction:
         spec = self.machine
@@ -149,6 +194,7 @@ def build_scenario(
     script: Path | None = None,
     qemu_version: tuple[int, int] | None = None,
     host: HostMemory | None = None,
+    cpu: CpuSpec | None = None,
 ) -> Scenario:
     """Validate everything and ask the model whether QEMU accepts the plan.
     ``machine`` is pc, q35 or a versioned pc-i440fx-X.Y/pc-q35-X.Y; ``host``
@@ -170,11 +216,13 @@ def build_scenario(
     kwargs: dict[str, Any] = {}
     if qemu_version is not None:
         kwargs["qemu_version"] = qemu_version
+    if cpu is not None:
+        kwargs["cpu"] = cpu
     spec = MachineSpec(machine=mtype.family, ram_size=ram, slots=slots, maxmem=maxmem,
                        numa=tuple(nodes), machine_version=mtype.version, host=host, **kwargs)
     known: set[str] = set()
     for i, step in enumerate(steps):
-        if step.action == "add":
+        if step.action == "add" and step.expect_refusal is None:
             known.add(step.dimm)
         elif step.action in ("online", "offline") and step.dimm not in known:
             raise UsageError(f"step {i + 1}: {step.action} of {step.dimm!r}, which no earlier "
@@ -187,6 +235,7 @@ def build_scenario(
         exec_cmd=exec_cmd, script=script, auto_online=auto_online_from_append(append),
     )
     scenario.predict()  # raises PlanRefused before any VM starts
+    scenario.expected_refusals()  # and every expected refusal must be predicted
     return scenario
 
 
@@ -206,9 +255,9 @@ def default_steps(
     return steps
 
 
-_TOP = {"name", "machine", "guest", "step", "exec", "script"}
+_TOP = {"name", "machine", "guest", "step", "exec", "script", "exec_expect", "exec_forbid"}
 _MACHINE = {"type", "memory", "numa", "smp"}
-_GUEST = {"append"}
+_GUEST = {"append", "expect_splats"}
 
 
 def _expect(table: Mapping[str, Any], key: str, kind: type, where: str) -> Any:
@@ -235,19 +284,56 @@ def _parse_step(i: int, raw: object) -> Step:
         raise UsageError(f"{where} needs exactly one of {', '.join(ACTIONS)}", value=raw,
                          fix='e.g. add = "dimm0:1G@1"')
     action = actions[0]
-    _unknown(raw, {action, "policy"} if action == "online" else {action}, where)
+    allowed = {action, "expect_splat"} | ({"policy"} if action == "online" else set())
+    if action == "workload":
+        allowed |= {"node", "size"}
+    if action == "add":
+        allowed |= {"expect_refusal"}
+    _unknown(raw, allowed, where)
+    splats = splat_patterns(raw.get("expect_splat", []), f"{where}.expect_splat")
+    if action == "workload":
+        wid = _expect(raw, "workload", str, where)
+        node = _expect(raw, "node", int, where) if "node" in raw else 0
+        size = parse_size(_expect(raw, "size", str, where)) if "size" in raw else 256 << 20
+        return Step("workload", wid, workload=WorkloadSpec(wid, node, size), expect_splat=splats)
     if action == "reset":
         if raw["reset"] is not True:
             raise UsageError(f"{where}.reset must be true", value=raw["reset"])
-        return Step("reset")
+        return Step("reset", expect_splat=splats)
     value = _expect(raw, action, str, where)
     if action == "add":
         dimm = parse_dimm_option(value)
-        return Step("add", dimm.id, add=dimm)
+        refusal = raw.get("expect_refusal")
+        if refusal is not None and not (refusal is True or isinstance(refusal, str)):
+            raise UsageError(f"{where}.expect_refusal must be true or a string", value=refusal,
+                             fix='e.g. expect_refusal = "no free slots"')
+        if refusal is not None:
+            splat_patterns(refusal if isinstance(refusal, str) else "", f"{where}.expect_refusal")
+        return Step("add", dimm.id, add=dimm, expect_splat=splats,
+                    expect_refusal=None if refusal is None else
+                    ("" if refusal is True else refusal))
     if action == "online":
         policy = _check_policy(raw.get("policy", "online_movable"), where)
-        return Step("online", value, policy=policy)
-    return Step(action, value)  # type: ignore[arg-type]
+        return Step("online", value, policy=policy, expect_splat=splats)
+    return Step(action, value, expect_splat=splats)  # type: ignore[arg-type]
+
+
+def splat_patterns(value: object, where: str) -> tuple[str, ...]:
+    """A string or list of strings, each a valid regular expression."""
+    import re
+
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(v, str) for v in items):
+        raise UsageError(f"{where} must be a string or a list of strings", value=value,
+                         fix='e.g. expect_splat = "page dumped because: unmovable page"')
+    for v in items:
+        try:
+            re.compile(v)
+        except re.error as exc:
+            raise UsageError(f"{where}: {v!r} is not a regular expression ({exc})",
+                             value=v, fix="escape special characters with a backslash") \
+                from None
+    return tuple(items)
 
 
 def load_scenario(path: Path, *, qemu_version: tuple[int, int] | None = None) -> Scenario:
@@ -286,10 +372,11 @@ def load_scenario(path: Path, *, qemu_version: tuple[int, int] | None = None) ->
             or len(append) > 256:
         raise UsageError("[guest].append must be a list of strings", value=append,
                          fix='e.g. append = ["memhp_default_state=online"] (at most 256)')
+    expect_splats = splat_patterns(guest.get("expect_splats", []), "[guest].expect_splats")
     numa = machine.get("numa", "3G,3G")
     if not isinstance(numa, str):
         raise UsageError("[machine].numa must be a string like \"3G,3G\"", value=numa)
-    return build_scenario(
+    scenario = build_scenario(
         name=_expect(data, "name", str, "scenario") if "name" in data else path.stem,
         machine=_expect(machine, "type", str, "[machine]") if "type" in machine else "pc",
         memory=(_expect(machine, "memory", str, "[machine]") if "memory" in machine
@@ -302,14 +389,18 @@ def load_scenario(path: Path, *, qemu_version: tuple[int, int] | None = None) ->
         script=Path(_expect(data, "script", str, "scenario")) if "script" in data else None,
         qemu_version=qemu_version,
     )
+    return replace(scenario, expect_splats=expect_splats,
+                   exec_expect=splat_patterns(data.get("exec_expect", []), "exec_expect"),
+                   exec_forbid=splat_patterns(data.get("exec_forbid", []), "exec_forbid"))
 
 
 # -- step constructors (for tests and scripts) -------------------------------------
 
-def add(text: str) -> Step:
-    """``add("dimm0:1G@1")``: hot-add a DIMM (same syntax as ``--add``)."""
+def add(text: str, expect_refusal: str | None = None) -> Step:
+    """``add("dimm0:1G@1")``: hot-add a DIMM (same syntax as ``--add``);
+    ``expect_refusal`` ("" or a regex of QEMU's words): QEMU must refuse it."""
     dimm = parse_dimm_option(text)
-    return Step("add", dimm.id, add=dimm)
+    return Step("add", dimm.id, add=dimm, expect_refusal=expect_refusal)
 
 
 def online(dimm_id: str, policy: str = "online_movable") -> Step:
@@ -326,3 +417,10 @@ def remove(dimm_id: str) -> Step:
 
 def reset() -> Step:
     return Step("reset")
+
+
+def workload(workload_id: str, node: int = 0, size: str = "256M") -> Step:
+    """Start a workload: ``size`` of random data in tmpfs on ``node``, kept
+    dirty, its checksum and liveness checked after every later step."""
+    return Step("workload", workload_id, workload=WorkloadSpec(workload_id, node,
+                                                               parse_size(size)))

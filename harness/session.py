@@ -8,6 +8,7 @@ the action, observe all three views once and compare them.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shlex
 import subprocess
@@ -17,7 +18,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from harness.errors import HarnessError, HotplugRefused, UsageError, VMError
+from harness.errors import HarnessError, HotplugRefused, QMPCommandError, UsageError, VMError
+from harness.guest.splats import Splat, find_splats, last_time, newer_than
+from harness.guest.workload import (
+    CHECK_SCRIPT,
+    START_SCRIPT,
+    STOP_SCRIPT,
+    WorkloadSpec,
+    parse_check,
+)
 from harness.model import PlacedDimm, Prediction, predict
 from harness.model.kernel import KernelMemory, KernelPolicy, Outcome, UnmodelledKernel
 from harness.qemu.vm import VM
@@ -32,6 +41,9 @@ from harness.verify import (
 )
 
 log = logging.getLogger("harness.session")
+# mm/page_isolation.c: a failed isolation for offlining dumps the culprit
+# (dump_page(page, "unmovable page")); it is how the kernel explains EBUSY.
+UNMOVABLE_PAGE_DUMP = r"page dumped because: unmovable page"
 SCHEMA_VERSION = 1
 
 
@@ -47,10 +59,15 @@ class StepResult:
     seconds: float
     latencies: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    splats: list[Splat] = field(default_factory=list)
+
+    @property
+    def unexpected_splats(self) -> list[Splat]:
+        return [s for s in self.splats if not s.expected]
 
     @property
     def passed(self) -> bool:
-        return not self.mismatches and self.error is None
+        return not self.mismatches and self.error is None and not self.unexpected_splats
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -60,6 +77,7 @@ class StepResult:
             "seconds": round(self.seconds, 4),
             "latencies": {k: round(v, 4) for k, v in self.latencies.items()},
             "error": self.error,
+            "splats": [sp.to_json() for sp in self.splats],
         }
 
 
@@ -68,6 +86,19 @@ class ExecResult:
     command: str
     status: int
     output: str
+    findings: list[str] = field(default_factory=list)  # output patterns missed or forbidden
+    changes: list[str] = field(default_factory=list)  # block changes the guest shows after it
+    mismatches: list[Mismatch] = field(default_factory=list)  # model vs guest after it
+
+    @property
+    def passed(self) -> bool:
+        return self.status == 0 and not self.findings and not self.mismatches
+
+    def to_json(self) -> dict[str, Any]:
+        return {"command": self.command, "status": self.status, "output": self.output,
+                "passed": self.passed, "findings": list(self.findings),
+                "changes": list(self.changes),
+                "mismatches": [m.to_json() for m in self.mismatches]}
 
 
 @dataclass
@@ -87,13 +118,19 @@ class RunResult:
     layout: dict[str, Any] = field(default_factory=dict)
     map: str | None = None
     policy: dict[str, Any] | None = None  # the guest kernel's hotplug policy inputs
+    splats: list[Splat] = field(default_factory=list)  # at boot and after the last step
+
+    @property
+    def unexpected_splats(self) -> list[Splat]:
+        return [s for s in self.splats if not s.expected]
 
     @property
     def passed(self) -> bool:
         return (
             self.error is None
+            and not self.unexpected_splats
             and all(s.passed for s in self.steps)
-            and (self.exec is None or self.exec.status == 0)
+            and (self.exec is None or self.exec.passed)
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -106,11 +143,9 @@ class RunResult:
             "kernel": self.kernel,
             "layout": self.layout,
             "policy": self.policy,
+            "splats": [sp.to_json() for sp in self.splats],
             "steps": [s.to_json() for s in self.steps],
-            "exec": None if self.exec is None else {
-                "command": self.exec.command, "status": self.exec.status,
-                "output": self.exec.output,
-            },
+            "exec": None if self.exec is None else self.exec.to_json(),
             "timings": {k: round(v, 4) for k, v in self.timings.items()},
             "error": self.error,
             "artifacts": self.artifacts,
@@ -213,10 +248,15 @@ class Runner:
         self.steps: list[StepResult] = []
         self.steps_done: list[Step] = []
         self.dropped_removes: set[int] = set()  # indices of removes the guest refused
+        self.log_mark: float | None = None  # kernel time of the last log record scanned
+        self.boot_splats: list[Splat] = []
+        self._step_expects: list[str] = []  # splats the kernel's answer in this step explains
         self._acts: dict[str, Callable[[Step, dict[str, float]], list[Mismatch]]] = {
             "add": self._act_add, "online": self._act_online, "offline": self._act_offline,
             "remove": self._act_remove, "reset": self._act_reset,
+            "workload": self._act_workload,
         }
+        self.workloads: dict[str, WorkloadSpec] = {}
 
     # -- baseline -----------------------------------------------------------
     def take_baseline(self) -> None:
@@ -241,6 +281,15 @@ class Runner:
             raise VMError(str(exc), phase="model") from exc
         self.boot_blocks = {b.number for b in view.sysfs.blocks}
         self._set_baseline_totals(view)
+        records = guest.kernel_log()
+        self.log_mark = last_time(records)
+        self.boot_splats = find_splats(records, self.scenario.expect_splats)
+
+    def scan_log(self, expected: tuple[str, ...] = ()) -> list[Splat]:
+        """Kernel splats logged since the last scan (see harness.guest.splats)."""
+        records = newer_than(self.vm.guest.kernel_log(), self.log_mark)
+        self.log_mark = last_time(records) or self.log_mark
+        return find_splats(records, (*self.scenario.expect_splats, *expected))
 
     def _set_baseline_totals(self, view: Any) -> None:
         online = self._online_bytes_by_node()
@@ -257,7 +306,7 @@ class Runner:
 
     # -- expectations ---------------------------------------------------------
     def _ops_done(self) -> int:
-        ops = [s for s in self.steps_done if s.action in ("add", "remove")]
+        ops = [s for s in self.steps_done if s.is_model_op]
         return sum(1 for i in range(len(ops)) if i not in self.dropped_removes)
 
     def _current_dimms(self) -> tuple[PlacedDimm, ...]:
@@ -340,8 +389,32 @@ class Runner:
             raise UsageError("take_baseline() must run before the steps")
         return self.kernel
 
+    def _act_refused_add(self, step: Step, lat: dict[str, float]) -> list[Mismatch]:
+        """An add the scenario expects QEMU to refuse: QEMU's words must be the
+        model's, and nothing changes (the scenario goes on)."""
+        assert step.add is not None
+        a = step.add
+        index = self.scenario.steps.index(step)
+        predicted = self.scenario.expected_refusals()[index]
+        words = getattr(predicted, "qemu_message", "") or str(predicted)
+        t0 = time.monotonic()
+        try:
+            self.vm.hot_add(a.id, a.size, a.node, a.addr)
+        except QMPCommandError as exc:
+            lat["device_add_s"] = time.monotonic() - t0
+            self.steps_done.append(step)
+            if exc.desc != words:
+                return [Mismatch("refusal", a.id, words, exc.desc, "qemu")]
+            return []
+        self.steps_done.append(step)
+        # QEMU took it: the plan no longer holds; say so and stop trusting it.
+        raise VMError(f"QEMU accepted {step.describe()}, which the model says it refuses "
+                      f"({words!r})", phase="model")
+
     def _act_add(self, step: Step, lat: dict[str, float]) -> list[Mismatch]:
         assert step.add is not None
+        if step.expect_refusal is not None:
+            return self._act_refused_add(step, lat)
         a = step.add
         t0 = time.monotonic()
         self.vm.hot_add(a.id, a.size, a.node, a.addr)
@@ -375,8 +448,10 @@ class Runner:
                 continue
             if p.may_fail is not None and observed == p.may_fail:
                 # The kernel may answer this (e.g. EBUSY offlining kernel
-                # memory): the block stays as it was, and the model follows.
+                # memory): the block stays as it was, and the model follows;
+                # the page the kernel dumps to say why is part of that answer.
                 self._km().restore(p.number)
+                self._step_expects.append(UNMOVABLE_PAGE_DUMP)
                 continue
             out.append(Mismatch(f"write {want}", f"memory{p.number}", expected,
                                 observed if c is None or c.ok else f"{observed} ({c.error})",
@@ -413,8 +488,9 @@ class Runner:
             # The DIMM stays: later steps are predicted with it still plugged,
             # and its blocks as the guest left them (an ACPI eject that fails
             # re-onlines what it had offlined).
-            index = sum(1 for s in self.steps_done if s.action in ("add", "remove"))
+            index = sum(1 for s in self.steps_done if s.is_model_op)
             self.dropped_removes.add(index)
+            self._step_expects.append(UNMOVABLE_PAGE_DUMP)
             self.steps_done.append(step)
             self._repredict()
             self._follow_guest(step.dimm)
@@ -445,17 +521,84 @@ class Runner:
         self._set_baseline_totals(self.vm.guest.snapshot())
         return []
 
+    def _act_workload(self, step: Step, lat: dict[str, float]) -> list[Mismatch]:
+        assert step.workload is not None
+        w = step.workload
+        if w.id in self.workloads:
+            raise UsageError(f"workload {w.id!r} is already running", value=w.id,
+                             fix="give every workload its own id")
+        t0 = time.monotonic()
+        self.vm.shell.run_script(START_SCRIPT, args=[w.id, str(w.node), str(w.size >> 20)],
+                                 timeout=self.vm.timeouts.s("command") * 10)
+        lat["workload_start_s"] = time.monotonic() - t0
+        self.workloads[w.id] = w
+        self.steps_done.append(step)
+        return []
+
+    def reconcile(self) -> tuple[list[str], list[Mismatch]]:
+        """After something outside the steps (``--exec``) touched the blocks:
+        tell the model what the guest shows -- an offlined block, or an
+        onlined one in a zone one of the online types gives it -- and compare
+        everything again.  A block in a zone no online type would give, or a
+        block that appeared or went, is a mismatch."""
+        km = self._km()
+        sysfs = self.vm.guest.memory_sysfs()
+        changes: list[str] = []
+        mism: list[Mismatch] = []
+        for b in km.block_view():
+            seen = sysfs.block(b.number)
+            if seen is None or seen.state == b.state:
+                continue
+            if seen.state == "offline":
+                km.sync(b.number, "offline", None)
+                changes.append(f"memory{b.number}: offlined (was {b.zone})")
+                continue
+            zones = {km.zone_for(t, b) for t in ("online", "online_kernel", "online_movable")}
+            if seen.zone in zones:
+                km.sync(b.number, "online", seen.zone)
+                changes.append(f"memory{b.number}: onlined in {seen.zone}")
+            else:
+                mism.append(Mismatch("zone", f"memory{b.number}", "|".join(sorted(zones)),
+                                     seen.zone, "guest"))
+        _, observed_mism = self.observe()
+        return changes, mism + observed_mism
+
+    def check_workloads(self) -> tuple[list[dict[str, Any]], list[Mismatch]]:
+        """Every running workload must be alive with its content intact."""
+        states, mism = [], []
+        for wid in self.workloads:
+            res = self.vm.shell.run_script(CHECK_SCRIPT, args=[wid], check=False,
+                                           timeout=self.vm.timeouts.s("command") * 10)
+            st = parse_check(wid, res.stdout)
+            states.append(st.to_json())
+            if not st.alive:
+                mism.append(Mismatch("workload alive", wid, True, False, "guest"))
+            if not st.intact:
+                mism.append(Mismatch("workload md5", wid, st.want or "?", st.have or "?",
+                                     "guest"))
+        return states, mism
+
+    def stop_workloads(self) -> None:
+        for wid in list(self.workloads):
+            self.vm.shell.run_script(STOP_SCRIPT, args=[wid], check=False)
+            del self.workloads[wid]
+
     def run_step(self, index: int, step: Step) -> StepResult:
         t0 = time.monotonic()
         lat: dict[str, float] = {}
         error: str | None = None
         mism: list[Mismatch] = []
         observed: dict[str, Any] = {}
+        self._step_expects = []
+        splats: list[Splat] = []
         try:
             act = self._acts[step.action]
             write_mism = act(step, lat)
             observed, mism = self.observe()
             mism = write_mism + mism
+            if self.workloads:
+                observed["workloads"], wl_mism = self.check_workloads()
+                mism += wl_mism
         except HarnessError as exc:
             if isinstance(exc, VMError) and exc.phase in ("qemu", "guest", "launch"):
                 raise
@@ -464,8 +607,12 @@ class Runner:
                 observed, mism = self.observe()
             except HarnessError:
                 observed, mism = {}, []
+        try:
+            splats = self.scan_log((*step.expect_splat, *self._step_expects))
+        except HarnessError as exc:
+            error = error or f"{exc.phase} error: cannot read the kernel log: {exc}"
         result = StepResult(index, step.describe(), self.expected_json(), observed, mism,
-                            time.monotonic() - t0, lat, error)
+                            time.monotonic() - t0, lat, error, splats)
         self.steps.append(result)
         if self.on_step:
             self.on_step(result)
@@ -474,9 +621,29 @@ class Runner:
     def run(self) -> list[StepResult]:
         self.steps_done = []
         self.take_baseline()
-        for i, step in enumerate(self.scenario.steps):
-            self.run_step(i, step)
+        try:
+            for i, step in enumerate(self.scenario.steps):
+                self.run_step(i, step)
+        finally:
+            if self.workloads:
+                with contextlib.suppress(HarnessError):
+                    self.stop_workloads()
         return self.steps
+
+
+def grade_output(output: str, expect: tuple[str, ...], forbid: tuple[str, ...]) -> list[str]:
+    """The output patterns a command's output misses (expect) or shows (forbid)."""
+    import re
+
+    out = [f"expected output not found: /{p}/" for p in expect
+           if not re.search(p, output, re.M)]
+    for p in forbid:
+        m = re.search(p, output, re.M)
+        if m:
+            line = output[:m.start()].count("\n") + 1
+            out.append(f"forbidden output /{p}/ at line {line}: "
+                       f"{output.splitlines()[line - 1] if output.splitlines() else ''}")
+    return out
 
 
 def run_exec(vm: VM, command: str | None, script: Path | None) -> ExecResult | None:

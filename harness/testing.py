@@ -49,4 +49,6 @@ def assert_passed(results: Sequence[StepResult]) -> None:
             if s.error:
                 lines.append(f"  error: {s.error}")
             lines.extend(f"  {m}" for m in s.mismatches)
+            for sp in s.unexpected_splats:
+                lines.append(f"  kernel {sp.kind}: " + "\n    ".join(sp.lines[:30]))
         raise AssertionError("model and guest disagree:\n" + "\n".join(lines))

@@ -17,7 +17,15 @@ from pathlib import Path
 from harness.errors import HarnessError
 from harness.launch import ResolvedGuest, launch_vm
 from harness.scenario import Scenario
-from harness.session import Runner, RunResult, StepResult, layout_json, qemu_version, run_exec
+from harness.session import (
+    Runner,
+    RunResult,
+    StepResult,
+    grade_output,
+    layout_json,
+    qemu_version,
+    run_exec,
+)
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +72,11 @@ def execute(
             for s in runner.steps:
                 result.timings[f"step{s.index}_s"] = s.seconds
             result.exec = run_exec(vm, scenario.exec_cmd, scenario.script)
+            if result.exec is not None and runner.kernel is not None:
+                result.exec.findings = grade_output(result.exec.output, scenario.exec_expect,
+                                                    scenario.exec_forbid)
+                result.exec.changes, result.exec.mismatches = runner.reconcile()
+            result.splats = runner.boot_splats + runner.scan_log()
             if not result.passed:
                 vm.mark_failed()
     except HarnessError as exc:

@@ -153,6 +153,11 @@ _SCENARIO_OPTIONS: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
 @click.option("--exec", "exec_cmd", help="Run this shell command in the guest after the steps.")
 @click.option("--script", type=click.Path(path_type=Path),
               help="Copy this script into the guest and run it with bash after the steps.")
+@click.option("--expect-output", "exec_expect", multiple=True, metavar="REGEX",
+              help="The --exec/--script output must match this (repeatable).")
+@click.option("--forbid-output", "exec_forbid", multiple=True, metavar="REGEX",
+              help="The --exec/--script output must not match this (repeatable), e.g. "
+                   "'unexpected fail'.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result document as JSON.")
 @click.option("--map", "map_path", type=click.Path(path_type=Path),
               help="Draw the guest-physical memory map after the run to this SVG file.")
@@ -167,6 +172,19 @@ def run_cmd(**opts: Any) -> int:
 
 def _scenario(opts: dict[str, Any], version: tuple[int, int] | None,
               kernel_policy: str | None = None) -> Scenario:
+    scenario = _scenario_plan(opts, version, kernel_policy)
+    from harness.scenario import splat_patterns
+
+    expect = splat_patterns(list(opts.get("exec_expect") or ()), "--expect-output")
+    forbid = splat_patterns(list(opts.get("exec_forbid") or ()), "--forbid-output")
+    if expect or forbid:
+        scenario = replace(scenario, exec_expect=scenario.exec_expect + expect,
+                           exec_forbid=scenario.exec_forbid + forbid)
+    return scenario
+
+
+def _scenario_plan(opts: dict[str, Any], version: tuple[int, int] | None,
+                   kernel_policy: str | None = None) -> Scenario:
     from harness.scenario import (
         auto_online_from_append,
         build_scenario,
@@ -192,11 +210,25 @@ def _scenario(opts: dict[str, Any], version: tuple[int, int] | None,
         name=name, machine=opts["machine"], memory=opts["memory"], numa=opts["numa"] or None,
         steps=default_steps(adds, opts["removes"], online, auto), smp=opts["smp"],
         append=append, exec_cmd=opts.get("exec_cmd"), script=opts.get("script"),
-        qemu_version=version, host=read_host_memory(),
+        qemu_version=version, host=read_host_memory(), cpu=_vcpu(opts["accel"]),
     )
     if from_cmdline is None and kernel_policy is not None:
         scenario = replace(scenario, auto_online=kernel_policy)  # type: ignore[arg-type]
     return scenario
+
+
+def _vcpu(accel: str) -> Any:
+    """The vCPU the model assumes: memhp's TCG ``-cpu max`` (AMD, 40 bits), or
+    under ``--accel kvm`` ``-cpu host``: this host's vendor and phys-bits.
+    (``auto`` models TCG's; it matters only for layouts near 1 TiB.)"""
+    if accel != "kvm":
+        return None
+    from harness.model.qemu_rules.cpu import host_cpu_from_cpuinfo
+
+    try:
+        return host_cpu_from_cpuinfo(Path("/proc/cpuinfo").read_text())
+    except OSError:
+        return None
 
 
 def read_host_memory() -> Any:

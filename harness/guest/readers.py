@@ -27,6 +27,7 @@ from harness.guest.parsers import (
     parse_numactl_hardware,
     parse_policy_dump,
 )
+from harness.guest.splats import LogRecord, parse_raw_log
 from harness.guest.ssh import GuestShell
 from harness.model.kernel import KernelPolicy, ZoneInfo, policy_from_guest
 
@@ -141,6 +142,10 @@ class Guest:
 
     def dmesg(self) -> str:
         return self.shell.run(["dmesg"]).stdout
+
+    def kernel_log(self) -> list[LogRecord]:
+        """The kernel's log with each record's facility and level (``dmesg -r``)."""
+        return parse_raw_log(self.shell.run(["dmesg", "-r"]).stdout)
 
     def uname_r(self) -> str:
         return self.shell.run(["uname", "-r"]).stdout.strip()

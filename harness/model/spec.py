@@ -193,7 +193,8 @@ def parse_memory_option(text: str) -> tuple[int, int, int]:
                                  fix="e.g. slots=32")
             slots = int(value)
         else:
-            maxmem = parse_size(value, what="maxmem")
+            # 0 is memhp's "no maxmem" (memhp then passes none to QEMU)
+            maxmem = parse_size(value, what="maxmem", allow_zero=True)
     if ram % MiB:
         raise UsageError(f"boot memory {ram} is not a whole number of MiB",
                          value=text, fix="e.g. 6G or 6144M")

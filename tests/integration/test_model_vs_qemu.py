@@ -298,7 +298,9 @@ dimm_sizes = st.sampled_from([2 * MiB, 128 * MiB, 130 * MiB, 129 * MiB, 256 * Mi
                               GiB])
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck))
+# MEMHP_RANDOM_PLANS=N runs N random plans per QEMU (20 keep `make test` short)
+@settings(max_examples=int(os.environ.get("MEMHP_RANDOM_PLANS", "20")), deadline=None,
+          suppress_health_check=list(HealthCheck))
 @given(
     machine=st.sampled_from(["pc", "q35"]),
     ram_gib=st.integers(1, 6),

@@ -95,3 +95,29 @@ def test_non_block_multiple_dimm_and_next_placement(memhp_vm, request) -> None:
     ], request)
     assert_passed(results)
     assert memhp_vm.shell.run(["true"]).status == 0  # guest healthy
+
+
+@pytest.mark.memhp_machine(memory="4G,slots=8,maxmem=12G", numa="2G,2G")
+def test_refusals_as_expected_steps_and_the_scenario_goes_on(memhp_vm, request) -> None:
+    """tp-qemu's invalid_device_addr: five DIMMs in one VM, two refused (a
+    misaligned address, more than maxmem), three accepted; each refusal is
+    QEMU's own words as the model predicts them, and nothing changes."""
+    steps = [add("a:512M@0"), add("b:512M@0:0x100001000", expect_refusal=""),
+             add("c:1G@1"), add("d:9G@1", expect_refusal="not enough space"),
+             add("e:256M@1"), online("c"), online("e")]
+    results = run_steps(memhp_vm, steps, request)
+    assert_passed(results)
+    assert [d["id"] for d in results[-1].expected["dimms"]] == ["a", "c", "e"]
+    assert sorted(d.id for d in memhp_vm.query_memory_devices()) == ["a", "c", "e"]
+
+
+def test_an_expected_refusal_the_model_does_not_predict_is_bad_input() -> None:
+    from harness.errors import UsageError
+    from harness.scenario import build_scenario
+
+    with pytest.raises(UsageError, match="predicts QEMU accepts it"):
+        build_scenario(name="x", machine="pc", memory="4G,slots=8,maxmem=12G", numa="2G,2G",
+                       steps=[add("a:512M@0", expect_refusal="")])
+    with pytest.raises(UsageError, match="refuse with"):
+        build_scenario(name="x", machine="pc", memory="4G,slots=8,maxmem=12G", numa="2G,2G",
+                       steps=[add("a:13G@0", expect_refusal="no free slots")])

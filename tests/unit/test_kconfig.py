@@ -135,7 +135,9 @@ def test_debian_package(tmp_path: Path, memhp_guest_image) -> None:
     """The real linux-image .deb the default guest was built from."""
     from harness.image import cache_root
 
-    debs = sorted((cache_root() / "debs").glob("linux-image-*.deb"))
+    # linux-image-[0-9]*: a concrete kernel package, not a metapackage such as
+    # linux-image-amd64 (no boot/config-*), which the 6.12 kernel tests fetch
+    debs = sorted((cache_root() / "debs").glob("linux-image-[0-9]*.deb"))
     if not debs:
         pytest.skip("no linux-image .deb in the memhp cache")
     text, kind = read_config(debs[-1])

@@ -156,7 +156,7 @@ def test_expected_zone() -> None:
 
 
 @pytest.mark.parametrize("text", ["", "6G,slots=x,maxmem=8G", "6G,slots=0", "6G,foo=1", "1.5G",
-                                  "6G,slots=\u0663,maxmem=8G", "6G,maxmem=0"])
+                                  "6G,slots=\u0663,maxmem=8G"])
 def test_bad_memory_options(text: str) -> None:
     with pytest.raises(UsageError):
         parse_memory_option(text)
@@ -169,6 +169,7 @@ def test_bad_memory_options(text: str) -> None:
     ("6G,slots=4", (6 * GiB, 4, 0)),                   # QEMU's refusal, predicted later
     ("6G,maxmem=4G,slots=2", (6 * GiB, 2, 4 * GiB)),
     ("6G,slots=300,maxmem=400G", (6 * GiB, 300, 400 * GiB)),
+    ("2G,slots=0,maxmem=0", (2 * GiB, 0, 0)),            # memhp's "no hotplug"
 ])
 def test_memory_option_follows_qemu_units(text: str, expected: tuple[int, int, int]) -> None:
     assert parse_memory_option(text) == expected
@@ -369,3 +370,26 @@ def test_invariants(plan: list[tuple[int, int, bool]]) -> None:
         assert isinstance(last, AddDimm)
         again = predict(spec, [*ops, RemoveDimm(last.id), last])
         assert again.final.dimms == p.final.dimms
+
+
+def test_model_cli_versions_machine_types_and_cpu(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from harness.cli import main
+
+    assert main(["model", "--qemu-version", "8.1", "--json"]) == 2
+    assert "not modelled" in json.loads(capsys.readouterr().out)["error"]["message"]
+    assert main(["model", "--qemu-version", "10.0", "--machine", "pc-q35-7.0", "--memory",
+                 "512M,slots=1,maxmem=976G", "--numa", "", "--cpu", "EPYC,phys-bits=48",
+                 "--add", "a:1G@0:0", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["machine_type"] == "pc-q35-7.0" and doc["rules"]["enforce_amd_1tb_hole"] is False
+    assert doc["dimms"][0]["addr"] == 4 * GiB and doc["cpu"]["phys_bits"] == 48
+    assert main(["model", "--qemu-version", "10.0", "--machine", "q35", "--memory",
+                 "512M,slots=1,maxmem=976G", "--numa", "", "--cpu", "EPYC,phys-bits=48",
+                 "--add", "a:1G@0", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["dimms"][0]["addr"] == TiB  # relocated
+    assert main(["model", "--qemu-version", "7.2", "--memory", "4096,slots=2,maxmem=8G",
+                 "--numa", "", "--add", "a:129M@0:0x100000001", "--json"]) == 2
+    err = json.loads(capsys.readouterr().out)["error"]
+    assert err["qemu_message"] == "address must be aligned to 0x200000 bytes"

@@ -1,0 +1,148 @@
+"""Kernel splats in the guest's log: warnings, BUGs, oopses, lockups, stalls.
+
+Pure: text of ``dmesg -r`` in, :class:`Splat` records out.  ``-r`` keeps
+each record's ``<N>`` prefix, N = facility * 8 + level
+(include/linux/kern_levels.h; /dev/kmsg in Documentation/ABI/testing/dev-kmsg),
+so only records of the kernel facility (0) count: a user process writing
+"BUG:" to /dev/kmsg (facility 1, ``<12>``) is not a kernel splat.
+
+What counts, with the kernel function that prints it:
+
+* ``WARNING:`` (``__warn()``, after a "cut here" line), ``BUG:``
+  (``BUG()``, ``__schedule_bug``, KASAN/KFENCE headers "BUG: KASAN:",
+  "BUG: KFENCE:", "watchdog: BUG: soft lockup"), ``Oops`` (``__die()``),
+  ``general protection fault`` (``die_addr()``), ``kernel BUG at``;
+* ``UBSAN:`` (lib/ubsan.c), lockdep's "possible circular locking
+  dependency" / "possible recursive locking" / "inconsistent lock state"
+  (kernel/locking/lockdep.c), ``Watchdog detected hard LOCKUP``,
+  ``INFO: task ... blocked for more than`` (kernel/hung_task.c),
+  ``rcu: INFO: ... detected stall`` / ``self-detected stall``
+  (kernel/rcu/tree_stall.h), ``page dumped because:`` (mm/debug.c
+  ``dump_page()``);
+* a ``Call Trace:`` that belongs to none of the above and follows no
+  requested backtrace (sysrq, ``NMI backtrace``).
+
+A splat is its first line and the lines after it up to the kernel's
+``---[ end trace`` marker (or a bounded number of lines).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+_RECORD = re.compile(r"^<(\d+)>(?:\[\s*(\d+\.\d+)\]\s?)?(.*)$")
+_HEADS = (
+    ("warning", re.compile(r"(^|\s)WARNING: ")),
+    ("bug", re.compile(r"(^|\s)BUG: |kernel BUG at ")),
+    ("oops", re.compile(r"(^|\s)Oops: |(^|\s)Oops\b")),
+    ("gpf", re.compile(r"general protection fault")),
+    ("ubsan", re.compile(r"(^|\s)UBSAN: ")),
+    ("lockdep", re.compile(r"possible circular locking dependency|possible recursive locking"
+                           r"|inconsistent lock state|suspicious RCU usage")),
+    ("hard-lockup", re.compile(r"Watchdog detected hard LOCKUP")),
+    ("hung-task", re.compile(r"INFO: task .* blocked for more than")),
+    ("rcu-stall", re.compile(r"rcu: INFO: .*detected stall|self-detected stall")),
+    ("page-dump", re.compile(r"page dumped because: ")),
+)
+_CALL_TRACE = re.compile(r"^\s*Call Trace:")
+_REQUESTED = re.compile(r"sysrq: |NMI backtrace for cpu|Sending NMI from CPU")
+_END = re.compile(r"---\[ end trace")
+MAX_LINES = 60
+# mm/debug.c __dump_page(): the lines it prints about the page.
+_PAGE_DUMP_LINES = ("page:", "head:", "flags:", "raw:", "memcg:", "page_type:", "page_owner",
+                    "anon ", "aops:", "ksm ", "pfn:")
+
+
+@dataclass(frozen=True)
+class LogRecord:
+    facility: int
+    level: int
+    time: float | None
+    text: str
+
+
+@dataclass(frozen=True)
+class Splat:
+    """One kernel-reported problem: its kind, first line and following lines."""
+
+    kind: str
+    time: float | None
+    lines: tuple[str, ...]
+    expected: bool = False
+
+    @property
+    def title(self) -> str:
+        return self.lines[0].strip()
+
+    def to_json(self) -> dict[str, object]:
+        return {"kind": self.kind, "time": self.time, "title": self.title,
+                "lines": list(self.lines), "expected": self.expected}
+
+
+def parse_raw_log(text: str) -> list[LogRecord]:
+    """``dmesg -r`` (busybox or util-linux) into records; lines without a
+    ``<N>`` prefix continue the record before them."""
+    out: list[LogRecord] = []
+    for line in text.splitlines():
+        m = _RECORD.match(line)
+        if m is None:
+            if out:
+                prev = out[-1]
+                out.append(LogRecord(prev.facility, prev.level, prev.time, line))
+            continue
+        prio = int(m.group(1))
+        stamp = float(m.group(2)) if m.group(2) else None
+        out.append(LogRecord(prio >> 3, prio & 7, stamp, m.group(3)))
+    return out
+
+
+def find_splats(records: Sequence[LogRecord], expected: Iterable[str] = ()) -> list[Splat]:
+    """The kernel splats in ``records`` (kernel facility only); those matching
+    one of the ``expected`` regular expressions are marked expected."""
+    patterns = [re.compile(p) for p in expected]
+    kernel = [r for r in records if r.facility == 0]
+    splats: list[Splat] = []
+    i = 0
+    requested_until = -1
+    while i < len(kernel):
+        rec = kernel[i]
+        if _REQUESTED.search(rec.text):
+            requested_until = i + MAX_LINES
+        kind = next((k for k, rx in _HEADS if rx.search(rec.text)), None)
+        if kind is None and _CALL_TRACE.match(rec.text) and i > requested_until:
+            kind = "call-trace"
+        if kind is None:
+            i += 1
+            continue
+        j = i + 1
+        while j < len(kernel) and j - i < MAX_LINES:
+            if _END.search(kernel[j - 1].text):
+                break
+            if kind == "page-dump" and not kernel[j].text.startswith(_PAGE_DUMP_LINES):
+                break
+            if any(rx.search(kernel[j].text) for _, rx in _HEADS):
+                break  # the next splat begins
+            j += 1
+        start = i
+        if kind == "page-dump":  # dump_page() prints the page before saying why
+            while start > 0 and kernel[start - 1].text.startswith(_PAGE_DUMP_LINES):
+                start -= 1
+        lines = tuple(r.text for r in kernel[start:j])
+        text = "\n".join(lines)
+        splats.append(Splat(kind, rec.time, lines, any(p.search(text) for p in patterns)))
+        i = j
+    return splats
+
+
+def newer_than(records: Sequence[LogRecord], time: float | None) -> list[LogRecord]:
+    """The records after kernel time ``time`` (all of them when None)."""
+    if time is None:
+        return list(records)
+    return [r for r in records if r.time is None or r.time > time]
+
+
+def last_time(records: Sequence[LogRecord]) -> float | None:
+    times = [r.time for r in records if r.time is not None]
+    return max(times) if times else None

@@ -1,0 +1,80 @@
+"""The splat detector (harness.guest.splats), on a kernel log captured from
+a real 6.1 guest (an unmovable page dumped while offlining, and a user
+process writing "WARNING:" to /dev/kmsg), and on hand-written records in
+the kernel's formats (named as such) for the kinds a healthy guest does not
+print.  tests/scenarios/test_splats.py checks the detector on real guests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from harness.guest.splats import find_splats, last_time, newer_than, parse_raw_log
+
+DATA = Path(__file__).parent.parent / "data" / "guest"
+
+
+def real_log():
+    return parse_raw_log((DATA / "dmesg-raw-unmovable-page.txt").read_text())
+
+
+def test_real_page_dump_is_found_whole() -> None:
+    [splat] = find_splats(real_log())
+    assert splat.kind == "page-dump"
+    assert splat.title.startswith("page:")  # the dump comes before its reason
+    assert splat.lines[-1] == "page dumped because: unmovable page"
+    assert not splat.expected
+
+
+def test_user_writes_to_kmsg_are_not_kernel_splats() -> None:
+    records = real_log()
+    user = [r for r in records if "not_a_kernel_splat" in r.text]
+    assert user and all(r.facility == 1 for r in user)
+    assert all("not_a_kernel_splat" not in "\n".join(s.lines) for s in find_splats(records))
+
+
+def test_expected_patterns_mark_splats() -> None:
+    [splat] = find_splats(real_log(), [r"page dumped because: unmovable page"])
+    assert splat.expected
+
+
+def test_only_newer_records_are_scanned() -> None:
+    records = real_log()
+    assert find_splats(newer_than(records, last_time(records))) == []
+    dump_time = next(r.time for r in records if "dumped" in r.text)
+    assert find_splats(newer_than(records, dump_time - 1))
+
+
+# Hand-written in the kernel's formats (kernel/panic.c __warn, lib/ubsan.c,
+# kernel/hung_task.c, kernel/rcu/tree_stall.h): fakes for the parser only.
+WARN = """<4>[   20.100000] ------------[ cut here ]------------
+<4>[   20.100001] WARNING: CPU: 1 PID: 212 at drivers/misc/lkdtm/bugs.c:97 lkdtm_WARNING+0x10/0x20
+<4>[   20.100002] Modules linked in: virtio_net
+<4>[   20.100003] Call Trace:
+<4>[   20.100004]  <TASK>
+<4>[   20.100005]  direct_entry+0x9c/0xb0
+<4>[   20.100006]  </TASK>
+<4>[   20.100007] ---[ end trace 0000000000000000 ]---
+<6>[   20.200000] eth0: link up
+<3>[   21.000000] INFO: task kworker/0:1:12 blocked for more than 1 seconds.
+<3>[   22.000000] UBSAN: shift-out-of-bounds in mm/foo.c:1:2
+<3>[   23.000000] rcu: INFO: rcu_preempt self-detected stall on CPU
+<6>[   24.000000] sysrq: Show backtrace of all active CPUs
+<4>[   24.000001] Call Trace:
+<4>[   24.000002]  show_stack+0x1/0x2
+"""
+
+
+def test_kinds_and_extent() -> None:
+    splats = find_splats(parse_raw_log(WARN))
+    assert [s.kind for s in splats] == ["warning", "hung-task", "ubsan", "rcu-stall"]
+    warning = splats[0]
+    assert warning.title.startswith("WARNING: CPU: 1 PID: 212")
+    assert warning.lines[-1].startswith("---[ end trace")
+    assert "Call Trace:" in warning.lines  # its own trace, not a second splat
+
+
+def test_a_bare_call_trace_counts_unless_requested() -> None:
+    bare = "<4>[ 1.0] Call Trace:\n<4>[ 1.1]  foo+0x1/0x2\n"
+    assert [s.kind for s in find_splats(parse_raw_log(bare))] == ["call-trace"]
+    requested = "<6>[ 1.0] sysrq: Show Blocked State\n" + bare
+    assert find_splats(parse_raw_log(requested)) == []

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import shlex
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -162,17 +163,47 @@ class GuestShell:
 
     def _exec(self, command: str, *, timeout: float, check: bool,
               stdin: bytes | None) -> CommandResult:
+        stop = threading.Event()
+        aborted: list[BaseException] = []
+        if self.abort is not None:
+            threading.Thread(target=self._watch, args=(stop, aborted), daemon=True,
+                             name="ssh-watch").start()
         try:
             result = self._exec_raw(command, timeout=timeout, stdin=stdin)
-        except VMError as exc:
-            if self.diagnose is not None:
+        except Exception as exc:
+            if aborted:
+                raise aborted[0] from exc
+            if isinstance(exc, VMError) and self.diagnose is not None:
                 self.diagnose(exc, what=f"guest command {command!r}")
             raise
+        finally:
+            stop.set()
         if result.status == -1 and self.diagnose is not None:
             # No exit status: killed by a signal, or the connection died with QEMU.
             self.diagnose(VMError(f"no exit status for {command!r}", phase="ssh"),
                           what=f"guest command {command!r}")
         return result.check() if check else result
+
+    def probe(self, timeout: float) -> bool:
+        """Does the guest still run a trivial command within ``timeout``?
+        (No hooks: used by the diagnosis of a failed command.)"""
+        try:
+            return self._exec_raw("true", timeout=timeout, stdin=None).status == 0
+        except Exception:  # noqa: BLE001 - any failure means "no"
+            return False
+
+    def _watch(self, stop: threading.Event, aborted: list[BaseException]) -> None:
+        """While a command runs: call ``abort`` twice a second; when it raises
+        (QEMU died or was stopped), keep its error and close the connection,
+        which ends every paramiko wait at once (some have no timeout)."""
+        assert self.abort is not None
+        while not stop.wait(0.5):
+            try:
+                self.abort()
+            except Exception as exc:  # noqa: BLE001 - handed to the command's thread
+                aborted.append(exc)
+                self.close()
+                return
 
     def _exec_raw(self, command: str, *, timeout: float,
                   stdin: bytes | None) -> CommandResult:
@@ -187,7 +218,6 @@ class GuestShell:
             chan.shutdown_write()
             out, err = bytearray(), bytearray()
             deadline = start + timeout
-            next_check = start + 0.5
             while True:
                 if chan.recv_ready():
                     out += chan.recv(65536)
@@ -197,11 +227,7 @@ class GuestShell:
                         and not chan.recv_stderr_ready():
                     break
                 else:
-                    now = time.monotonic()
-                    if self.abort is not None and now >= next_check:
-                        next_check = now + 0.5
-                        self.abort()
-                    if now > deadline:
+                    if time.monotonic() > deadline:
                         raise WaitTimeout(f"guest command {command!r}", timeout, phase="ssh")
                     if chan.closed and not chan.exit_status_ready():
                         raise VMError(f"SSH channel closed during {command!r}", phase="ssh")
@@ -219,24 +245,17 @@ class GuestShell:
                              err.decode(errors="replace"), time.monotonic() - start)
 
     def _open_session(self, command: str, deadline: float, timeout: float) -> paramiko.Channel:
-        """Open a channel, in slices so that ``abort`` is checked meanwhile
-        (a stopped QEMU never answers the open)."""
-        while True:
-            if self.abort is not None:
-                self.abort()
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise WaitTimeout(f"an SSH channel for {command!r}", timeout, phase="ssh")
-            try:
-                return self._transport().open_session(timeout=min(remaining, 5.0))
-            except paramiko.SSHException as exc:
-                if "Timeout opening channel" in str(exc):
-                    continue
-                raise VMError(f"cannot open an SSH channel for {command!r}: {exc}",
-                              phase="ssh") from exc
-            except (OSError, EOFError) as exc:
-                raise VMError(f"cannot open an SSH channel for {command!r}: {exc}",
-                              phase="ssh") from exc
+        try:
+            return self._transport().open_session(timeout=max(deadline - time.monotonic(), 0.1))
+        except paramiko.SSHException as exc:
+            if "Timeout opening channel" in str(exc):
+                raise WaitTimeout(f"an SSH channel for {command!r}", timeout,
+                                  phase="ssh") from exc
+            raise VMError(f"cannot open an SSH channel for {command!r}: {exc}",
+                          phase="ssh") from exc
+        except (OSError, EOFError) as exc:
+            raise VMError(f"cannot open an SSH channel for {command!r}: {exc}",
+                          phase="ssh") from exc
 
     def read_file(self, path: str) -> str:
         return self.run(["cat", path]).stdout

@@ -64,11 +64,23 @@ class QMPSession:
         self.disconnected = threading.Event()
 
     # -- plumbing ---------------------------------------------------------
-    def _call(self, coro: Coroutine[Any, Any, T], timeout: float | None) -> T:
+    def _call(self, coro: Coroutine[Any, Any, T], timeout: float | None,
+              abort: Callable[[], None] | None = None) -> T:
+        """Run ``coro`` on the loop; ``abort`` is called about twice a second
+        while waiting and may raise (e.g. QEMU was stopped: no reply ever)."""
         fut = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            return fut.result(timeout)
-        except TimeoutError:
+            while True:
+                step = 0.5 if deadline is None else min(0.5, deadline - time.monotonic())
+                try:
+                    return fut.result(max(step, 0.0))
+                except TimeoutError:
+                    if deadline is not None and time.monotonic() >= deadline:
+                        raise
+                if abort is not None:
+                    abort()
+        except BaseException:
             fut.cancel()
             raise
 
@@ -128,7 +140,7 @@ class QMPSession:
 
     def execute(
         self, command: str, arguments: dict[str, Any] | None = None, *,
-        timeout: float = 60.0, phase: str = "qmp",
+        timeout: float = 60.0, phase: str = "qmp", abort: Callable[[], None] | None = None,
     ) -> Any:
         """Run ``command``; QEMU's error is raised verbatim as QMPCommandError."""
         if self._client is None:
@@ -136,7 +148,7 @@ class QMPSession:
         self._record("sent", {"execute": command, "arguments": arguments or {}})
         self._log.debug("QMP -> %s %s", command, arguments or "")
         try:
-            result = self._call(self._client.execute(command, arguments), timeout)
+            result = self._call(self._client.execute(command, arguments), timeout, abort)
         except ExecuteError as exc:
             self._record("error", {"class": exc.error_class, "desc": exc.error.error.desc})
             raise QMPCommandError(

@@ -394,9 +394,11 @@ class VM:
                 f"{what} timed out: the VM is not running (QMP status {run_state!r})",
                 state=state, serial_tail=self.serial_tail()) from exc
         if exc.phase == "ssh":
+            if self.shell is not None and self.shell.probe(5.0 * self.timeouts.scale):
+                return  # the guest answers: only this command outlived its timeout
             raise GuestHung(
-                f"{what} timed out; QEMU (pid {pid}) runs and answers QMP, so the guest "
-                "itself stopped answering (hung kernel, or sshd gone)",
+                f"{what} timed out; QEMU (pid {pid}) runs and answers QMP but the guest "
+                "does not run even `true` over SSH: the guest is hung (kernel or sshd)",
                 phase="guest", serial_tail=self.serial_tail()) from exc
 
     def check_reachable(self) -> None:
@@ -474,7 +476,8 @@ class VM:
         no reply); otherwise the QMP failure itself."""
         self._check_process()  # a stopped QEMU would only time out
         try:
-            return self._qmp().execute(command, arguments, phase=phase, timeout=timeout)
+            return self._qmp().execute(command, arguments, phase=phase, timeout=timeout,
+                                       abort=self._check_process)
         except QMPCommandError:
             raise
         except VMError as exc:
@@ -598,7 +601,7 @@ class VM:
     def stop(self) -> None:
         """End QEMU and clean up; idempotent, never raises for cleanup trouble."""
         try:
-            if (self._failed or self.keep) and self.shell is not None:
+            if (self._failed or self.keep) and self.shell is not None and self._serving():
                 self._save_dmesg()
         finally:
             try:
@@ -612,6 +615,11 @@ class VM:
                 self.qmp.close()
                 self.qmp = None
             self._finish_workdir()
+
+    def _serving(self) -> bool:
+        """QEMU runs and is not stopped (worth asking the guest for dmesg)."""
+        return self.proc is not None and self.proc.poll() is None \
+            and process_state(self.proc.pid) not in ("T", "t")
 
     def _save_dmesg(self) -> None:
         if self.workdir is None:

@@ -37,7 +37,7 @@ def test_qemu_killed_mid_run_is_reported_within_seconds(memhp_vm_factory) -> Non
     start = time.monotonic()
     with pytest.raises(QemuExited) as info:
         vm.hot_add("d0", 128 << 20, 0)
-    assert time.monotonic() - start < 5
+    assert time.monotonic() - start < 15  # a bounded grace, not a QMP timeout
     assert "QEMU exited (signal 9)" in str(info.value)
     assert "serial console" in str(info.value)  # the tail comes with it
     vm.stop()
@@ -220,13 +220,13 @@ def test_paused_guest_is_named_within_the_command_timeout(memhp_vm_factory) -> N
 @pytest.mark.fault
 def test_stopped_qemu_is_named_at_the_next_qmp_command(memhp_vm_factory) -> None:
     vm = memhp_vm_factory(memory="1G,slots=2,maxmem=2G", numa="512M,512M")
-    os.kill(vm.pid, signal.SIGSTOP)
     start = time.monotonic()
+    os.kill(vm.pid, signal.SIGSTOP)  # takes effect a moment later: QMP is sent meanwhile
     with pytest.raises(QemuUnresponsive, match="is stopped"):
         vm.hot_add("d0", 128 << 20, 0)
     with pytest.raises(QemuUnresponsive, match="is stopped"):
         vm.ssh(["true"])
-    assert time.monotonic() - start < 5
+    assert time.monotonic() - start < 15  # not the 60 s QMP / 240 s SSH timeouts
     vm.stop()
     assert vm.proc is not None and vm.proc.poll() is not None
 
@@ -241,15 +241,17 @@ def test_kill_9_of_memhp_leaves_a_dir_the_next_memhp_sweeps(memhp_guest_image) -
     assert len(left) == 1 and (left[0] / "owner").read_text().split()[0] == str(proc.pid)
     proc.kill()
     proc.communicate(timeout=30)
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30
     while _alive(qemu) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _alive(qemu), "QEMU outlived memhp"
     assert left[0].exists()  # nobody could clean up
     env = dict(os.environ, TMPDIR=str(short), XDG_RUNTIME_DIR="")
     refused = subprocess.run([sys.executable, "-m", "harness", "run", "--add", "bad id:1G@1"],
-                             env=env, capture_output=True, text=True, timeout=60, check=False,
+                             env=env, capture_output=True, text=True, timeout=120, check=False,
                              cwd=short)
     assert refused.returncode == 2, refused.stderr
-    assert [p for p in short.iterdir() if p.name.startswith("memhp-")] == []
+    left_after = [p for p in short.iterdir() if p.name.startswith("memhp-")]
+    assert left_after == [], [(p, (p / "owner").read_text() if (p / "owner").exists() else "?")
+                              for p in left_after]
     short.rmdir()

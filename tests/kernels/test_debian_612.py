@@ -17,7 +17,7 @@ import pytest
 
 from harness.errors import UsageError
 from harness.image.build import build_image, find_config, user_kernel
-from kernels._cli import DEBIAN_612, memhp_cli, run_json
+from kernels._cli import DEBIAN_612, QEMU_FOR_612, memhp_cli, run_json
 
 ELF_MAGIC_LINE = "Invalid ELF header magic"
 
@@ -61,7 +61,7 @@ def test_seed_session_on_debian_612_predicts_auto_online(
         f"echo after=$(dmesg | grep -c '{ELF_MAGIC_LINE}')\n")
     keep = tmp_path / "keep"
     proc, doc = run_json("--kernel-package", DEBIAN_612, "--keep", str(keep),
-                         "--script", str(script), retry_unbooted=True)
+                         "--script", str(script), *QEMU_FOR_612)
     assert doc["result"] == "pass", (doc.get("error"), proc.stderr[-3000:])
     assert doc["kernel"].startswith("6.12."), doc["kernel"]
     assert "onlines new memory by itself" in proc.stderr
@@ -85,7 +85,7 @@ def test_nothing_but_the_kernel_file(unpacked_612: Path) -> None:
     before = _tree_state(unpacked_612)
     assert not (mdir / "modules.dep").exists()  # as in the package: depmod runs in postinst
     proc, doc = run_json("--kernel", str(unpacked_612 / "boot" / f"vmlinuz-{kver}"),
-                         retry_unbooted=True)
+                         *QEMU_FOR_612)
     assert doc["result"] == "pass", (doc.get("error"), proc.stderr[-3000:])
     assert "onlines new memory by itself" in proc.stderr
     assert _tree_state(unpacked_612) == before

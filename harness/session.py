@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import HarnessError, UsageError, VMError
-from harness.guest.splats import Splat, find_splats, last_time, newer_than
+from harness.guest.splats import LogMark, Splat, find_splats, mark_of, newer_than
 from harness.guest.workload import (
     WorkloadSpec,
 )
@@ -243,7 +243,7 @@ class Runner:
         self.steps: list[StepResult] = []
         self.steps_done: list[Step] = []
         self.dropped_removes: set[int] = set()  # indices of removes the guest refused
-        self.log_mark: float | None = None  # kernel time of the last log record scanned
+        self.log_mark = LogMark()  # where the last scan of the kernel log stopped
         self.boot_splats: list[Splat] = []
         self.step_expects: list[str] = []  # splats the kernel's answer in this step explains
         self.workloads: dict[str, WorkloadSpec] = {}
@@ -272,13 +272,15 @@ class Runner:
         self.boot_blocks = {b.number for b in view.sysfs.blocks}
         self.set_baseline_totals(view)
         records = guest.kernel_log()
-        self.log_mark = last_time(records)
+        self.log_mark = mark_of(records)
         self.boot_splats = find_splats(records, self.scenario.expect_splats)
 
     def scan_log(self, expected: tuple[str, ...] = ()) -> list[Splat]:
         """Kernel splats logged since the last scan (see harness.guest.splats)."""
-        records = newer_than(self.vm.guest.kernel_log(), self.log_mark)
-        self.log_mark = last_time(records) or self.log_mark
+        records = self.vm.guest.kernel_log()
+        new = newer_than(records, self.log_mark)
+        self.log_mark = mark_of(records)
+        records = new
         return find_splats(records, (*self.scenario.expect_splats, *expected))
 
     def set_baseline_totals(self, view: Any) -> None:

@@ -136,13 +136,30 @@ def find_splats(records: Sequence[LogRecord], expected: Iterable[str] = ()) -> l
     return splats
 
 
-def newer_than(records: Sequence[LogRecord], time: float | None) -> list[LogRecord]:
-    """The records after kernel time ``time`` (all of them when None)."""
-    if time is None:
+@dataclass(frozen=True)
+class LogMark:
+    """Where a scan of the log stopped: how many records it had seen and the
+    last one (kernels without CONFIG_PRINTK_TIME print no timestamps)."""
+
+    count: int = 0
+    last: LogRecord | None = None
+
+
+def mark_of(records: Sequence[LogRecord]) -> LogMark:
+    return LogMark(len(records), records[-1] if records else None)
+
+
+def newer_than(records: Sequence[LogRecord], mark: LogMark) -> list[LogRecord]:
+    """The records after ``mark``: by position while the buffer still holds
+    the marked record there; after it wrapped, by kernel time when there is
+    one, else everything after the marked record's last occurrence."""
+    if mark.last is None:
         return list(records)
-    return [r for r in records if r.time is None or r.time > time]
-
-
-def last_time(records: Sequence[LogRecord]) -> float | None:
-    times = [r.time for r in records if r.time is not None]
-    return max(times) if times else None
+    if len(records) >= mark.count and records[mark.count - 1] == mark.last:
+        return list(records[mark.count:])
+    if mark.last.time is not None:
+        return [r for r in records if r.time is not None and r.time > mark.last.time]
+    for i in range(len(records) - 1, -1, -1):
+        if records[i] == mark.last:
+            return list(records[i + 1:])
+    return list(records)

@@ -128,3 +128,28 @@ def test_memhp_run_learns_the_policy_from_the_kernel_config(
     assert [s["action"].split()[0] for s in doc["steps"]] == ["add"]
     assert doc["steps"][0]["observed"]["blocks"]
     assert all(b["state"] == "online" for b in doc["steps"][0]["observed"]["blocks"])
+
+
+def test_a_real_kernel_warning_fails_the_run_naming_it(auto_online_kernel: KernelBuild) -> None:
+    """kconfigs/memhp.config builds LKDTM in: writing WARNING to its debugfs
+    file makes the kernel itself print a WARNING with a call trace
+    (drivers/misc/lkdtm/bugs.c lkdtm_WARNING).  The run, otherwise clean,
+    fails and names it; a user-space "WARNING:" line in /dev/kmsg does not."""
+    import subprocess
+
+    def run(exec_cmd: str) -> tuple[int, dict[str, Any]]:
+        proc = subprocess.run(
+            [sys.executable, "-m", "harness", "run", "--kernel", str(auto_online_kernel.bzimage),
+             "--memory", "2G,slots=2,maxmem=4G", "--numa", "1G,1G", "--add", "d0:512M@1",
+             "--accel", "tcg", "--json", "--exec", exec_cmd],
+            capture_output=True, text=True, timeout=600, check=False)
+        return proc.returncode, json.loads(proc.stdout)
+
+    code, doc = run("echo WARNING > /sys/kernel/debug/provoke-crash/DIRECT")
+    assert code == 1 and doc["result"] == "fail"
+    assert all(s["passed"] for s in doc["steps"])  # the hotplug itself was fine
+    [warning] = [s for s in doc["splats"] if s["kind"] == "warning"]
+    assert not warning["expected"] and "lkdtm" in "\n".join(warning["lines"]).lower()
+    assert "Call Trace:" in "\n".join(warning["lines"])
+    code, doc = run("echo 'WARNING: CPU: 0 PID: 1 at fake.c:1 user' > /dev/kmsg")
+    assert code == 0 and doc["splats"] == [], doc["splats"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.guest.splats import find_splats, last_time, newer_than, parse_raw_log
+from harness.guest.splats import LogMark, find_splats, mark_of, newer_than, parse_raw_log
 
 DATA = Path(__file__).parent.parent / "data" / "guest"
 
@@ -39,9 +39,22 @@ def test_expected_patterns_mark_splats() -> None:
 
 def test_only_newer_records_are_scanned() -> None:
     records = real_log()
-    assert find_splats(newer_than(records, last_time(records))) == []
-    dump_time = next(r.time for r in records if "dumped" in r.text)
-    assert find_splats(newer_than(records, dump_time - 1))
+    assert find_splats(newer_than(records, mark_of(records))) == []
+    before = next(i for i, r in enumerate(records) if r.text.startswith("page:"))
+    assert find_splats(newer_than(records, mark_of(records[:before])))
+    assert newer_than(records, LogMark()) == records
+
+
+def test_marks_without_timestamps_and_after_a_wrap() -> None:
+    """No CONFIG_PRINTK_TIME: records carry no time; a full buffer drops
+    its oldest records, and the scan still starts after the marked one."""
+    untimed = parse_raw_log("<6>one\n<6>two\n<4>BUG: three\n<6>four\n")
+    mark = mark_of(untimed[:2])
+    assert [r.text for r in newer_than(untimed, mark)] == ["BUG: three", "four"]
+    wrapped = untimed[1:]  # "one" fell out of the buffer
+    assert [r.text for r in newer_than(wrapped, mark)] == ["BUG: three", "four"]
+    timed = real_log()
+    assert newer_than(timed[5:], mark_of(timed[:10])) == timed[10:]
 
 
 # Hand-written in the kernel's formats (kernel/panic.c __warn, lib/ubsan.c,

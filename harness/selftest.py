@@ -21,11 +21,9 @@ time in it).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 
 from harness.errors import UsageError
-from harness.scenario import Scenario, add, build_scenario
 
 SCRIPT_IN_TREE = "tools/testing/selftests/memory-hotplug/mem-on-off-test.sh"
 # What the script prints when something failed or a part did not run.
@@ -62,16 +60,6 @@ def wrapped_script(script: Path, out: Path, ratio: int = 2) -> Path:
         body = body.split("\n", 1)[1]
     out.write_text("#!/bin/bash\n" + PREPARE + f"set -- -r {int(ratio)}\n" + body)
     return out
-
-
-def selftest_scenario(script: Path, *, qemu_version: tuple[int, int] | None = None,
-                      append: tuple[str, ...] = ()) -> Scenario:
-    """Two DIMMs left offline (one per node); the script does the rest."""
-    scenario = build_scenario(
-        name="mem-on-off-test", machine="pc", memory="4G,slots=4,maxmem=8G", numa="2G,2G",
-        steps=[add("sa:512M@0"), add("sb:512M@1")], script=script,
-        append=("memhp_default_state=offline", *append), qemu_version=qemu_version)
-    return replace(scenario, exec_forbid=FORBIDDEN, expect_splats=EXPECTED_SPLATS)
 
 
 def scenario_toml(script: Path, ratio: int = 2) -> str:

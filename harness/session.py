@@ -247,6 +247,7 @@ class Runner:
         self.boot_splats: list[Splat] = []
         self.step_expects: list[str] = []  # splats the kernel's answer in this step explains
         self.workloads: dict[str, WorkloadSpec] = {}
+        self.refusals = scenario.expected_refusals()  # step index -> QEMU's predicted refusal
 
     # -- baseline -----------------------------------------------------------
     def take_baseline(self) -> None:
@@ -278,10 +279,8 @@ class Runner:
     def scan_log(self, expected: tuple[str, ...] = ()) -> list[Splat]:
         """Kernel splats logged since the last scan (see harness.guest.splats)."""
         records = self.vm.guest.kernel_log()
-        new = newer_than(records, self.log_mark)
-        self.log_mark = mark_of(records)
-        records = new
-        return find_splats(records, (*self.scenario.expect_splats, *expected))
+        new, self.log_mark = newer_than(records, self.log_mark), mark_of(records)
+        return find_splats(new, (*self.scenario.expect_splats, *expected))
 
     def set_baseline_totals(self, view: Any) -> None:
         online = self._online_bytes_by_node()
@@ -381,19 +380,20 @@ class Runner:
             raise UsageError("take_baseline() must run before the steps")
         return self.kernel
 
-    def reconcile(self) -> tuple[list[str], list[Mismatch]]:
-        """After something outside the steps (``--exec``) touched the blocks:
-        tell the model what the guest shows -- an offlined block, or an
-        onlined one in a zone one of the online types gives it -- and compare
-        everything again.  A block in a zone no online type would give, or a
-        block that appeared or went, is a mismatch."""
+    def adopt_guest_blocks(self, group: str | None = None) -> tuple[list[str], list[Mismatch]]:
+        """Tell the model what the guest shows for blocks changed outside a
+        step's own writes (``--exec``; an ACPI eject the guest refused, which
+        re-onlines what it had offlined): an offlined block, or an onlined one
+        in a zone one of the online types gives it.  A block in a zone no
+        online type would give is a mismatch."""
         km = self.km()
         sysfs = self.vm.guest.memory_sysfs()
         changes: list[str] = []
         mism: list[Mismatch] = []
         for b in km.block_view():
             seen = sysfs.block(b.number)
-            if seen is None or seen.state == b.state:
+            if (group is not None and b.group != group) or seen is None \
+                    or (seen.state, seen.zone) == (b.state, b.zone):
                 continue
             if seen.state == "offline":
                 km.sync(b.number, "offline", None)
@@ -406,6 +406,12 @@ class Runner:
             else:
                 mism.append(Mismatch("zone", f"memory{b.number}", "|".join(sorted(zones)),
                                      seen.zone, "guest"))
+        return changes, mism
+
+    def reconcile(self) -> tuple[list[str], list[Mismatch]]:
+        """After ``--exec``: adopt what it did to the blocks, then compare
+        everything again (a block that appeared or went is a mismatch there)."""
+        changes, mism = self.adopt_guest_blocks()
         _, observed_mism = self.observe()
         return changes, mism + observed_mism
 

@@ -25,7 +25,7 @@ def act_online(runner: Runner, step: Step, lat: dict[str, float]) -> list[Mismat
     blocks = list(d.blocks)
     predicted = runner.km().online(blocks, step.policy)
     t1 = time.monotonic()
-    mism = write_states(runner, step, blocks, step.policy, predicted)
+    mism = write_states(runner, blocks, step.policy, predicted)
     lat["online_s"] = time.monotonic() - t1
     runner.steps_done.append(step)
     return mism
@@ -36,13 +36,13 @@ def act_offline(runner: Runner, step: Step, lat: dict[str, float]) -> list[Misma
     blocks = list(d.blocks)
     predicted = runner.km().offline(blocks)
     t1 = time.monotonic()
-    mism = write_states(runner, step, blocks, "offline", predicted)
+    mism = write_states(runner, blocks, "offline", predicted)
     lat["offline_s"] = time.monotonic() - t1
     runner.steps_done.append(step)
     return mism
 
 
-def write_states(runner: Runner, step: Step, blocks: list[int], want: str,
+def write_states(runner: Runner, blocks: list[int], want: str,
                  predicted: list[Outcome]) -> list[Mismatch]:
     """Write ``want`` to each block; compare every answer with the model's."""
     if want == "offline":
@@ -62,7 +62,7 @@ def write_states(runner: Runner, step: Step, blocks: list[int], want: str,
             # The kernel may answer this (e.g. EBUSY offlining kernel
             # memory): the block stays as it was, and the model follows;
             # the page the kernel dumps to say why is part of that answer.
-            runner.km().restore(p.number)
+            runner.km().sync(p.number, "online", p.zone)
             runner.step_expects.append(UNMOVABLE_PAGE_DUMP)
             continue
         out.append(Mismatch(f"write {want}", f"memory{p.number}", expected,

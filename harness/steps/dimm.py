@@ -8,6 +8,7 @@ left its blocks).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import TYPE_CHECKING
 
@@ -50,8 +51,7 @@ def act_refused_add(runner: Runner, step: Step, lat: dict[str, float]) -> list[M
     model's, and nothing changes (the scenario goes on)."""
     assert step.add is not None
     a = step.add
-    index = runner.scenario.steps.index(step)
-    predicted = runner.scenario.expected_refusals()[index]
+    predicted = runner.refusals[runner.scenario.steps.index(step)]
     words = getattr(predicted, "qemu_message", "") or str(predicted)
     t0 = time.monotonic()
     try:
@@ -82,20 +82,10 @@ def act_remove(runner: Runner, step: Step, lat: dict[str, float]) -> list[Mismat
         runner.step_expects.append(UNMOVABLE_PAGE_DUMP)
         runner.steps_done.append(step)
         runner.repredict()
-        follow_guest(runner, step.dimm)
+        with contextlib.suppress(HarnessError):
+            runner.adopt_guest_blocks(step.dimm)
         raise
     lat["unplug_s"] = time.monotonic() - t0
     runner.steps_done.append(step)
     runner.km().remove(step.dimm)
     return []
-
-
-def follow_guest(runner: Runner, dimm_id: str) -> None:
-    km = runner.km()
-    try:
-        sysfs = runner.vm.guest.memory_sysfs()
-    except HarnessError:
-        return
-    for b in km.block_view():
-        if b.group == dimm_id and (seen := sysfs.block(b.number)) is not None:
-            km.sync(b.number, seen.state, seen.zone)

@@ -123,21 +123,6 @@ class KernelPolicy:
             "sources": dict(self.sources),
         }
 
-    def describe(self) -> str:
-        """One line for a run's output."""
-        parts = [f"kernel {self.release}", f"auto_online_blocks={self.auto_online_blocks}",
-                 f"online_policy={self.online_policy}"]
-        if self.online_policy == "auto-movable":
-            parts.append(f"auto_movable_ratio={self.auto_movable_ratio}")
-            parts.append(f"auto_movable_numa_aware={'Y' if self.auto_movable_numa_aware else 'N'}")
-        parts.append(f"memmap_on_memory={self.memmap_on_memory}")
-        if self.movable_node:
-            parts.append("movable_node")
-        for name in ("kernelcore", "movablecore"):
-            if getattr(self, name):
-                parts.append(f"{name}={getattr(self, name)}")
-        return ", ".join(parts)
-
 
 def _bool(text: str) -> bool:
     # kstrtobool(): y/Y/1/on -> true; n/N/0/off -> false (lib/kstrtox.c).

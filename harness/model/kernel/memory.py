@@ -84,9 +84,8 @@ class Outcome:
     number: int
     ok: bool
     errno: str | None = None  # "EINVAL" when refused
-    zone: str | None = None  # the zone the block lands in (online)
+    zone: str | None = None  # the zone the block lands in (online) or leaves (offline)
     may_fail: str | None = None  # an errno the kernel may answer instead ("EBUSY")
-    why: str = ""
 
 
 @dataclass
@@ -99,13 +98,13 @@ class KernelMemory:
     zones: dict[tuple[int, str], _Zone] = field(init=False)
     blocks: dict[int, BlockState] = field(default_factory=dict, init=False)
     groups: dict[str, _Group] = field(default_factory=dict, init=False)
-    _offlined_from: dict[int, str] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
         self.rules = rules_for(self.policy.version)
-        self.zones = {}
-        for z in self.policy.zones:
-            self.zones[(z.node, z.name)] = _zone_from_info(z)
+        self.zones = self._boot_zones()
+
+    def _boot_zones(self) -> dict[tuple[int, str], _Zone]:
+        return {(z.node, z.name): _zone_from_info(z) for z in self.policy.zones}
 
     # -- helpers --------------------------------------------------------------
     @property
@@ -114,9 +113,6 @@ class KernelMemory:
 
     def _zone(self, node: int, name: str) -> _Zone:
         return self.zones.setdefault((node, name), _Zone())
-
-    def _nodes(self) -> list[int]:
-        return sorted({n for n, _ in self.zones} | {b.node for b in self.blocks.values()})
 
     def default_kernel_zone(self, node: int, start: int, pages: int) -> str:
         """default_kernel_zone_for_pfn(): the first kernel zone below Normal
@@ -191,28 +187,25 @@ class KernelMemory:
     # -- state changes ------------------------------------------------------------
     def _do_online(self, n: int, online_type: str) -> Outcome:
         block = self.blocks[n]
-        if block.state == "online":
-            return Outcome(n, False, "EINVAL", why="already online: device_online() returns "
-                           "1, state_store() answers -EINVAL")
+        if block.state == "online":  # device_online() returns 1: state_store() -EINVAL
+            return Outcome(n, False, "EINVAL")
         zone_name = self.zone_for(online_type, block)
         self._account(n, zone_name)
         return Outcome(n, True, zone=zone_name)
 
     def _do_offline(self, n: int) -> Outcome:
         block = self.blocks[n]
-        if block.state != "online":
-            return Outcome(n, False, "EINVAL", why="already offline: device_offline() returns "
-                           "1, state_store() answers -EINVAL")
+        if block.state != "online":  # device_offline() returns 1: state_store() -EINVAL
+            return Outcome(n, False, "EINVAL")
         assert block.zone is not None
         zone_name = block.zone
-        self._offlined_from[n] = zone_name
-        self._unaccount(block)
-        self.blocks[n] = replace(block, state="offline", zone=None)
-        may = None if zone_name == "Movable" else "EBUSY"
-        return Outcome(n, True, may_fail=may,
-                       why="" if may is None else f"{zone_name} may hold unmovable pages")
+        self._release(block)
+        # A kernel zone may hold unmovable pages: offline_pages() -EBUSY.
+        return Outcome(n, True, zone=zone_name,
+                       may_fail=None if zone_name == "Movable" else "EBUSY")
 
-    def _unaccount(self, block: BlockState) -> None:
+    def _release(self, block: BlockState) -> None:
+        """Take an online block out of its zone (and its group's count): offline."""
         assert block.zone is not None
         start, pages = block.number * self.block_pages, self.block_pages
         z = self._zone(block.node, block.zone)
@@ -246,6 +239,7 @@ class KernelMemory:
                 z.end = max(cands)
             else:
                 z.start = z.end = 0
+        self.blocks[block.number] = replace(block, state="offline", zone=None)
 
     def _boot_span(self, node: int, zone: str) -> tuple[int, int] | None:
         for z in self.policy.zones:
@@ -296,29 +290,21 @@ class KernelMemory:
         if block.state == state and block.zone == zone:
             return
         if block.state == "online":
-            self._unaccount(block)
-            self.blocks[number] = replace(block, state="offline", zone=None)
+            self._release(block)
         if state == "online" and zone is not None:
             self._account(number, zone)
-
-    def restore(self, number: int) -> None:
-        """Undo the last predicted offline of ``number``: the kernel answered
-        the error the model allowed (EBUSY), so the block kept its zone."""
-        zone = self._offlined_from.pop(number, None)
-        if zone is not None:
-            self.sync(number, "online", zone)
 
     def remove(self, group: str) -> None:
         for block in [b for b in self.blocks.values() if b.group == group]:
             if block.state == "online":
-                self._unaccount(block)
+                self._release(block)
             del self.blocks[block.number]
         self.groups.pop(group, None)
 
     def reboot(self, dimms: Iterable[tuple[str, int, tuple[int, ...], int]]) -> list[Outcome]:
         """After a reset the zones are the boot zones again, and the DIMMs
         still plugged are added anew by the ACPI driver at boot (by slot)."""
-        self.zones = {(z.node, z.name): _zone_from_info(z) for z in self.policy.zones}
+        self.zones = self._boot_zones()
         self.blocks.clear()
         self.groups.clear()
         out: list[Outcome] = []

@@ -54,6 +54,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from harness.errors import HostEnvironmentError, ImageBuildError, UsageError
+from harness.resources import cache_root
 
 log = logging.getLogger("harness.apt")
 
@@ -87,12 +88,6 @@ def sources_text(mirror: str = MIRROR, suites: Iterable[str] = SUITES,
 
 PREFERENCES = ("# trixie only for what bookworm lacks (linux-source-6.12), or with -t trixie\n"
                "Package: *\nPin: release n=trixie\nPin-Priority: 100\n")
-
-
-def cache_root() -> Path:
-    base = os.environ.get("MEMHP_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "memhp")
-    return Path(base)
 
 
 class Apt:

@@ -19,6 +19,7 @@ from harness.errors import UsageError, check_readable_file
 from harness.qemu.accel import AccelChoice, choose_accel
 from harness.qemu.config import DiskBoot, KernelBoot, VMConfig
 from harness.qemu.vm import VM, Timeouts
+from harness.resources import cache_root
 from harness.scenario import Scenario
 
 _counter = itertools.count()
@@ -137,15 +138,9 @@ def vm_config(scenario: Scenario, guest: ResolvedGuest, *, accel: str, qemu_bina
     )
 
 
-def cache_dir() -> Path:
-    base = os.environ.get("MEMHP_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "memhp")
-    return Path(base)
-
-
 def pick_accel(requested: str, guest: ResolvedGuest, qemu_binary: str) -> AccelChoice:
     return choose_accel(requested, qemu_binary=qemu_binary, kernel=guest.kernel,
-                        cache_dir=cache_dir())
+                        cache_dir=cache_root())
 
 
 @contextmanager

@@ -8,6 +8,7 @@ is the only place that knows that.
 
 from __future__ import annotations
 
+import os
 from importlib import resources
 from pathlib import Path
 
@@ -37,3 +38,14 @@ def guest_images_dir() -> Path:
 
 def kconfigs_dir() -> Path:
     return data_dir("kconfigs")
+
+
+def cache_root(override: Path | None = None) -> Path:
+    """memhp's cache: ``override``, else ``$MEMHP_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/memhp``, else ``~/.cache/memhp``."""
+    if override is not None:
+        return override
+    base = os.environ.get("MEMHP_CACHE_DIR")
+    if base:
+        return Path(base)
+    return Path(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")) / "memhp"

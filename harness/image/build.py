@@ -48,7 +48,7 @@ from harness.image.modules import (
     parse_modules_dep,
     plain_name,
 )
-from harness.resources import guest_images_dir
+from harness.resources import cache_root, guest_images_dir
 
 log = logging.getLogger("harness.image")
 BUILDER_VERSION = "3"
@@ -122,16 +122,6 @@ class Recipe:
             busybox_omit=tuple(data.get("busybox_omit", ())),
             on_demand_modules=tuple(data.get("on_demand_modules", ())),
         )
-
-
-def cache_root(cache_dir: Path | None = None) -> Path:
-    if cache_dir is not None:
-        return cache_dir
-    base = os.environ.get("MEMHP_CACHE_DIR")
-    if base:
-        return Path(base)
-    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
-    return Path(xdg) / "memhp"
 
 
 Progress = Callable[[str], None]

@@ -57,8 +57,7 @@ from harness.kconfig.deps import (  # noqa: F401 - re-exported: Kconfig text rea
     kconfig_texts,
 )
 from harness.kconfig.source import parse_values
-from harness.launch import cache_dir
-from harness.resources import kconfigs_dir
+from harness.resources import cache_root, kconfigs_dir
 
 log = logging.getLogger("harness.kernel")
 
@@ -273,13 +272,13 @@ def debian_source_deb(package: str = SOURCE_PACKAGE, progress: Progress | None =
     if not re.fullmatch(r"linux-source-\d+\.\d+", package):
         raise UsageError(f"source package {package!r} is not a linux-source-X.Y name",
                          value=package, fix="e.g. --source-package linux-source-6.12")
-    return Apt(cache_dir(), progress=say).download([package], suite)[package]
+    return Apt(cache_root(), progress=say).download([package], suite)[package]
 
 
 def unpack_debian_source(deb: Path, progress: Progress | None = None) -> Path:
     """Unpack ``usr/src/linux-source-*.tar.*`` from the .deb into the cache, once."""
     say = progress or (lambda msg: log.info("%s", msg))
-    root = cache_dir() / "src"
+    root = cache_root() / "src"
     root.mkdir(parents=True, exist_ok=True)
     final = root / deb.stem
     with FileLock(str(root / f"{deb.stem}.lock")):
@@ -405,7 +404,7 @@ def build_kernel(
         ensure_host_tools(progress=say)  # the compiler's version is part of the key
     inputs = key_inputs(src.identity, [t.encode() for t in frag_texts], base, gcc_version())
     key = _digest(inputs)
-    kernels = cache_dir() / "kernels"
+    kernels = cache_root() / "kernels"
     kernels.mkdir(parents=True, exist_ok=True)
     final = kernels / key
     with FileLock(str(kernels / f"{key}.lock")):

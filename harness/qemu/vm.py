@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import itertools
 import logging
 import os
 import re
@@ -48,6 +47,7 @@ from harness.errors import (
 from harness.leaks import proc_start_time, proc_stat, sweep_stale_workdirs, workdir_base
 from harness.qemu.argv import RuntimePaths, build_argv
 from harness.qemu.config import FwCfgFile, KernelBoot, VMConfig
+from harness.qemu.devices import MemoryDevice, pc_dimm, ram_backend
 from harness.qemu.qmp import QMPEvent, QMPSession
 from harness.retry import NotYet, wait_for
 
@@ -133,7 +133,6 @@ def _tail(path: Path, lines: int = 40) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-_ids = itertools.count()
 _NAMED = (QemuExited, QemuUnresponsive, GuestHung, GuestPanic)
 
 # How long a broken QMP connection may precede the exit of QEMU's process:
@@ -196,6 +195,8 @@ class VM:
         self._failed = False
         self.saved_artifacts: Path | None = None
         self.scenario: Any = None  # the plan this VM was booted for, when known
+        # Memory devices plugged now, in plug order (hot-added or cold-plugged)
+        self.memory_devices: dict[str, MemoryDevice] = {}
 
     # -- lifecycle ---------------------------------------------------------
     def __enter__(self) -> VM:
@@ -512,31 +513,32 @@ class VM:
         return tuple(out)
 
     def hot_add(self, dimm_id: str, size: int, node: int, addr: int | None = None) -> QemuDimm:
-        """``object-add`` a RAM backend and ``device_add`` a pc-dimm.
-
-        If ``device_add`` fails the backend is deleted again, so the VM is
-        left as it was; QEMU's error is re-raised verbatim.
-        """
-        backend = f"memhp-be{next(_ids)}"
-        self.execute("object-add", {"qom-type": "memory-backend-ram", "id": backend,
-                                   "size": size}, phase="hotplug")
-        args: dict[str, Any] = {"driver": "pc-dimm", "id": dimm_id, "memdev": backend,
-                                "node": node}
-        if addr is not None:
-            args["addr"] = addr
-        try:
-            self.execute("device_add", args, phase="hotplug")
-        except BaseException:
-            try:
-                self.execute("object-del", {"id": backend}, phase="hotplug")
-            except VMError as cleanup:
-                self.log.warning("rollback of %s failed: %s", backend, cleanup)
-            raise
+        """Hot-add a pc-dimm over an anonymous RAM backend (see :meth:`plug`)."""
+        self.plug(pc_dimm(dimm_id, ram_backend(size), node, addr))
         for dev in self.query_memory_devices():
             if dev.id == dimm_id:
                 return dev
         raise VMError(f"device_add {dimm_id} succeeded but QEMU does not list it",
                       phase="hotplug")
+
+    def plug(self, device: MemoryDevice) -> None:
+        """``object-add`` the backend and ``device_add`` the device, and
+        record both in :attr:`memory_devices` (what a migration destination
+        or a saved state must recreate).
+
+        If ``device_add`` fails the backend is deleted again, so the VM is
+        left as it was; QEMU's error is re-raised verbatim.
+        """
+        self.execute("object-add", device.backend.qmp_args(), phase="hotplug")
+        try:
+            self.execute("device_add", device.device.qmp_args(), phase="hotplug")
+        except BaseException:
+            try:
+                self.execute("object-del", {"id": device.backend.id}, phase="hotplug")
+            except VMError as cleanup:
+                self.log.warning("rollback of %s failed: %s", device.backend.id, cleanup)
+            raise
+        self.memory_devices[device.id] = device
 
     def hot_remove(self, dimm_id: str, *, timeout: float | None = None) -> QMPEvent:
         """``device_del`` and wait for the guest's verdict.
@@ -571,6 +573,7 @@ class VM:
             match, since=cursor, timeout=timeout or self.timeouts.s("unplug"),
             what=f"DEVICE_DELETED for {dimm_id}", abort=self.check_alive, phase="hotplug",
         )
+        self.memory_devices.pop(dimm_id, None)
         if backend:
             backend_id = backend.rsplit("/", 1)[-1]
             self.execute("object-del", {"id": backend_id}, phase="hotplug")

@@ -1,0 +1,98 @@
+"""Memory devices as QEMU sees them: a backend object and a device.
+
+Every memory device memhp plugs is one :class:`MemoryDevice`: a QOM
+backend (``-object``/``object-add``) and a qdev device
+(``-device``/``device_add``).  The same record gives the QMP arguments for a
+hot-add and the command-line options for a cold-plug or a migration
+destination, so the two can never disagree.  A device kind (pc-dimm,
+virtio-mem-pci) or a backend kind (ram, memfd, file) is a constructor here,
+nothing else.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, replace
+from typing import Any
+
+from harness.qemu.argv import opt_value
+
+_backend_ids = itertools.count()
+
+
+def _cli_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return opt_value(value)
+
+
+@dataclass(frozen=True)
+class QomObject:
+    """A QOM object, e.g. ``memory-backend-ram,id=be0,size=1073741824``."""
+
+    qom_type: str
+    id: str
+    props: tuple[tuple[str, Any], ...] = ()
+
+    def qmp_args(self) -> dict[str, Any]:
+        return {"qom-type": self.qom_type, "id": self.id, **dict(self.props)}
+
+    def cli(self) -> list[str]:
+        parts = [self.qom_type, f"id={opt_value(self.id)}"]
+        parts += [f"{k}={_cli_value(v)}" for k, v in self.props]
+        return ["-object", ",".join(parts)]
+
+
+@dataclass(frozen=True)
+class QdevDevice:
+    """A qdev device, e.g. ``pc-dimm,id=dimm0,memdev=be0,node=1``."""
+
+    driver: str
+    id: str
+    props: tuple[tuple[str, Any], ...] = ()
+
+    def qmp_args(self) -> dict[str, Any]:
+        return {"driver": self.driver, "id": self.id, **dict(self.props)}
+
+    def cli(self) -> list[str]:
+        parts = [self.driver, f"id={opt_value(self.id)}"]
+        parts += [f"{k}={_cli_value(v)}" for k, v in self.props]
+        return ["-device", ",".join(parts)]
+
+    def with_props(self, **props: Any) -> QdevDevice:
+        """The device with ``props`` set (replacing any of the same name)."""
+        keep = tuple((k, v) for k, v in self.props if k not in props)
+        return replace(self, props=keep + tuple(props.items()))
+
+
+@dataclass(frozen=True)
+class MemoryDevice:
+    """A backend and the device that maps it into the guest."""
+
+    backend: QomObject
+    device: QdevDevice
+
+    @property
+    def id(self) -> str:
+        return self.device.id
+
+    def cli(self) -> list[str]:
+        return self.backend.cli() + self.device.cli()
+
+
+def new_backend_id() -> str:
+    return f"memhp-be{next(_backend_ids)}"
+
+
+def ram_backend(size: int, backend_id: str | None = None) -> QomObject:
+    """``memory-backend-ram`` of ``size`` bytes (anonymous memory)."""
+    return QomObject("memory-backend-ram", backend_id or new_backend_id(), (("size", size),))
+
+
+def pc_dimm(dimm_id: str, backend: QomObject, node: int, addr: int | None = None
+            ) -> MemoryDevice:
+    """A ``pc-dimm`` on ``node`` (at ``addr`` if given) over ``backend``."""
+    props: tuple[tuple[str, Any], ...] = (("memdev", backend.id), ("node", node))
+    if addr is not None:
+        props += (("addr", addr),)
+    return MemoryDevice(backend, QdevDevice("pc-dimm", dimm_id, props))

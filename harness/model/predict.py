@@ -15,7 +15,9 @@ At start-up QEMU refuses, in this order (:func:`_check_spec`; each a
 
 For each ``AddDimm`` (:func:`_place`), in this order:
 
-0. the host maps the backend (``object-add``, :mod:`.qemu_rules.host`);
+0. ``object-add`` creates the backend (:func:`_check_backend`: its
+   options, the host's memory and hugepages, the host NUMA policy; see
+   :mod:`.backend` for the backend kinds);
 1. the id is not in use (``qdev_set_id()``, softmmu/qdev-monitor.c);
 2. a slot is free -- ``pc_dimm_get_free_slot()`` (hw/mem/pc-dimm.c) takes
    the lowest free slot, and fails when no slots were configured (also
@@ -23,14 +25,17 @@ For each ``AddDimm`` (:func:`_place`), in this order:
 3. the DIMMs fit in ``maxmem - mem`` -- ``memory_device_check_addable()``
    (hw/mem/memory-device.c);
 4. the explicit address and the size are multiples of the backend's
-   alignment (2 MiB for RAM backends on an x86_64 Linux host); the order
+   alignment (:attr:`.backend.BackendSpec.alignment`: 2 MiB for RAM
+   backends on an x86_64 Linux host, the page size for file and memfd
+   backends -- 4 KiB, 2 MiB or 1 GiB); the order
    of the two checks, and whether the size is checked at all, depends on
    the QEMU version (``QemuRules.size_check``, :mod:`.qemu_rules`);
 5. an address: an explicit 0 means none (``memory_device_pre_plug()``
    passes ``!addr ? NULL : &addr``, v7.2.0 and v10.0.0); an explicit one
    must lie in the device-memory region and not overlap another DIMM;
    otherwise first fit from the region's start, stepping past each DIMM
-   (sorted by address) to ALIGN_UP(its end, align);
+   (sorted by address) to ALIGN_UP(its end, align), ``align`` being the
+   new DIMM's own backend alignment;
 6. the node exists -- ``pc_dimm_realize()`` (after pre-plug).
 
 QEMU then plugs the DIMM; the guest kernel adds it only if its start and
@@ -48,9 +53,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness.errors import PlanRefused
+from harness.model.backend import QEMU_MAX_NODES, BackendSpec, size_to_str
 from harness.model.layout import Layout, compute_layout
 from harness.model.spec import ACPI_MAX_RAM_SLOTS, AddDimm, MachineSpec, Operation, RemoveDimm
-from harness.units import format_size
+from harness.units import MiB, format_size
 
 
 @dataclass(frozen=True)
@@ -63,10 +69,17 @@ class PlacedDimm:
     blocks: tuple[int, ...]
     guest_accepts: bool
     reason: str | None = None
+    align: int = 2 * MiB
+    backend: BackendSpec = BackendSpec()
 
     @property
     def end(self) -> int:
         return self.addr + self.size
+
+    @property
+    def hugepages(self) -> int:
+        """Hugepages QEMU maps (and the host reserves or preallocates) for it."""
+        return self.backend.pages(self.size) if _takes_pages(self.backend) else 0
 
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {"id": self.id, "addr": self.addr, "size": self.size,
@@ -74,6 +87,11 @@ class PlacedDimm:
                              "guest_accepts": self.guest_accepts}
         if not self.guest_accepts:
             d["reason"] = self.reason
+        if self.backend != BackendSpec():
+            d["backend"] = self.backend.describe()
+            d["align"] = self.align
+            if self.backend.hugepages:
+                d["hugepages"] = self.hugepages
         return d
 
 
@@ -181,14 +199,114 @@ def _check_host(spec: MachineSpec, size: int, backend: str, already: int) -> Non
             fix="use less memory, add swap, or set vm.overcommit_memory=1")
 
 
+def _takes_pages(backend: BackendSpec) -> bool:
+    """The mapping reserves (or preallocation faults in) its hugepages at
+    object-add: mm/hugetlb.c ``hugetlb_reserve_pages()`` unless
+    MAP_NORESERVE (``reserve=off``)."""
+    return backend.hugepages is not None and (backend.effective("reserve")
+                                              or backend.effective("prealloc"))
+
+
+def _check_backend(spec: MachineSpec, op: AddDimm, held: dict[int, int], already: int) -> None:
+    """``object-add`` of the DIMM's backend, in QEMU's order (v7.2.0 and
+    v10.0.0 unless said):
+
+    1. properties -- backends/hostmem.c ``host_memory_backend_set_prealloc()``
+       / ``_set_reserve()``: prealloc with reserve off;
+       ``host_memory_backend_set_host_nodes()``: a node >= MAX_NODES;
+    2. allocation (``bc->alloc``) -- the host maps it: anonymous and private
+       mappings count against overcommit (:mod:`.qemu_rules.host`; shared
+       and hugetlb mappings are not accounted, Linux mm/mmap.c
+       ``accountable_mapping()``); memfd: util/memfd.c
+       ``qemu_memfd_create()`` ftruncate()s a hugetlb memfd, which Linux
+       refuses (EINVAL, fs/hugetlbfs/inode.c ``hugetlbfs_setattr()``) for a
+       size that is no multiple of the page size; file:
+       system/physmem.c ``file_ram_alloc()`` refuses a size below the page
+       size, rounds it up to pages and mmap()s it: the hugepage
+       reservation fails with ENOMEM when the pool has too few;
+    3. v9.1+: the size must be a multiple of the page size
+       (``QemuRules.backend_size_check``);
+    4. host NUMA policy -- ``host_memory_backend_memory_complete()``: nodes
+       with policy default, policy without nodes, then mbind(), which Linux
+       refuses with EINVAL when none of the nodes has memory (mm/mempolicy.c
+       ``mpol_set_nodemask()``: the mask is intersected with N_MEMORY).
+
+    Preallocation (``qemu_prealloc_mem()``) comes last; it cannot fail on
+    hugepages QEMU has reserved, and on anonymous memory it depends on
+    what else the host uses meanwhile: not predicted.
+    """
+    be = op.backend
+    if be.effective("prealloc") and not be.effective("reserve"):
+        raise _refuse("prealloc-noreserve", f"DIMM {op.id!r}: prealloc needs reserve",
+                      "'prealloc=on' and 'reserve=off' are incompatible", value=be.describe(),
+                      limit=None, fix="drop reserve = false or prealloc = true")
+    for node in be.host_nodes:
+        if node >= QEMU_MAX_NODES:
+            raise _refuse("host-node-range", f"DIMM {op.id!r}: host node {node} >= "
+                          f"{QEMU_MAX_NODES}", f"Invalid host-nodes value: {node}", value=node,
+                          limit=QEMU_MAX_NODES - 1, fix="use host nodes below 128")
+    shared = be.effective("share")
+    if be.hugepages is None and not shared:
+        _check_host(spec, op.size, DIMM_BACKEND, already)
+    page = be.page_size
+    if be.kind == "memfd" and be.hugepages and op.size % page:
+        raise _refuse("hugepage-size", f"DIMM {op.id!r}: {format_size(op.size)} is no multiple "
+                      f"of the {format_size(page)} hugepage size",
+                      f"failed to resize memfd to {op.size}: Invalid argument", value=op.size,
+                      limit=page, fix=f"use a multiple of {format_size(page)}")
+    if be.kind == "file":
+        mapped = -(-op.size // 4096) * 4096  # HOST_PAGE_ALIGN in qemu_ram_alloc_from_fd()
+        if mapped < page:
+            raise _refuse("below-page-size", f"DIMM {op.id!r}: {format_size(op.size)} is below "
+                          f"the {format_size(page)} page size",
+                          f"memory size 0x{mapped:x} must be equal to or larger than page "
+                          f"size 0x{page:x}", value=op.size, limit=page,
+                          fix=f"use a multiple of {format_size(page)}")
+    if be.hugepages and be.effective("reserve"):
+        available = spec.host.hugepages_available(page) if spec.host else None
+        need = be.pages(op.size)
+        if available is not None and held.get(page, 0) + need > available:
+            free = available - held.get(page, 0)
+            raise _refuse("hugepages", f"DIMM {op.id!r} needs {need} {format_size(page)} "
+                          f"hugepages; {free} are free",
+                          "unable to map backing store for guest RAM: Cannot allocate memory",
+                          value=need, limit=free,
+                          fix="reserve more hugepages (memhp does for its tests) or use a "
+                              "smaller DIMM")
+    if spec.rules.backend_size_check and be.kind != "ram" and op.size % page:
+        raise _refuse("backend-size", f"DIMM {op.id!r}: {format_size(op.size)} is no multiple "
+                      f"of the backend's {format_size(page)} page size",
+                      f"backend '{be.qom_type}' memory size must be multiple of "
+                      f"{size_to_str(page)}", value=op.size, limit=page,
+                      fix=f"use a multiple of {format_size(page)}")
+    if be.host_nodes and be.policy == "default":
+        raise _refuse("host-nodes-default", f"DIMM {op.id!r}: host_nodes need a policy",
+                      "host-nodes must be empty for policy default, or you should explicitly "
+                      "specify a policy other than default", value=be.host_nodes, limit=None,
+                      fix='add policy = "bind" (or preferred, interleave)')
+    if not be.host_nodes and be.policy != "default":
+        raise _refuse("policy-without-nodes", f"DIMM {op.id!r}: policy {be.policy} needs "
+                      "host_nodes", f"host-nodes must be set for policy {be.policy}",
+                      value=be.policy, limit=None, fix='add host_nodes = "0"')
+    nodes = spec.host.nodes if spec.host else None
+    if be.host_nodes and nodes is not None and not set(be.host_nodes) & set(nodes):
+        raise _refuse("host-nodes-missing", f"DIMM {op.id!r}: host node(s) "
+                      f"{','.join(map(str, be.host_nodes))} do not exist (host nodes with "
+                      f"memory: {','.join(map(str, nodes))})",
+                      "cannot bind memory to host NUMA nodes: Invalid argument",
+                      value=be.host_nodes, limit=nodes, fix="use a host node that exists")
+
+
 # The backend id memhp's VM driver gives a DIMM is not known to the model:
 # host refusals at object-add name it with this placeholder.
 DIMM_BACKEND = "<backend>"
 
 
-def _place(spec: MachineSpec, layout: Layout, dimms: list[PlacedDimm], op: AddDimm
-           ) -> PlacedDimm:
-    _check_host(spec, op.size, DIMM_BACKEND, spec.ram_size + sum(d.size for d in dimms))
+def _place(spec: MachineSpec, layout: Layout, dimms: list[PlacedDimm], op: AddDimm,
+           held: dict[int, int] | None = None) -> PlacedDimm:
+    """Place ``op``; ``held``: hugepages (per page size) this plan's DIMMs
+    and kept files hold."""
+    _check_backend(spec, op, held or {}, spec.ram_size + sum(d.size for d in dimms))
     if any(d.id == op.id for d in dimms):
         raise _refuse("duplicate-id", f"DIMM id {op.id!r} is already in use",
                       f"Duplicate device ID '{op.id}'", value=op.id, limit=None,
@@ -215,7 +333,7 @@ def _place(spec: MachineSpec, layout: Layout, dimms: list[PlacedDimm], op: AddDi
             f"not enough space, currently 0x{used:x} in use of total space for memory "
             f"devices 0x{room:x}", value=op.size, limit=room,
             fix="raise maxmem or use a smaller DIMM")
-    align = layout.dimm_align
+    align = op.backend.alignment
     explicit = op.addr if op.addr else None  # address 0 = no address
     checks = {"after-addr": (_check_addr_align, _check_size_align),
               "before-addr": (_check_size_align, _check_addr_align),
@@ -266,9 +384,11 @@ def _place(spec: MachineSpec, layout: Layout, dimms: list[PlacedDimm], op: AddDi
         what = "address" if addr % bs else "size"
         reason = (f"{what} not a multiple of the {format_size(bs)} memory block size: Linux "
                   "refuses the range (check_hotplug_memory_range)")
-        return PlacedDimm(op.id, addr, op.size, op.node, free[0], (), False, reason)
+        return PlacedDimm(op.id, addr, op.size, op.node, free[0], (), False, reason, align,
+                          op.backend)
     blocks = tuple(range(addr // bs, (addr + op.size) // bs))
-    return PlacedDimm(op.id, addr, op.size, op.node, free[0], blocks, True)
+    return PlacedDimm(op.id, addr, op.size, op.node, free[0], blocks, True, None, align,
+                      op.backend)
 
 
 def _totals(spec: MachineSpec, dimms: Sequence[PlacedDimm]) -> tuple[NodeTotals, ...]:
@@ -335,15 +455,26 @@ def predict(spec: MachineSpec, ops: Sequence[Operation]) -> Prediction:
     _check_spec(spec, layout)
     dimms: list[PlacedDimm] = []
     steps: list[StepPrediction] = []
+    kept: dict[int, int] = {}  # hugepages kept by files of removed DIMMs
     for i, op in enumerate(ops):
         try:
             if isinstance(op, AddDimm):
-                dimms.append(_place(spec, layout, dimms, op))
+                held = dict(kept)
+                for d in dimms:
+                    if d.backend.hugepages:
+                        held[d.backend.hugepages] = held.get(d.backend.hugepages, 0) \
+                            + d.hugepages
+                dimms.append(_place(spec, layout, dimms, op, held))
             elif isinstance(op, RemoveDimm):
                 if not any(d.id == op.id for d in dimms):
                     raise _refuse("unknown-dimm", f"no DIMM {op.id!r} to remove",
                                   f"Device '{op.id}' not found", value=op.id, limit=None,
                                   fix="remove a DIMM an earlier step added")
+                for d in dimms:
+                    if d.id == op.id and d.backend.hugepages and \
+                            d.backend.holds_pages_after_unplug:
+                        kept[d.backend.hugepages] = kept.get(d.backend.hugepages, 0) \
+                            + d.hugepages
                 dimms = [d for d in dimms if d.id != op.id]
             else:  # pragma: no cover - typed away
                 raise TypeError(op)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from harness.errors import UsageError
+from harness.model.backend import RAM, BackendSpec
 from harness.model.qemu_rules import (
     CpuSpec,
     QemuRules,
@@ -119,12 +120,14 @@ class MachineSpec:
 
 @dataclass(frozen=True)
 class AddDimm:
-    """Hot-add a pc-dimm of ``size`` bytes on ``node`` (at ``addr`` if given)."""
+    """Hot-add a pc-dimm of ``size`` bytes on ``node`` (at ``addr`` if given)
+    over ``backend`` (anonymous RAM unless said otherwise)."""
 
     id: str
     size: int
     node: int = 0
     addr: int | None = None
+    backend: BackendSpec = RAM
 
     def __post_init__(self) -> None:
         check_id(self.id)
@@ -137,6 +140,9 @@ class AddDimm:
         if self.addr is not None and (not isinstance(self.addr, int) or self.addr < 0):
             raise UsageError(f"DIMM {self.id}: address {self.addr!r} is not a valid address",
                              value=self.addr, fix="e.g. :0x1c0000000")
+        if not isinstance(self.backend, BackendSpec):
+            raise UsageError(f"DIMM {self.id}: backend {self.backend!r} is not a BackendSpec",
+                             value=self.backend, fix="use harness.model.backend.BackendSpec")
 
 
 @dataclass(frozen=True)

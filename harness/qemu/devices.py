@@ -15,6 +15,8 @@ import itertools
 from dataclasses import dataclass, replace
 from typing import Any
 
+from harness.errors import UsageError
+from harness.model.backend import RAM, BackendSpec
 from harness.qemu.argv import opt_value
 
 _backend_ids = itertools.count()
@@ -39,7 +41,12 @@ class QomObject:
 
     def cli(self) -> list[str]:
         parts = [self.qom_type, f"id={opt_value(self.id)}"]
-        parts += [f"{k}={_cli_value(v)}" for k, v in self.props]
+        for k, v in self.props:
+            # A list (host-nodes) repeats its key: host-nodes=0,host-nodes=2
+            # (QemuOpts' repeated-key list syntax, as qom/object_interfaces.c
+            # user_creatable_add_opts() reads -object).
+            values = v if isinstance(v, list) else [v]
+            parts += [f"{k}={_cli_value(x)}" for x in values]
         return ["-object", ",".join(parts)]
 
 
@@ -87,6 +94,77 @@ def new_backend_id() -> str:
 def ram_backend(size: int, backend_id: str | None = None) -> QomObject:
     """``memory-backend-ram`` of ``size`` bytes (anonymous memory)."""
     return QomObject("memory-backend-ram", backend_id or new_backend_id(), (("size", size),))
+
+
+def _common_props(spec: BackendSpec) -> tuple[tuple[str, Any], ...]:
+    """The options every memory backend has (backends/hostmem.c
+    ``host_memory_backend_class_init()``), in the order QEMU applies them
+    (``reserve`` before ``prealloc``, so that their conflict is reported
+    as QEMU reports it from the command line too).  Options left at QEMU's
+    default are not passed."""
+    props: list[tuple[str, Any]] = []
+    for name in ("share", "reserve", "dump", "merge", "prealloc"):
+        value = getattr(spec, name)
+        if value is not None:
+            props.append((name, value))
+    if spec.prealloc_threads is not None:
+        props.append(("prealloc-threads", spec.prealloc_threads))
+    if spec.host_nodes:
+        props.append(("host-nodes", list(spec.host_nodes)))
+    if spec.policy != "default":
+        props.append(("policy", spec.policy))
+    return tuple(props)
+
+
+def memfd_backend(size: int, spec: BackendSpec, backend_id: str | None = None) -> QomObject:
+    """``memory-backend-memfd`` (backends/hostmem-memfd.c): ``hugetlb`` and
+    ``hugetlbsize`` with hugepages, ``seal``, and the common options."""
+    if spec.kind != "memfd":
+        raise UsageError(f"memfd_backend() given a {spec.kind} backend", value=spec.kind,
+                         fix="use backend_object()")
+    props: tuple[tuple[str, Any], ...] = (("size", size),)
+    if spec.hugepages:
+        props += (("hugetlb", True), ("hugetlbsize", spec.hugepages))
+    if spec.seal is not None:
+        props += (("seal", spec.seal),)
+    return QomObject("memory-backend-memfd", backend_id or new_backend_id(),
+                     props + _common_props(spec))
+
+
+def file_backend(size: int, spec: BackendSpec, mem_path: str,
+                 backend_id: str | None = None) -> QomObject:
+    """``memory-backend-file`` (backends/hostmem-file.c) at ``mem_path`` (a
+    file QEMU creates or opens; the caller resolves ``spec.mem_path`` and
+    hugetlbfs mounts), with ``discard-data`` and the common options."""
+    if spec.kind != "file":
+        raise UsageError(f"file_backend() given a {spec.kind} backend", value=spec.kind,
+                         fix="use backend_object()")
+    if not mem_path.startswith("/") or "," in mem_path:
+        raise UsageError(f"mem-path {mem_path!r} is not an absolute path without ','",
+                         value=mem_path, fix="give an absolute path")
+    props: tuple[tuple[str, Any], ...] = (("size", size), ("mem-path", mem_path))
+    if spec.discard_data is not None:
+        props += (("discard-data", spec.discard_data),)
+    return QomObject("memory-backend-file", backend_id or new_backend_id(),
+                     props + _common_props(spec))
+
+
+def backend_object(size: int, spec: BackendSpec = RAM, *, backend_id: str | None = None,
+                   mem_path: str | None = None) -> QomObject:
+    """The backend ``spec`` describes, ``size`` bytes; a file backend needs
+    ``mem_path`` (resolved by the caller)."""
+    bid = backend_id or new_backend_id()
+    if spec.kind == "memfd":
+        return memfd_backend(size, spec, bid)
+    if spec.kind == "file":
+        path = mem_path or spec.mem_path
+        if path is None:
+            raise UsageError("a file backend needs a mem-path", value=spec.describe(),
+                             fix="pass mem_path= (the VM driver picks one)")
+        return file_backend(size, spec, path, bid)
+    if spec == RAM:
+        return ram_backend(size, bid)
+    return QomObject("memory-backend-ram", bid, (("size", size),) + _common_props(spec))
 
 
 def pc_dimm(dimm_id: str, backend: QomObject, node: int, addr: int | None = None

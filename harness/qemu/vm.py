@@ -45,9 +45,10 @@ from harness.errors import (
     WaitTimeout,
 )
 from harness.leaks import proc_start_time, proc_stat, sweep_stale_workdirs, workdir_base
+from harness.model.backend import RAM, BackendSpec
 from harness.qemu.argv import RuntimePaths, build_argv
 from harness.qemu.config import FwCfgFile, KernelBoot, VMConfig
-from harness.qemu.devices import MemoryDevice, pc_dimm, ram_backend
+from harness.qemu.devices import MemoryDevice, backend_object, new_backend_id, pc_dimm
 from harness.qemu.qmp import QMPEvent, QMPSession
 from harness.retry import NotYet, wait_for
 
@@ -197,6 +198,11 @@ class VM:
         self.scenario: Any = None  # the plan this VM was booted for, when known
         # Memory devices plugged now, in plug order (hot-added or cold-plugged)
         self.memory_devices: dict[str, MemoryDevice] = {}
+        # hugetlbfs mounts per page size for file backends (set by the caller
+        # from a harness.host.hugepages.Reservation; else found on the host)
+        self.hugetlbfs: dict[int, Path] = {}
+        # backend files memhp named (QEMU creates them): deleted after QEMU ends
+        self.backend_files: list[Path] = []
 
     # -- lifecycle ---------------------------------------------------------
     def __enter__(self) -> VM:
@@ -512,9 +518,46 @@ class VM:
             ))
         return tuple(out)
 
-    def hot_add(self, dimm_id: str, size: int, node: int, addr: int | None = None) -> QemuDimm:
-        """Hot-add a pc-dimm over an anonymous RAM backend (see :meth:`plug`)."""
-        self.plug(pc_dimm(dimm_id, ram_backend(size), node, addr))
+    def backend_path(self, spec: BackendSpec, backend_id: str) -> str | None:
+        """The ``mem-path`` of a file backend: ``spec.mem_path`` (a directory
+        gets a file of memhp's inside, so the file can be checked and
+        removed), else a file in the hugetlbfs of the page size, else a
+        file in the VM's private work dir.  None for other kinds."""
+        if spec.kind != "file":
+            return None
+        name = f"memhp-{os.getpid()}-{backend_id}"
+        if spec.mem_path is not None:
+            given = Path(spec.mem_path)
+            if not given.is_dir():
+                if not given.exists():
+                    self.backend_files.append(given)
+                return str(given)
+            path = given / name
+        elif spec.hugepages:
+            from harness.host.hugepages import HostCannot, find_hugetlbfs
+
+            mount = self.hugetlbfs.get(spec.hugepages) or find_hugetlbfs(spec.hugepages)
+            if mount is None:
+                raise HostCannot(f"no hugetlbfs of {spec.hugepages >> 10} kB pages is mounted "
+                                 "(reserve through harness.host.hugepages.reserved, which "
+                                 "mounts one)", phase="hotplug")
+            path = mount / name
+        else:
+            if self.workdir is None:
+                raise VMError("file backend before the VM has a work dir", phase="hotplug")
+            (self.workdir / "backends").mkdir(mode=0o700, exist_ok=True)
+            path = self.workdir / "backends" / name
+        self.backend_files.append(path)
+        return str(path)
+
+    def hot_add(self, dimm_id: str, size: int, node: int, addr: int | None = None,
+                backend: BackendSpec = RAM) -> QemuDimm:
+        """Hot-add a pc-dimm over ``backend`` (anonymous RAM unless given;
+        see :meth:`plug`)."""
+        backend_id = new_backend_id()
+        obj = backend_object(size, backend, backend_id=backend_id,
+                             mem_path=self.backend_path(backend, backend_id))
+        self.plug(pc_dimm(dimm_id, obj, node, addr))
         for dev in self.query_memory_devices():
             if dev.id == dimm_id:
                 return dev
@@ -617,7 +660,18 @@ class VM:
             if self.qmp is not None:
                 self.qmp.close()
                 self.qmp = None
+            self._remove_backend_files()
             self._finish_workdir()
+
+    def _remove_backend_files(self) -> None:
+        """Backend files memhp named (QEMU never deletes them; on hugetlbfs
+        they hold their hugepages until deleted)."""
+        for path in self.backend_files:
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as exc:
+                self.log.warning("could not remove backend file %s: %s", path, exc)
+        self.backend_files = []
 
     def _serving(self) -> bool:
         """QEMU runs and is not stopped (worth asking the guest for dmesg)."""

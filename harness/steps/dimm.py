@@ -30,7 +30,7 @@ def act_add(runner: Runner, step: Step, lat: dict[str, float]) -> list[Mismatch]
         return act_refused_add(runner, step, lat)
     a = step.add
     t0 = time.monotonic()
-    runner.vm.hot_add(a.id, a.size, a.node, a.addr)
+    runner.vm.hot_add(a.id, a.size, a.node, a.addr, a.backend)
     lat["device_add_s"] = time.monotonic() - t0
     runner.steps_done.append(step)
     d = runner.dimm(a.id)
@@ -55,7 +55,7 @@ def act_refused_add(runner: Runner, step: Step, lat: dict[str, float]) -> list[M
     words = getattr(predicted, "qemu_message", "") or str(predicted)
     t0 = time.monotonic()
     try:
-        runner.vm.hot_add(a.id, a.size, a.node, a.addr)
+        runner.vm.hot_add(a.id, a.size, a.node, a.addr, a.backend)
     except QMPCommandError as exc:
         lat["device_add_s"] = time.monotonic() - t0
         runner.steps_done.append(step)

@@ -53,6 +53,10 @@ class QemuRules:
     # pcmc->enforce_amd_1tb_hole: RAM above 4G moves to 1 TiB on AMD CPUs
     # when the highest used address reaches the HyperTransport hole.
     enforce_amd_1tb_hole: bool = True
+    # file and memfd backends refuse, at object-add, a size that is no
+    # multiple of their page size (backends/hostmem.c
+    # host_memory_backend_memory_complete(), ``backend->aligned``).
+    backend_size_check: bool = False
     sources: tuple[str, ...] = ()
 
 
@@ -79,6 +83,15 @@ CHANGES: tuple[Change, ...] = (
            "commit 540a1abbf0b2 'memory-device: reintroduce memory region size check' "
            "(Jan 2024, in v9.0.0): memory_device_pre_plug() checks the size before "
            "memory_device_get_free_addr() checks the address (v10.0.0 alike)"),
+    Change("backend_size_check", (7, 2), False,
+           "backends/hostmem.c host_memory_backend_memory_complete() (v7.2.0): no size "
+           "check; a 3 MiB file on 2 MiB hugetlbfs maps 4 MiB and is refused only at "
+           "device_add"),
+    Change("backend_size_check", (9, 1), True,
+           "commit 'backends/hostmem: Report error when memory size is unaligned' "
+           "(M. Privoznik, 2024, v9.1.0): host_memory_backend_memory_complete() checks "
+           "`backend->aligned` (set by hostmem-file.c and hostmem-memfd.c), read in "
+           "v10.0.0: \"backend '%s' memory size must be multiple of %s\""),
 )
 
 # Keyed by machine-type version (pc-i440fx-X.Y / pc-q35-X.Y).
@@ -166,4 +179,5 @@ def rules_for(qemu: tuple[int, int], machine_version: tuple[int, int] | None = N
         qemu, mver,
         size_check=chosen["size_check"].value,  # type: ignore[arg-type]
         enforce_amd_1tb_hole=bool(chosen["enforce_amd_1tb_hole"].value),
+        backend_size_check=bool(chosen["backend_size_check"].value),
         sources=tuple(c.source for c in chosen.values()))

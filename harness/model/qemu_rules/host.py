@@ -20,21 +20,56 @@ host commits meanwhile, so it is a prediction at the time of reading.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class HugepagePool:
+    """One hugepage size of the host: pages a new mapping can still
+    reserve (``free_hugepages - resv_hugepages`` of
+    /sys/kernel/mm/hugepages/hugepages-NkB), and the free pages per node
+    (/sys/devices/system/node/nodeN/hugepages/hugepages-NkB/free_hugepages).
+
+    Linux mm/hugetlb.c ``hugetlb_reserve_pages()`` -> ``hugetlb_acct_memory()``
+    refuses a reservation larger than that (-ENOMEM), which QEMU reports as
+    "unable to map backing store for guest RAM: Cannot allocate memory"
+    (system/physmem.c ``file_ram_alloc()``).
+    """
+
+    page_size: int
+    available: int
+    node_free: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass(frozen=True)
 class HostMemory:
-    mem_total: int
+    """The host's memory facts.  ``mem_total`` 0 means "not read" (no RAM
+    mapping is then predicted to fail); ``hugepages`` None means the
+    hugepage pools were not read (no hugepage refusal is predicted);
+    ``nodes`` None means the host's NUMA nodes were not read."""
+
+    mem_total: int = 0
     swap_total: int = 0
     overcommit: int = 0
     commit_limit: int = 0
     committed: int = 0
+    hugepages: tuple[HugepagePool, ...] | None = None
+    nodes: tuple[int, ...] | None = field(default=None)
+
+    def hugepages_available(self, page_size: int) -> int | None:
+        """Pages of ``page_size`` a new mapping can reserve; None if not read
+        (0 when the host has no such pool)."""
+        if self.hugepages is None:
+            return None
+        for pool in self.hugepages:
+            if pool.page_size == page_size:
+                return pool.available
+        return 0
 
     def refuses(self, size: int, already: int = 0) -> bool:
         """Would a new ``size``-byte mapping be refused (``already``: bytes
         this plan maps before it, which count in mode 2 only)?"""
-        if self.overcommit == 1:
+        if self.mem_total == 0 or self.overcommit == 1:
             return False
         if self.overcommit == 2:
             return self.committed + already + size > self.commit_limit

@@ -19,6 +19,16 @@ TOML format::
     [[step]]
     add = "dimm0:1G@1"                       # id:size@node[:addr]
     [[step]]
+    add = "h0:1G@1"
+    backend = "memfd"                        # ram (default) | file | memfd
+    hugepages = "2M"                         # none (default) | 2M | 1G
+    share = true                             # and prealloc, reserve, dump, merge
+    prealloc = true
+    prealloc_threads = 2
+    host_nodes = "0"                         # host NUMA nodes ("0-1", "0,2")
+    policy = "bind"                          # default | bind | preferred | interleave
+    # file backends: mem_path = "/dir/or/file", discard_data = true
+    [[step]]
     online = "dimm0"
     policy = "online_movable"                # online | online_kernel | online_movable
     [[step]]
@@ -50,6 +60,7 @@ from harness.model import (
     parse_numa_option,
     predict,
 )
+from harness.model.backend import RAM, BackendSpec, parse_host_nodes, parse_hugepages
 from harness.model.qemu_rules import CpuSpec, parse_machine_type
 from harness.model.qemu_rules.host import HostMemory
 from harness.units import parse_size
@@ -86,7 +97,9 @@ class Step:
     def describe(self) -> str:
         if self.action == "add" and self.add is not None:
             where = f" at {self.add.addr:#x}" if self.add.addr is not None else ""
-            return f"add {self.dimm} ({self.add.size >> 20} MiB, node {self.add.node}{where})"
+            be = f", {self.add.backend.describe()}" if self.add.backend != RAM else ""
+            return (f"add {self.dimm} ({self.add.size >> 20} MiB, node {self.add.node}{where}"
+                    f"{be})")
         if self.action == "online":
             return f"{self.policy} {self.dimm}"
         if self.action == "reset":
@@ -275,6 +288,57 @@ def _unknown(table: Mapping[str, Any], allowed: set[str], where: str) -> None:
                          fix=f"allowed keys: {', '.join(sorted(allowed))}")
 
 
+# Backend keys of an ``add`` step (TOML name -> BackendSpec field); on an
+# ``add`` step ``policy`` is the host NUMA policy, not an online policy.
+BACKEND_KEYS: tuple[str, ...] = (
+    "backend", "hugepages", "share", "prealloc", "prealloc_threads", "host_nodes", "policy",
+    "mem_path", "discard_data", "reserve", "dump", "merge",
+)
+_BOOL_KEYS = ("share", "prealloc", "discard_data", "reserve", "dump", "merge", "seal")
+
+
+def backend_spec(raw: Mapping[str, Any], where: str = "add") -> BackendSpec:
+    """A :class:`BackendSpec` from an ``add`` step's backend keys (TOML or
+    the keyword arguments of :func:`add`); RAM when none is given."""
+    if not any(k in raw for k in (*BACKEND_KEYS, "seal")):
+        return RAM
+    kind = raw.get("backend", "ram")
+    if not isinstance(kind, str):
+        raise UsageError(f"{where}.backend must be a string, got {kind!r}", value=kind,
+                         fix='backend = "ram", "file" or "memfd"')
+    kwargs: dict[str, Any] = {"kind": kind}
+    for key in _BOOL_KEYS:
+        if key in raw:
+            if not isinstance(raw[key], bool):
+                raise UsageError(f"{where}.{key} must be true or false, got {raw[key]!r}",
+                                 value=raw[key], fix=f"{key} = true")
+            kwargs[key] = raw[key]
+    if "hugepages" in raw:
+        kwargs["hugepages"] = parse_hugepages(raw["hugepages"], f"{where}.hugepages")
+    if "prealloc_threads" in raw:
+        t = raw["prealloc_threads"]
+        if isinstance(t, bool) or not isinstance(t, int):
+            raise UsageError(f"{where}.prealloc_threads must be an integer, got {t!r}",
+                             value=t, fix="prealloc_threads = 2")
+        kwargs["prealloc_threads"] = t
+    if "host_nodes" in raw:
+        kwargs["host_nodes"] = parse_host_nodes(raw["host_nodes"], f"{where}.host_nodes")
+    if "policy" in raw:
+        if not isinstance(raw["policy"], str):
+            raise UsageError(f"{where}.policy must be a string, got {raw['policy']!r}",
+                             value=raw["policy"], fix='policy = "bind"')
+        kwargs["policy"] = raw["policy"]
+    if "mem_path" in raw:
+        if not isinstance(raw["mem_path"], str):
+            raise UsageError(f"{where}.mem_path must be a string", value=raw["mem_path"],
+                             fix='mem_path = "/dev/hugepages"')
+        kwargs["mem_path"] = raw["mem_path"]
+    try:
+        return BackendSpec(**kwargs)
+    except UsageError as exc:
+        raise UsageError(f"{where}: {exc.message}", value=exc.value) from None
+
+
 def _parse_step(i: int, raw: object) -> Step:
     where = f"step[{i}]"
     if not isinstance(raw, dict):
@@ -288,7 +352,7 @@ def _parse_step(i: int, raw: object) -> Step:
     if action == "workload":
         allowed |= {"node", "size"}
     if action == "add":
-        allowed |= {"expect_refusal"}
+        allowed |= {"expect_refusal", *BACKEND_KEYS}
     _unknown(raw, allowed, where)
     splats = splat_patterns(raw.get("expect_splat", []), f"{where}.expect_splat")
     if action == "workload":
@@ -302,7 +366,7 @@ def _parse_step(i: int, raw: object) -> Step:
         return Step("reset", expect_splat=splats)
     value = _expect(raw, action, str, where)
     if action == "add":
-        dimm = parse_dimm_option(value)
+        dimm = replace(parse_dimm_option(value), backend=backend_spec(raw, where))
         refusal = raw.get("expect_refusal")
         if refusal is not None and not (refusal is True or isinstance(refusal, str)):
             raise UsageError(f"{where}.expect_refusal must be true or a string", value=refusal,
@@ -396,10 +460,27 @@ def load_scenario(path: Path, *, qemu_version: tuple[int, int] | None = None) ->
 
 # -- step constructors (for tests and scripts) -------------------------------------
 
-def add(text: str, expect_refusal: str | None = None) -> Step:
+def add(text: str, expect_refusal: str | None = None, *,
+        backend: BackendSpec | str | None = None, **options: Any) -> Step:
     """``add("dimm0:1G@1")``: hot-add a DIMM (same syntax as ``--add``);
-    ``expect_refusal`` ("" or a regex of QEMU's words): QEMU must refuse it."""
+    ``expect_refusal`` ("" or a regex of QEMU's words): QEMU must refuse it.
+    The backend is a :class:`BackendSpec`, or its kind and the TOML keys:
+    ``add("h0:1G@1", backend="memfd", hugepages="2M", prealloc=True)``."""
     dimm = parse_dimm_option(text)
+    if isinstance(backend, BackendSpec):
+        if options:
+            raise UsageError("add(): give a BackendSpec or backend options, not both",
+                             value=sorted(options), fix="put them in the BackendSpec")
+        dimm = replace(dimm, backend=backend)
+    else:
+        unknown = sorted(set(options) - set(BACKEND_KEYS) - {"seal"})
+        if unknown:
+            raise UsageError(f"add(): unknown backend option(s) {', '.join(unknown)}",
+                             value=unknown, fix=f"use {', '.join(BACKEND_KEYS)}")
+        raw = dict(options)
+        if backend is not None:
+            raw["backend"] = backend
+        dimm = replace(dimm, backend=backend_spec(raw, "add()"))
     return Step("add", dimm.id, add=dimm, expect_refusal=expect_refusal)
 
 

@@ -1,0 +1,91 @@
+"""tp-qemu's ``hotplug_memory`` backend x policy x options matrix, as data.
+
+tp-qemu (qemu/tests/cfg/hotplug_memory.cfg) varies the backend
+(memory-backend-ram, -file on hugetlbfs, -memfd with hugetlb), the host
+policy (default, bind, preferred, interleave with host-nodes) and the
+options (prealloc with prealloc-threads, share, reserve, discard-data,
+dump, merge).  Here each variant is one DIMM: a :class:`Variant` with its
+backend and size; the checks (model vs real QEMU) live in
+tests/integration/test_backends_vs_qemu.py.  Sizes are small (4 MiB, one
+page for 1 GiB pages): QEMU's placement and refusals do not depend on the
+size beyond alignment, and the host's hugepage pool stays small.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from harness.model.backend import BackendSpec
+from harness.units import GiB, KiB, MiB
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    backend: BackendSpec
+    size: int
+    addr_offset: int | None = None  # explicit address: device base + offset
+
+
+BACKENDS: tuple[tuple[str, BackendSpec], ...] = (
+    ("ram", BackendSpec()),
+    ("memfd", BackendSpec("memfd")),
+    ("file", BackendSpec("file")),
+    ("memfd-2M", BackendSpec("memfd", hugepages=2 * MiB)),
+    ("file-2M", BackendSpec("file", hugepages=2 * MiB)),
+    ("memfd-1G", BackendSpec("memfd", hugepages=GiB)),
+    ("file-1G", BackendSpec("file", hugepages=GiB)),
+)
+
+POLICIES: tuple[tuple[str, dict[str, object]], ...] = (
+    ("default", {}),
+    ("bind0", {"policy": "bind", "host_nodes": (0,)}),
+    ("preferred0", {"policy": "preferred", "host_nodes": (0,)}),
+    ("interleave0", {"policy": "interleave", "host_nodes": (0,)}),
+    ("bind-nonodes", {"policy": "bind"}),              # QEMU refuses
+    ("default-node0", {"host_nodes": (0,)}),           # QEMU refuses
+    ("bind63", {"policy": "bind", "host_nodes": (63,)}),  # no such host node: refused
+)
+
+OPTIONS: tuple[tuple[str, dict[str, object]], ...] = (
+    ("plain", {}),
+    ("prealloc", {"prealloc": True, "prealloc_threads": 2}),
+    ("share", {"share": True}),
+    ("noshare", {"share": False}),
+    ("noreserve", {"reserve": False}),
+    ("prealloc-noreserve", {"prealloc": True, "reserve": False}),  # QEMU refuses
+    ("nodump-nomerge", {"dump": False, "merge": False}),
+    ("discard", {"discard_data": True, "share": True}),  # file only
+)
+
+
+def _size(be: BackendSpec) -> int:
+    return be.hugepages if be.hugepages == GiB else 4 * MiB
+
+
+def variants() -> list[Variant]:
+    """The full product (minus combinations memhp itself refuses as input,
+    e.g. discard-data on a non-file backend), then the size and alignment
+    cases of each backend."""
+    out: list[Variant] = []
+    for bname, base in BACKENDS:
+        for pname, pol in POLICIES:
+            for oname, opts in OPTIONS:
+                if "discard_data" in opts and base.kind != "file":
+                    continue
+                if base.hugepages == GiB and pname not in ("default", "bind0", "bind-nonodes"):
+                    continue  # 1 GiB pages are scarce: fewer variants
+                be = replace(base, **pol, **opts)  # type: ignore[arg-type]
+                out.append(Variant(f"{bname}-{pname}-{oname}", be, _size(be)))
+        page = base.hugepages or 4 * KiB
+        # size and alignment: an odd size, one below/above a page, a
+        # misaligned explicit address, and a pool too small
+        out.append(Variant(f"{bname}-size-plus-4k", base, _size(base) + 4 * KiB))
+        out.append(Variant(f"{bname}-size-plus-half-page", base, _size(base) + page // 2
+                           if page > 4 * KiB else _size(base) + 2 * MiB))
+        out.append(Variant(f"{bname}-addr-plus-4k", base, _size(base), addr_offset=4 * KiB))
+        out.append(Variant(f"{bname}-addr-plus-1M", base, _size(base), addr_offset=MiB))
+        if base.hugepages:
+            out.append(Variant(f"{bname}-pool-too-small", base, 64 * base.hugepages))
+            out.append(Variant(f"{bname}-below-page", base, base.hugepages // 2))
+    return out

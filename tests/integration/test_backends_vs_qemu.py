@@ -1,0 +1,182 @@
+"""tp-qemu's hotplug_memory backend x policy x options matrix, model vs real QEMU.
+
+Every variant of :mod:`backend_matrix` is one DIMM hot-added into a paused
+QEMU (-S, no guest): the backend object is built by memhp's own
+constructors (:func:`harness.qemu.devices.backend_object`, with memhp's
+mem-path choice), the model predicts acceptance with the address, or the
+refusal with QEMU's words, given the host's facts (hugepage pools reserved
+by :func:`harness.host.hugepages.reserved`, host NUMA nodes), and QEMU
+must agree; for each accepted DIMM ``query-memdev`` must report the
+options the spec asks for (QEMU's defaults where it leaves them out).
+
+Variants of one backend share a QEMU (so placement after earlier DIMMs of
+other alignments and the hugepages they hold are checked too); 1 GiB-page
+variants get a QEMU each (a page each is all this host can spare).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from backend_matrix import BACKENDS, Variant, variants
+from test_model_vs_qemu import _binary, qemu_argv
+
+from harness.errors import PlanRefused, QMPCommandError
+from harness.host.hugepages import HostCannot, Reservation, host_memory, reserved
+from harness.model import AddDimm, MachineSpec, predict
+from harness.model.backend import BackendSpec
+from harness.qemu.devices import backend_object
+from harness.qemu.qmp import QMPSession
+from harness.retry import wait_for
+from harness.units import GiB, MiB
+
+ALL = variants()
+# How many variants the matrix covers (README: "Backends").
+VARIANT_COUNT = len(ALL)
+MEMDEV_KEYS = ("share", "prealloc", "reserve", "dump", "merge")
+
+
+@contextmanager
+def paused(binary: str, spec: MachineSpec) -> Iterator[QMPSession]:
+    with tempfile.TemporaryDirectory(prefix="memhp-backendq-") as tmp:
+        sock = Path(tmp) / "qmp.sock"
+        proc = subprocess.Popen(qemu_argv(binary, spec, sock), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        qmp = QMPSession(sock)
+        try:
+            wait_for(lambda: True if sock.exists() or proc.poll() is not None else None,
+                     what="QMP socket", timeout=30)
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            qmp.connect()
+            yield qmp
+        finally:
+            qmp.close()
+            proc.kill()
+            proc.wait()
+
+
+def _mem_path(be: BackendSpec, res: Reservation, tmp: Path, name: str) -> str | None:
+    if be.kind != "file":
+        return None
+    if be.hugepages:
+        return str(res.new_file(be.hugepages, name))
+    return str(tmp / name)
+
+
+def run_group(binary: str, version: tuple[int, int], group: list[Variant],
+              res: Reservation) -> list[str]:
+    """Plug ``group`` into one paused QEMU; the disagreements, as text."""
+    spec = MachineSpec(machine="pc", ram_size=2 * GiB, slots=128, maxmem=256 * GiB, numa=(),
+                       qemu_version=version, host=host_memory())
+    problems: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="memhp-backendf-") as tmpdir, \
+            paused(binary, spec) as qmp:
+        base = predict(spec, []).layout.device_base
+        accepted: list[AddDimm] = []
+        files: list[Path] = []
+        for i, v in enumerate(group):
+            addr = None if v.addr_offset is None else base + v.addr_offset
+            op = AddDimm(f"d{i}", v.size, 0, addr, v.backend)
+            try:
+                placed = predict(spec, [*accepted, op]).final.dimms
+                want = next(d for d in placed if d.id == op.id)
+                refusal = None
+            except PlanRefused as exc:
+                refusal = exc.qemu_message  # type: ignore[attr-defined]
+            path = _mem_path(v.backend, res, Path(tmpdir), f"b{i}")
+            if path:
+                files.append(Path(path))
+            obj = backend_object(v.size, v.backend, backend_id=f"b{i}", mem_path=path)
+            got: str | None = None
+            try:
+                qmp.execute("object-add", obj.qmp_args())
+                args: dict[str, object] = {"driver": "pc-dimm", "id": op.id, "memdev": f"b{i}",
+                                           "node": 0}
+                if addr is not None:
+                    args["addr"] = addr
+                try:
+                    qmp.execute("device_add", args)
+                except QMPCommandError:
+                    qmp.execute("object-del", {"id": f"b{i}"})
+                    raise
+            except QMPCommandError as exc:
+                got = exc.desc
+            if got != refusal:
+                problems.append(f"{v.name}: model {'accepts' if refusal is None else refusal!r}"
+                                f", QEMU {'accepts' if got is None else got!r}")
+                continue
+            if refusal is not None:
+                continue
+            accepted.append(op)
+            dimm = next(d["data"] for d in qmp.execute("query-memory-devices")
+                        if d["data"].get("id") == op.id)
+            if dimm["addr"] != want.addr:
+                problems.append(f"{v.name}: model addr {want.addr:#x}, QEMU {dimm['addr']:#x}")
+            memdev = next(m for m in qmp.execute("query-memdev") if m.get("id") == f"b{i}")
+            expect = {k: v.backend.effective(k) for k in MEMDEV_KEYS}
+            expect |= {"size": v.size, "policy": v.backend.policy,
+                       "host-nodes": list(v.backend.host_nodes)}
+            seen = {k: memdev.get(k) for k in expect}
+            if seen != expect:
+                problems.append(f"{v.name}: query-memdev {seen} != {expect}")
+        for f in files:
+            f.unlink(missing_ok=True)
+    return problems
+
+
+def _groups() -> list[tuple[str, list[Variant]]]:
+    out: list[tuple[str, list[Variant]]] = []
+    for name, base in BACKENDS:
+        mine = [v for v in ALL
+                if v.backend.kind == base.kind and v.backend.hugepages == base.hugepages]
+        if base.hugepages == GiB:
+            out += [(v.name, [v]) for v in mine]
+        else:
+            out.append((name, mine))
+    return out
+
+
+GROUPS = _groups()
+
+
+def _needs(group_name: str) -> dict[int, int]:
+    """Hugepages one group needs: enough for every variant the model
+    accepts when the pool is large (computed by the test below)."""
+    if "-1G" in group_name:
+        return {GiB: 1}
+    if "-2M" in group_name:
+        return {2 * MiB: 160}
+    return {}
+
+
+@pytest.mark.parametrize("group", [g for g, _ in GROUPS])
+@pytest.mark.parametrize("version", ["7.2", "10.0"])
+def test_backend_matrix(group: str, version: str) -> None:
+    binary = _binary(version)
+    members = dict(GROUPS)[group]
+    needs = _needs(group)
+    try:
+        if not needs:
+            problems = run_group(binary, _ver(version), members, Reservation())
+        else:
+            with reserved(needs) as res:
+                problems = run_group(binary, _ver(version), members, res)
+    except HostCannot as exc:
+        pytest.skip(f"{group}: {exc}")
+    assert not problems, "\n".join(problems)
+
+
+def _ver(text: str) -> tuple[int, int]:
+    a, b = text.split(".")
+    return int(a), int(b)
+
+
+def test_variant_count() -> None:
+    """The matrix is what the README says it is (and every name is unique)."""
+    assert len({v.name for v in ALL}) == VARIANT_COUNT
+    assert sum(len(m) for _, m in GROUPS) == VARIANT_COUNT

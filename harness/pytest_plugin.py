@@ -172,6 +172,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "kvm: needs KVM that really boots a guest "
                                        "(skipped with the probe's reason otherwise)")
     config.addinivalue_line("markers", "slow: a long test (many VM boots or a kernel build)")
+    config.addinivalue_line("markers", "memhp_hugepages(**pages): hugepages the test's "
+                                       "memhp_hugepages fixture reserves, e.g. "
+                                       "memhp_hugepages(**{'2M': 512, '1G': 1})")
     config.addinivalue_line("markers", "vm: boots a real QEMU guest")
     config.addinivalue_line("markers", "needs_config(*options): skip unless the guest kernel "
                                        "has these CONFIG_ options enabled")
@@ -384,6 +387,31 @@ def _machine_kwargs(request: pytest.FixtureRequest) -> dict[str, Any]:
 def memhp_vm(memhp_vm_factory: VMFactory, request: pytest.FixtureRequest) -> Any:
     """A running VM for the test's ``memhp_machine`` marker (default: the seed's)."""
     return memhp_vm_factory(**_machine_kwargs(request))
+
+
+@pytest.fixture
+def memhp_hugepages(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """Reserve the hugepages of the test's ``memhp_hugepages`` marker (with a
+    hugetlbfs of each size) and give them back afterwards, whatever happens
+    (harness.host.hugepages.reserved); skips with the reason where the host
+    cannot.  Request it before ``memhp_vm`` so that the VM ends first."""
+    from harness.host.hugepages import HostCannot, reserved
+    from harness.model.backend import parse_hugepages
+
+    marker = request.node.get_closest_marker("memhp_hugepages")
+    wanted = dict(marker.kwargs) if marker else {"2M": 512}
+    needs: dict[int, int] = {}
+    for size, pages in wanted.items():
+        page = parse_hugepages(size, "memhp_hugepages")
+        if page is None or isinstance(pages, bool) or not isinstance(pages, int) or pages < 1:
+            raise pytest.UsageError(f"memhp_hugepages({size}={pages!r}): give a page size "
+                                    "(2M, 1G) and a positive page count")
+        needs[page] = pages
+    try:
+        with reserved(needs) as res:
+            yield res
+    except HostCannot as exc:
+        pytest.skip(f"hugepages: {exc}")
 
 
 @pytest.fixture

@@ -243,12 +243,16 @@ class BackendSpec:
 
     @property
     def holds_pages_after_unplug(self) -> bool:
-        """A shared file keeps its pages in the file after QEMU unmaps it
-        unless ``discard-data`` punches them (backends/hostmem-file.c
-        ``file_backend_unparent()``: ``qemu_madvise(QEMU_MADV_REMOVE)``,
-        v7.2.0 and v10.0.0); memhp deletes the file when the VM stops."""
+        """A shared hugetlbfs file keeps its pages (and the reservations of
+        pages never touched) after QEMU unmaps it; ``discard-data``
+        (backends/hostmem-file.c ``file_backend_unparent()``:
+        ``qemu_madvise(QEMU_MADV_REMOVE)``, v7.2.0 and v10.0.0) frees only
+        the pages the file holds, so only with ``prealloc`` (every page
+        faulted in) does it free all.  memhp deletes its files when the VM
+        stops.  Without prealloc the model counts all pages as kept (an
+        upper bound: what the guest touched comes back)."""
         return self.kind == "file" and self.effective("share") and \
-            not self.effective("discard_data")
+            not (self.effective("discard_data") and self.effective("prealloc"))
 
     def describe(self) -> str:
         """A short human description, e.g. ``memfd 2M-hugepages share prealloc``."""

@@ -10,9 +10,21 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from harness.errors import HarnessError, HotplugRefused, QMPCommandError, VMError
+from harness.host.checks import (
+    HostView,
+    check_file,
+    check_memdev,
+    check_plug,
+    check_unplug,
+    file_pages,
+)
+from harness.model.backend import RAM
+from harness.retry import wait_for
 from harness.verify import Mismatch
 
 if TYPE_CHECKING:
@@ -29,13 +41,15 @@ def act_add(runner: Runner, step: Step, lat: dict[str, float]) -> list[Mismatch]
     if step.expect_refusal is not None:
         return act_refused_add(runner, step, lat)
     a = step.add
+    before = HostView.read() if a.backend.hugepages else None
     t0 = time.monotonic()
     runner.vm.hot_add(a.id, a.size, a.node, a.addr, a.backend)
     lat["device_add_s"] = time.monotonic() - t0
     runner.steps_done.append(step)
     d = runner.dimm(a.id)
+    host = _host_after_plug(runner, a.id, before) if a.backend != RAM else []
     if not d.guest_accepts:
-        return []
+        return host
     outcomes = runner.km().hot_add(d.id, d.node, d.blocks, d.size)
     t1 = time.monotonic()
     from harness.session import wait_blocks
@@ -43,7 +57,25 @@ def act_add(runner: Runner, step: Step, lat: dict[str, float]) -> list[Mismatch]
     wait_blocks(runner.vm, list(d.blocks), present=True,
                 state="online" if outcomes and all(o.ok for o in outcomes) else None)
     lat["blocks_visible_s"] = time.monotonic() - t1
-    return []
+    return host
+
+
+def _backend_file(runner: Runner, dimm_id: str) -> Path | None:
+    dev = runner.vm.memory_devices.get(dimm_id)
+    path = dict(dev.backend.props).get("mem-path") if dev is not None else None
+    return Path(path) if path else None
+
+
+def _host_after_plug(runner: Runner, dimm_id: str, before: HostView | None) -> list[Mismatch]:
+    """The host side of a plugged non-RAM backend (harness.host.checks)."""
+    d = runner.dimm(dimm_id)
+    dev = runner.vm.memory_devices[dimm_id]
+    out = check_memdev(runner.vm.execute("query-memdev", phase="observe"), dev.backend.id,
+                       d.backend, d.size, dimm_id)
+    if before is not None:
+        out += check_plug(before, HostView.read(), d.backend, d.hugepages, dimm_id)
+    out += check_file(_backend_file(runner, dimm_id), d.backend, plugged=True, subject=dimm_id)
+    return out
 
 
 def act_refused_add(runner: Runner, step: Step, lat: dict[str, float]) -> list[Mismatch]:
@@ -69,7 +101,10 @@ def act_refused_add(runner: Runner, step: Step, lat: dict[str, float]) -> list[M
 
 
 def act_remove(runner: Runner, step: Step, lat: dict[str, float]) -> list[Mismatch]:
-    runner.dimm(step.dimm)
+    d = runner.dimm(step.dimm)
+    plugged = HostView.read() if d.backend.hugepages else None
+    path = _backend_file(runner, step.dimm)
+    in_file = file_pages(path, d.backend)
     t0 = time.monotonic()
     try:
         runner.vm.hot_remove(step.dimm)
@@ -88,4 +123,30 @@ def act_remove(runner: Runner, step: Step, lat: dict[str, float]) -> list[Mismat
     lat["unplug_s"] = time.monotonic() - t0
     runner.steps_done.append(step)
     runner.km().remove(step.dimm)
+    t1 = time.monotonic()
+    host = _settled(lambda: ([] if plugged is None else check_unplug(
+        plugged, HostView.read(), d.backend, d.hugepages, step.dimm, in_file))
+        + check_file(path, d.backend, plugged=False, subject=step.dimm))
+    if plugged is not None:
+        lat["host_release_s"] = time.monotonic() - t1
+    return host
+
+
+def _settled(check: Callable[[], list[Mismatch]], timeout: float = 15.0) -> list[Mismatch]:
+    """``check`` until it finds nothing, or its last findings at the
+    timeout: QEMU frees a RAM block (munmap, close of the memfd) after an
+    RCU grace period, not within object-del (system/physmem.c
+    ``qemu_ram_free()`` -> ``call_rcu(reclaim_ramblock)``)."""
+    last: list[Mismatch] = []
+
+    def clean() -> bool | None:
+        nonlocal last
+        last = check()
+        return True if not last else None
+
+    try:
+        wait_for(clean, what="the host to get the backend's memory back", timeout=timeout,
+                 phase="observe")
+    except HarnessError:
+        return last
     return []

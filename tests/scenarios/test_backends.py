@@ -1,0 +1,45 @@
+"""memfd, file and 2 MiB-hugepage DIMMs on the default guest, host side checked.
+
+One VM takes five DIMMs over different backends; each is hot-added,
+onlined and removed, and every step is checked by the Runner against the
+model (address from the backend's own alignment, blocks, zones, node
+totals) and, for the backend, on the host (harness.host.checks, run by the
+add/remove steps): ``query-memdev`` agrees with the request, HugePages
+Free/Rsvd move by exactly each DIMM's pages on plug and come back on
+unplug (except what a shared file keeps: everything without discard-data,
+the reservations of untouched pages with it), with
+prealloc on host node 0 the node's free pages move too, and the backend
+files exist while plugged and are emptied by discard-data.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from harness.scenario import add, online, remove
+from harness.testing import assert_passed, run_steps
+
+pytestmark = [pytest.mark.vm]
+
+DIMMS = [
+    add("m0:256M@0", backend="memfd"),
+    add("f0:256M@1", backend="file", share=True, discard_data=True),
+    add("h0:256M@1", backend="memfd", hugepages="2M", prealloc=True, prealloc_threads=2,
+        host_nodes="0", policy="bind"),
+    add("h1:128M@0", backend="file", hugepages="2M", share=True),
+    add("h2:128M@1", backend="file", hugepages="2M", share=True, discard_data=True),
+]
+
+
+@pytest.mark.memhp_hugepages(**{"2M": 256})
+def test_backends_plug_online_remove(memhp_hugepages, memhp_vm, request) -> None:
+    memhp_vm.hugetlbfs = dict(memhp_hugepages.mounts)
+    steps = []
+    for step in DIMMS:
+        steps += [step, online(step.dimm, "online_movable")]
+    steps += [remove(step.dimm) for step in DIMMS]
+    results = run_steps(memhp_vm, steps, request)
+    assert_passed(results)
+    # every hugepage backend took its pages (each move was compared with
+    # the model by the add/remove steps' host checks)
+    assert sum(s.add.backend.pages(s.add.size) for s in DIMMS if s.add) == 256

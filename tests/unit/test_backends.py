@@ -1,0 +1,216 @@
+"""Backends: BackendSpec validation, per-backend alignment and refusals in
+the model, QMP/CLI properties, hugepage pool parsing on a fake sysfs, and
+the add-step vocabulary.  (Checked against real QEMU 7.2/10.0 in
+tests/integration/test_backends_vs_qemu.py.)"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from harness.errors import PlanRefused, UsageError
+from harness.host.hugepages import parse_mounts, read_pools
+from harness.model import AddDimm, MachineSpec, RemoveDimm, predict
+from harness.model.backend import BackendSpec, parse_host_nodes, parse_hugepages, size_to_str
+from harness.model.qemu_rules.host import HostMemory, HugepagePool
+from harness.qemu.devices import backend_object
+from harness.scenario import add, load_scenario
+from harness.units import GiB, KiB, MiB
+
+SPEC = MachineSpec(machine="pc", ram_size=2 * GiB, slots=8, maxmem=64 * GiB, numa=())
+HOST = HostMemory(hugepages=(HugepagePool(2 * MiB, 100), HugepagePool(GiB, 1)), nodes=(0,))
+
+
+def refusal(spec: MachineSpec, *ops: AddDimm | RemoveDimm) -> str:
+    with pytest.raises(PlanRefused) as exc:
+        predict(spec, list(ops))
+    return exc.value.qemu_message  # type: ignore[attr-defined]
+
+
+def test_alignment_per_backend() -> None:
+    assert BackendSpec().alignment == 2 * MiB
+    assert BackendSpec("memfd").alignment == 4 * KiB
+    assert BackendSpec("file").alignment == 4 * KiB
+    assert BackendSpec("memfd", hugepages=GiB).alignment == GiB
+
+
+def test_one_gib_page_dimm_moves_to_a_gib_boundary() -> None:
+    small = AddDimm("a", 128 * MiB)
+    big = AddDimm("b", GiB, backend=BackendSpec("memfd", hugepages=GiB))
+    dimms = {d.id: d for d in predict(SPEC, [small, big]).final.dimms}
+    base = predict(SPEC, []).layout.device_base
+    assert dimms["a"].addr == base
+    assert dimms["b"].addr == base + GiB  # not base + 128M as a RAM DIMM would be
+    ram = {d.id: d for d in predict(SPEC, [small, AddDimm("b", GiB)]).final.dimms}
+    assert ram["b"].addr == base + 128 * MiB
+
+
+def test_4k_backend_packs_after_an_odd_size() -> None:
+    a = AddDimm("a", 4 * MiB + 4 * KiB, backend=BackendSpec("memfd"))
+    b = AddDimm("b", 4 * MiB, backend=BackendSpec("memfd"))
+    dimms = {d.id: d for d in predict(SPEC, [a, b]).final.dimms}
+    assert dimms["b"].addr == dimms["a"].end
+
+
+@pytest.mark.parametrize("backend, size, words", [
+    (BackendSpec(policy="bind"), GiB, "host-nodes must be set for policy bind"),
+    (BackendSpec(host_nodes=(0,)), GiB, "host-nodes must be empty for policy default"),
+    (BackendSpec(policy="bind", host_nodes=(5,)), GiB,
+     "cannot bind memory to host NUMA nodes: Invalid argument"),
+    (BackendSpec(policy="bind", host_nodes=(200,)), GiB, "Invalid host-nodes value: 200"),
+    (BackendSpec(prealloc=True, reserve=False), GiB,
+     "'prealloc=on' and 'reserve=off' are incompatible"),
+    (BackendSpec("memfd", hugepages=2 * MiB), 3 * MiB,
+     "failed to resize memfd to 3145728: Invalid argument"),
+    (BackendSpec("file", hugepages=2 * MiB), MiB,
+     "memory size 0x100000 must be equal to or larger than page size 0x200000"),
+    (BackendSpec("memfd", hugepages=2 * MiB), 202 * MiB,
+     "unable to map backing store for guest RAM: Cannot allocate memory"),
+    (BackendSpec("file", hugepages=GiB), 2 * GiB,
+     "unable to map backing store for guest RAM: Cannot allocate memory"),
+])
+def test_backend_refusals_in_qemus_words(backend: BackendSpec, size: int, words: str) -> None:
+    spec = MachineSpec(machine="pc", ram_size=2 * GiB, slots=8, maxmem=64 * GiB, numa=(),
+                       host=HOST)
+    assert words in refusal(spec, AddDimm("d", size, backend=backend))
+
+
+def test_size_check_differs_between_7_2_and_10_0() -> None:
+    be = BackendSpec("file", hugepages=2 * MiB)
+    op = AddDimm("d", 3 * MiB, backend=be)
+    assert refusal(SPEC, op) == "backend memory size must be multiple of 0x200000"
+    spec10 = MachineSpec(machine="pc", ram_size=2 * GiB, slots=8, maxmem=64 * GiB, numa=(),
+                         qemu_version=(10, 0))
+    assert refusal(spec10, op) == \
+        "backend 'memory-backend-file' memory size must be multiple of 2 MiB"
+
+
+def test_hugepages_held_across_steps() -> None:
+    spec = MachineSpec(machine="pc", ram_size=2 * GiB, slots=8, maxmem=64 * GiB, numa=(),
+                       host=HostMemory(hugepages=(HugepagePool(2 * MiB, 64),)))
+    kept = BackendSpec("file", hugepages=2 * MiB, share=True)
+    freed = BackendSpec("memfd", hugepages=2 * MiB)
+    noreserve = BackendSpec("memfd", hugepages=2 * MiB, reserve=False)
+    predict(spec, [AddDimm("a", 128 * MiB, backend=freed), RemoveDimm("a"),
+                   AddDimm("b", 128 * MiB, backend=freed)])
+    predict(spec, [AddDimm("a", 128 * MiB, backend=noreserve),
+                   AddDimm("b", 128 * MiB, backend=freed)])
+    assert "Cannot allocate memory" in refusal(
+        spec, AddDimm("a", 128 * MiB, backend=kept), RemoveDimm("a"),
+        AddDimm("b", 2 * MiB, backend=freed))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"kind": "ram", "hugepages": 2 * MiB}, "no hugepages"),
+    ({"kind": "disk"}, "unknown"),
+    ({"kind": "memfd", "mem_path": "/x"}, "mem_path is for file"),
+    ({"kind": "memfd", "discard_data": True}, "discard_data is for file"),
+    ({"kind": "file", "seal": True}, "seal is for memfd"),
+    ({"prealloc_threads": 2}, "without prealloc"),
+    ({"kind": "file", "mem_path": "rel/path"}, "absolute"),
+    ({"policy": "strict"}, "host policy"),
+])
+def test_spec_refuses_what_memhp_cannot_express(kwargs: dict, message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        BackendSpec(**kwargs)
+
+
+def test_parsers() -> None:
+    assert parse_hugepages("2M") == 2 * MiB and parse_hugepages("none") is None
+    with pytest.raises(UsageError):
+        parse_hugepages("4M")
+    assert parse_host_nodes("0-2,5") == (0, 1, 2, 5)
+    assert parse_host_nodes([1, 0]) == (0, 1)
+    with pytest.raises(UsageError):
+        parse_host_nodes("2-1")
+    assert size_to_str(2 * MiB) == "2 MiB" and size_to_str(GiB) == "1 GiB"
+
+
+def test_qmp_and_cli_properties() -> None:
+    be = BackendSpec("memfd", hugepages=2 * MiB, prealloc=True, prealloc_threads=2,
+                     host_nodes=(0, 2), policy="bind")
+    obj = backend_object(4 * MiB, be, backend_id="b0")
+    assert obj.qmp_args() == {"qom-type": "memory-backend-memfd", "id": "b0", "size": 4 * MiB,
+                              "hugetlb": True, "hugetlbsize": 2 * MiB, "prealloc": True,
+                              "prealloc-threads": 2, "host-nodes": [0, 2], "policy": "bind"}
+    assert obj.cli()[1].endswith("host-nodes=0,host-nodes=2,policy=bind")
+    f = backend_object(4 * MiB, BackendSpec("file", share=True, discard_data=True),
+                       backend_id="b1", mem_path="/m/f")
+    assert f.cli() == ["-object", "memory-backend-file,id=b1,size=4194304,mem-path=/m/f,"
+                       "discard-data=on,share=on"]
+
+
+def _fake_sysfs(root: Path) -> None:
+    for base in (root / "kernel/mm/hugepages",
+                 root / "devices/system/node/node0/hugepages"):
+        for name, nr, free in (("hugepages-2048kB", 10, 7), ("hugepages-1048576kB", 1, 1)):
+            d = base / name
+            d.mkdir(parents=True)
+            (d / "nr_hugepages").write_text(f"{nr}\n")
+            (d / "free_hugepages").write_text(f"{free}\n")
+            (d / "surplus_hugepages").write_text("0\n")
+            if "kernel" in str(base):
+                (d / "resv_hugepages").write_text("2\n")
+
+
+def test_read_pools_on_a_fake_sysfs(tmp_path: Path) -> None:
+    _fake_sysfs(tmp_path)
+    pools = {p.page_size: p for p in read_pools(tmp_path)}
+    assert pools[2 * MiB].available == 5 and pools[2 * MiB].node_free(0) == 7
+    assert pools[GiB].nr == 1
+
+
+def test_parse_mounts() -> None:
+    text = ("none /dev/hugepages hugetlbfs rw,relatime,pagesize=2M 0 0\n"
+            "none /mnt/h\\0401g hugetlbfs rw,relatime,pagesize=1024M 0 0\n"
+            "tmpfs /tmp tmpfs rw 0 0\n")
+    mounts = parse_mounts(text, 2 * MiB)
+    assert [(str(m.path), m.page_size) for m in mounts] == [
+        ("/dev/hugepages", 2 * MiB), ("/mnt/h 1g", GiB)]
+
+
+def test_add_step_keys(tmp_path: Path) -> None:
+    path = tmp_path / "s.toml"
+    path.write_text('''
+[[step]]
+add = "h0:1G@1"
+backend = "memfd"
+hugepages = "2M"
+share = true
+prealloc = true
+prealloc_threads = 2
+host_nodes = "0"
+policy = "bind"
+[[step]]
+add = "f0:128M@0"
+backend = "file"
+mem_path = "/dev/hugepages"
+hugepages = "2M"
+discard_data = true
+reserve = true
+dump = false
+merge = false
+''')
+    s = load_scenario(path)
+    a, f = (st.add for st in s.steps)
+    assert a is not None and f is not None
+    assert a.backend == BackendSpec("memfd", hugepages=2 * MiB, share=True, prealloc=True,
+                                    prealloc_threads=2, host_nodes=(0,), policy="bind")
+    assert f.backend.mem_path == "/dev/hugepages" and f.backend.dump is False
+    assert add("x:1G", backend="file", share=True).add.backend.share  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("extra, message", [
+    ('backend = "nvdimm"', "backend 'nvdimm' unknown"),
+    ('hugepages = "3M"', "not a hugepage size"),
+    ("share = 1", "share must be true or false"),
+    ('host_nodes = "a"', "not a node list"),
+    ('backend = "memfd"\nmem_path = "/x"', "mem_path is for file"),
+    ('policy = "online_movable"', "host policy"),
+])
+def test_bad_backend_keys_are_named(tmp_path: Path, extra: str, message: str) -> None:
+    path = tmp_path / "s.toml"
+    path.write_text(f'[[step]]\nadd = "a:1G@1"\n{extra}\n')
+    with pytest.raises(UsageError, match=message):
+        load_scenario(path)

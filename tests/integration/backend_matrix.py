@@ -89,3 +89,17 @@ def variants() -> list[Variant]:
             out.append(Variant(f"{bname}-pool-too-small", base, 64 * base.hugepages))
             out.append(Variant(f"{bname}-below-page", base, base.hugepages // 2))
     return out
+
+
+def mixed() -> list[Variant]:
+    """DIMMs of different alignments in one machine: the 1 GiB-page DIMM
+    moves to the next 1 GiB boundary past the small RAM DIMM, and smaller
+    ones fill the gap first-fit, each on its own backend's alignment."""
+    return [
+        Variant("mixed-ram", BackendSpec(), 4 * MiB),
+        Variant("mixed-memfd-1G", BackendSpec("memfd", hugepages=GiB), GiB),
+        Variant("mixed-memfd-odd", BackendSpec("memfd"), 4 * MiB + 4 * KiB),
+        Variant("mixed-file-2M", BackendSpec("file", hugepages=2 * MiB), 4 * MiB),
+        Variant("mixed-ram-after", BackendSpec(), 4 * MiB),
+        Variant("mixed-file-1G-shared", BackendSpec("file", hugepages=GiB, share=True), GiB),
+    ]

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from backend_matrix import BACKENDS, Variant, variants
+from backend_matrix import BACKENDS, Variant, mixed, variants
 from test_model_vs_qemu import _binary, qemu_argv
 
 from harness.errors import PlanRefused, QMPCommandError
@@ -35,7 +35,7 @@ from harness.qemu.qmp import QMPSession
 from harness.retry import wait_for
 from harness.units import GiB, MiB
 
-ALL = variants()
+ALL = variants() + mixed()
 # How many variants the matrix covers (README: "Backends").
 VARIANT_COUNT = len(ALL)
 MEMDEV_KEYS = ("share", "prealloc", "reserve", "dump", "merge")
@@ -134,10 +134,12 @@ def _groups() -> list[tuple[str, list[Variant]]]:
     for name, base in BACKENDS:
         mine = [v for v in ALL
                 if v.backend.kind == base.kind and v.backend.hugepages == base.hugepages]
+        mine = [v for v in mine if not v.name.startswith("mixed-")]
         if base.hugepages == GiB:
             out += [(v.name, [v]) for v in mine]
         else:
             out.append((name, mine))
+    out.append(("mixed", mixed()))
     return out
 
 
@@ -147,6 +149,8 @@ GROUPS = _groups()
 def _needs(group_name: str) -> dict[int, int]:
     """Hugepages one group needs: enough for every variant the model
     accepts when the pool is large (computed by the test below)."""
+    if group_name == "mixed":
+        return {GiB: 1, 2 * MiB: 2}  # the second 1 GiB DIMM finds no page: refused
     if "-1G" in group_name:
         return {GiB: 1}
     if "-2M" in group_name:

@@ -43,3 +43,19 @@ def test_backends_plug_online_remove(memhp_hugepages, memhp_vm, request) -> None
     # every hugepage backend took its pages (each move was compared with
     # the model by the add/remove steps' host checks)
     assert sum(s.add.backend.pages(s.add.size) for s in DIMMS if s.add) == 256
+
+
+@pytest.mark.memhp_hugepages(**{"1G": 1})
+def test_gib_page_dimm_moves_to_a_gib_boundary(memhp_hugepages, memhp_vm, request) -> None:
+    """A 1 GiB-hugepage DIMM after a 128 MiB RAM DIMM starts at the next
+    1 GiB boundary (its backend's alignment), not right after it; guest and
+    QEMU agree with the model, and the page comes back on unplug."""
+    memhp_vm.hugetlbfs = dict(memhp_hugepages.mounts)
+    steps = [add("r0:128M@0"), online("r0"),
+             add("g0:1G@1", backend="memfd", hugepages="1G"), online("g0"),
+             remove("g0"), remove("r0")]
+    results = run_steps(memhp_vm, steps, request)
+    assert_passed(results)
+    placed = {d["id"]: d for d in results[2].expected["dimms"]}
+    assert placed["g0"]["addr"] % (1 << 30) == 0
+    assert placed["g0"]["addr"] > placed["r0"]["addr"] + placed["r0"]["size"]

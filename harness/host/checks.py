@@ -27,9 +27,11 @@ Each check returns :class:`harness.verify.Mismatch` items (source
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 from harness.host.hugepages import SYS, PoolState, read_pools
@@ -140,3 +142,48 @@ def check_file(path: Path | None, spec: BackendSpec, *, plugged: bool, subject: 
         return [Mismatch("backend file blocks after discard-data", subject, 0,
                          st.st_blocks * 512, "host")]
     return []
+
+
+class TouchPagesSampler:
+    """Counts QEMU's "touch_pages" threads (prealloc; named with
+    ``-name ...,debug-threads=on``) while a block runs: the most seen at
+    once is :attr:`peak`.  Sampling cannot prove a short-lived thread
+    never ran, so only more threads than QEMU's rule allows is a finding;
+    :attr:`samples` says how often it looked."""
+
+    def __init__(self, pid: int, interval: float = 0.0005) -> None:
+        self.pid = pid
+        self.interval = interval
+        self.peak = 0
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _count(self) -> int:
+        n = 0
+        try:
+            tasks = os.listdir(f"/proc/{self.pid}/task")
+        except OSError:
+            return 0
+        for tid in tasks:
+            try:
+                with open(f"/proc/{self.pid}/task/{tid}/comm") as f:
+                    n += f.read().strip() == "touch_pages"
+            except OSError:
+                continue
+        return n
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._count())
+            self.samples += 1
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> TouchPagesSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)

@@ -254,6 +254,19 @@ class BackendSpec:
         return self.kind == "file" and self.effective("share") and \
             not (self.effective("discard_data") and self.effective("prealloc"))
 
+    def prealloc_threads_used(self, size: int, host_cpus: int) -> int:
+        """How many "touch_pages" threads QEMU starts to preallocate ``size``
+        bytes: util/oslib-posix.c ``get_memset_num_threads()`` (v7.2.0,
+        v10.0.0): min(host CPUs, 16, prealloc-threads (default 1), pages,
+        max(1, size / 64 MiB)); ``touch_all_pages()`` starts none when that
+        is 1 and MADV_POPULATE_WRITE works (Linux 5.14+), as on this host."""
+        if not self.effective("prealloc"):
+            return 0
+        pages = -(-size // self.page_size)
+        n = min(host_cpus, 16, self.prealloc_threads or 1, pages,
+                max(1, self.page_size * pages // (64 * MiB)))
+        return 0 if n <= 1 else n
+
     def describe(self) -> str:
         """A short human description, e.g. ``memfd 2M-hugepages share prealloc``."""
         words: list[str] = [self.kind]

@@ -52,7 +52,9 @@ def _mib(n: int) -> str:
 
 
 def machine_args(cfg: VMConfig) -> list[str]:
-    return ["-machine", cfg.machine, "-name", f"memhp-{cfg.name},process=memhp-{cfg.name}"]
+    # debug-threads=on names QEMU's threads (prealloc's "touch_pages", harness.host.checks)
+    return ["-machine", cfg.machine, "-name",
+            f"memhp-{cfg.name},process=memhp-{cfg.name},debug-threads=on"]
 
 
 def accel_args(cfg: VMConfig) -> list[str]:

@@ -9,6 +9,7 @@ left its blocks).
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,13 +18,14 @@ from typing import TYPE_CHECKING
 from harness.errors import HarnessError, HotplugRefused, QMPCommandError, VMError
 from harness.host.checks import (
     HostView,
+    TouchPagesSampler,
     check_file,
     check_memdev,
     check_plug,
     check_unplug,
     file_pages,
 )
-from harness.model.backend import RAM
+from harness.model.backend import RAM, BackendSpec
 from harness.retry import wait_for
 from harness.verify import Mismatch
 
@@ -43,11 +45,16 @@ def act_add(runner: Runner, step: Step, lat: dict[str, float]) -> list[Mismatch]
     a = step.add
     before = HostView.read() if a.backend.hugepages else None
     t0 = time.monotonic()
-    runner.vm.hot_add(a.id, a.size, a.node, a.addr, a.backend)
+    sampler = TouchPagesSampler(runner.vm.pid) if a.backend.prealloc and runner.vm.pid \
+        else contextlib.nullcontext()
+    with sampler:
+        runner.vm.hot_add(a.id, a.size, a.node, a.addr, a.backend)
     lat["device_add_s"] = time.monotonic() - t0
+    threads = _prealloc_threads(a.id, a.size, a.backend, sampler, lat)
     runner.steps_done.append(step)
     d = runner.dimm(a.id)
     host = _host_after_plug(runner, a.id, before) if a.backend != RAM else []
+    host += threads
     if not d.guest_accepts:
         return host
     outcomes = runner.km().hot_add(d.id, d.node, d.blocks, d.size)
@@ -58,6 +65,19 @@ def act_add(runner: Runner, step: Step, lat: dict[str, float]) -> list[Mismatch]
                 state="online" if outcomes and all(o.ok for o in outcomes) else None)
     lat["blocks_visible_s"] = time.monotonic() - t1
     return host
+
+
+def _prealloc_threads(dimm_id: str, size: int, backend: BackendSpec, sampler: object,
+                      lat: dict[str, float]) -> list[Mismatch]:
+    """QEMU's prealloc threads seen vs its rule (more than the rule is a finding)."""
+    if not isinstance(sampler, TouchPagesSampler):
+        return []
+    rule = backend.prealloc_threads_used(size, os.cpu_count() or 1)
+    lat["prealloc_threads_seen"] = sampler.peak
+    lat["prealloc_threads_rule"] = rule
+    if sampler.peak > rule:
+        return [Mismatch("prealloc threads (touch_pages)", dimm_id, rule, sampler.peak, "host")]
+    return []
 
 
 def _backend_file(runner: Runner, dimm_id: str) -> Path | None:

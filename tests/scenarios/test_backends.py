@@ -14,6 +14,8 @@ files exist while plugged and are emptied by discard-data.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from harness.scenario import add, online, remove
@@ -40,6 +42,12 @@ def test_backends_plug_online_remove(memhp_hugepages, memhp_vm, request) -> None
     steps += [remove(step.dimm) for step in DIMMS]
     results = run_steps(memhp_vm, steps, request)
     assert_passed(results)
+    h0 = results[4].latencies  # add h0: prealloc with 2 threads
+    # QEMU's rule (min(CPUs, 16, 2 threads, ...)); more seen would be a mismatch above
+    assert h0["prealloc_threads_rule"] == min(2, os.cpu_count() or 1) if \
+        (os.cpu_count() or 1) > 1 else 0
+    print(f"h0 prealloc: {h0['prealloc_threads_seen']:.0f} touch_pages threads seen "
+          f"(rule {h0['prealloc_threads_rule']:.0f}), device_add {h0['device_add_s']:.3f} s")
     # every hugepage backend took its pages (each move was compared with
     # the model by the add/remove steps' host checks)
     assert sum(s.add.backend.pages(s.add.size) for s in DIMMS if s.add) == 256

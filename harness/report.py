@@ -45,8 +45,8 @@ def _console(file: IO[str] | None) -> Console:
 def step_table(step: StepResult) -> Table:
     """Per block: address, node, zone, state — model vs guest."""
     status = "[green]ok[/]" if step.passed else "[bold red]MISMATCH[/]"
-    lat = ", ".join(f"{esc(k.removesuffix('_s'))} {v * 1000:.0f} ms"
-                    for k, v in step.latencies.items())
+    lat = ", ".join(f"{esc(k.removesuffix('_s'))} {v * 1000:.0f} ms" if k.endswith("_s")
+                    else f"{esc(k)} {v:g}" for k, v in step.latencies.items())
     table = make_table(f"step {step.index + 1}: {esc(step.action)} — {status}"
                        + (f"  ({lat})" if lat else ""),
                        ("block", "address", "node (model/guest)", "zone (model/guest)",

@@ -52,9 +52,15 @@ def execute(
     booted = False
     vm = None
     try:
-        with launch_vm(scenario, guest, accel=accel, qemu_binary=qemu_binary, keep=keep,
-                       artifacts_on_failure=artifacts_on_failure, timeout_scale=timeout_scale,
-                       name=scenario.name) as (vm, choice):
+        from harness.host.hugepages import reserved_for
+
+        adds = [s.add for s in scenario.steps if s.add is not None]
+        with reserved_for(adds) as pages, \
+                launch_vm(scenario, guest, accel=accel, qemu_binary=qemu_binary, keep=keep,
+                          artifacts_on_failure=artifacts_on_failure,
+                          timeout_scale=timeout_scale, name=scenario.name) as (vm, choice):
+            if pages is not None:
+                vm.hugetlbfs = dict(pages.mounts)
             booted = True
             result.accel, result.accel_reason = choice.accel, choice.reason
             result.timings.update(vm.timings)

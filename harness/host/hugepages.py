@@ -34,7 +34,7 @@ import os
 import signal
 import subprocess
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -42,6 +42,7 @@ from types import FrameType
 from harness.errors import HostEnvironmentError
 from harness.leaks import proc_start_time, workdir_base
 from harness.model.qemu_rules.host import HostMemory, HugepagePool, parse_meminfo
+from harness.model.spec import AddDimm
 from harness.retry import wait_for
 from harness.units import KiB
 
@@ -197,6 +198,29 @@ def find_hugetlbfs(page_size: int) -> Path | None:
                 and os.access(m.path, os.W_OK):
             return m.path
     return None
+
+
+def needs_of(adds: Iterable[AddDimm]) -> dict[int, int]:
+    """Hugepages (page size -> pages) enough for every hugepage DIMM of a
+    plan at once: an upper bound, as removed DIMMs may give theirs back."""
+    needs: dict[int, int] = {}
+    for op in adds:
+        be = op.backend
+        if be.hugepages:
+            needs[be.hugepages] = needs.get(be.hugepages, 0) + be.pages(op.size)
+    return needs
+
+
+@contextlib.contextmanager
+def reserved_for(adds: Iterable[AddDimm]) -> Iterator[Reservation | None]:
+    """:func:`reserved` with what ``adds`` need, or nothing when they need no
+    hugepages (``memhp run`` wraps a run in it)."""
+    needs = needs_of(adds)
+    if not needs:
+        yield None
+        return
+    with reserved(needs) as res:
+        yield res
 
 
 # -- reserving ------------------------------------------------------------------

@@ -254,16 +254,18 @@ class BackendSpec:
         return self.kind == "file" and self.effective("share") and \
             not (self.effective("discard_data") and self.effective("prealloc"))
 
-    def prealloc_threads_used(self, size: int, host_cpus: int) -> int:
+    def prealloc_threads_used(self, size: int, host_cpus: int, vcpus: int) -> int:
         """How many "touch_pages" threads QEMU starts to preallocate ``size``
         bytes: util/oslib-posix.c ``get_memset_num_threads()`` (v7.2.0,
-        v10.0.0): min(host CPUs, 16, prealloc-threads (default 1), pages,
-        max(1, size / 64 MiB)); ``touch_all_pages()`` starts none when that
-        is 1 and MADV_POPULATE_WRITE works (Linux 5.14+), as on this host."""
+        v10.0.0): min(host CPUs, 16, prealloc-threads, pages, max(1, size /
+        64 MiB)), prealloc-threads defaulting to the guest's vCPUs
+        (backends/hostmem.c ``host_memory_backend_init()``:
+        ``machine->smp.cpus``); ``touch_all_pages()`` starts none when that
+        is 1 and MADV_POPULATE_WRITE works (Linux 5.14+)."""
         if not self.effective("prealloc"):
             return 0
         pages = -(-size // self.page_size)
-        n = min(host_cpus, 16, self.prealloc_threads or 1, pages,
+        n = min(host_cpus, 16, self.prealloc_threads or vcpus, pages,
                 max(1, self.page_size * pages // (64 * MiB)))
         return 0 if n <= 1 else n
 

@@ -50,7 +50,7 @@ def act_add(runner: Runner, step: Step, lat: dict[str, float]) -> list[Mismatch]
     with sampler:
         runner.vm.hot_add(a.id, a.size, a.node, a.addr, a.backend)
     lat["device_add_s"] = time.monotonic() - t0
-    threads = _prealloc_threads(a.id, a.size, a.backend, sampler, lat)
+    threads = _prealloc_threads(a.id, a.size, a.backend, sampler, lat, runner.scenario.smp)
     runner.steps_done.append(step)
     d = runner.dimm(a.id)
     host = _host_after_plug(runner, a.id, before) if a.backend != RAM else []
@@ -68,11 +68,11 @@ def act_add(runner: Runner, step: Step, lat: dict[str, float]) -> list[Mismatch]
 
 
 def _prealloc_threads(dimm_id: str, size: int, backend: BackendSpec, sampler: object,
-                      lat: dict[str, float]) -> list[Mismatch]:
+                      lat: dict[str, float], vcpus: int) -> list[Mismatch]:
     """QEMU's prealloc threads seen vs its rule (more than the rule is a finding)."""
     if not isinstance(sampler, TouchPagesSampler):
         return []
-    rule = backend.prealloc_threads_used(size, os.cpu_count() or 1)
+    rule = backend.prealloc_threads_used(size, os.cpu_count() or 1, vcpus)
     lat["prealloc_threads_seen"] = sampler.peak
     lat["prealloc_threads_rule"] = rule
     if sampler.peak > rule:

@@ -214,3 +214,15 @@ def test_bad_backend_keys_are_named(tmp_path: Path, extra: str, message: str) ->
     path.write_text(f'[[step]]\nadd = "a:1G@1"\n{extra}\n')
     with pytest.raises(UsageError, match=message):
         load_scenario(path)
+
+
+def test_prealloc_thread_rule() -> None:
+    """util/oslib-posix.c get_memset_num_threads(): default = vCPUs, capped
+    by host CPUs, 16, pages and size / 64 MiB; one thread means none."""
+    be = BackendSpec("memfd", hugepages=2 * MiB, prealloc=True)
+    assert be.prealloc_threads_used(256 * MiB, host_cpus=2, vcpus=4) == 2
+    assert be.prealloc_threads_used(256 * MiB, host_cpus=32, vcpus=8) == 4  # 256M / 64M
+    assert be.prealloc_threads_used(64 * MiB, host_cpus=32, vcpus=8) == 0   # one: none
+    gib = BackendSpec("memfd", hugepages=GiB, prealloc=True, prealloc_threads=8)
+    assert gib.prealloc_threads_used(2 * GiB, host_cpus=32, vcpus=1) == 2  # two pages
+    assert BackendSpec("memfd").prealloc_threads_used(GiB, 8, 8) == 0  # no prealloc

@@ -400,8 +400,10 @@ def splat_patterns(value: object, where: str) -> tuple[str, ...]:
     return tuple(items)
 
 
-def load_scenario(path: Path, *, qemu_version: tuple[int, int] | None = None) -> Scenario:
-    """Load and validate a scenario TOML file."""
+def load_scenario(path: Path, *, qemu_version: tuple[int, int] | None = None,
+                  host: HostMemory | None = None) -> Scenario:
+    """Load and validate a scenario TOML file (``host``: the host's memory
+    facts, when the caller read them)."""
     fix = "give a TOML scenario file (see the format in the README)"
     raw = read_small_file(path, "scenario", fix, max_bytes=MAX_SCENARIO_BYTES)
     try:
@@ -452,6 +454,7 @@ def load_scenario(path: Path, *, qemu_version: tuple[int, int] | None = None) ->
         exec_cmd=_expect(data, "exec", str, "scenario") if "exec" in data else None,
         script=Path(_expect(data, "script", str, "scenario")) if "script" in data else None,
         qemu_version=qemu_version,
+        host=host,
     )
     return replace(scenario, expect_splats=expect_splats,
                    exec_expect=splat_patterns(data.get("exec_expect", []), "exec_expect"),

@@ -196,7 +196,8 @@ def _scenario_plan(opts: dict[str, Any], version: tuple[int, int] | None,
         if opts["adds"] or opts["removes"]:
             raise UsageError("--scenario cannot be combined with --add/--remove",
                              fix="put the steps in the scenario file")
-        loaded = load_scenario(opts["scenario_file"], qemu_version=version)
+        loaded = load_scenario(opts["scenario_file"], qemu_version=version,
+                               host=read_host_memory())
         if kernel_policy is not None and loaded.auto_online is None:
             return replace(loaded, auto_online=kernel_policy)  # type: ignore[arg-type]
         return loaded
@@ -232,12 +233,16 @@ def _vcpu(accel: str) -> Any:
 
 
 def read_host_memory() -> Any:
-    """This host's memory facts for the model (None when /proc is unreadable)."""
-    from harness.model.qemu_rules.host import parse_meminfo
+    """This host's memory facts for the model (None when /proc is unreadable):
+    RAM and overcommit, and the host NUMA nodes (for ``host_nodes``).  The
+    hugepage pools are left out (unknown): memhp reserves what the plan
+    needs before the VM starts (harness.host.hugepages.reserved_for)."""
+    from dataclasses import replace
+
+    from harness.host.hugepages import host_memory
 
     try:
-        return parse_meminfo(Path("/proc/meminfo").read_text(),
-                             Path("/proc/sys/vm/overcommit_memory").read_text())
+        return replace(host_memory(), hugepages=None)
     except OSError:
         return None
 

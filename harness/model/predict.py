@@ -207,6 +207,22 @@ def _takes_pages(backend: BackendSpec) -> bool:
                                               or backend.effective("prealloc"))
 
 
+def _accounted(spec: MachineSpec, be: BackendSpec) -> bool:
+    """Does the backend's mapping count against overcommit when mapped?
+    Linux mm/mmap.c ``accountable_mapping()``: private writable mappings,
+    and shared anonymous memory (shmem's own accounting); not hugetlb (its
+    own pool), not shared file/memfd mappings, not MAP_NORESERVE
+    (``reserve=off``) unless overcommit is 2 -- util/mmap-alloc.c
+    ``map_noreserve_effective()`` (v7.2.0, v10.0.0) says the same."""
+    if be.hugepages is not None:
+        return False
+    if not be.effective("reserve") and (spec.host is None or spec.host.overcommit != 2):
+        return False
+    if not be.effective("share"):
+        return True
+    return be.kind == "ram" and not spec.rules.ram_share_memfd
+
+
 def _check_backend(spec: MachineSpec, op: AddDimm, held: dict[int, int], already: int) -> None:
     """``object-add`` of the DIMM's backend, in QEMU's order (v7.2.0 and
     v10.0.0 unless said):
@@ -214,10 +230,9 @@ def _check_backend(spec: MachineSpec, op: AddDimm, held: dict[int, int], already
     1. properties -- backends/hostmem.c ``host_memory_backend_set_prealloc()``
        / ``_set_reserve()``: prealloc with reserve off;
        ``host_memory_backend_set_host_nodes()``: a node >= MAX_NODES;
-    2. allocation (``bc->alloc``) -- the host maps it: anonymous and private
-       mappings count against overcommit (:mod:`.qemu_rules.host`; shared
-       and hugetlb mappings are not accounted, Linux mm/mmap.c
-       ``accountable_mapping()``); memfd: util/memfd.c
+    2. allocation (``bc->alloc``) -- the host maps it: accounted mappings
+       (:func:`_accounted`) count against overcommit
+       (:mod:`.qemu_rules.host`); memfd: util/memfd.c
        ``qemu_memfd_create()`` ftruncate()s a hugetlb memfd, which Linux
        refuses (EINVAL, fs/hugetlbfs/inode.c ``hugetlbfs_setattr()``) for a
        size that is no multiple of the page size; file:
@@ -245,9 +260,14 @@ def _check_backend(spec: MachineSpec, op: AddDimm, held: dict[int, int], already
             raise _refuse("host-node-range", f"DIMM {op.id!r}: host node {node} >= "
                           f"{QEMU_MAX_NODES}", f"Invalid host-nodes value: {node}", value=node,
                           limit=QEMU_MAX_NODES - 1, fix="use host nodes below 128")
-    shared = be.effective("share")
-    if be.hugepages is None and not shared:
-        _check_host(spec, op.size, DIMM_BACKEND, already)
+    if _accounted(spec, be):
+        try:
+            _check_host(spec, op.size, DIMM_BACKEND, already)
+        except PlanRefused as exc:
+            if be.kind != "ram":  # fd-backed: file_ram_alloc()'s mmap() fails
+                exc.qemu_message = (  # type: ignore[attr-defined]
+                    "unable to map backing store for guest RAM: Cannot allocate memory")
+            raise
     page = be.page_size
     if be.kind == "memfd" and be.hugepages and op.size % page:
         raise _refuse("hugepage-size", f"DIMM {op.id!r}: {format_size(op.size)} is no multiple "

@@ -103,3 +103,20 @@ def mixed() -> list[Variant]:
         Variant("mixed-ram-after", BackendSpec(), 4 * MiB),
         Variant("mixed-file-1G-shared", BackendSpec("file", hugepages=GiB, share=True), GiB),
     ]
+
+
+def overcommit(host_bytes: int) -> list[Variant]:
+    """Mappings twice the host's RAM + swap (``host_bytes``): the host's
+    heuristic overcommit refuses the accounted ones at object-add (private
+    RAM and files, shared anonymous RAM on 7.2), not the others.  Nothing
+    is touched, so nothing is really allocated."""
+    size = -(-2 * host_bytes // GiB) * GiB
+    return [
+        Variant("overcommit-ram", BackendSpec(), size),
+        Variant("overcommit-ram-share", BackendSpec(share=True), size),
+        Variant("overcommit-ram-noreserve", BackendSpec(reserve=False), size),
+        Variant("overcommit-memfd", BackendSpec("memfd"), size),
+        Variant("overcommit-memfd-private", BackendSpec("memfd", share=False), size),
+        Variant("overcommit-file-shared", BackendSpec("file", share=True), size),
+        Variant("overcommit-file-private", BackendSpec("file"), size),
+    ]

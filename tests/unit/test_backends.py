@@ -226,3 +226,27 @@ def test_prealloc_thread_rule() -> None:
     gib = BackendSpec("memfd", hugepages=GiB, prealloc=True, prealloc_threads=8)
     assert gib.prealloc_threads_used(2 * GiB, host_cpus=32, vcpus=1) == 2  # two pages
     assert BackendSpec("memfd").prealloc_threads_used(GiB, 8, 8) == 0  # no prealloc
+
+
+def test_overcommit_accounting_per_backend() -> None:
+    """A 64 GiB mapping on a 16 GiB host without swap (heuristic overcommit):
+    refused for private and (7.2) shared anonymous RAM, not for shared
+    memfd, reserve=off or hugetlb; 10.0's share=on RAM is a memfd."""
+    host = HostMemory(mem_total=16 * GiB)
+    for version, ram_share_refused in (((7, 2), True), ((10, 0), False)):
+        spec = MachineSpec(machine="pc", ram_size=2 * GiB, slots=8, maxmem=128 * GiB, numa=(),
+                           host=host, qemu_version=version)
+
+        def refused(be: BackendSpec, spec: MachineSpec = spec) -> bool:
+            try:
+                predict(spec, [AddDimm("d", 64 * GiB, backend=be)])
+            except PlanRefused as exc:
+                return "Cannot allocate memory" in exc.qemu_message  # type: ignore[attr-defined]
+            return False
+
+        assert refused(BackendSpec())
+        assert refused(BackendSpec("file"))
+        assert refused(BackendSpec(share=True)) is ram_share_refused
+        assert not refused(BackendSpec("memfd"))
+        assert not refused(BackendSpec(reserve=False))
+        assert not refused(BackendSpec("file", share=True))

@@ -57,6 +57,9 @@ class QemuRules:
     # multiple of their page size (backends/hostmem.c
     # host_memory_backend_memory_complete(), ``backend->aligned``).
     backend_size_check: bool = False
+    # memory-backend-ram,share=on is a memfd (so not accounted against
+    # overcommit up front) rather than shared anonymous memory (accounted).
+    ram_share_memfd: bool = False
     sources: tuple[str, ...] = ()
 
 
@@ -92,6 +95,14 @@ CHANGES: tuple[Change, ...] = (
            "(M. Privoznik, 2024, v9.1.0): host_memory_backend_memory_complete() checks "
            "`backend->aligned` (set by hostmem-file.c and hostmem-memfd.c), read in "
            "v10.0.0: \"backend '%s' memory size must be multiple of %s\""),
+    Change("ram_share_memfd", (7, 2), False,
+           "util/oslib-posix.c qemu_anon_ram_alloc() (v7.2.0): share=on RAM is "
+           "mmap(MAP_SHARED|MAP_ANONYMOUS), which Linux accounts like private memory "
+           "(util/mmap-alloc.c map_noreserve_effective() comment)"),
+    Change("ram_share_memfd", (10, 0), True,
+           "system/physmem.c qemu_ram_alloc_internal() (v10.0.0, cpr-transfer series "
+           "'physmem: fd-based shared memory'): RAM_SHARED RAM gets a memfd "
+           "(qemu_ram_get_shared_fd), a shared fd mapping, not accounted"),
 )
 
 # Keyed by machine-type version (pc-i440fx-X.Y / pc-q35-X.Y).
@@ -180,4 +191,5 @@ def rules_for(qemu: tuple[int, int], machine_version: tuple[int, int] | None = N
         size_check=chosen["size_check"].value,  # type: ignore[arg-type]
         enforce_amd_1tb_hole=bool(chosen["enforce_amd_1tb_hole"].value),
         backend_size_check=bool(chosen["backend_size_check"].value),
+        ram_share_memfd=bool(chosen["ram_share_memfd"].value),
         sources=tuple(c.source for c in chosen.values()))

@@ -9,8 +9,11 @@ What the host must show (the expectations come from the model's
 * hugepages: on plug, the pages a new mapping can still reserve
   (HugePages_Free - HugePages_Rsvd, per size) fall by exactly the DIMM's
   pages (Linux mm/hugetlb.c ``hugetlb_reserve_pages()`` at mmap, or the
-  faults of ``prealloc``); ``nr_hugepages`` does not move; with
-  ``prealloc`` the free pages fall by exactly that too, on the one host
+  faults of ``prealloc``); ``nr_hugepages`` does not move; without
+  prealloc HugePages_Rsvd rises by exactly that and Free stays (tp-qemu's
+  hotplug_mem_reserve arithmetic; read right after ``device_add``, before
+  the guest can touch the memory); with ``prealloc`` Rsvd stays and the
+  free pages fall by exactly that, on the one host
   node of ``host_nodes`` when it names one (the kernel keeps no per-node
   reservation count, so only preallocated pages show per node).  On
   unplug they come back, except those a shared file without
@@ -80,7 +83,19 @@ def check_plug(before: HostView, after: HostView, spec: BackendSpec, pages: int,
     if b.available - a.available != pages:
         out.append(Mismatch("hugepages taken (free - rsvd)", subject, pages,
                             b.available - a.available, "host"))
+    if pages and not spec.effective("prealloc"):
+        # tp-qemu hotplug_mem_reserve: a reservation, nothing faulted yet
+        # (the guest has not touched the new memory when this is read)
+        if a.resv - b.resv != pages:
+            out.append(Mismatch("hugepages reserved (HugePages_Rsvd)", subject, pages,
+                                a.resv - b.resv, "host"))
+        if a.free != b.free:
+            out.append(Mismatch("hugepages faulted in (free)", subject, 0, b.free - a.free,
+                                "host"))
     if spec.effective("prealloc"):
+        if a.resv != b.resv:
+            out.append(Mismatch("hugepages reserved (HugePages_Rsvd)", subject, 0,
+                                a.resv - b.resv, "host"))
         if b.free - a.free != pages:
             out.append(Mismatch("hugepages faulted in (free)", subject, pages, b.free - a.free,
                                 "host"))

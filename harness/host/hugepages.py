@@ -364,7 +364,9 @@ def reserved(needs: Mapping[int, int], *, mount: bool = True, sysfs_root: Path =
         os.close(lock_fd)
         raise
     old_term = None
-    if threading_main():
+    # SIGTERM's default kills without running `finally`: make it an
+    # exception for the block, unless someone (memhp run) already did.
+    if threading_main() and signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
         old_term = signal.signal(signal.SIGTERM, _on_term)
     res = Reservation(needs=dict(needs))
     try:

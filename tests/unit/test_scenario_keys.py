@@ -57,3 +57,12 @@ expect_splat = ["page dumped because: unmovable page"]
 def test_bad_keys_are_named(tmp_path: Path, step: str, message: str) -> None:
     with pytest.raises(UsageError, match=message):
         load(tmp_path, f'[[step]]\nadd = "a:1G@1"\n[[step]]\n{step}\n')
+
+
+def test_backend_keys_are_the_issues() -> None:
+    """Issue 20's vocabulary for add steps, exactly."""
+    from harness.scenario import BACKEND_KEYS
+
+    assert set(BACKEND_KEYS) == {
+        "backend", "hugepages", "share", "prealloc", "prealloc_threads", "host_nodes",
+        "policy", "mem_path", "discard_data", "reserve", "dump", "merge"}

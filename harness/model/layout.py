@@ -57,8 +57,9 @@ AMD_ABOVE_1TB_START = TiB
 # Default pci-hole64-size per host bridge (hw/pci-host/i440fx.c, q35.c).
 PCI_HOLE64_SIZE = {"pc": 2 * GiB, "q35": 32 * GiB}
 # QEMU_VMALLOC_ALIGN on an x86_64 Linux host (include/qemu/osdep.h): the
-# alignment anonymous RAM backends report, hence DIMM address/size alignment
-# (hw/mem/memory-device.c memory_device_pre_plug()).
+# alignment anonymous RAM backends report (Layout.dimm_align, shown as the
+# default); each DIMM is aligned to its own backend's alignment
+# (harness.model.backend.BackendSpec.alignment, memory_device_pre_plug()).
 BACKEND_ALIGN = 2 * MiB
 
 

@@ -85,6 +85,8 @@ def variants() -> list[Variant]:
                            if page > 4 * KiB else _size(base) + 2 * MiB))
         out.append(Variant(f"{bname}-addr-plus-4k", base, _size(base), addr_offset=4 * KiB))
         out.append(Variant(f"{bname}-addr-plus-1M", base, _size(base), addr_offset=MiB))
+        out.append(Variant(f"{bname}-host-node-200",
+                           replace(base, policy="bind", host_nodes=(200,)), _size(base)))
         if base.hugepages:
             out.append(Variant(f"{bname}-pool-too-small", base, 64 * base.hugepages))
             out.append(Variant(f"{bname}-below-page", base, base.hugepages // 2))

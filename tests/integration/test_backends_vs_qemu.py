@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 from backend_matrix import BACKENDS, Variant, mixed, overcommit, variants
-from test_model_vs_qemu import _binary, qemu_argv
+from test_model_vs_qemu import _binary, _log, qemu_argv
 
 from harness.errors import PlanRefused, QMPCommandError
 from harness.host.hugepages import HostCannot, Reservation, host_memory, reserved
@@ -85,11 +85,13 @@ def run_group(binary: str, version: tuple[int, int], group: list[Variant],
         for i, v in enumerate(group):
             addr = None if v.addr_offset is None else base + v.addr_offset
             op = AddDimm(f"d{i}", v.size, 0, addr, v.backend)
+            kind = "accepted"
             try:
                 placed = predict(spec, [*accepted, op]).final.dimms
                 want = next(d for d in placed if d.id == op.id)
                 refusal = None
             except PlanRefused as exc:
+                kind = exc.kind
                 # the model cannot know the backend id the driver picks (b{i} here)
                 refusal = exc.qemu_message.replace(  # type: ignore[attr-defined]
                     DIMM_BACKEND, f"b{i}")
@@ -111,6 +113,8 @@ def run_group(binary: str, version: tuple[int, int], group: list[Variant],
                     raise
             except QMPCommandError as exc:
                 got = exc.desc
+            _log({"qemu": ".".join(map(str, version)), "what": "backend", "variant": v.name,
+                  "outcome": kind, "agree": got == refusal})
             if got != refusal:
                 problems.append(f"{v.name}: model {'accepts' if refusal is None else refusal!r}"
                                 f", QEMU {'accepts' if got is None else got!r}")

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import click
 
-from harness.errors import HarnessError, PlanRefused
+from harness.errors import HarnessError, PlanRefused, UsageError
 
 
 def _ranges(blocks: tuple[int, ...]) -> str:
@@ -55,11 +56,14 @@ def detected_qemu_version(binary: str = "qemu-system-x86_64") -> tuple[tuple[int
                    "(a binary, or debian:10.0).")
 @click.option("--qemu-version", help="Model this QEMU version (7.2, 8.2, 9.2, 10.x; "
                                      "default: the --qemu binary's).")
+@click.option("--scenario", "scenario_file", type=click.Path(path_type=Path),
+              help="Take the machine and the steps from a scenario TOML file (its backend "
+                   "keys included) instead of --machine/--memory/--numa/--add/--remove.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def model_cmd(ctx: click.Context, machine: str, memory: str, numa: str, adds: tuple[str, ...],
               removes: tuple[str, ...], block_size: str | None, cpu: str, qemu_binary: str,
-              qemu_version: str | None, as_json: bool) -> int:
+              qemu_version: str | None, scenario_file: Path | None, as_json: bool) -> int:
     """Predict where each DIMM lands, its memory blocks and the node totals."""
     from harness.model import MachineSpec, RemoveDimm, parse_dimm_option, predict
     from harness.model.qemu_rules import (
@@ -87,6 +91,19 @@ def model_cmd(ctx: click.Context, machine: str, memory: str, numa: str, adds: tu
             cpu=parse_cpu_option(cpu),
         )
         ops = _ordered_ops(ctx, adds, removes, parse_dimm_option, RemoveDimm)
+        if scenario_file is not None:
+            from dataclasses import replace
+
+            from harness.cli.run import read_host_memory
+            from harness.scenario import load_scenario
+
+            if adds or removes:
+                raise UsageError("--scenario cannot be combined with --add/--remove",
+                                 fix="put the steps in the scenario file")
+            loaded = load_scenario(scenario_file, qemu_version=version,
+                                   host=read_host_memory())
+            spec = replace(loaded.machine, cpu=spec.cpu, block_size=spec.block_size)
+            ops = loaded.model_ops()
         prediction = predict(spec, ops)
     except PlanRefused as exc:
         if as_json:
@@ -152,12 +169,19 @@ def _print_table(prediction: Any, version_note: str) -> None:
     console.print(f"why: {lay.why}")
     console.print("rules: " + "; ".join(rules.sources), soft_wrap=True)
     table = Table(title="DIMMs after the last step", title_justify="left")
+    from harness.model.backend import RAM
+
     for col in ("DIMM", "address", "size", "node", "slot", "blocks", "guest"):
         table.add_column(col)
     for d in prediction.final.dimms:
         table.add_row(d.id, f"{d.addr:#x}", human(d.size), str(d.node), str(d.slot),
                       _ranges(d.blocks), "accepts" if d.guest_accepts else f"rejects: {d.reason}")
     console.print(table)
+    for d in prediction.final.dimms:
+        if d.backend != RAM:
+            pages = f", {d.hugepages} hugepages" if d.hugepages else ""
+            console.print(f"{d.id}: {d.backend.describe()}, aligned to {human(d.align)}{pages}",
+                          soft_wrap=True)
     nodes = Table(title="per node (all accepted DIMMs online)", title_justify="left")
     for col in ("node", "boot", "hot-added", "after"):
         nodes.add_column(col)

@@ -250,3 +250,24 @@ def test_overcommit_accounting_per_backend() -> None:
         assert not refused(BackendSpec("memfd"))
         assert not refused(BackendSpec(reserve=False))
         assert not refused(BackendSpec("file", share=True))
+
+
+def test_memhp_model_scenario_with_backends(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                            ) -> None:
+    """`memhp model --scenario`: the 1 GiB-page DIMM on its GiB boundary, and
+    QEMU's words for a refused backend (exit 2)."""
+    import json
+
+    from harness.cli import main
+
+    path = tmp_path / "m.toml"
+    path.write_text('[machine]\nmemory = "4G,slots=8,maxmem=16G"\nnuma = "2G,2G"\n'
+                    '[[step]]\nadd = "r0:128M@0"\n'
+                    '[[step]]\nadd = "g0:1G@1"\nbackend = "memfd"\nhugepages = "1G"\n')
+    assert main(["model", "--qemu-version", "7.2", "--scenario", str(path), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    g0 = next(d for d in doc["dimms"] if d["id"] == "g0")
+    assert g0["addr"] % GiB == 0 and g0["align"] == GiB and g0["hugepages"] == 1
+    path.write_text('[[step]]\nadd = "m0:1G@1"\nbackend = "memfd"\npolicy = "bind"\n')
+    assert main(["model", "--qemu-version", "7.2", "--scenario", str(path)]) == 2
+    assert "host-nodes must be set for policy bind" in capsys.readouterr().err

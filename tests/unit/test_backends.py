@@ -271,3 +271,44 @@ def test_memhp_model_scenario_with_backends(tmp_path: Path, capsys: pytest.Captu
     path.write_text('[[step]]\nadd = "m0:1G@1"\nbackend = "memfd"\npolicy = "bind"\n')
     assert main(["model", "--qemu-version", "7.2", "--scenario", str(path)]) == 2
     assert "host-nodes must be set for policy bind" in capsys.readouterr().err
+
+
+def test_sweep_restores_what_a_dead_memhp_left(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A record of a process that is gone: its nr_hugepages are written back
+    (into a fake sysfs here), its files removed, the record dropped; a live
+    process's record is left alone."""
+    import json
+    import os
+
+    import harness.host.hugepages as hp
+    from harness.host.hugepages import sweep_stale
+    from harness.leaks import proc_start_time
+
+    runtime = tmp_path / "run"
+    runtime.mkdir()
+    monkeypatch.setattr(hp, "_record_dir", lambda: runtime)
+    sysfs = tmp_path / "sys"
+    _fake_sysfs(sysfs)
+    left = tmp_path / "left-file"
+    left.write_text("x")
+    dead = {"pid": 2 ** 22 + 7, "start": "1", "nr": {str(2 * MiB): 3}, "mounts": [],
+            "files": [str(left)]}
+    (runtime / "memhp-hugepages-dead.json").write_text(json.dumps(dead))
+    alive = {"pid": os.getpid(), "start": proc_start_time(os.getpid()),
+             "nr": {str(2 * MiB): 99}, "mounts": [], "files": []}
+    (runtime / "memhp-hugepages-alive.json").write_text(json.dumps(alive))
+    assert [p.name for p in sweep_stale(sysfs)] == ["memhp-hugepages-dead.json"]
+    assert (sysfs / "kernel/mm/hugepages/hugepages-2048kB/nr_hugepages").read_text() == "3\n"
+    assert not left.exists()
+    assert (runtime / "memhp-hugepages-alive.json").exists()
+
+
+def test_needs_of_a_plan() -> None:
+    from harness.host.hugepages import needs_of
+
+    adds = [AddDimm("a", 256 * MiB, backend=BackendSpec("memfd", hugepages=2 * MiB)),
+            AddDimm("b", 3 * MiB, backend=BackendSpec("file", hugepages=2 * MiB)),
+            AddDimm("c", GiB, backend=BackendSpec("memfd", hugepages=GiB)),
+            AddDimm("d", GiB)]
+    assert needs_of(adds) == {2 * MiB: 130, GiB: 1}

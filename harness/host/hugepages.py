@@ -379,7 +379,11 @@ def reserved(needs: Mapping[int, int], *, mount: bool = True, sysfs_root: Path =
         res._save()
         for size, pages in needs.items():
             want = pools[size].nr + pages
-            _write_nr(size, want, sysfs_root)
+            try:
+                _write_nr(size, want, sysfs_root)
+            except OSError as exc:  # read-only sysfs (a container), EPERM...
+                raise HostCannot(f"cannot raise nr_hugepages of {size >> 10} kB pages: "
+                                 f"{exc}") from exc
             got = pool(size, sysfs_root)
             if got is None or got.nr < want:
                 extra = 0 if got is None else got.nr - pools[size].nr

@@ -158,6 +158,16 @@ def host_memory(sysfs_root: Path = SYS, proc_root: Path = Path("/proc")) -> Host
                       base.committed, hugepages=pools, nodes=host_nodes(sysfs_root))
 
 
+def filesystem_free(path: str) -> int:
+    """Free bytes (for an unprivileged writer) of the file system holding
+    ``path`` (or its directory, when the file does not exist yet)."""
+    p = Path(path)
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    st = os.statvfs(p)
+    return st.f_bavail * st.f_frsize
+
+
 @dataclass(frozen=True)
 class Mount:
     path: Path

@@ -223,7 +223,8 @@ def _accounted(spec: MachineSpec, be: BackendSpec) -> bool:
     return be.kind == "ram" and not spec.rules.ram_share_memfd
 
 
-def _check_backend(spec: MachineSpec, op: AddDimm, held: dict[int, int], already: int) -> None:
+def _check_backend(spec: MachineSpec, op: AddDimm, held: dict[int, int], already: int,
+                   dimms: Sequence[PlacedDimm] = ()) -> None:
     """``object-add`` of the DIMM's backend, in QEMU's order (v7.2.0 and
     v10.0.0 unless said):
 
@@ -246,9 +247,14 @@ def _check_backend(spec: MachineSpec, op: AddDimm, held: dict[int, int], already
        refuses with EINVAL when none of the nodes has memory (mm/mempolicy.c
        ``mpol_set_nodemask()``: the mask is intersected with N_MEMORY).
 
-    Preallocation (``qemu_prealloc_mem()``) comes last; it cannot fail on
-    hugepages QEMU has reserved, and on anonymous memory it depends on
-    what else the host uses meanwhile: not predicted.
+    5. preallocation -- util/oslib-posix.c ``qemu_prealloc_mem()`` touches
+       every page; a file backend whose file system has less room than
+       the backend (``HostMemory.fs_free`` at its ``mem_path``, less what
+       earlier preallocated DIMMs at the same path took) faults a page the
+       file system cannot give: "qemu_prealloc_mem: preallocating memory
+       failed: Bad address" (v7.2.0 and v10.0.0, shared or private).  It
+       cannot fail on hugepages QEMU has reserved; on anonymous memory it
+       depends on what else the host uses meanwhile: not predicted.
     """
     be = op.backend
     if be.effective("prealloc") and not be.effective("reserve"):
@@ -315,6 +321,18 @@ def _check_backend(spec: MachineSpec, op: AddDimm, held: dict[int, int], already
                       f"memory: {','.join(map(str, nodes))})",
                       "cannot bind memory to host NUMA nodes: Invalid argument",
                       value=be.host_nodes, limit=nodes, fix="use a host node that exists")
+    room = spec.host.free_at(be.mem_path) if spec.host and be.mem_path else None
+    if (room is not None and be.kind == "file" and be.hugepages is None
+            and be.effective("prealloc")):
+        taken = sum(d.size for d in dimms if d.backend.mem_path == be.mem_path
+                    and d.backend.kind == "file" and d.backend.effective("prealloc"))
+        if taken + op.size > room:
+            raise _refuse("prealloc-failed", f"DIMM {op.id!r}: preallocating "
+                          f"{format_size(op.size)} at {be.mem_path} needs more than the "
+                          f"{format_size(max(0, room - taken))} free there",
+                          "qemu_prealloc_mem: preallocating memory failed: Bad address",
+                          value=op.size, limit=room - taken,
+                          fix="give the file system more room or use a smaller DIMM")
 
 
 # The backend id memhp's VM driver gives a DIMM is not known to the model:
@@ -326,7 +344,7 @@ def _place(spec: MachineSpec, layout: Layout, dimms: list[PlacedDimm], op: AddDi
            held: dict[int, int] | None = None) -> PlacedDimm:
     """Place ``op``; ``held``: hugepages (per page size) this plan's DIMMs
     and kept files hold."""
-    _check_backend(spec, op, held or {}, spec.ram_size + sum(d.size for d in dimms))
+    _check_backend(spec, op, held or {}, spec.ram_size + sum(d.size for d in dimms), dimms)
     if any(d.id == op.id for d in dimms):
         raise _refuse("duplicate-id", f"DIMM id {op.id!r} is already in use",
                       f"Duplicate device ID '{op.id}'", value=op.id, limit=None,

@@ -555,9 +555,14 @@ class VM:
         """Hot-add a pc-dimm over ``backend`` (anonymous RAM unless given;
         see :meth:`plug`)."""
         backend_id = new_backend_id()
-        obj = backend_object(size, backend, backend_id=backend_id,
-                             mem_path=self.backend_path(backend, backend_id))
-        self.plug(pc_dimm(dimm_id, obj, node, addr))
+        path = self.backend_path(backend, backend_id)
+        obj = backend_object(size, backend, backend_id=backend_id, mem_path=path)
+        try:
+            self.plug(pc_dimm(dimm_id, obj, node, addr))
+        except QMPCommandError:
+            if path is not None and Path(path) in self.backend_files:
+                self._drop_refused_file(Path(path))
+            raise
         for dev in self.query_memory_devices():
             if dev.id == dimm_id:
                 return dev
@@ -662,6 +667,28 @@ class VM:
                 self.qmp = None
             self._remove_backend_files()
             self._finish_workdir()
+
+    def _drop_refused_file(self, path: Path) -> None:
+        """A refused backend leaves nothing behind: QEMU created its file (a
+        failed preallocation filled it) but never deletes it, and unmaps it
+        only after an RCU grace period (system/physmem.c qemu_ram_free()), so
+        wait (bounded) until its file system has the room back."""
+        from harness.host.hugepages import filesystem_free
+
+        try:
+            used = path.stat().st_blocks * 512
+            before = filesystem_free(str(path))
+        except OSError:
+            used = before = 0
+        path.unlink(missing_ok=True)
+        self.backend_files.remove(path)
+        if used:
+            try:
+                wait_for(lambda: True if filesystem_free(str(path)) >= before + used else None,
+                         what=f"the room of refused backend file {path}", timeout=15,
+                         phase="hotplug")
+            except WaitTimeout as exc:
+                self.log.warning("%s", exc)
 
     def _remove_backend_files(self) -> None:
         """Backend files memhp named (QEMU never deletes them; on hugetlbfs

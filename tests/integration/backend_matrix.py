@@ -122,3 +122,21 @@ def overcommit(host_bytes: int) -> list[Variant]:
         Variant("overcommit-file-shared", BackendSpec("file", share=True), size),
         Variant("overcommit-file-private", BackendSpec("file"), size),
     ]
+
+
+PREALLOC_SPACE_NAMES = ("space-4M", "space-4M-again", "space-64M-prealloc",
+                        "space-64M-private-prealloc", "space-64M-lazy", "space-4M-threads")
+
+
+def prealloc_space(mount: str) -> list[Variant]:
+    """File backends on a 16 MiB tmpfs at ``mount``: preallocation fails
+    once the file system has no room left (the lazy one is mapped fine)."""
+    def file(**kw: object) -> BackendSpec:
+        return BackendSpec("file", mem_path=mount, **kw)  # type: ignore[arg-type]
+
+    sizes = (4 * MiB, 4 * MiB, 64 * MiB, 64 * MiB, 64 * MiB, 4 * MiB)
+    specs = (file(share=True, prealloc=True), file(share=True, prealloc=True),
+             file(share=True, prealloc=True), file(prealloc=True), file(share=True),
+             file(share=True, prealloc=True, prealloc_threads=2))
+    return [Variant(n, b, sz) for n, b, sz in zip(PREALLOC_SPACE_NAMES, specs, sizes,
+                                                  strict=True)]

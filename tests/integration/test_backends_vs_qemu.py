@@ -16,18 +16,34 @@ variants get a QEMU each (a page each is all this host can spare).
 
 from __future__ import annotations
 
+import os
 import subprocess
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from backend_matrix import BACKENDS, Variant, mixed, overcommit, variants
+from backend_matrix import (
+    BACKENDS,
+    PREALLOC_SPACE_NAMES,
+    Variant,
+    mixed,
+    overcommit,
+    prealloc_space,
+    variants,
+)
 from test_model_vs_qemu import _binary, _log, qemu_argv
 
 from harness.errors import PlanRefused, QMPCommandError
-from harness.host.hugepages import HostCannot, Reservation, host_memory, reserved
+from harness.host.hugepages import (
+    HostCannot,
+    Reservation,
+    filesystem_free,
+    host_memory,
+    reserved,
+)
 from harness.model import AddDimm, MachineSpec, predict
 from harness.model.backend import BackendSpec
 from harness.model.predict import DIMM_BACKEND
@@ -38,8 +54,9 @@ from harness.units import GiB, MiB
 
 _HOST = host_memory()
 ALL = variants() + mixed() + overcommit(_HOST.mem_total + _HOST.swap_total)
-# How many variants the matrix covers (README: "Backends").
-VARIANT_COUNT = len(ALL)
+# How many variants the matrix covers (README: "Backends"); the
+# prealloc-space ones are made per run (their mount is a temp dir).
+VARIANT_COUNT = len(ALL) + len(PREALLOC_SPACE_NAMES)
 MEMDEV_KEYS = ("share", "prealloc", "reserve", "dump", "merge")
 
 
@@ -62,20 +79,36 @@ def paused(binary: str, spec: MachineSpec) -> Iterator[QMPSession]:
             proc.wait()
 
 
+def _drop(path: Path) -> None:
+    """Remove a refused backend's file and wait until QEMU's RCU reclaim has
+    unmapped it (its room is back), as VM.hot_add does."""
+    try:
+        used = path.stat().st_blocks * 512
+        before = filesystem_free(str(path))
+    except OSError:
+        return
+    path.unlink()
+    if used:
+        wait_for(lambda: True if filesystem_free(str(path)) >= before + used else None,
+                 what=f"the room of {path}", timeout=15)
+
+
 def _mem_path(be: BackendSpec, res: Reservation, tmp: Path, name: str) -> str | None:
     if be.kind != "file":
         return None
+    if be.mem_path:
+        return str(Path(be.mem_path) / name)
     if be.hugepages:
         return str(res.new_file(be.hugepages, name))
     return str(tmp / name)
 
 
 def run_group(binary: str, version: tuple[int, int], group: list[Variant],
-              res: Reservation) -> list[str]:
+              res: Reservation, fs_free: tuple[tuple[str, int], ...] = ()) -> list[str]:
     """Plug ``group`` into one paused QEMU; the disagreements, as text."""
     room = max(256 * GiB, 8 * max(v.size for v in group))
     spec = MachineSpec(machine="pc", ram_size=2 * GiB, slots=128, maxmem=room, numa=(),
-                       qemu_version=version, host=host_memory())
+                       qemu_version=version, host=replace(host_memory(), fs_free=fs_free))
     problems: list[str] = []
     with tempfile.TemporaryDirectory(prefix="memhp-backendf-") as tmpdir, \
             paused(binary, spec) as qmp:
@@ -113,6 +146,8 @@ def run_group(binary: str, version: tuple[int, int], group: list[Variant],
                     raise
             except QMPCommandError as exc:
                 got = exc.desc
+                if path:  # as the VM driver does: a refused backend leaves no file
+                    _drop(Path(path))
             _log({"qemu": ".".join(map(str, version)), "what": "backend", "variant": v.name,
                   "outcome": kind, "agree": got == refusal})
             if got != refusal:
@@ -190,7 +225,31 @@ def _ver(text: str) -> tuple[int, int]:
     return int(a), int(b)
 
 
+@pytest.mark.parametrize("version", ["7.2", "10.0"])
+def test_prealloc_out_of_space(version: str, tmp_path: Path) -> None:
+    """Preallocation on a 16 MiB tmpfs: the model's refusal (from the file
+    system's free space) is QEMU's, in QEMU's words."""
+    binary = _binary(version)
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mount = tmp_path / "small"
+    mount.mkdir(mode=0o700)
+    out = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16M,mode=0700", "none",
+                          str(mount)], capture_output=True, text=True, check=False)
+    if out.returncode:
+        pytest.skip(f"cannot mount a tmpfs: {out.stderr.strip()}")
+    try:
+        group = prealloc_space(str(mount))
+        problems = run_group(binary, _ver(version), group, Reservation(),
+                             fs_free=((str(mount), filesystem_free(str(mount))),))
+    finally:
+        for f in mount.iterdir():
+            f.unlink()
+        subprocess.run(["umount", str(mount)], check=False)
+    assert not problems, "\n".join(problems)
+
+
 def test_variant_count() -> None:
     """The matrix is what the README says it is (and every name is unique)."""
-    assert len({v.name for v in ALL}) == VARIANT_COUNT
-    assert sum(len(m) for _, m in GROUPS) == VARIANT_COUNT
+    assert len({v.name for v in ALL} | set(PREALLOC_SPACE_NAMES)) == VARIANT_COUNT
+    assert sum(len(m) for _, m in GROUPS) + len(PREALLOC_SPACE_NAMES) == VARIANT_COUNT

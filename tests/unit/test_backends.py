@@ -312,3 +312,22 @@ def test_needs_of_a_plan() -> None:
             AddDimm("c", GiB, backend=BackendSpec("memfd", hugepages=GiB)),
             AddDimm("d", GiB)]
     assert needs_of(adds) == {2 * MiB: 130, GiB: 1}
+
+
+def test_prealloc_without_room_is_refused_in_qemus_words() -> None:
+    """util/oslib-posix.c qemu_prealloc_mem(): a file system with less room
+    than the preallocated backends at the same mem_path (a lazy one takes
+    none up front)."""
+    host = HostMemory(fs_free=(("/small", 16 * MiB),))
+    spec = MachineSpec(machine="pc", ram_size=2 * GiB, slots=8, maxmem=64 * GiB, numa=(),
+                       host=host)
+    pre = BackendSpec("file", mem_path="/small", share=True, prealloc=True)
+    lazy = BackendSpec("file", mem_path="/small", share=True)
+    predict(spec, [AddDimm("a", 8 * MiB, backend=pre), AddDimm("b", 64 * MiB, backend=lazy),
+                   AddDimm("c", 8 * MiB, backend=pre)])
+    assert refusal(spec, AddDimm("a", 8 * MiB, backend=pre),
+                   AddDimm("c", 12 * MiB, backend=pre)) == \
+        "qemu_prealloc_mem: preallocating memory failed: Bad address"
+    # another path, or an unread one: not predicted
+    other = BackendSpec("file", mem_path="/other", share=True, prealloc=True)
+    predict(spec, [AddDimm("a", GiB, backend=other)])

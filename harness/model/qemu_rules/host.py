@@ -55,6 +55,16 @@ class HostMemory:
     committed: int = 0
     hugepages: tuple[HugepagePool, ...] | None = None
     nodes: tuple[int, ...] | None = field(default=None)
+    # free bytes of the file system at a file backend's mem_path (as the
+    # spec spells the path; statvfs f_bavail * f_frsize), where read
+    fs_free: tuple[tuple[str, int], ...] = ()
+
+    def free_at(self, mem_path: str) -> int | None:
+        """Free bytes where ``mem_path`` puts the backend's file, if read."""
+        for path, free in self.fs_free:
+            if path == mem_path:
+                return free
+        return None
 
     def hugepages_available(self, page_size: int) -> int | None:
         """Pages of ``page_size`` a new mapping can reserve; None if not read

@@ -236,7 +236,7 @@ def reserved_for(adds: Iterable[AddDimm]) -> Iterator[Reservation | None]:
 # -- reserving ------------------------------------------------------------------
 
 def _lock_path() -> Path:
-    return workdir_base() / "memhp-hugepages.lock"
+    return workdir_base() / ".memhp-hugepages.lock"  # kept: a lock file, not a leak
 
 
 def _record_dir() -> Path:

@@ -27,6 +27,8 @@ TOML format::
     remove = "dimm0"
     [[step]]
     reset = true                             # system_reset, wait for the guest
+    [[step]]
+    migrate = true                           # live-migrate to a new QEMU
 """
 
 from __future__ import annotations
@@ -56,7 +58,9 @@ from harness.units import parse_size
 
 Policy = Literal["online", "online_kernel", "online_movable"]
 POLICIES: tuple[str, ...] = ("online", "online_kernel", "online_movable")
-ACTIONS = ("add", "online", "offline", "remove", "reset", "workload")
+ACTIONS = ("add", "online", "offline", "remove", "reset", "workload", "migrate")
+# Steps written ``KEY = true`` (no DIMM, no other keys)
+FLAG_ACTIONS = ("reset", "migrate")
 # Bounds on what a scenario may ask for (a scenario file is input, maybe hostile).
 MAX_STEPS = 1000
 MAX_SMP = 64
@@ -69,7 +73,7 @@ _NAME_FIX = "use letters, digits, '-', '.' and '_' (at most 64), e.g. remove-rea
 class Step:
     """One action of the plan."""
 
-    action: Literal["add", "online", "offline", "remove", "reset", "workload"]
+    action: Literal["add", "online", "offline", "remove", "reset", "workload", "migrate"]
     dimm: str = ""
     add: AddDimm | None = None
     policy: Policy | None = None
@@ -91,6 +95,8 @@ class Step:
             return f"{self.policy} {self.dimm}"
         if self.action == "reset":
             return "system_reset"
+        if self.action == "migrate":
+            return "migrate to a new QEMU"
         if self.action == "workload" and self.workload is not None:
             w = self.workload
             return f"workload {w.id} ({w.size >> 20} MiB on node {w.node})"
@@ -296,10 +302,11 @@ def _parse_step(i: int, raw: object) -> Step:
         node = _expect(raw, "node", int, where) if "node" in raw else 0
         size = parse_size(_expect(raw, "size", str, where)) if "size" in raw else 256 << 20
         return Step("workload", wid, workload=WorkloadSpec(wid, node, size), expect_splat=splats)
-    if action == "reset":
-        if raw["reset"] is not True:
-            raise UsageError(f"{where}.reset must be true", value=raw["reset"])
-        return Step("reset", expect_splat=splats)
+    if action in FLAG_ACTIONS:
+        if raw[action] is not True:
+            raise UsageError(f"{where}.{action} must be true", value=raw[action],
+                             fix=f"write {action} = true")
+        return Step(action, expect_splat=splats)  # type: ignore[arg-type]
     value = _expect(raw, action, str, where)
     if action == "add":
         dimm = parse_dimm_option(value)
@@ -417,6 +424,12 @@ def remove(dimm_id: str) -> Step:
 
 def reset() -> Step:
     return Step("reset")
+
+
+def migrate() -> Step:
+    """Live-migrate the VM to a new QEMU (same machine, every plugged device
+    pinned); later steps run on the destination."""
+    return Step("migrate")
 
 
 def workload(workload_id: str, node: int = 0, size: str = "256M") -> Step:

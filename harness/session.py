@@ -248,6 +248,7 @@ class Runner:
         self.step_expects: list[str] = []  # splats the kernel's answer in this step explains
         self.workloads: dict[str, WorkloadSpec] = {}
         self.refusals = scenario.expected_refusals()  # step index -> QEMU's predicted refusal
+        self.step_notes: dict[str, Any] = {}  # what a step's act reports (e.g. migration)
 
     # -- baseline -----------------------------------------------------------
     def take_baseline(self) -> None:
@@ -422,10 +423,12 @@ class Runner:
         mism: list[Mismatch] = []
         observed: dict[str, Any] = {}
         self.step_expects = []
+        self.step_notes = {}
         splats: list[Splat] = []
         try:
             write_mism = ACTS[step.action](self, step, lat)
             observed, mism = self.observe()
+            observed.update(self.step_notes)
             mism = write_mism + mism
             if self.workloads:
                 observed["workloads"], wl_mism = check_workloads(self)

@@ -12,12 +12,26 @@ nothing else.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
 from harness.qemu.argv import opt_value
 
 _backend_ids = itertools.count()
+
+# What a migration destination must pin, per device driver: the properties
+# QEMU chose at plug time (as ``query-memory-devices`` reports them under
+# the same names).  A destination started without them would place its
+# devices first-fit in command-line order: after a removal, or with devices
+# plugged at given addresses, that is not the source's layout, and the
+# incoming RAM would not fit (QEMU 7.2 hw/mem/memory-device.c
+# memory_device_get_free_addr(): an explicit addr is taken as given;
+# hw/mem/pc-dimm.c pc_dimm_pre_plug(): an explicit slot likewise).
+# A new device kind adds its line here (virtio-mem-pci: "memaddr").
+PINNED_PROPS: dict[str, tuple[str, ...]] = {
+    "pc-dimm": ("addr", "slot"),
+}
 
 
 def _cli_value(value: object) -> str:
@@ -78,6 +92,18 @@ class MemoryDevice:
 
     def cli(self) -> list[str]:
         return self.backend.cli() + self.device.cli()
+
+    def pinned(self, reported: Mapping[str, Any]) -> MemoryDevice:
+        """This device with what QEMU chose for it pinned, from its
+        ``query-memory-devices`` ``data`` (e.g. a pc-dimm's addr and slot):
+        the command line a migration destination needs."""
+        keys = PINNED_PROPS.get(self.device.driver, ())
+        missing = [k for k in keys if k not in reported]
+        if missing:
+            raise ValueError(f"QEMU reports no {', '.join(missing)} for {self.id} "
+                             f"({self.device.driver})")
+        return replace(self, device=self.device.with_props(
+            **{k: reported[k] for k in keys}))
 
 
 def new_backend_id() -> str:

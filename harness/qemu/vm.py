@@ -83,6 +83,7 @@ class Timeouts:
     hot_add: float = 15.0
     unplug: float = 30.0
     shutdown: float = 5.0
+    migrate: float = 60.0
 
     def s(self, name: str) -> float:
         value: float = getattr(self, name)
@@ -196,7 +197,11 @@ class VM:
         self.saved_artifacts: Path | None = None
         self.scenario: Any = None  # the plan this VM was booted for, when known
         # Memory devices plugged now, in plug order (hot-added or cold-plugged)
-        self.memory_devices: dict[str, MemoryDevice] = {}
+        self.memory_devices: dict[str, MemoryDevice] = {
+            d.id: d for d in config.memory_devices}
+        # A migration destination logs in with its source's keys (same guest)
+        self.inherit_keys: Any = None
+        self.paused = False  # QMP stop: the guest cannot answer until cont
 
     # -- lifecycle ---------------------------------------------------------
     def __enter__(self) -> VM:
@@ -240,9 +245,12 @@ class VM:
         cfg = self.base_config
         if self.image is None:
             return cfg
-        from harness.image.keys import write_guest_keys
+        from harness.image.keys import copy_guest_keys, write_guest_keys
 
-        self._keys = write_guest_keys(workdir / "keys")
+        if self.inherit_keys is not None:
+            self._keys = copy_guest_keys(self.inherit_keys, workdir / "keys")
+        else:
+            self._keys = write_guest_keys(workdir / "keys")
         fw = (
             FwCfgFile("opt/memhp/host_key", self._keys.host_key_path),
             FwCfgFile("opt/memhp/authorized_keys", self._keys.authorized_keys_path),
@@ -498,6 +506,55 @@ class VM:
         except (VMError, OSError, EOFError) as exc:
             self.diagnose(exc, what=f"guest command {shlex.join(argv)!r}")
             raise
+
+    def host_key_line(self) -> str | None:
+        """The guest's SSH host key as pinned now ("TYPE BASE64")."""
+        if self._keys is not None:
+            return str(self._keys.host_public_line)
+        if self._user_host_key is not None:
+            return self._user_host_key
+        return self.shell.host_key_line() if self.shell is not None else None
+
+    def incoming_twin(self, name: str, devices: tuple[MemoryDevice, ...]) -> VM:
+        """A VM, not yet started, to receive this one's migration: the same
+        machine and guest, ``devices`` on its command line, ``-incoming``,
+        its own work dir and forwarded port, and this guest's SSH keys."""
+        cfg = replace(self.base_config.without_devices(), name=name, ssh_port=None,
+                      memory_devices=devices, incoming=True)
+        twin = VM(cfg, image=self.image, ssh_user=self.ssh_user, ssh_key=self._user_ssh_key,
+                  ssh_host_key=self.host_key_line() if self.image is None else None,
+                  ready_marker=self.ready_marker, timeouts=self.timeouts,
+                  artifacts_dir=self.artifacts_dir, keep=self.keep,
+                  runtime_dir=self._runtime_dir)
+        twin.inherit_keys = self._keys
+        twin.scenario = self.scenario
+        return twin
+
+    _RUNTIME = ("base_config", "config", "workdir", "paths", "proc", "qmp", "shell", "guest",
+                "argv", "_keys", "_user_host_key", "paused")
+
+    def swap_runtime(self, other: VM) -> None:
+        """Exchange QEMU processes with ``other`` (after a migration to it):
+        this VM drives ``other``'s QEMU, work dir, QMP and SSH from now on,
+        and ``other`` holds the old ones, so that stopping it ends the old
+        QEMU with the usual stop logic.  Plugged devices stay this VM's."""
+        for attr in self._RUNTIME:
+            mine, theirs = getattr(self, attr), getattr(other, attr)
+            setattr(self, attr, theirs)
+            setattr(other, attr, mine)
+        for vm in (self, other):  # the SSH layer reports to the VM that now owns it
+            if vm.shell is not None:
+                vm.shell.abort = vm.check_alive
+                vm.shell.diagnose = vm.diagnose
+
+    def memory_device_info(self) -> dict[str, dict[str, Any]]:
+        """QEMU's ``query-memory-devices`` ``data`` of every memory device, by id."""
+        out: dict[str, dict[str, Any]] = {}
+        for dev in self.execute("query-memory-devices", phase="observe"):
+            data = dev.get("data", {})
+            if data.get("id"):
+                out[str(data["id"])] = dict(data) | {"type": dev.get("type")}
+        return out
 
     def query_memory_devices(self) -> tuple[QemuDimm, ...]:
         out = []

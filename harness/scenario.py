@@ -14,6 +14,7 @@ TOML format::
     memory = "6G,slots=32,maxmem=32G"        # as QEMU's -m
     numa = "3G,3G"                           # boot memory per node
     smp = 2
+    coldplug = ["cold0:512M@0"]              # pc-dimms on the command line
     [guest]
     append = ["memhp_default_state=online_movable"]   # extra kernel cmdline
     [[step]]
@@ -201,6 +202,7 @@ def build_scenario(
     qemu_version: tuple[int, int] | None = None,
     host: HostMemory | None = None,
     cpu: CpuSpec | None = None,
+    coldplug: Sequence[str] = (),
 ) -> Scenario:
     """Validate everything and ask the model whether QEMU accepts the plan.
     ``machine`` is pc, q35 or a versioned pc-i440fx-X.Y/pc-q35-X.Y; ``host``
@@ -224,9 +226,11 @@ def build_scenario(
         kwargs["qemu_version"] = qemu_version
     if cpu is not None:
         kwargs["cpu"] = cpu
+    cold = tuple(parse_dimm_option(text) for text in coldplug)
     spec = MachineSpec(machine=mtype.family, ram_size=ram, slots=slots, maxmem=maxmem,
-                       numa=tuple(nodes), machine_version=mtype.version, host=host, **kwargs)
-    known: set[str] = set()
+                       numa=tuple(nodes), machine_version=mtype.version, host=host,
+                       coldplug=cold, **kwargs)
+    known: set[str] = {d.id for d in cold}
     for i, step in enumerate(steps):
         if step.action == "add" and step.expect_refusal is None:
             known.add(step.dimm)
@@ -262,7 +266,7 @@ def default_steps(
 
 
 _TOP = {"name", "machine", "guest", "step", "exec", "script", "exec_expect", "exec_forbid"}
-_MACHINE = {"type", "memory", "numa", "smp"}
+_MACHINE = {"type", "memory", "numa", "smp", "coldplug"}
 _GUEST = {"append", "expect_splats"}
 
 
@@ -380,6 +384,11 @@ def load_scenario(path: Path, *, qemu_version: tuple[int, int] | None = None) ->
         raise UsageError("[guest].append must be a list of strings", value=append,
                          fix='e.g. append = ["memhp_default_state=online"] (at most 256)')
     expect_splats = splat_patterns(guest.get("expect_splats", []), "[guest].expect_splats")
+    coldplug = machine.get("coldplug", [])
+    if not isinstance(coldplug, list) or not all(isinstance(c, str) for c in coldplug) \
+            or len(coldplug) > MAX_STEPS:
+        raise UsageError("[machine].coldplug must be a list of DIMMs", value=coldplug,
+                         fix='e.g. coldplug = ["cold0:512M@0"] (ID:SIZE@NODE[:ADDR])')
     numa = machine.get("numa", "3G,3G")
     if not isinstance(numa, str):
         raise UsageError("[machine].numa must be a string like \"3G,3G\"", value=numa)
@@ -395,6 +404,7 @@ def load_scenario(path: Path, *, qemu_version: tuple[int, int] | None = None) ->
         exec_cmd=_expect(data, "exec", str, "scenario") if "exec" in data else None,
         script=Path(_expect(data, "script", str, "scenario")) if "script" in data else None,
         qemu_version=qemu_version,
+        coldplug=coldplug,
     )
     return replace(scenario, expect_splats=expect_splats,
                    exec_expect=splat_patterns(data.get("exec_expect", []), "exec_expect"),

@@ -271,7 +271,13 @@ class Runner:
             self.kernel = KernelMemory(self.policy, self.block_size)
         except UnmodelledKernel as exc:
             raise VMError(str(exc), phase="model") from exc
-        self.boot_blocks = {b.number for b in view.sysfs.blocks}
+        # Cold-plugged DIMMs are the model's, not boot RAM: the ACPI driver
+        # added them at boot as it adds a hot-added one (see KernelMemory.reboot).
+        cold = sorted((d for d in self.prediction.boot.dimms if d.guest_accepts),
+                      key=lambda d: d.slot)
+        self.kernel.reboot((d.id, d.node, d.blocks, d.size) for d in cold)
+        cold_blocks = {n for d in cold for n in d.blocks}
+        self.boot_blocks = {b.number for b in view.sysfs.blocks} - cold_blocks
         self.set_baseline_totals(view)
         records = guest.kernel_log()
         self.log_mark = mark_of(records)
@@ -303,7 +309,7 @@ class Runner:
 
     def current_dimms(self) -> tuple[PlacedDimm, ...]:
         done = self._ops_done()
-        return self.prediction.steps[done - 1].dimms if done else ()
+        return self.prediction.steps[done - 1].dimms if done else self.prediction.boot.dimms
 
     def expected_blocks(self) -> list[ExpectedBlock]:
         if self.kernel is None:

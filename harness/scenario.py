@@ -30,6 +30,13 @@ TOML format::
     reset = true                             # system_reset, wait for the guest
     [[step]]
     migrate = true                           # live-migrate to a new QEMU
+    [[step]]
+    pause = true                             # QMP stop (then resume = true: cont)
+    [[step]]
+    reboot = true                            # reboot -f inside the guest
+    [[step]]
+    remove = "dimm0"
+    wait = false                             # device_del only; reset must follow
 """
 
 from __future__ import annotations
@@ -59,9 +66,12 @@ from harness.units import parse_size
 
 Policy = Literal["online", "online_kernel", "online_movable"]
 POLICIES: tuple[str, ...] = ("online", "online_kernel", "online_movable")
-ACTIONS = ("add", "online", "offline", "remove", "reset", "workload", "migrate")
+ACTIONS = ("add", "online", "offline", "remove", "reset", "workload", "migrate", "pause",
+           "resume", "reboot")
 # Steps written ``KEY = true`` (no DIMM, no other keys)
-FLAG_ACTIONS = ("reset", "migrate")
+FLAG_ACTIONS = ("reset", "migrate", "pause", "resume", "reboot")
+# Steps that need the guest running (they act over SSH)
+GUEST_ACTIONS = ("online", "offline", "workload", "reboot", "reset")
 # Bounds on what a scenario may ask for (a scenario file is input, maybe hostile).
 MAX_STEPS = 1000
 MAX_SMP = 64
@@ -74,13 +84,17 @@ _NAME_FIX = "use letters, digits, '-', '.' and '_' (at most 64), e.g. remove-rea
 class Step:
     """One action of the plan."""
 
-    action: Literal["add", "online", "offline", "remove", "reset", "workload", "migrate"]
+    action: Literal["add", "online", "offline", "remove", "reset", "workload", "migrate",
+                    "pause", "resume", "reboot"]
     dimm: str = ""
     add: AddDimm | None = None
     policy: Policy | None = None
     workload: WorkloadSpec | None = None
     # An add QEMU is expected to refuse ("" = any refusal, else a regex of its words)
     expect_refusal: str | None = None
+    # remove: wait for DEVICE_DELETED (False: only send device_del; the next
+    # step, a reset, decides what becomes of the request)
+    wait: bool = True
 
     @property
     def is_model_op(self) -> bool:
@@ -98,6 +112,14 @@ class Step:
             return "system_reset"
         if self.action == "migrate":
             return "migrate to a new QEMU"
+        if self.action == "pause":
+            return "pause (QMP stop)"
+        if self.action == "resume":
+            return "resume (QMP cont)"
+        if self.action == "reboot":
+            return "reboot from inside the guest"
+        if self.action == "remove" and not self.wait:
+            return f"remove {self.dimm} (device_del only)"
         if self.action == "workload" and self.workload is not None:
             w = self.workload
             return f"workload {w.id} ({w.size >> 20} MiB on node {w.node})"
@@ -237,6 +259,7 @@ def build_scenario(
         elif step.action in ("online", "offline") and step.dimm not in known:
             raise UsageError(f"step {i + 1}: {step.action} of {step.dimm!r}, which no earlier "
                              "step adds", value=step.dimm, fix="add the DIMM first")
+    check_lifecycle(steps)
     if script is not None:
         check_readable_file(script, "script", "give the path of a shell script to run in the "
                             "guest", max_bytes=MAX_SCRIPT_BYTES)
@@ -247,6 +270,59 @@ def build_scenario(
     scenario.predict()  # raises PlanRefused before any VM starts
     scenario.expected_refusals()  # and every expected refusal must be predicted
     return scenario
+
+
+def check_lifecycle(steps: Sequence[Step]) -> None:
+    """The order of pause/resume, unwaited removals and migrations.
+
+    - ``pause`` only when running, ``resume`` only when paused, and nothing
+      that needs the guest (online, offline, workload, reboot) in between;
+
+    - a removal while paused, or one with ``wait = false``, is pending until
+      ``resume`` (paused) or the next ``reset``; ``wait = false`` on a
+      running guest must be followed by ``reset`` at once (what the guest
+      does meanwhile is a race the reset step reads from QEMU's events);
+    - the run ends running (the exec, the workloads' end and the kernel log
+      need the guest);
+    - no ``migrate`` while an unplug is pending: QEMU does not migrate the
+      request (``is_removing`` is not in ``vmstate_memhp_sts``,
+      hw/acpi/memory_hotplug.c v7.2.0), so the destination would forget it.
+    """
+    paused_at: int | None = None
+    pending: list[str] = []
+    for i, step in enumerate(steps):
+        where = f"step {i + 1} ({step.action})"
+        if step.action == "pause" and paused_at is not None:
+            raise UsageError(f"{where}: the VM is already paused (step {paused_at + 1})",
+                             value=step.action, fix="resume before pausing again")
+        if step.action == "resume" and paused_at is None:
+            raise UsageError(f"{where}: the VM is not paused", value=step.action,
+                             fix="pause before resume")
+        if step.action in GUEST_ACTIONS and paused_at is not None:
+            raise UsageError(f"{where} needs the guest running, but the VM is paused since "
+                             f"step {paused_at + 1}", value=step.action,
+                             fix="put resume = true before it")
+        if step.action == "migrate" and pending:
+            raise UsageError(f"{where}: the unplug of {', '.join(pending)} is pending, and QEMU "
+                             "does not migrate an unplug request", value=pending,
+                             fix="resume (or reset) before migrating")
+        if pending and paused_at is None and step.action != "reset":
+            raise UsageError(f"{where}: remove with wait = false must be followed by reset",
+                             value=pending, fix="add reset = true right after it")
+        if step.action == "pause":
+            paused_at = i
+        elif step.action == "resume":
+            paused_at, pending = None, []
+        elif step.action == "reset":
+            pending = []
+        elif step.action == "remove" and (paused_at is not None or not step.wait):
+            pending.append(step.dimm)
+    if paused_at is not None:
+        raise UsageError(f"the run ends paused (since step {paused_at + 1})", value="pause",
+                         fix="end with resume = true")
+    if pending:
+        raise UsageError(f"the unplug of {', '.join(pending)} (wait = false) ends the run "
+                         "unresolved", value=pending, fix="add reset = true after it")
 
 
 def default_steps(
@@ -299,6 +375,8 @@ def _parse_step(i: int, raw: object) -> Step:
         allowed |= {"node", "size"}
     if action == "add":
         allowed |= {"expect_refusal"}
+    if action == "remove":
+        allowed |= {"wait"}
     _unknown(raw, allowed, where)
     splats = splat_patterns(raw.get("expect_splat", []), f"{where}.expect_splat")
     if action == "workload":
@@ -326,6 +404,9 @@ def _parse_step(i: int, raw: object) -> Step:
     if action == "online":
         policy = _check_policy(raw.get("policy", "online_movable"), where)
         return Step("online", value, policy=policy, expect_splat=splats)
+    if action == "remove":
+        wait = _expect(raw, "wait", bool, where) if "wait" in raw else True
+        return Step("remove", value, expect_splat=splats, wait=wait)
     return Step(action, value, expect_splat=splats)  # type: ignore[arg-type]
 
 
@@ -428,8 +509,25 @@ def offline(dimm_id: str) -> Step:
     return Step("offline", dimm_id)
 
 
-def remove(dimm_id: str) -> Step:
-    return Step("remove", dimm_id)
+def remove(dimm_id: str, wait: bool = True) -> Step:
+    """Hot-remove; ``wait=False`` only sends ``device_del`` (a ``reset`` must
+    follow)."""
+    return Step("remove", dimm_id, wait=wait)
+
+
+def pause() -> Step:
+    """QMP ``stop``: until ``resume``, only QEMU's view is observed."""
+    return Step("pause")
+
+
+def resume() -> Step:
+    """QMP ``cont``: what was plugged or unplugged while paused completes."""
+    return Step("resume")
+
+
+def reboot() -> Step:
+    """Reboot from inside the guest (``reboot -f``), wait until it is back."""
+    return Step("reboot")
 
 
 def reset() -> Step:

@@ -109,6 +109,15 @@ class QemuDimm:
     hotplugged: bool
 
 
+@dataclass(frozen=True)
+class PendingUnplug:
+    """A ``device_del`` sent, its ``DEVICE_DELETED`` not yet seen."""
+
+    id: str
+    cursor: int  # QMP event log position before the device_del
+    backend: str | None  # QOM path of its memdev
+
+
 def free_loopback_port() -> int:
     """A currently free TCP port on 127.0.0.1 (QEMU binds it a moment later;
     :meth:`VM.launch` retries with a new port if another process won)."""
@@ -605,6 +614,11 @@ class VM:
         never come, so :class:`HotplugRefused` is raised at once.  On success
         the backend is deleted too.
         """
+        return self.wait_unplugged(self.request_unplug(dimm_id), timeout=timeout)
+
+    def request_unplug(self, dimm_id: str) -> PendingUnplug:
+        """``device_del`` only: QEMU asks the guest to eject (an ACPI GPE);
+        the device stays until the guest has ejected it."""
         qmp = self._qmp()
         backend = None
         for dev in self.query_memory_devices():
@@ -612,6 +626,13 @@ class VM:
                 backend = dev.memdev
         cursor = qmp.cursor()
         self.execute("device_del", {"id": dimm_id}, phase="hotplug")
+        return PendingUnplug(dimm_id, cursor, backend)
+
+    def wait_unplugged(self, pending: PendingUnplug, *, timeout: float | None = None
+                       ) -> QMPEvent:
+        """Wait (bounded) for the ``DEVICE_DELETED`` of a requested unplug
+        (it may have come already), then delete the backend."""
+        dimm_id = pending.id
 
         def match(ev: QMPEvent) -> bool:
             if ev.name == "DEVICE_DELETED" and ev.data.get("device") == dimm_id:
@@ -626,15 +647,29 @@ class VM:
                                          serial_tail=self.serial_tail(20))
             return False
 
-        event = qmp.wait_event(
-            match, since=cursor, timeout=timeout or self.timeouts.s("unplug"),
+        event = self._qmp().wait_event(
+            match, since=pending.cursor, timeout=timeout or self.timeouts.s("unplug"),
             what=f"DEVICE_DELETED for {dimm_id}", abort=self.check_alive, phase="hotplug",
         )
         self.memory_devices.pop(dimm_id, None)
-        if backend:
-            backend_id = backend.rsplit("/", 1)[-1]
+        if pending.backend:
+            backend_id = pending.backend.rsplit("/", 1)[-1]
             self.execute("object-del", {"id": backend_id}, phase="hotplug")
         return event
+
+    def pause(self) -> None:
+        """QMP ``stop``: the vCPUs stop (QEMU still answers QMP, the guest
+        nothing until :meth:`resume`)."""
+        self.execute("stop", phase="pause")
+        self.paused = True
+
+    def resume(self) -> None:
+        """QMP ``cont``; SSH is reconnected if a migration while paused left
+        none."""
+        self.execute("cont", phase="resume")
+        self.paused = False
+        if self.shell is None:
+            self.connect_ssh()
 
     def reboot(self) -> None:
         """``system_reset`` and wait until the guest is back on SSH."""
@@ -643,11 +678,36 @@ class VM:
             self.shell.close()
             self.shell = None
         self.execute("system_reset", phase="reset")
+        self._wait_back(mark)
+
+    def reboot_guest(self) -> QMPEvent:
+        """Reboot from inside the guest (``reboot -f``: the kernel resets the
+        machine at once, no init scripts) and wait until it is back on SSH.
+        Returns QEMU's ``RESET`` event (``guest: true``)."""
+        shell = self.shell
+        if shell is None:
+            raise VMError("no SSH session to the guest", phase="reboot")
+        qmp = self._qmp()
+        mark = len(self.serial_text())
+        cursor = qmp.cursor()
+        # Detached, a moment later, so that this command's exit status still
+        # reaches us before the guest goes.
+        self.ssh(["sh", "-c", "(sleep 0.2; reboot -f) </dev/null >/dev/null 2>&1 &"])
+        event = qmp.wait_event(lambda ev: ev.name == "RESET", since=cursor,
+                               timeout=self.timeouts.s("command"), what="RESET after reboot -f",
+                               abort=self.check_alive, phase="reboot")
+        shell.close()
+        self.shell = None
+        self._wait_back(mark)
+        return event
+
+    def _wait_back(self, mark: int) -> None:
+        """The ready marker after serial offset ``mark``, then SSH."""
         if self.ready_marker:
             marker = self.ready_marker
             wait_for(
                 lambda: True if marker in self.serial_text()[mark:] else None,
-                what="the ready marker after system_reset", timeout=self.timeouts.s("boot"),
+                what="the ready marker after the reset", timeout=self.timeouts.s("boot"),
                 first_interval=0.05, max_interval=0.2, abort=self.check_alive,
                 phase="reset", serial_tail=self.serial_tail,
             )
@@ -678,7 +738,7 @@ class VM:
 
     def _serving(self) -> bool:
         """QEMU runs and is not stopped (worth asking the guest for dmesg)."""
-        return self.proc is not None and self.proc.poll() is None \
+        return self.proc is not None and self.proc.poll() is None and not self.paused \
             and process_state(self.proc.pid) not in ("T", "t")
 
     def _save_dmesg(self) -> None:

@@ -31,4 +31,7 @@ ACTS: dict[str, Act] = {
     "reset": lifecycle.act_reset,
     "workload": workload.act_workload,
     "migrate": migrate.act_migrate,
+    "pause": lifecycle.act_pause,
+    "resume": lifecycle.act_resume,
+    "reboot": lifecycle.act_reboot,
 }

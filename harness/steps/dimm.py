@@ -33,7 +33,18 @@ def act_add(runner: Runner, step: Step, lat: dict[str, float]) -> list[Mismatch]
     runner.vm.hot_add(a.id, a.size, a.node, a.addr)
     lat["device_add_s"] = time.monotonic() - t0
     runner.steps_done.append(step)
-    d = runner.dimm(a.id)
+    if runner.vm.paused:
+        # QEMU has it now (query-memory-devices lists it); the guest learns
+        # of it from the GPE when its vCPUs run again (lifecycle.act_resume).
+        runner.pending_adds.append(a.id)
+        return []
+    return guest_adds(runner, a.id, lat)
+
+
+def guest_adds(runner: Runner, dimm_id: str, lat: dict[str, float]) -> list[Mismatch]:
+    """The guest adds the DIMM's blocks (onlined by its policy): tell the
+    kernel model and wait until the guest shows them."""
+    d = runner.dimm(dimm_id)
     if not d.guest_accepts:
         return []
     outcomes = runner.km().hot_add(d.id, d.node, d.blocks, d.size)
@@ -69,7 +80,17 @@ def act_refused_add(runner: Runner, step: Step, lat: dict[str, float]) -> list[M
 
 
 def act_remove(runner: Runner, step: Step, lat: dict[str, float]) -> list[Mismatch]:
-    runner.dimm(step.dimm)
+    d = runner.dimm(step.dimm)
+    if runner.vm.paused or not step.wait:
+        # device_del only: the DIMM is the guest's to eject (after resume),
+        # or the next reset's to decide (lifecycle.act_resume, act_reset).
+        index = sum(1 for s in runner.steps_done if s.is_model_op)
+        t0 = time.monotonic()
+        request = runner.vm.request_unplug(step.dimm)
+        lat["device_del_s"] = time.monotonic() - t0
+        runner.pending_unplugs[step.dimm] = (request, d, index)
+        runner.steps_done.append(step)
+        return []
     t0 = time.monotonic()
     try:
         runner.vm.hot_remove(step.dimm)

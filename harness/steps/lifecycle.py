@@ -1,10 +1,36 @@
-"""VM lifecycle steps: reset (system_reset; plugged DIMMs come back)."""
+"""VM lifecycle steps: reset, reboot, pause and resume.
+
+- ``reset`` (QMP ``system_reset``) and ``reboot`` (``reboot -f`` inside the
+  guest; QEMU sees a guest-triggered ``RESET``) both reboot the guest: the
+  DIMMs stay plugged at the same addresses (QEMU keeps its devices across a
+  reset), and the guest's ACPI driver adds them again at boot, by slot,
+  under the boot-time policy (:meth:`KernelMemory.reboot`).
+- A ``device_del`` not yet answered when the reset comes (``remove`` with
+  ``wait = false``): QEMU 7.2's reset clears the GPE status bits
+  (hw/acpi/piix4.c ``piix4_pm_reset()`` -> ``acpi_gpe_reset()``,
+  hw/acpi/core.c; q35's ICH9 likewise in ``pm_reset()``), but nothing
+  resets ``MemStatus.is_removing`` (hw/acpi/memory_hotplug.c has no reset
+  hook).  The guest boots without a GPE pending, so no ``MSCN`` scan sends
+  the eject request: the DIMM stays and is enumerated at boot like any
+  plugged DIMM, and no ``DEVICE_DELETED`` comes.  Whether the guest had
+  already ejected it before the reset is a race; the step reads the answer
+  from QEMU's events (``DEVICE_DELETED`` since the ``device_del``) and
+  predicts each branch.
+- ``pause`` (``stop``) and ``resume`` (``cont``): a ``device_add`` while
+  paused is QEMU's at once (``query-memory-devices``), the guest's only
+  after ``cont`` (the GPE is handled when the vCPUs run); a ``device_del``
+  while paused keeps the DIMM in QEMU until the guest, resumed, ejects it
+  (``DEVICE_DELETED``).  While paused only QEMU's view is observed
+  (:meth:`Runner.observe_qemu_only`).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import TYPE_CHECKING
 
+from harness.errors import HarnessError, HotplugRefused
 from harness.verify import Mismatch
 
 if TYPE_CHECKING:
@@ -16,9 +42,91 @@ def act_reset(runner: Runner, step: Step, lat: dict[str, float]) -> list[Mismatc
     t0 = time.monotonic()
     runner.vm.reboot()
     lat["reboot_s"] = time.monotonic() - t0
+    return _after_reboot(runner, step)
+
+
+def act_reboot(runner: Runner, step: Step, lat: dict[str, float]) -> list[Mismatch]:
+    t0 = time.monotonic()
+    event = runner.vm.reboot_guest()
+    lat["reboot_s"] = time.monotonic() - t0
+    runner.step_notes["reset_event"] = event.data
+    return _after_reboot(runner, step)
+
+
+def _after_reboot(runner: Runner, step: Step) -> list[Mismatch]:
     runner.steps_done.append(step)
+    _settle_unplugs_at_reset(runner)
     plugged = sorted((d for d in runner.current_dimms() if d.guest_accepts),
                      key=lambda d: d.slot)
     runner.km().reboot((d.id, d.node, d.blocks, d.size) for d in plugged)
     runner.set_baseline_totals(runner.vm.guest.snapshot())
+    return []
+
+
+def _settle_unplugs_at_reset(runner: Runner) -> None:
+    """Each pending unplug either completed before the reset (its
+    ``DEVICE_DELETED`` came) or survives it (module doc)."""
+    qmp = runner.vm.qmp
+    assert qmp is not None
+    outcome: dict[str, str] = {}
+    for dimm_id, (request, _dimm, index) in list(runner.pending_unplugs.items()):
+        deleted = any(ev.name == "DEVICE_DELETED" and ev.data.get("device") == dimm_id
+                      for ev in qmp.events(request.cursor))
+        if deleted:
+            runner.vm.wait_unplugged(request, timeout=1.0)  # seen: deletes the backend
+            outcome[dimm_id] = "ejected by the guest before the reset"
+        else:
+            runner.dropped_removes.add(index)
+            outcome[dimm_id] = ("survived the reset: QEMU keeps the DIMM, the guest "
+                                "enumerates it at boot, no DEVICE_DELETED")
+        del runner.pending_unplugs[dimm_id]
+    if outcome:
+        runner.repredict()
+        runner.step_notes["pending_unplugs_at_reset"] = outcome
+
+
+def act_pause(runner: Runner, step: Step, lat: dict[str, float]) -> list[Mismatch]:
+    t0 = time.monotonic()
+    runner.vm.pause()
+    lat["stop_s"] = time.monotonic() - t0
+    runner.steps_done.append(step)
+    return []
+
+
+def act_resume(runner: Runner, step: Step, lat: dict[str, float]) -> list[Mismatch]:
+    """``cont``, then what the guest does with what changed while paused:
+    it adds the DIMMs plugged (blocks appear), ejects the ones unplugged
+    (``DEVICE_DELETED``), or refuses an eject (``_OST`` failure)."""
+    from harness.steps.dimm import UNMOVABLE_PAGE_DUMP, guest_adds
+
+    t0 = time.monotonic()
+    runner.vm.resume()
+    lat["cont_s"] = time.monotonic() - t0
+    runner.steps_done.append(step)
+    t1 = time.monotonic()
+    plugged = {d.id for d in runner.current_dimms()}
+    adds, runner.pending_adds = runner.pending_adds, []
+    for dimm_id in adds:
+        if dimm_id in plugged:
+            guest_adds(runner, dimm_id, {})
+    if adds:
+        lat["guest_adds_s"] = time.monotonic() - t1
+    t2 = time.monotonic()
+    refused: list[HotplugRefused] = []
+    for dimm_id, (request, _dimm, index) in list(runner.pending_unplugs.items()):
+        del runner.pending_unplugs[dimm_id]
+        try:
+            runner.vm.wait_unplugged(request)
+        except HotplugRefused as exc:
+            runner.dropped_removes.add(index)
+            runner.step_expects.append(UNMOVABLE_PAGE_DUMP)
+            runner.repredict()
+            with contextlib.suppress(HarnessError):
+                runner.adopt_guest_blocks(dimm_id)
+            refused.append(exc)
+            continue
+        runner.km().remove(dimm_id)
+        lat["unplug_after_cont_s"] = time.monotonic() - t2
+    if refused:
+        raise refused[0]
     return []

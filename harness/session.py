@@ -243,6 +243,10 @@ class Runner:
         self.steps: list[StepResult] = []
         self.steps_done: list[Step] = []
         self.dropped_removes: set[int] = set()  # indices of removes the guest refused
+        # A removal that took effect later than its step: op index -> the op
+        # index after which it happened (an unplug request a reset left
+        # pending in QEMU is carried out at the next hot-add's GPE)
+        self.op_after: dict[int, int] = {}
         self.log_mark = LogMark()  # where the last scan of the kernel log stopped
         self.boot_splats: list[Splat] = []
         self.step_expects: list[str] = []  # splats the kernel's answer in this step explains
@@ -254,6 +258,8 @@ class Runner:
         # device_del sent, DEVICE_DELETED not yet seen: id -> (request, the
         # DIMM, the removal's index among the model's operations)
         self.pending_unplugs: dict[str, tuple[Any, PlacedDimm, int]] = {}
+        # eject requests a reset left set in QEMU: id -> (request, op index)
+        self.stale_unplugs: dict[str, tuple[Any, int]] = {}
 
     # -- baseline -----------------------------------------------------------
     def take_baseline(self) -> None:
@@ -301,16 +307,23 @@ class Runner:
         }
         self.baseline_total = view.meminfo["MemTotal"] - sum(online.values())
 
+    def _effective_ops(self) -> list[int]:
+        """The model's operations (indices) in the order they took effect."""
+        n = len(self.scenario.model_ops())
+        keep = [i for i in range(n) if i not in self.dropped_removes]
+        return sorted(keep, key=lambda i: (self.op_after[i], 1) if i in self.op_after
+                      else (i, 0))
+
     def repredict(self) -> None:
-        ops = [op for i, op in enumerate(self.scenario.model_ops())
-               if i not in self.dropped_removes]
+        ops = self.scenario.model_ops()
         spec = replace(self.scenario.machine, block_size=self.block_size)
-        self.prediction = predict(spec, ops)
+        self.prediction = predict(spec, [ops[i] for i in self._effective_ops()])
 
     # -- expectations ---------------------------------------------------------
     def _ops_done(self) -> int:
-        ops = [s for s in self.steps_done if s.is_model_op]
-        return sum(1 for i in range(len(ops)) if i not in self.dropped_removes)
+        done = sum(1 for s in self.steps_done if s.is_model_op)  # ops 0..done-1 acted
+        return sum(1 for i in self._effective_ops()
+                   if i < done and self.op_after.get(i, i) < done)
 
     def current_dimms(self) -> tuple[PlacedDimm, ...]:
         done = self._ops_done()

@@ -57,6 +57,7 @@ _PR_SET_PDEATHSIG = 1
 # ACPI _OST status codes (ACPI spec 6.3.5; Linux include/acpi/actypes.h)
 OST_SUCCESS = 0x0
 OST_EJECT_IN_PROGRESS = 0x84
+OST_EJECT_REQUEST = 3  # _OST source event: ACPI eject request notification
 OST_NAMES = {
     0x1: "non-specific failure", 0x2: "unrecognized notify", 0x80: "eject not supported",
     0x81: "device in use", 0x82: "device busy", 0x83: "eject dependency busy",

@@ -12,10 +12,16 @@
   resets ``MemStatus.is_removing`` (hw/acpi/memory_hotplug.c has no reset
   hook).  The guest boots without a GPE pending, so no ``MSCN`` scan sends
   the eject request: the DIMM stays and is enumerated at boot like any
-  plugged DIMM, and no ``DEVICE_DELETED`` comes.  Whether the guest had
-  already ejected it before the reset is a race; the step reads the answer
-  from QEMU's events (``DEVICE_DELETED`` since the ``device_del``) and
-  predicts each branch.
+  plugged DIMM, and no ``DEVICE_DELETED`` comes; the request stays set in
+  QEMU, and the next memory hotplug GPE (a hot-add) makes the guest's
+  ``MSCN`` scan find it and eject the DIMM, before it adds the new one
+  (the scan walks the slots and sends the eject request for the older
+  slot's DIMM).  How far the guest got before the reset is a race with
+  three outcomes, which the step reads from QEMU's events since the
+  ``device_del`` and predicts each: ``DEVICE_DELETED`` (ejected before the
+  reset); an ``_OST`` for the eject request (the guest's scan had cleared
+  the request: the DIMM stays, nothing pending); neither (the DIMM stays,
+  the request pending).  All three were seen on QEMU 7.2 with Debian 6.1.
 - ``pause`` (``stop``) and ``resume`` (``cont``): a ``device_add`` while
   paused is QEMU's at once (``query-memory-devices``), the guest's only
   after ``cont`` (the GPE is handled when the vCPUs run); a ``device_del``
@@ -31,6 +37,7 @@ import time
 from typing import TYPE_CHECKING
 
 from harness.errors import HarnessError, HotplugRefused
+from harness.qemu.vm import OST_EJECT_REQUEST
 from harness.verify import Mismatch
 
 if TYPE_CHECKING:
@@ -55,6 +62,9 @@ def act_reboot(runner: Runner, step: Step, lat: dict[str, float]) -> list[Mismat
 
 def _after_reboot(runner: Runner, step: Step) -> list[Mismatch]:
     runner.steps_done.append(step)
+    if runner.workloads:  # their tmpfs and processes went with the old boot
+        runner.step_notes["workloads_ended"] = sorted(runner.workloads)
+        runner.workloads.clear()
     _settle_unplugs_at_reset(runner)
     plugged = sorted((d for d in runner.current_dimms() if d.guest_accepts),
                      key=lambda d: d.slot)
@@ -70,15 +80,27 @@ def _settle_unplugs_at_reset(runner: Runner) -> None:
     assert qmp is not None
     outcome: dict[str, str] = {}
     for dimm_id, (request, _dimm, index) in list(runner.pending_unplugs.items()):
+        events = qmp.events(request.cursor)
         deleted = any(ev.name == "DEVICE_DELETED" and ev.data.get("device") == dimm_id
-                      for ev in qmp.events(request.cursor))
+                      for ev in events)
+        # _OST with source 3 (eject request) for it: the guest's MSCN scan ran
+        # and cleared MRMV (is_removing) before the reset came.
+        taken = any(ev.name == "ACPI_DEVICE_OST"
+                    and ev.data.get("info", {}).get("device") == dimm_id
+                    and ev.data.get("info", {}).get("source") == OST_EJECT_REQUEST
+                    for ev in events)
         if deleted:
             runner.vm.wait_unplugged(request, timeout=1.0)  # seen: deletes the backend
             outcome[dimm_id] = "ejected by the guest before the reset"
+        elif taken:
+            runner.dropped_removes.add(index)
+            outcome[dimm_id] = ("survived the reset; the guest had taken the eject request "
+                                "(_OST), so none is left in QEMU")
         else:
             runner.dropped_removes.add(index)
-            outcome[dimm_id] = ("survived the reset: QEMU keeps the DIMM, the guest "
-                                "enumerates it at boot, no DEVICE_DELETED")
+            runner.stale_unplugs[dimm_id] = (request, index)
+            outcome[dimm_id] = ("survived the reset with its eject request still set in "
+                                "QEMU (is_removing): the next memory hotplug GPE ejects it")
         del runner.pending_unplugs[dimm_id]
     if outcome:
         runner.repredict()
@@ -97,7 +119,7 @@ def act_resume(runner: Runner, step: Step, lat: dict[str, float]) -> list[Mismat
     """``cont``, then what the guest does with what changed while paused:
     it adds the DIMMs plugged (blocks appear), ejects the ones unplugged
     (``DEVICE_DELETED``), or refuses an eject (``_OST`` failure)."""
-    from harness.steps.dimm import UNMOVABLE_PAGE_DUMP, guest_adds
+    from harness.steps.dimm import UNMOVABLE_PAGE_DUMP, eject_stale, guest_adds
 
     t0 = time.monotonic()
     runner.vm.resume()
@@ -106,6 +128,8 @@ def act_resume(runner: Runner, step: Step, lat: dict[str, float]) -> list[Mismat
     t1 = time.monotonic()
     plugged = {d.id for d in runner.current_dimms()}
     adds, runner.pending_adds = runner.pending_adds, []
+    if adds:
+        eject_stale(runner, lat)
     for dimm_id in adds:
         if dimm_id in plugged:
             guest_adds(runner, dimm_id, {})

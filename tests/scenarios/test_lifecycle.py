@@ -7,7 +7,18 @@ from __future__ import annotations
 
 import pytest
 
-from harness.scenario import add, migrate, offline, online, remove, workload
+from harness.scenario import (
+    add,
+    migrate,
+    offline,
+    online,
+    pause,
+    reboot,
+    remove,
+    reset,
+    resume,
+    workload,
+)
 from harness.testing import assert_passed, make_runner
 
 pytestmark = [pytest.mark.vm]
@@ -48,3 +59,47 @@ def test_migrate_ping_pong_with_dimms_on_two_nodes(memhp_vm) -> None:
             for r in results}
     assert addr[4]["dimm1"] == addr[5]["dimm1"] == addr[8]["dimm1"]
     print("migration figures:", there.observed["migration"], back.observed["migration"])
+
+
+@pytest.mark.memhp_machine(memory="4G,slots=4,maxmem=8G", numa="2G,2G",
+                           coldplug=("cold0:512M@0", "cold1:256M@1"))
+def test_coldplug_pause_reboot_and_unplug_then_reset(memhp_vm) -> None:
+    """One VM through the rest of the lifecycle:
+
+    - two DIMMs cold-plugged on the command line: placed by the model before
+      any hot-add, offline after boot (Debian 6.1's boot policy); cold0 is
+      onlined, offlined and removed like a hot-added DIMM;
+    - paused: a hot-add is QEMU's at once, the removal of cold1 leaves it in
+      QEMU, the guest is not observed; after resume the guest has added the
+      new DIMM and ejected cold1;
+    - reboot from inside the guest: the DIMM comes back at the same blocks,
+      offline again (boot policy);
+    - remove with wait = false, then reset: whichever way the race went,
+      QEMU's events name it and the model predicts that branch.
+    """
+    steps = [online("cold0", "online_movable"), offline("cold0"), remove("cold0"),
+             pause(), add("hot0:256M@0"), remove("cold1"), resume(),
+             online("hot0", "online_movable"), reboot(),
+             remove("hot0", wait=False), reset()]
+    runner = make_runner(memhp_vm, steps)
+    boot = runner.scenario.predict().boot.dimms
+    assert [d.id for d in boot] == ["cold0", "cold1"]
+    results = runner.run()
+    assert_passed(results)
+    by = {r.index: r for r in results}
+    # cold-plugged blocks were offline at boot: the model said so, the guest agreed
+    cold_blocks = {n for d in boot for n in d.blocks}
+    assert cold_blocks <= {b["number"] for b in by[0].observed["blocks"]}
+    # paused: QEMU's view only; hot0 is QEMU's at once, cold1 still QEMU's
+    for i in (3, 4, 5):
+        assert by[i].observed["guest"].startswith("not observed"), by[i].observed
+        assert by[i].observed["run_state"] == "paused"
+    assert {d["id"] for d in by[5].observed["dimms"]} == {"cold1", "hot0"}
+    assert {d["id"] for d in by[6].observed["dimms"]} == {"hot0"}
+    # in-guest reboot: QEMU saw the guest reset; hot0's blocks back, offline
+    assert by[8].observed["reset_event"]["guest"] is True
+    before = [b["number"] for b in by[7].observed["blocks"]]
+    after = by[8].observed["blocks"]
+    assert [b["number"] for b in after] == before and {b["state"] for b in after} == {"offline"}
+    outcome = by[10].observed["pending_unplugs_at_reset"]["hot0"]
+    print("unplug-then-reset outcome:", outcome)

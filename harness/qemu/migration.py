@@ -156,22 +156,32 @@ def migrate(src: VM, dst: VM) -> MigrationStats:
                                 abort=both_alive,
                                 phase="migrate")
         if ev.data["status"] != "completed":
-            raise VMError(f"migration {ev.data['status']} (source): "
-                          f"{_error_desc(src)}", phase="migrate")
+            raise VMError(f"migration {ev.data['status']}: the source says "
+                          f"{_error_desc(src)!r}; the destination's QEMU said:\n"
+                          f"{_log_tail(dst)}", phase="migrate")
         left = max(timeout - (time.monotonic() - t0), 1.0)
         ev = dst.qmp.wait_event(_status_event("completed"), since=dst_cursor, timeout=left,
                                 what="MIGRATION completed on the destination",
                                 abort=dst.check_alive, phase="migrate")
         if ev.data["status"] != "completed":
-            raise VMError(f"migration {ev.data['status']} on the destination; "
-                          f"its log:\n{dst.paths.qemu_log.read_text(errors='replace')}",
-                          phase="migrate")
+            raise VMError(f"migration {ev.data['status']} on the destination; its QEMU "
+                          f"said:\n{_log_tail(dst)}", phase="migrate")
     except (WaitTimeout, VMError):
         with contextlib.suppress(VMError):
             src.execute("migrate_cancel", phase="migrate")
         raise
     wall = time.monotonic() - t0
     return MigrationStats.from_query(src.execute("query-migrate", phase="migrate"), wall)
+
+
+def _log_tail(vm: VM, lines: int = 20) -> str:
+    if vm.paths is None:
+        return "(no log)"
+    try:
+        text = vm.paths.qemu_log.read_text(errors="replace").strip()
+    except OSError:
+        return "(no log)"
+    return "\n".join(text.splitlines()[-lines:]) or "(nothing)"
 
 
 def _error_desc(vm: VM) -> str:

@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.vm]
 
 
 @pytest.mark.memhp_machine(memory="4G,slots=4,maxmem=8G", numa="2G,2G")
-def test_migrate_ping_pong_with_dimms_on_two_nodes(memhp_vm) -> None:
+def test_migrate_ping_pong_with_dimms_on_two_nodes(memhp_vm, monkeypatch) -> None:
     """Two DIMMs on two nodes and a workload on node 1; migrate, remove one
     DIMM on the destination, migrate back, and the remaining DIMM is still
     at its address with its blocks online; the workload's checksum survives
@@ -59,6 +59,7 @@ def test_migrate_ping_pong_with_dimms_on_two_nodes(memhp_vm) -> None:
             for r in results}
     assert addr[4]["dimm1"] == addr[5]["dimm1"] == addr[8]["dimm1"]
     print("migration figures:", there.observed["migration"], back.observed["migration"])
+    _failed_migration_leaves_the_source(memhp_vm, monkeypatch)
 
 
 @pytest.mark.memhp_machine(memory="4G,slots=4,maxmem=8G", numa="2G,2G",
@@ -103,3 +104,29 @@ def test_coldplug_pause_reboot_and_unplug_then_reset(memhp_vm) -> None:
     assert [b["number"] for b in after] == before and {b["state"] for b in after} == {"offline"}
     outcome = by[10].observed["pending_unplugs_at_reset"]["hot0"]
     print("unplug-then-reset outcome:", outcome)
+
+
+def _failed_migration_leaves_the_source(vm, monkeypatch) -> None:
+    """A destination that lacks a DIMM cannot take the source's RAM: QEMU's
+    migration fails, memhp raises, the destination QEMU is ended and its
+    work dir removed, and the source runs on as before."""
+    from harness.errors import VMError
+    from harness.qemu import migration
+
+    twins = []
+    real_twin = type(vm).incoming_twin
+
+    def record(self, name, devices):
+        twins.append(real_twin(self, name, devices))
+        return twins[-1]
+
+    monkeypatch.setattr(type(vm), "incoming_twin", record)
+    monkeypatch.setattr(migration, "destination_devices", lambda devices, reported: ())
+    pid = vm.pid
+    with pytest.raises(VMError, match="migration failed"):
+        migration.migrate_vm(vm)
+    [twin] = twins
+    assert twin.proc.poll() is not None and twin.workdir is None
+    assert vm.pid == pid
+    assert vm.execute("query-status")["status"] == "running"
+    assert vm.ssh(["true"]).status == 0

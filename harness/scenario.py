@@ -71,7 +71,7 @@ ACTIONS = ("add", "online", "offline", "remove", "reset", "workload", "migrate",
 # Steps written ``KEY = true`` (no DIMM, no other keys)
 FLAG_ACTIONS = ("reset", "migrate", "pause", "resume", "reboot")
 # Steps that need the guest running (they act over SSH)
-GUEST_ACTIONS = ("online", "offline", "workload", "reboot", "reset")
+GUEST_ACTIONS = ("online", "offline", "workload", "reboot")
 # Bounds on what a scenario may ask for (a scenario file is input, maybe hostile).
 MAX_STEPS = 1000
 MAX_SMP = 64
@@ -277,6 +277,8 @@ def check_lifecycle(steps: Sequence[Step]) -> None:
 
     - ``pause`` only when running, ``resume`` only when paused, and nothing
       that needs the guest (online, offline, workload, reboot) in between;
+      a ``reset`` while paused resets the machine, which boots at ``resume``
+      (no ``migrate`` in between: the machine has not booted);
 
     - a removal while paused, or one with ``wait = false``, is pending until
       ``resume`` (paused) or the next ``reset``; ``wait = false`` on a
@@ -289,6 +291,7 @@ def check_lifecycle(steps: Sequence[Step]) -> None:
       hw/acpi/memory_hotplug.c v7.2.0), so the destination would forget it.
     """
     paused_at: int | None = None
+    reset_paused = False
     pending: list[str] = []
     for i, step in enumerate(steps):
         where = f"step {i + 1} ({step.action})"
@@ -302,6 +305,9 @@ def check_lifecycle(steps: Sequence[Step]) -> None:
             raise UsageError(f"{where} needs the guest running, but the VM is paused since "
                              f"step {paused_at + 1}", value=step.action,
                              fix="put resume = true before it")
+        if step.action == "migrate" and reset_paused:
+            raise UsageError(f"{where}: the machine was reset while paused and has not "
+                             "booted", value=step.action, fix="resume before migrating")
         if step.action == "migrate" and pending:
             raise UsageError(f"{where}: the unplug of {', '.join(pending)} is pending, and QEMU "
                              "does not migrate an unplug request", value=pending,
@@ -312,9 +318,9 @@ def check_lifecycle(steps: Sequence[Step]) -> None:
         if step.action == "pause":
             paused_at = i
         elif step.action == "resume":
-            paused_at, pending = None, []
+            paused_at, pending, reset_paused = None, [], False
         elif step.action == "reset":
-            pending = []
+            pending, reset_paused = [], paused_at is not None
         elif step.action == "remove" and (paused_at is not None or not step.wait):
             pending.append(step.dimm)
     if paused_at is not None:

@@ -258,6 +258,7 @@ class Runner:
         # device_del sent, DEVICE_DELETED not yet seen: id -> (request, the
         # DIMM, the removal's index among the model's operations)
         self.pending_unplugs: dict[str, tuple[Any, PlacedDimm, int]] = {}
+        self.reset_while_paused = False  # the guest boots at the next resume
         # eject requests a reset left set in QEMU: id -> (request, op index)
         self.stale_unplugs: dict[str, tuple[Any, int]] = {}
 

@@ -212,6 +212,7 @@ class VM:
         # A migration destination logs in with its source's keys (same guest)
         self.inherit_keys: Any = None
         self.paused = False  # QMP stop: the guest cannot answer until cont
+        self._boot_mark: int | None = None  # reset while paused: boots at cont
 
     # -- lifecycle ---------------------------------------------------------
     def __enter__(self) -> VM:
@@ -541,7 +542,7 @@ class VM:
         return twin
 
     _RUNTIME = ("base_config", "config", "workdir", "paths", "proc", "qmp", "shell", "guest",
-                "argv", "_keys", "_user_host_key", "paused")
+                "argv", "_keys", "_user_host_key", "paused", "_boot_mark")
 
     def swap_runtime(self, other: VM) -> None:
         """Exchange QEMU processes with ``other`` (after a migration to it):
@@ -665,12 +666,26 @@ class VM:
         self.paused = True
 
     def resume(self) -> None:
-        """QMP ``cont``; SSH is reconnected if a migration while paused left
-        none."""
+        """QMP ``cont``; after a reset while paused, wait until the guest
+        has booted; SSH is reconnected if a migration while paused left none."""
         self.execute("cont", phase="resume")
         self.paused = False
-        if self.shell is None:
+        mark, self._boot_mark = self._boot_mark, None
+        if mark is not None:
+            self._wait_back(mark)
+        elif self.shell is None:
             self.connect_ssh()
+
+    def reset_paused(self) -> None:
+        """``system_reset`` while paused: QEMU resets the machine and keeps
+        it stopped (runstate ``prelaunch``, softmmu/runstate.c
+        ``main_loop_should_exit()`` v7.2.0); the guest boots at ``cont``."""
+        mark = len(self.serial_text())
+        if self.shell is not None:
+            self.shell.close()
+            self.shell = None
+        self.execute("system_reset", phase="reset")
+        self._boot_mark = mark
 
     def reboot(self) -> None:
         """``system_reset`` and wait until the guest is back on SSH."""

@@ -47,9 +47,20 @@ if TYPE_CHECKING:
 
 def act_reset(runner: Runner, step: Step, lat: dict[str, float]) -> list[Mismatch]:
     t0 = time.monotonic()
+    if runner.vm.paused:
+        # The machine is reset now and boots at resume: the guest cannot
+        # have answered an unplug requested while paused (a deterministic
+        # unplug-then-reset: the request stays set in QEMU).
+        runner.vm.reset_paused()
+        lat["system_reset_s"] = time.monotonic() - t0
+        runner.steps_done.append(step)
+        runner.reset_while_paused = True
+        return []
     runner.vm.reboot()
     lat["reboot_s"] = time.monotonic() - t0
-    return _after_reboot(runner, step)
+    runner.steps_done.append(step)
+    _after_boot(runner)
+    return []
 
 
 def act_reboot(runner: Runner, step: Step, lat: dict[str, float]) -> list[Mismatch]:
@@ -57,11 +68,14 @@ def act_reboot(runner: Runner, step: Step, lat: dict[str, float]) -> list[Mismat
     event = runner.vm.reboot_guest()
     lat["reboot_s"] = time.monotonic() - t0
     runner.step_notes["reset_event"] = event.data
-    return _after_reboot(runner, step)
-
-
-def _after_reboot(runner: Runner, step: Step) -> list[Mismatch]:
     runner.steps_done.append(step)
+    _after_boot(runner)
+    return []
+
+
+def _after_boot(runner: Runner) -> None:
+    """The guest booted again with the DIMMs QEMU still has."""
+    runner.pending_adds = []  # enumerated at boot like the others
     if runner.workloads:  # their tmpfs and processes went with the old boot
         runner.step_notes["workloads_ended"] = sorted(runner.workloads)
         runner.workloads.clear()
@@ -70,7 +84,6 @@ def _after_reboot(runner: Runner, step: Step) -> list[Mismatch]:
                      key=lambda d: d.slot)
     runner.km().reboot((d.id, d.node, d.blocks, d.size) for d in plugged)
     runner.set_baseline_totals(runner.vm.guest.snapshot())
-    return []
 
 
 def _settle_unplugs_at_reset(runner: Runner) -> None:
@@ -125,6 +138,10 @@ def act_resume(runner: Runner, step: Step, lat: dict[str, float]) -> list[Mismat
     runner.vm.resume()
     lat["cont_s"] = time.monotonic() - t0
     runner.steps_done.append(step)
+    if runner.reset_while_paused:
+        lat["boot_s"] = lat.pop("cont_s")
+        runner.reset_while_paused = False
+        _after_boot(runner)
     t1 = time.monotonic()
     plugged = {d.id for d in runner.current_dimms()}
     adds, runner.pending_adds = runner.pending_adds, []

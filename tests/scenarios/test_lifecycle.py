@@ -75,13 +75,18 @@ def test_coldplug_pause_reboot_and_unplug_then_reset(memhp_vm) -> None:
       new DIMM and ejected cold1;
     - reboot from inside the guest: the DIMM comes back at the same blocks,
       offline again (boot policy);
-    - remove with wait = false, then reset: whichever way the race went,
-      QEMU's events name it and the model predicts that branch.
+    - unplug, then reset, deterministically (paused, so the guest cannot
+      answer first): the DIMM survives the reset with its eject request set
+      in QEMU, and the next hot-add's GPE makes the guest eject it; the new
+      DIMM was placed while the old one was still there;
+    - remove with wait = false, then reset (running): whichever way the
+      race went, QEMU's events name it and the model predicts that branch.
     """
     steps = [online("cold0", "online_movable"), offline("cold0"), remove("cold0"),
              pause(), add("hot0:256M@0"), remove("cold1"), resume(),
              online("hot0", "online_movable"), reboot(),
-             remove("hot0", wait=False), reset()]
+             pause(), remove("hot0"), reset(), resume(), add("hot1:256M@1"),
+             remove("hot1", wait=False), reset()]
     runner = make_runner(memhp_vm, steps)
     boot = runner.scenario.predict().boot.dimms
     assert [d.id for d in boot] == ["cold0", "cold1"]
@@ -102,8 +107,16 @@ def test_coldplug_pause_reboot_and_unplug_then_reset(memhp_vm) -> None:
     before = [b["number"] for b in by[7].observed["blocks"]]
     after = by[8].observed["blocks"]
     assert [b["number"] for b in after] == before and {b["state"] for b in after} == {"offline"}
-    outcome = by[10].observed["pending_unplugs_at_reset"]["hot0"]
-    print("unplug-then-reset outcome:", outcome)
+    # reset while paused: the machine is in prelaunch until resume
+    assert by[11].observed["run_state"] == "prelaunch"
+    assert "still set" in by[12].observed["pending_unplugs_at_reset"]["hot0"]
+    assert {d["id"] for d in by[12].observed["dimms"]} == {"hot0"}
+    # hot1's GPE carried out hot0's eject; hot1 had been placed above hot0
+    assert by[13].observed["stale_unplugs_ejected"] == ["hot0"]
+    [hot1] = by[13].observed["dimms"]
+    assert hot1["addr"] > min(d["addr"] for d in by[12].observed["dimms"])
+    outcome = by[15].observed["pending_unplugs_at_reset"]["hot1"]
+    print("unplug-then-reset outcome (running guest):", outcome)
 
 
 def _failed_migration_leaves_the_source(vm, monkeypatch) -> None:

@@ -36,7 +36,8 @@ def test_migrate_ping_pong_with_dimms_on_two_nodes(memhp_vm, monkeypatch) -> Non
              add("dimm1:512M@1"), online("dimm1", "online_movable"),
              workload("w0", node=1, size="128M"),
              migrate(), offline("dimm0"), remove("dimm0"), migrate(),
-             add("dimm2:256M@0"), online("dimm2", "online_movable")]
+             pause(), add("dimm2:256M@0"), migrate(), resume(),
+             online("dimm2", "online_movable")]
     first_pid = memhp_vm.pid
     runner = make_runner(memhp_vm, steps)
     results = runner.run()
@@ -57,7 +58,12 @@ def test_migrate_ping_pong_with_dimms_on_two_nodes(memhp_vm, monkeypatch) -> Non
     # dimm1 kept its address and slot through both migrations
     addr = {r.index: {d["id"]: (d["addr"], d["slot"]) for d in r.observed["dimms"]}
             for r in results}
-    assert addr[4]["dimm1"] == addr[5]["dimm1"] == addr[8]["dimm1"]
+    assert addr[4]["dimm1"] == addr[5]["dimm1"] == addr[8]["dimm1"] == addr[11]["dimm1"]
+    paused_migration = results[11]
+    assert paused_migration.observed["run_state"] == "paused"
+    assert paused_migration.observed["migration"]["transferred_bytes"] > 0
+    assert "dimm2" in {b["id"] for b in paused_migration.observed["dimms"]}
+    assert results[12].observed["blocks"], "the resumed destination added dimm2"
     print("migration figures:", there.observed["migration"], back.observed["migration"])
     _failed_migration_leaves_the_source(memhp_vm, monkeypatch)
 

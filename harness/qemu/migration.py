@@ -216,11 +216,13 @@ def migrate_vm(vm: VM) -> MigrationStats:
     vm.swap_runtime(dst)
     # dst now holds the source, whose guest no longer runs (postmigrate):
     # drop its SSH session unused, then quit it (or kill it) by its PID.
-    old_shell, dst.shell, dst.guest = dst.shell, None, None
-    if old_shell is not None:
-        with contextlib.suppress(Exception):
-            old_shell.close()
-    dst.stop()
+    try:
+        old_shell, dst.shell, dst.guest = dst.shell, None, None
+        if old_shell is not None:
+            with contextlib.suppress(Exception):
+                old_shell.close()
+    finally:
+        dst.stop()
     log.info("%s migrated in %.0f ms (%d bytes, downtime %d ms)", vm.config.name,
              stats.total_time_ms, stats.transferred_bytes, stats.downtime_ms)
     return stats

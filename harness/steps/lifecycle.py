@@ -21,7 +21,9 @@
   ``device_del`` and predicts each: ``DEVICE_DELETED`` (ejected before the
   reset); an ``_OST`` for the eject request (the guest's scan had cleared
   the request: the DIMM stays, nothing pending); neither (the DIMM stays,
-  the request pending).  All three were seen on QEMU 7.2 with Debian 6.1.
+  the request pending).  All three were seen on QEMU 7.2 with Debian 6.1;
+  the deterministic form (pause, remove, reset, resume, add) leaves the
+  request set and the add ejects the DIMM on QEMU 7.2 and 10.0 alike.
 - ``pause`` (``stop``) and ``resume`` (``cont``): a ``device_add`` while
   paused is QEMU's at once (``query-memory-devices``), the guest's only
   after ``cont`` (the GPE is handled when the vCPUs run); a ``device_del``

@@ -6,17 +6,18 @@
   reset), and the guest's ACPI driver adds them again at boot, by slot,
   under the boot-time policy (:meth:`KernelMemory.reboot`).
 - A ``device_del`` not yet answered when the reset comes (``remove`` with
-  ``wait = false``): QEMU 7.2's reset clears the GPE status bits
-  (hw/acpi/piix4.c ``piix4_pm_reset()`` -> ``acpi_gpe_reset()``,
-  hw/acpi/core.c; q35's ICH9 likewise in ``pm_reset()``), but nothing
+  ``wait = false``): a reset clears the GPE status bits (hw/acpi/piix4.c
+  ``piix4_pm_reset()`` -> hw/acpi/core.c ``acpi_gpe_reset()``; q35:
+  hw/acpi/ich9.c ``pm_reset()``), but nothing
   resets ``MemStatus.is_removing`` (hw/acpi/memory_hotplug.c has no reset
   hook).  The guest boots without a GPE pending, so no ``MSCN`` scan sends
   the eject request: the DIMM stays and is enumerated at boot like any
   plugged DIMM, and no ``DEVICE_DELETED`` comes; the request stays set in
   QEMU, and the next memory hotplug GPE (a hot-add) makes the guest's
-  ``MSCN`` scan find it and eject the DIMM, before it adds the new one
-  (the scan walks the slots and sends the eject request for the older
-  slot's DIMM).  How far the guest got before the reset is a race with
+  ``MSCN`` scan find it and eject that DIMM too (``build_memory_hotplug_aml()``:
+  the scan walks every slot, sending Device Check where the insert flag is
+  set and Eject Request where the remove flag is); the new DIMM was placed
+  while the old one still held its range.  How far the guest got before the reset is a race with
   three outcomes, which the step reads from QEMU's events since the
   ``device_del`` and predicts each: ``DEVICE_DELETED`` (ejected before the
   reset); an ``_OST`` for the eject request (the guest's scan had cleared

@@ -404,7 +404,9 @@ class Runner:
         online = self._online_bytes_by_node()
         nodes = sorted(set(self.baseline_nodes) | set(online))
         return {
-            "dimms": [_dimm_json(d) for d in self.current_dimms()],
+            "dimms": [_dimm_json(d) for d in self.current_dimms()]
+            + [_dimm_json(d) | {"unplug_pending": True}
+               for _, d, _ in self.pending_unplugs.values()],
             "blocks": [
                 {"number": b.number, "state": b.state, "node": b.node, "zone": b.zone,
                  "managed_bytes": b.managed_bytes, "valid_zones": list(b.valid_zones)}

@@ -170,3 +170,27 @@ def test_a_late_removal_is_predicted_after_the_add_that_triggered_it() -> None:
     runner.op_after[1] = 2  # ejected on e's GPE, after e was placed
     runner.repredict()
     assert [(d.id, d.addr) for d in runner.current_dimms()] == [("e", base + 512 * MiB)]
+
+
+def test_report_of_a_step_whose_guest_was_not_observed(monkeypatch) -> None:
+    """While paused the report shows QEMU's DIMMs against the model and says
+    why the guest was not looked at; a migration prints its figures."""
+    import io
+
+    from harness.report import print_step
+    from harness.session import StepResult
+
+    dimm = {"id": "d", "addr": 0x140000000, "size": GiB, "node": 1, "slot": 0}
+    step = StepResult(
+        2, "remove d", {"dimms": [dimm | {"unplug_pending": True}]},
+        {"dimms": [dimm], "guest": "not observed: the VM is paused (QMP stop)",
+         "migration": {"total_time_ms": 1144, "downtime_ms": 6,
+                       "transferred_bytes": 358293687, "source_pid": 1, "destination_pid": 2}},
+        [], 0.1, {"device_del_s": 0.002})
+    monkeypatch.setenv("COLUMNS", "160")  # one line per note
+    out = io.StringIO()
+    print_step(step, file=out)
+    text = out.getvalue()
+    assert "d (unplug pending)" in text and "0x140000000 / 0x140000000" in text
+    assert "not observed: the VM is paused" in text
+    assert "1144 ms total, 6 ms downtime, 358293687 bytes" in text

@@ -13,7 +13,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from harness.errors import HarnessError, HotplugRefused, QMPCommandError, VMError
 from harness.host.checks import (
@@ -50,13 +50,53 @@ def act_add(runner: Runner, step: Step, lat: dict[str, float]) -> list[Mismatch]
     with sampler:
         runner.vm.hot_add(a.id, a.size, a.node, a.addr, a.backend)
     lat["device_add_s"] = time.monotonic() - t0
-    threads = _prealloc_threads(a.id, a.size, a.backend, sampler, lat, runner.scenario.smp)
+    host = _prealloc_threads(a.id, a.size, a.backend, sampler, lat, runner.scenario.smp)
     runner.steps_done.append(step)
-    d = runner.dimm(a.id)
-    host = _host_after_plug(runner, a.id, before) if a.backend != RAM else []
-    host += threads
-    if not d.guest_accepts:
+    if a.backend != RAM:
+        host += _host_after_plug(runner, a.id, before)
+    if runner.vm.paused:
+        # QEMU has it now (query-memory-devices lists it); the guest learns
+        # of it from the GPE when its vCPUs run again (lifecycle.act_resume).
+        runner.pending_adds.append(a.id)
         return host
+    eject_stale(runner, lat)
+    return host + guest_adds(runner, a.id, lat)
+
+
+def eject_stale(runner: Runner, lat: dict[str, float]) -> None:
+    """After a hot-add's GPE reached the running guest: the stale eject
+    requests it carries out (see :func:`_stale_ejected_now`)."""
+    for dimm_id, request in _stale_ejected_now(runner):
+        t1 = time.monotonic()
+        runner.vm.wait_unplugged(request)
+        lat[f"stale_unplug_{dimm_id}_s"] = time.monotonic() - t1
+        runner.km().remove(dimm_id)
+
+
+def _stale_ejected_now(runner: Runner) -> list[tuple[str, Any]]:
+    """An eject request a reset left set in QEMU is found by the guest's
+    ``MSCN`` scan on this hot-add's GPE: the removal takes effect now,
+    after this add (placed while the old DIMM was still there)."""
+    if not runner.stale_unplugs:
+        return []
+    add_index = sum(1 for s in runner.steps_done if s.is_model_op) - 1
+    out = []
+    for dimm_id, (request, index) in runner.stale_unplugs.items():
+        runner.dropped_removes.discard(index)
+        runner.op_after[index] = add_index
+        out.append((dimm_id, request))
+    runner.stale_unplugs.clear()
+    runner.repredict()
+    runner.step_notes["stale_unplugs_ejected"] = [d for d, _ in out]
+    return out
+
+
+def guest_adds(runner: Runner, dimm_id: str, lat: dict[str, float]) -> list[Mismatch]:
+    """The guest adds the DIMM's blocks (onlined by its policy): tell the
+    kernel model and wait until the guest shows them."""
+    d = runner.dimm(dimm_id)
+    if not d.guest_accepts:
+        return []
     outcomes = runner.km().hot_add(d.id, d.node, d.blocks, d.size)
     t1 = time.monotonic()
     from harness.session import wait_blocks
@@ -64,6 +104,70 @@ def act_add(runner: Runner, step: Step, lat: dict[str, float]) -> list[Mismatch]
     wait_blocks(runner.vm, list(d.blocks), present=True,
                 state="online" if outcomes and all(o.ok for o in outcomes) else None)
     lat["blocks_visible_s"] = time.monotonic() - t1
+    return []
+
+
+def act_refused_add(runner: Runner, step: Step, lat: dict[str, float]) -> list[Mismatch]:
+    """An add the scenario expects QEMU to refuse: QEMU's words must be the
+    model's, and nothing changes (the scenario goes on)."""
+    assert step.add is not None
+    a = step.add
+    predicted = runner.refusals[runner.scenario.steps.index(step)]
+    words = getattr(predicted, "qemu_message", "") or str(predicted)
+    t0 = time.monotonic()
+    try:
+        runner.vm.hot_add(a.id, a.size, a.node, a.addr, a.backend)
+    except QMPCommandError as exc:
+        lat["device_add_s"] = time.monotonic() - t0
+        runner.steps_done.append(step)
+        if exc.desc != words:
+            return [Mismatch("refusal", a.id, words, exc.desc, "qemu")]
+        return []
+    runner.steps_done.append(step)
+    # QEMU took it: the plan no longer holds; say so and stop trusting it.
+    raise VMError(f"QEMU accepted {step.describe()}, which the model says it refuses "
+                  f"({words!r})", phase="model")
+
+
+def act_remove(runner: Runner, step: Step, lat: dict[str, float]) -> list[Mismatch]:
+    d = runner.dimm(step.dimm)
+    if runner.vm.paused or not step.wait:
+        # device_del only: the DIMM is the guest's to eject (after resume),
+        # or the next reset's to decide (lifecycle.act_resume, act_reset).
+        index = sum(1 for s in runner.steps_done if s.is_model_op)
+        t0 = time.monotonic()
+        request = runner.vm.request_unplug(step.dimm)
+        lat["device_del_s"] = time.monotonic() - t0
+        runner.pending_unplugs[step.dimm] = (request, d, index)
+        runner.steps_done.append(step)
+        return []
+    plugged = HostView.read() if d.backend.hugepages else None
+    path = _backend_file(runner, step.dimm)
+    in_file = file_pages(path, d.backend)
+    t0 = time.monotonic()
+    try:
+        runner.vm.hot_remove(step.dimm)
+    except HotplugRefused:
+        # The DIMM stays: later steps are predicted with it still plugged,
+        # and its blocks as the guest left them (an ACPI eject that fails
+        # re-onlines what it had offlined).
+        index = sum(1 for s in runner.steps_done if s.is_model_op)
+        runner.dropped_removes.add(index)
+        runner.step_expects.append(UNMOVABLE_PAGE_DUMP)
+        runner.steps_done.append(step)
+        runner.repredict()
+        with contextlib.suppress(HarnessError):
+            runner.adopt_guest_blocks(step.dimm)
+        raise
+    lat["unplug_s"] = time.monotonic() - t0
+    runner.steps_done.append(step)
+    runner.km().remove(step.dimm)
+    t1 = time.monotonic()
+    host = _settled(lambda: ([] if plugged is None else check_unplug(
+        plugged, HostView.read(), d.backend, d.hugepages, step.dimm, in_file))
+        + check_file(path, d.backend, plugged=False, subject=step.dimm))
+    if plugged is not None:
+        lat["host_release_s"] = time.monotonic() - t1
     return host
 
 
@@ -96,60 +200,6 @@ def _host_after_plug(runner: Runner, dimm_id: str, before: HostView | None) -> l
         out += check_plug(before, HostView.read(), d.backend, d.hugepages, dimm_id)
     out += check_file(_backend_file(runner, dimm_id), d.backend, plugged=True, subject=dimm_id)
     return out
-
-
-def act_refused_add(runner: Runner, step: Step, lat: dict[str, float]) -> list[Mismatch]:
-    """An add the scenario expects QEMU to refuse: QEMU's words must be the
-    model's, and nothing changes (the scenario goes on)."""
-    assert step.add is not None
-    a = step.add
-    predicted = runner.refusals[runner.scenario.steps.index(step)]
-    words = getattr(predicted, "qemu_message", "") or str(predicted)
-    t0 = time.monotonic()
-    try:
-        runner.vm.hot_add(a.id, a.size, a.node, a.addr, a.backend)
-    except QMPCommandError as exc:
-        lat["device_add_s"] = time.monotonic() - t0
-        runner.steps_done.append(step)
-        if exc.desc != words:
-            return [Mismatch("refusal", a.id, words, exc.desc, "qemu")]
-        return []
-    runner.steps_done.append(step)
-    # QEMU took it: the plan no longer holds; say so and stop trusting it.
-    raise VMError(f"QEMU accepted {step.describe()}, which the model says it refuses "
-                  f"({words!r})", phase="model")
-
-
-def act_remove(runner: Runner, step: Step, lat: dict[str, float]) -> list[Mismatch]:
-    d = runner.dimm(step.dimm)
-    plugged = HostView.read() if d.backend.hugepages else None
-    path = _backend_file(runner, step.dimm)
-    in_file = file_pages(path, d.backend)
-    t0 = time.monotonic()
-    try:
-        runner.vm.hot_remove(step.dimm)
-    except HotplugRefused:
-        # The DIMM stays: later steps are predicted with it still plugged,
-        # and its blocks as the guest left them (an ACPI eject that fails
-        # re-onlines what it had offlined).
-        index = sum(1 for s in runner.steps_done if s.is_model_op)
-        runner.dropped_removes.add(index)
-        runner.step_expects.append(UNMOVABLE_PAGE_DUMP)
-        runner.steps_done.append(step)
-        runner.repredict()
-        with contextlib.suppress(HarnessError):
-            runner.adopt_guest_blocks(step.dimm)
-        raise
-    lat["unplug_s"] = time.monotonic() - t0
-    runner.steps_done.append(step)
-    runner.km().remove(step.dimm)
-    t1 = time.monotonic()
-    host = _settled(lambda: ([] if plugged is None else check_unplug(
-        plugged, HostView.read(), d.backend, d.hugepages, step.dimm, in_file))
-        + check_file(path, d.backend, plugged=False, subject=step.dimm))
-    if plugged is not None:
-        lat["host_release_s"] = time.monotonic() - t1
-    return host
 
 
 def _settled(check: Callable[[], list[Mismatch]], timeout: float = 15.0) -> list[Mismatch]:

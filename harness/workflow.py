@@ -55,7 +55,8 @@ def execute(
         from harness.host.hugepages import reserved_for
 
         adds = [s.add for s in scenario.steps if s.add is not None]
-        with reserved_for(adds) as pages, \
+        migrates = any(s.action == "migrate" for s in scenario.steps)
+        with reserved_for(adds, copies=2 if migrates else 1) as pages, \
                 launch_vm(scenario, guest, accel=accel, qemu_binary=qemu_binary, keep=keep,
                           artifacts_on_failure=artifacts_on_failure,
                           timeout_scale=timeout_scale, name=scenario.name) as (vm, choice):

@@ -210,22 +210,24 @@ def find_hugetlbfs(page_size: int) -> Path | None:
     return None
 
 
-def needs_of(adds: Iterable[AddDimm]) -> dict[int, int]:
+def needs_of(adds: Iterable[AddDimm], copies: int = 1) -> dict[int, int]:
     """Hugepages (page size -> pages) enough for every hugepage DIMM of a
-    plan at once: an upper bound, as removed DIMMs may give theirs back."""
+    plan at once: an upper bound, as removed DIMMs may give theirs back.
+    ``copies`` 2 for a plan that migrates (source and destination QEMU map
+    their backends at the same time on this host)."""
     needs: dict[int, int] = {}
     for op in adds:
         be = op.backend
         if be.hugepages:
-            needs[be.hugepages] = needs.get(be.hugepages, 0) + be.pages(op.size)
+            needs[be.hugepages] = needs.get(be.hugepages, 0) + copies * be.pages(op.size)
     return needs
 
 
 @contextlib.contextmanager
-def reserved_for(adds: Iterable[AddDimm]) -> Iterator[Reservation | None]:
+def reserved_for(adds: Iterable[AddDimm], copies: int = 1) -> Iterator[Reservation | None]:
     """:func:`reserved` with what ``adds`` need, or nothing when they need no
     hugepages (``memhp run`` wraps a run in it)."""
-    needs = needs_of(adds)
+    needs = needs_of(adds, copies)
     if not needs:
         yield None
         return

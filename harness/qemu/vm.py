@@ -219,6 +219,7 @@ class VM:
         self.hugetlbfs: dict[int, Path] = {}
         # backend files memhp named (QEMU creates them): deleted after QEMU ends
         self.backend_files: list[Path] = []
+        self._backend_dir: Path | None = None
 
     # -- lifecycle ---------------------------------------------------------
     def __enter__(self) -> VM:
@@ -611,10 +612,7 @@ class VM:
                                  "mounts one)", phase="hotplug")
             path = mount / name
         else:
-            if self.workdir is None:
-                raise VMError("file backend before the VM has a work dir", phase="hotplug")
-            (self.workdir / "backends").mkdir(mode=0o700, exist_ok=True)
-            path = self.workdir / "backends" / name
+            path = self._backends_dir() / name
         self.backend_files.append(path)
         return str(path)
 
@@ -801,6 +799,20 @@ class VM:
             self._remove_backend_files()
             self._finish_workdir()
 
+    def _backends_dir(self) -> Path:
+        """A private (0700) directory for file backends, made on first use.
+        Not the work dir: after a migration the destination QEMU maps the
+        same files while the source's work dir goes (VM.swap_runtime)."""
+        if self._backend_dir is None:
+            pid = os.getpid()
+            path = Path(tempfile.mkdtemp(prefix=f"memhp-{pid}-backends-",
+                                         dir=workdir_base(self._runtime_dir)))
+            os.chmod(path, 0o700)
+            # an owner file: sweep_stale_workdirs() removes it after a kill -9
+            (path / "owner").write_text(f"{pid} {proc_start_time(pid)}\n")
+            self._backend_dir = path
+        return self._backend_dir
+
     def _drop_refused_file(self, path: Path) -> None:
         """A refused backend leaves nothing behind: QEMU created its file (a
         failed preallocation filled it) but never deletes it, and unmaps it
@@ -832,6 +844,9 @@ class VM:
             except OSError as exc:
                 self.log.warning("could not remove backend file %s: %s", path, exc)
         self.backend_files = []
+        if self._backend_dir is not None:
+            shutil.rmtree(self._backend_dir, ignore_errors=True)
+            self._backend_dir = None
 
     def _serving(self) -> bool:
         """QEMU runs and is not stopped (worth asking the guest for dmesg)."""

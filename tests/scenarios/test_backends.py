@@ -18,7 +18,7 @@ import os
 
 import pytest
 
-from harness.scenario import add, online, remove
+from harness.scenario import add, migrate, online, remove
 from harness.testing import assert_passed, run_steps
 
 pytestmark = [pytest.mark.vm]
@@ -67,3 +67,17 @@ def test_gib_page_dimm_moves_to_a_gib_boundary(memhp_hugepages, memhp_vm, reques
     placed = {d["id"]: d for d in results[2].expected["dimms"]}
     assert placed["g0"]["addr"] % (1 << 30) == 0
     assert placed["g0"]["addr"] > placed["r0"]["addr"] + placed["r0"]["size"]
+
+
+@pytest.mark.memhp_hugepages(**{"2M": 128})
+def test_backends_survive_migration(memhp_hugepages, memhp_vm, request) -> None:
+    """A shared plain file and a 2 MiB-hugepage memfd DIMM, migrated to a new
+    QEMU (which maps its own copies: twice the pages reserved), then removed
+    there with the host checks: the file still exists at its path (memhp
+    keeps backend files outside the work dir the migration replaces) and
+    the destination's hugepages come back."""
+    memhp_vm.hugetlbfs = dict(memhp_hugepages.mounts)
+    steps = [add("f0:128M@1", backend="file", share=True), online("f0"),
+             add("h0:128M@0", backend="memfd", hugepages="2M"), online("h0"),
+             migrate(), remove("f0"), remove("h0")]
+    assert_passed(run_steps(memhp_vm, steps, request))

@@ -20,5 +20,8 @@ def act_reset(runner: Runner, step: Step, lat: dict[str, float]) -> list[Mismatc
     plugged = sorted((d for d in runner.current_dimms() if d.guest_accepts),
                      key=lambda d: d.slot)
     runner.km().reboot((d.id, d.node, d.blocks, d.size) for d in plugged)
+    from harness.steps.virtio_mem import after_reset
+
+    after_reset(runner, lat)  # virtio-mem devices are emptied by the reset, then re-plugged
     runner.set_baseline_totals(runner.vm.guest.snapshot())
     return []

@@ -195,9 +195,10 @@ def block_states(vm: VM, numbers: list[int]) -> dict[int, str | None]:
 
 
 def wait_blocks(vm: VM, numbers: list[int], *, present: bool = True,
-                state: str | None = None) -> None:
+                state: str | None = None, timeout: float | None = None) -> None:
     """Wait (bounded, one guest round trip per poll) until every block in
-    ``numbers`` is present (in ``state`` if given), or all are gone."""
+    ``numbers`` is present (in ``state`` if given), or all are gone
+    (within ``timeout``, default the hot-add timeout)."""
     if not numbers:
         return
 
@@ -213,7 +214,7 @@ def wait_blocks(vm: VM, numbers: list[int], *, present: bool = True,
 
     wait_for(ready, what=f"memory blocks {numbers[0]}..{numbers[-1]} to "
              f"{'appear' if present else 'go'}" + (f" {state}" if state else ""),
-             timeout=vm.timeouts.s("hot_add"), first_interval=0.005,
+             timeout=timeout or vm.timeouts.s("hot_add"), first_interval=0.005,
              max_interval=0.1, abort=vm.check_alive, phase="hotplug",
              serial_tail=vm.serial_tail)
 

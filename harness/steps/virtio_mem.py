@@ -75,11 +75,13 @@ def _settle(runner: Runner, driver: VirtioMemDriver, requested: int, since: int,
     gone = sorted(before - set(after))
     online = all(km.blocks[n].state == "online" for n in after)
     wait_blocks(runner.vm, after, present=True, state="online" if online else None)
-    wait_blocks(runner.vm, gone, present=False)
+    # Unplugging online memory migrates its pages first: as slow as an eject.
+    wait_blocks(runner.vm, gone, present=False, timeout=runner.vm.timeouts.s("unplug"))
     lat["blocks_visible_s"] = time.monotonic() - t0
     # QEMU rate-limits MEMORY_DEVICE_SIZE_CHANGE to one per second per device
     # (monitor_qapi_event_conf): this one can trail the blocks by up to 1 s.
-    runner.vm.wait_virtio_mem_size(driver.id, target, since=since)
+    runner.vm.wait_virtio_mem_size(driver.id, target, since=since,
+                                   timeout=runner.vm.timeouts.s("unplug"))
     lat["size_reached_s"] = time.monotonic() - t0
 
 

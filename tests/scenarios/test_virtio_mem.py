@@ -48,6 +48,11 @@ def test_virtio_mem_on_qemu_7_2(memhp_vm: Any, request: pytest.FixtureRequest) -
         resize("vmem0", "0"),
     ], request)
     assert_passed(results)
+    plugged = results[3].observed  # two DIMMs and two virtio-mem regions, per QEMU
+    ranges = sorted([(d["addr"], d["addr"] + d["size"]) for d in plugged["dimms"]]
+                    + [(v["addr"], v["addr"] + v["max_size"]) for v in plugged["virtio_mem"]])
+    assert len(ranges) == 4
+    assert all(a[1] <= b[0] for a, b in zip(ranges, ranges[1:], strict=False))
     final = results[-1].observed
     assert {v["id"]: v["size"] for v in final["virtio_mem"]} == {"vmem0": 0, "vmem1": 0}
     grown = results[4]

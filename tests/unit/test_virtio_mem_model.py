@@ -262,3 +262,23 @@ def test_big_block_mode_and_other_kernels_are_not_modelled() -> None:
     assert rules_for((6, 12)).unplug_online
     # 4 MiB device blocks: 4 MiB sub-blocks, 32 per Linux block
     assert driver(bs=4 * MiB).sbs_per_mb == 32
+
+
+# -- the comparison (harness.verify) ------------------------------------------------------
+
+def test_compare_qemu_names_each_virtio_mem_field() -> None:
+    from types import SimpleNamespace
+
+    from harness.verify import ExpectedVirtioMem, compare_qemu
+
+    want = ExpectedVirtioMem("vmem0", 0x1c0000000, 4 * GiB, 2 * MiB, 1, 3 * GiB, GiB)
+    seen = SimpleNamespace(id="vmem0", addr=0x1c0000000, max_size=4 * GiB,
+                           block_size=2 * MiB, node=1, requested_size=3 * GiB, size=GiB)
+    assert compare_qemu([], [], virtio_mem=[want], observed_virtio_mem=[seen]) == []
+    seen.size, seen.addr = 3 * GiB, 0x1e0000000
+    got = {(m.what, m.expected, m.observed) for m in compare_qemu(
+        [], [], virtio_mem=[want], observed_virtio_mem=[seen])}
+    assert got == {("addr", "0x1c0000000", "0x1e0000000"), ("size", GiB, 3 * GiB)}
+    gone = compare_qemu([], [], virtio_mem=[want], observed_virtio_mem=[])
+    assert [(m.what, m.subject, m.expected, m.observed) for m in gone] == [
+        ("present", "vmem0", True, False)]

@@ -31,8 +31,12 @@ def act_add(runner: Runner, step: Step, lat: dict[str, float]) -> list[Mismatch]
 
 
 def act_remove(runner: Runner, step: Step, lat: dict[str, float]) -> list[Mismatch]:
-    """A remove, by the kind of device the id names."""
-    act = virtio_mem.act_remove if virtio_mem.is_virtio_mem(runner, step) else dimm.act_remove
+    """A remove, by the kind of device the id names; one QEMU must refuse
+    (``expect_refusal``) is a ``device_del`` whose words are checked, whatever
+    the device."""
+    refused = step.expect_refusal is not None
+    act = (virtio_mem.act_remove if refused or virtio_mem.is_virtio_mem(runner, step)
+           else dimm.act_remove)
     return act(runner, step, lat)
 
 

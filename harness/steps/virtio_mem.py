@@ -17,12 +17,15 @@ sysfs shows the predicted blocks (present in their state, or gone).
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import TYPE_CHECKING
 
 from harness.errors import QMPCommandError, UsageError, VMError
 from harness.model.kernel.virtio_mem import UnmodelledDriver, VirtioMemDriver, rules_for
 from harness.verify import Mismatch
+
+log = logging.getLogger("harness.steps.virtio_mem")
 
 if TYPE_CHECKING:
     from harness.model.virtio_mem import PlacedVirtioMem
@@ -71,6 +74,10 @@ def _settle(runner: Runner, driver: VirtioMemDriver, requested: int, since: int,
     km = runner.km()
     before = set(driver.blocks())
     target = driver.resize(km, requested)
+    if driver.uncertain:
+        log.warning("%s: unplugging from a kernel zone; the model assumes every attempt "
+                    "succeeds (alloc_contig_range() may meet an unmovable page, EBUSY, and "
+                    "the driver then retries: not determined by the inputs)", driver.id)
     after = list(driver.blocks())
     gone = sorted(before - set(after))
     online = all(km.blocks[n].state == "online" for n in after)
@@ -79,7 +86,7 @@ def _settle(runner: Runner, driver: VirtioMemDriver, requested: int, since: int,
     wait_blocks(runner.vm, gone, present=False, timeout=runner.vm.timeouts.s("unplug"))
     lat["blocks_visible_s"] = time.monotonic() - t0
     # QEMU rate-limits MEMORY_DEVICE_SIZE_CHANGE to one per second per device
-    # (monitor_qapi_event_conf): this one can trail the blocks by up to 1 s.
+    # (monitor/monitor.c monitor_qapi_event_conf): it can trail the blocks by 1 s.
     runner.vm.wait_virtio_mem_size(driver.id, target, since=since,
                                    timeout=runner.vm.timeouts.s("unplug"))
     lat["size_reached_s"] = time.monotonic() - t0

@@ -24,7 +24,7 @@ from harness.errors import HarnessError
 from harness.scenario import add, add_virtio_mem, remove, reset, resize
 from harness.testing import assert_passed, run_steps
 
-pytestmark = [pytest.mark.vm]
+pytestmark = [pytest.mark.vm, pytest.mark.needs_config("VIRTIO_MEM")]
 
 
 @pytest.mark.memhp_machine(append=("memhp_default_state=online_movable",))

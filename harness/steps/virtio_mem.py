@@ -95,6 +95,12 @@ def _settle(runner: Runner, driver: VirtioMemDriver, requested: int, since: int,
 def _driver(runner: Runner, v: PlacedVirtioMem) -> VirtioMemDriver:
     try:
         rules_for(runner.km().policy.version)
+        if runner.km().policy.online_policy == "auto-movable":
+            # virtio-mem memory forms *dynamic* memory groups, which
+            # auto_movable_zone_for_pfn() treats unlike the DIMMs' static ones.
+            raise UnmodelledDriver(
+                f"virtio-mem {v.id}: the auto-movable online policy with virtio-mem's "
+                "dynamic memory groups is not modelled")
         return VirtioMemDriver(v.id, v.addr, v.size, v.block_size, v.node, runner.block_size)
     except UnmodelledDriver as exc:
         raise VMError(str(exc), phase="model") from exc

@@ -282,3 +282,20 @@ def test_compare_qemu_names_each_virtio_mem_field() -> None:
     gone = compare_qemu([], [], virtio_mem=[want], observed_virtio_mem=[])
     assert [(m.what, m.subject, m.expected, m.observed) for m in gone] == [
         ("present", "vmem0", True, False)]
+
+
+def test_device_record_gives_qmp_args_and_command_line() -> None:
+    """One record, both forms (hot-add and cold-plug/migration destination);
+    properties left None are not passed, so QEMU's defaults apply."""
+    from harness.qemu.devices import ram_backend, virtio_mem
+
+    dev = virtio_mem("vmem0", ram_backend(4 * GiB, "be0"), 1, GiB)
+    assert dev.device.qmp_args() == {"driver": "virtio-mem-pci", "id": "vmem0",
+                                     "memdev": "be0", "node": 1, "requested-size": GiB}
+    full = virtio_mem("vmem1", ram_backend(GiB, "be1"), 0, block_size=4 * MiB,
+                      memaddr=0x240000000, unplugged_inaccessible=False, dynamic_memslots=True)
+    assert full.cli() == [
+        "-object", "memory-backend-ram,id=be1,size=1073741824",
+        "-device", "virtio-mem-pci,id=vmem1,memdev=be1,node=0,requested-size=0,"
+                   "block-size=4194304,memaddr=9663676416,unplugged-inaccessible=off,"
+                   "dynamic-memslots=on"]

@@ -22,6 +22,7 @@ def act_reset(runner: Runner, step: Step, lat: dict[str, float]) -> list[Mismatc
     runner.km().reboot((d.id, d.node, d.blocks, d.size) for d in plugged)
     from harness.steps.virtio_mem import after_reset
 
-    after_reset(runner, lat)  # virtio-mem devices are emptied by the reset, then re-plugged
+    # virtio-mem devices are emptied by the reset, then re-plugged
+    mismatches = after_reset(runner, lat)
     runner.set_baseline_totals(runner.vm.guest.snapshot())
-    return []
+    return mismatches

@@ -22,6 +22,7 @@ import time
 from typing import TYPE_CHECKING
 
 from harness.errors import QMPCommandError, UsageError, VMError
+from harness.guest.iomem import merged_ranges, parse_iomem
 from harness.model.kernel.virtio_mem import UnmodelledDriver, VirtioMemDriver, rules_for
 from harness.verify import Mismatch
 
@@ -66,9 +67,29 @@ def _refused(runner: Runner, step: Step, lat: dict[str, float], action: object) 
                   f"({words!r})", phase="model")
 
 
+def driver_view(runner: Runner, driver: VirtioMemDriver) -> list[Mismatch]:
+    """The driver's own view (``/proc/iomem``): its region where QEMU put
+    the device, and the memory it added exactly the model's blocks."""
+    text = runner.vm.ssh(["cat", "/proc/iomem"]).stdout
+    region = parse_iomem(text).get(driver.addr)
+    if region is None:
+        return [Mismatch("iomem region", driver.id, f"{driver.addr:#x}", None, "guest")]
+    out = []
+    if region.end - region.start != driver.region_size:
+        out.append(Mismatch("iomem region size", driver.id, driver.region_size,
+                            region.end - region.start, "guest"))
+    want = merged_ranges(driver.blocks(), driver.memory_block_size)
+    if region.added != want:
+        out.append(Mismatch("iomem System RAM (virtio_mem)", driver.id,
+                            [f"{a:#x}-{b - 1:#x}" for a, b in want],
+                            [f"{a:#x}-{b - 1:#x}" for a, b in region.added], "guest"))
+    return out
+
+
 def _settle(runner: Runner, driver: VirtioMemDriver, requested: int, since: int, t0: float,
-            lat: dict[str, float]) -> None:
-    """Tell the driver model the request; wait for QEMU's size and the blocks."""
+            lat: dict[str, float]) -> list[Mismatch]:
+    """Tell the driver model the request; wait for the blocks and QEMU's
+    size; then compare the driver's own view."""
     from harness.session import wait_blocks
 
     km = runner.km()
@@ -90,6 +111,7 @@ def _settle(runner: Runner, driver: VirtioMemDriver, requested: int, since: int,
     runner.vm.wait_virtio_mem_size(driver.id, target, since=since,
                                    timeout=runner.vm.timeouts.s("unplug"))
     lat["size_reached_s"] = time.monotonic() - t0
+    return driver_view(runner, driver)
 
 
 def _driver(runner: Runner, v: PlacedVirtioMem) -> VirtioMemDriver:
@@ -127,8 +149,7 @@ def act_add(runner: Runner, step: Step, lat: dict[str, float]) -> list[Mismatch]
     runner.steps_done.append(step)
     driver = _driver(runner, placed(runner, op.id))
     runner.km().virtio_mem[op.id] = driver
-    _settle(runner, driver, op.requested, since, t0, lat)
-    return []
+    return _settle(runner, driver, op.requested, since, t0, lat)
 
 
 def act_resize(runner: Runner, step: Step, lat: dict[str, float]) -> list[Mismatch]:
@@ -147,8 +168,7 @@ def act_resize(runner: Runner, step: Step, lat: dict[str, float]) -> list[Mismat
     qom_set()
     lat["qom_set_s"] = time.monotonic() - t0
     runner.steps_done.append(step)
-    _settle(runner, runner.km().virtio_mem[step.dimm], requested, since, t0, lat)
-    return []
+    return _settle(runner, runner.km().virtio_mem[step.dimm], requested, since, t0, lat)
 
 
 def act_remove(runner: Runner, step: Step, lat: dict[str, float]) -> list[Mismatch]:
@@ -165,7 +185,7 @@ def act_remove(runner: Runner, step: Step, lat: dict[str, float]) -> list[Mismat
     return []
 
 
-def after_reset(runner: Runner, lat: dict[str, float]) -> None:
+def after_reset(runner: Runner, lat: dict[str, float]) -> list[Mismatch]:
     """``system_reset`` unplugs all of a virtio-mem's memory (QEMU's
     ``virtio_mem_system_reset()`` -> ``virtio_mem_unplug_all()``); the
     rebooted guest's driver probes afresh and plugs the request again.
@@ -173,11 +193,13 @@ def after_reset(runner: Runner, lat: dict[str, float]) -> None:
     km = runner.km()
     qmp = runner.vm.qmp
     assert qmp is not None
+    out: list[Mismatch] = []
     for v in runner.current_vmems():
         since = qmp.cursor()
         t0 = time.monotonic()
         driver = _driver(runner, v)
         km.virtio_mem[v.id] = driver
-        _settle(runner, driver, v.requested, since, t0, lat)
+        out += _settle(runner, driver, v.requested, since, t0, lat)
         lat[f"{v.id}_replugged_s"] = lat.pop("blocks_visible_s")
         lat.pop("size_reached_s", None)
+    return out

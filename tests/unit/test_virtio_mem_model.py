@@ -299,3 +299,26 @@ def test_device_record_gives_qmp_args_and_command_line() -> None:
         "-device", "virtio-mem-pci,id=vmem1,memdev=be1,node=0,requested-size=0,"
                    "block-size=4194304,memaddr=9663676416,unplugged-inaccessible=off,"
                    "dynamic-memslots=on"]
+
+
+def test_iomem_shows_the_drivers_region_and_added_memory() -> None:
+    """/proc/iomem of the 6.1 guest with 258M plugged in a 4G virtio-mem at
+    7.5G (two whole blocks and a partial one: three blocks, one merged range)."""
+    from harness.guest.iomem import merged_ranges, parse_iomem
+
+    text = ("100000000-1bfffffff : System RAM\n"
+            "1c0000000-1dfffffff : System RAM\n"
+            "1e0000000-2dfffffff : virtio1\n"
+            "  1e0000000-1f7ffffff : System RAM (virtio_mem)\n"
+            "1040000000-10bfffffff : PCI Bus 0000:00\n"
+            "  1040000000-1040003fff : 0000:00:03.0\n")
+    regions = parse_iomem(text)
+    assert list(regions) == [0x1e0000000]
+    r = regions[0x1e0000000]
+    assert (r.name, r.end - r.start, r.added) == ("virtio1", 4 * GiB,
+                                                  [(0x1e0000000, 0x1f8000000)])
+    km, d = kernel("online_movable"), driver(addr=0x1e0000000)
+    d.resize(km, 258 * MiB)
+    assert merged_ranges(d.blocks(), BLOCK) == r.added
+    assert merged_ranges((60, 61, 63), BLOCK) == [(60 * BLOCK, 62 * BLOCK),
+                                                  (63 * BLOCK, 64 * BLOCK)]

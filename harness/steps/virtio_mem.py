@@ -7,7 +7,9 @@ kernel model) the new request, and waits -- bounded, event-driven -- until
 QEMU reports the plugged size the model predicts (``MEMORY_DEVICE_SIZE_CHANGE``,
 or the size already there when the guest plugs nothing) and the guest shows
 the predicted ``memoryN`` blocks.  A wait that ends without them is no error
-here: the Runner's comparison then names what differs.
+here: the Runner's comparison then names what differs.  Each act then
+compares the driver's own view, ``/proc/iomem`` (:mod:`harness.guest.iomem`),
+and returns what differs.
 
 Latencies (``StepResult.latencies``): ``device_add_s``/``qom_set_s``: the
 QMP command; ``size_reached_s``: from the command until QEMU's size is the

@@ -49,7 +49,7 @@ start off a block boundary as well.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from harness.errors import PlanRefused
@@ -427,8 +427,6 @@ def predict(spec: MachineSpec, ops: Sequence[Operation]) -> Prediction:
 
 def _resize(vmems: list[PlacedVirtioMem], op: ResizeVirtioMem) -> list[PlacedVirtioMem]:
     """qom-set requested-size: QEMU's checks, then the new request."""
-    from dataclasses import replace
-
     for i, v in enumerate(vmems):
         if v.id == op.id:
             vm_rules.check_resize(v, op.requested)

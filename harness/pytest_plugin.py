@@ -167,6 +167,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
         "memhp_machine(machine='pc', memory='6G,slots=32,maxmem=32G', numa='3G,3G', "
+        "coldplug=('cold0:512M@0',), "
         "append=(), smp=2): the VM the test's memhp_vm fixture boots",
     )
     config.addinivalue_line("markers", "kvm: needs KVM that really boots a guest "
@@ -311,7 +312,8 @@ VMFactory = Callable[..., Any]
 @pytest.fixture
 def memhp_vm_factory(request: pytest.FixtureRequest, memhp_settings: Settings,
                      memhp_resolved_guest: Any, memhp_accel: Any) -> Iterator[VMFactory]:
-    """``factory(machine=..., memory=..., numa=..., append=(), smp=2)`` boots a VM."""
+    """``factory(machine=..., memory=..., numa=..., append=(), smp=2, coldplug=())``
+    boots a VM (``coldplug``: ``ID:SIZE@NODE`` DIMMs on its command line)."""
     from contextlib import ExitStack
 
     from harness.launch import launch_vm
@@ -324,9 +326,10 @@ def memhp_vm_factory(request: pytest.FixtureRequest, memhp_settings: Settings,
         name = "t" + name
 
     def factory(machine: str | None = None, memory: str = "6G,slots=32,maxmem=32G",
-                numa: str | None = "3G,3G", append: tuple[str, ...] = (), smp: int = 2) -> Any:
+                numa: str | None = "3G,3G", append: tuple[str, ...] = (), smp: int = 2,
+                coldplug: tuple[str, ...] = ()) -> Any:
         scenario = build_scenario(name=name, machine=machine or memhp_settings.machine,
-                                  memory=memory, numa=numa,
+                                  memory=memory, numa=numa, coldplug=coldplug,
                                   steps=[], smp=smp, append=append,
                                   qemu_version=memhp_settings.qemu_version)
         vm, _ = stack.enter_context(launch_vm(

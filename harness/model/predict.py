@@ -33,6 +33,17 @@ For each ``AddDimm`` (:func:`_place`), in this order:
    (sorted by address) to ALIGN_UP(its end, align);
 6. the node exists -- ``pc_dimm_realize()`` (after pre-plug).
 
+Cold-plugged DIMMs (``MachineSpec.coldplug``, ``-device pc-dimm`` on the
+command line) go through the same checks and placement, before any
+hot-add and in command-line order: QEMU realizes ``-device`` options one
+by one in that order once the machine (and its device-memory region)
+exists -- softmmu/vl.c ``qemu_create_cli_devices()`` (v7.2.0; system/vl.c
+in v10.0.0) after ``qemu_init_board()``; ``pc_dimm_pre_plug()`` and
+``memory_device_pre_plug()`` see only the DIMMs realized before.  They are
+the state at boot (``Prediction.boot``); a refused one has ``step`` None
+and ``coldplug`` True (QEMU refuses to start, prefixing its message with
+the ``-device`` option).
+
 A virtio-mem device (``AddVirtioMem``, ``ResizeVirtioMem``, and a
 ``RemoveDimm`` naming one) follows :mod:`harness.model.virtio_mem`: it
 shares the device-memory area, the id space and the ``maxmem`` room with the
@@ -394,6 +405,15 @@ def predict(spec: MachineSpec, ops: Sequence[Operation]) -> Prediction:
     _check_spec(spec, layout)
     dimms: list[PlacedDimm] = []
     vmems: list[PlacedVirtioMem] = []
+    for cold_op in spec.coldplug:
+        try:
+            dimms.append(_place(spec, layout, dimms, cold_op))
+        except PlanRefused as exc:
+            exc.step = None  # type: ignore[attr-defined]
+            exc.coldplug = True  # type: ignore[attr-defined]
+            raise
+    cold = tuple(sorted(dimms, key=lambda d: d.addr))
+    boot = StepPrediction(None, cold, _totals(spec, cold))
     steps: list[StepPrediction] = []
     for i, op in enumerate(ops):
         try:
@@ -421,7 +441,6 @@ def predict(spec: MachineSpec, ops: Sequence[Operation]) -> Prediction:
         ordered = tuple(sorted(dimms, key=lambda d: d.addr))
         steps.append(StepPrediction(op, ordered, _totals(spec, ordered),
                                     tuple(sorted(vmems, key=lambda v: v.addr))))
-    boot = StepPrediction(None, (), _totals(spec, ()))
     return Prediction(spec, layout, boot, tuple(steps))
 
 

@@ -131,6 +131,12 @@ expect_refusal = "cannot be unplugged"
     ('add = "a:1G"\ndevice = "virtio-mem"\nrequested = "2G"', "not modelled"),
     ('add = "a:1G"\ndevice = "virtio-mem"\ndynamic_memslots = true',
      "QEMU 7.2 has no dynamic-memslots"),
+    ('pause = true\n[[step]]\nadd = "a:1G"\ndevice = "virtio-mem"\n[[step]]\n'
+     'resume = true', "with the guest running"),
+    ('add = "a:1G"\ndevice = "virtio-mem"\n[[step]]\npause = true\n[[step]]\n'
+     'resize = "a"\nrequested = "0"\n[[step]]\nresume = true', "needs the guest running"),
+    ('add = "a:1G"\ndevice = "virtio-mem"\n[[step]]\nmigrate = true',
+     "virtio-mem device is not modelled"),
 ])
 def test_virtio_mem_bad_steps_are_named(tmp_path: Path, steps: str, message: str) -> None:
     with pytest.raises((UsageError, PlanRefused), match=message):

@@ -322,6 +322,7 @@ def _place_vmem(spec: MachineSpec, layout: Layout, dimms: Sequence[PlacedDimm],
     rules = vm_rules.vmem_rules_for(spec.qemu_version)
     devices: list[PlacedDimm | PlacedVirtioMem] = [*dimms, *vmems]
     _check_host(spec, op.size, DIMM_BACKEND, spec.ram_size + sum(d.size for d in devices))
+    vm_rules.check_bus(op, spec.machine)
     if any(d.id == op.id for d in devices):
         raise _refuse("duplicate-id", f"device id {op.id!r} is already in use",
                       f"Duplicate device ID '{op.id}'", value=op.id, limit=None,

@@ -7,6 +7,12 @@ Placement and refusals (QEMU's words), in the order QEMU checks them --
 the order below was read in the sources and checked on the real
 QEMU 7.2.x (Debian 12) and 10.0.2 (bookworm-backports) binaries:
 
+0. ``qdev_device_add_from_qdict()`` (softmmu/qdev-monitor.c v7.2.0,
+   system/ in v10.0.0): the bus must take hot-plugged devices -- on q35 a
+   PCI device without ``bus=`` lands on the PCIe root bus, which does not:
+   ``Bus 'pcie.0' does not support hotplugging`` (memhp plugs virtio-mem-pci
+   without a root port, so on q35 every hot-add is refused; pc's PCI bus
+   takes it, through ACPI PCI hotplug);
 1. ``qdev_device_add()`` (system/qdev-monitor.c): a duplicate id --
    ``Duplicate device ID 'ID'``;
 2. property setters (hw/virtio/virtio-mem.c ``virtio_mem_set_block_size()``):
@@ -127,6 +133,15 @@ def _refuse(kind: str, message: str, qemu_message: str, *, value: object, limit:
     err = PlanRefused(kind, message, value=value, limit=limit, fix=fix)
     err.qemu_message = qemu_message  # type: ignore[attr-defined]
     return err
+
+
+def check_bus(op: Any, machine: str) -> None:
+    """Step 0: the bus a bus-less PCI device lands on must be hotpluggable."""
+    if machine == "q35":
+        raise _refuse("bus-no-hotplug", f"virtio-mem {op.id}: q35's PCIe root bus takes no "
+                      "hot-plugged device", "Bus 'pcie.0' does not support hotplugging",
+                      value=op.id, limit=None,
+                      fix="use machine type pc for virtio-mem (memhp adds no PCIe root port)")
 
 
 def check_properties(op: Any, rules: VirtioMemRules) -> int:

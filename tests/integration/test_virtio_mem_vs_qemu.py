@@ -120,6 +120,13 @@ def test_placement_and_add_refusals(qemu: tuple[str, tuple[int, int]]) -> None:
     assert len(refused) == 10 + (version == (7, 2))  # 7.2: no dynamic-memslots
 
 
+def test_q35_refuses_the_hot_add(qemu: tuple[str, tuple[int, int]]) -> None:
+    binary, version = qemu
+    spec = MachineSpec(machine="q35", qemu_version=version, **SPEC)  # type: ignore[arg-type]
+    assert run_plan(binary, spec, [AddDimm("x", GiB), AddVirtioMem("x", GiB)]) == [
+        "Bus 'pcie.0' does not support hotplugging"]
+
+
 def test_resize_and_device_del(qemu: tuple[str, tuple[int, int]]) -> None:
     binary, version = qemu
     spec = MachineSpec(qemu_version=version, **SPEC)  # type: ignore[arg-type]

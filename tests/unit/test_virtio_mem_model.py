@@ -92,6 +92,12 @@ def test_add_refusals(qemu: tuple[int, int], op: AddVirtioMem, said: str) -> Non
     assert words(MachineSpec(qemu_version=qemu), [op]) == said
 
 
+def test_q35_root_bus_takes_no_hotplugged_virtio_mem() -> None:
+    q35 = MachineSpec(machine="q35", qemu_version=(10, 0))
+    assert words(q35, [AddDimm("x", GiB), AddVirtioMem("x", GiB)]) == (
+        "Bus 'pcie.0' does not support hotplugging")  # before the duplicate id
+
+
 def test_node_is_checked_before_the_block_size_multiple() -> None:
     op = AddVirtioMem("v", GiB, node=7, requested=MiB)
     assert "exceedsthe number of numa nodes: 2" in words(SEED, [op])

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from harness.errors import QMPCommandError, UsageError, VMError
@@ -51,13 +52,14 @@ def placed(runner: Runner, vmem_id: str) -> PlacedVirtioMem:
     raise UsageError(f"virtio-mem {vmem_id!r} is not plugged at this step", value=vmem_id)
 
 
-def _refused(runner: Runner, step: Step, lat: dict[str, float], action: object) -> list[Mismatch]:
+def _refused(runner: Runner, step: Step, lat: dict[str, float],
+             action: Callable[[], object]) -> list[Mismatch]:
     """A step QEMU must refuse: its words must be the model's; nothing changes."""
     predicted = runner.refusals[runner.scenario.steps.index(step)]
     words = getattr(predicted, "qemu_message", "") or str(predicted)
     t0 = time.monotonic()
     try:
-        action()  # type: ignore[operator]
+        action()
     except QMPCommandError as exc:
         lat["qmp_s"] = time.monotonic() - t0
         runner.steps_done.append(step)

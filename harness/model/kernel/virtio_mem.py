@@ -7,7 +7,9 @@ changes -- ``virtio_mem_sbm_try_remove_unplugged_mb()`` retrying the removal
 of fully unplugged blocks, hibernation/suspend notifiers, fake-offline page
 accounting -- do not change which blocks exist once the driver settles),
 so there is one rule set (:data:`RULES`) for 6.1-6.12 and
-:func:`rules_for` refuses other versions.
+:func:`rules_for` refuses other versions.  Checked against the running
+Debian 6.1 guest (QEMU 7.2 and 10.0: tests/scenarios/test_virtio_mem.py)
+and 6.12.95 (QEMU 10.0: tests/kernels/test_virtio_mem_612.py).
 
 * ``virtio_mem_init()``: SBM when the sub-block size
   ``max(device block size, pageblock = 2 MiB)`` is below the Linux memory

@@ -8,6 +8,11 @@ drawn one square per ``memoryN``, coloured by what the guest reported
 (zone when online, offline, absent), with a red outline where the guest
 disagrees with the model.
 
+A virtio-mem device is drawn like a DIMM over its whole region (its
+max-size), labelled with what the guest plugged; its row of blocks has one
+square per Linux memory block the region holds: the plugged ones in their
+zone's colour, the unplugged ones (no ``memoryN`` in the guest) white.
+
 Sizes span five orders of magnitude (a 128 MiB DIMM in a 58 GiB region),
 so widths are proportional within a range and ranges are compressed:
 free device memory between DIMMs is drawn as a fixed-width break.
@@ -48,6 +53,22 @@ class Segment:
     label: str
     node: int | None = None
     blocks: tuple[int, ...] = ()  # a DIMM's memoryN numbers
+
+
+def virtio_mem_rows(vmems: list[dict[str, Any]], block_size: int) -> list[dict[str, Any]]:
+    """Each virtio-mem as a DIMM-like row: its region, and every whole Linux
+    memory block in it (the driver uses no other, see
+    harness.model.kernel.virtio_mem)."""
+    rows = []
+    for v in vmems:
+        addr, size = int(v["addr"]), int(v["max_size"])
+        blocks = (tuple(range(-(-addr // block_size), (addr + size) // block_size))
+                  if block_size > 0 else ())
+        plugged = f"{_size(int(v['size'])) if int(v['size']) else '0'} plugged"
+        rows.append({"id": f"{v['id']} (virtio-mem, {plugged})", "addr": addr, "size": size,
+                     "node": v.get("node"), "blocks": list(blocks), "guest_accepts": True,
+                     "row_label": f"{v['id']} · {plugged} · node{v.get('node')}"})
+    return rows
 
 
 def _size(n: int) -> str:
@@ -117,7 +138,8 @@ def render_svg(doc: dict[str, Any], step: int | None = None) -> str:
     st = steps[step if step is not None else -1] if steps else {}
     expected = st.get("expected") or {}
     observed = st.get("observed") or {}
-    dimms = list(expected.get("dimms") or [])
+    dimms = list(expected.get("dimms") or []) + virtio_mem_rows(
+        expected.get("virtio_mem") or [], int(layout.get("block_size") or 0))
     seen = {int(b["number"]): b for b in observed.get("blocks") or []}
     predicted = {int(b["number"]): b for b in expected.get("blocks") or []}
     # The run's own verdict (harness.verify), not a second comparison here.
@@ -215,9 +237,9 @@ def render_svg(doc: dict[str, Any], step: int | None = None) -> str:
                f'(guest-reported; model prediction in the tooltip)</text>')
     y = y_detail
     for d in dimm_rows:
-        node = escape(str(d.get("node")))
-        out.append(f'<text x="{x0}" y="{y + 15}">{escape(str(d["id"]))} · node{node} · '
-                   f'{escape(_size(int(d["size"])))} @ {int(d["addr"]):#x}</text>')
+        row = (str(d["row_label"]) if "row_label" in d else
+               f'{d["id"]} · node{d.get("node")} · {_size(int(d["size"]))} @ {int(d["addr"]):#x}')
+        out.append(f'<text x="{x0}" y="{y + 15}">{escape(row)}</text>')
         bx = x0 + 230
         for num in (int(b) for b in d["blocks"]):
             got, want = seen.get(num), predicted.get(num)

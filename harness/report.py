@@ -97,6 +97,13 @@ def step_table(step: StepResult) -> Table:
                  s.get("zone") if s.get("state") == "online" else None),
             pair(w.get("state"), s.get("state")),
         )
+    exp_vmem = {v["id"]: v for v in step.expected.get("virtio_mem", [])}
+    obs_vmem = {v["id"]: v for v in step.observed.get("virtio_mem", [])}
+    for vid in sorted(exp_vmem.keys() | obs_vmem.keys()):  # QEMU's plugged size
+        w, s = exp_vmem.get(vid, {}), obs_vmem.get(vid, {})
+        table.add_row(esc(f"{vid} plugged"), esc(f"{w.get('addr', s.get('addr', 0)):#x}"),
+                      pair(w.get("node"), s.get("node")), "",
+                      pair(w.get("size"), s.get("size")))
     exp_nodes = {n["node"]: n["bytes"] for n in step.expected.get("nodes", [])}
     obs_nodes = {n["node"]: n["bytes"] for n in step.observed.get("nodes", [])}
     for node in sorted(exp_nodes.keys() | obs_nodes.keys()):

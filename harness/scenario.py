@@ -47,6 +47,13 @@ TOML format::
     [[step]]
     remove = "dimm0"
     wait = false                             # device_del only; reset must follow
+    [[step]]
+    add = "vmem0:4G@1"                       # a virtio-mem-pci of max-size 4G on node 1
+    device = "virtio-mem"                    # (optional: block_size, memaddr,
+    requested = "1G"                         #  unplugged_inaccessible, dynamic_memslots)
+    [[step]]
+    resize = "vmem0"                         # qom-set requested-size
+    requested = "3G"
 """
 
 from __future__ import annotations
@@ -62,9 +69,12 @@ from harness.errors import PlanRefused, UsageError, check_readable_file, read_sm
 from harness.guest.workload import WorkloadSpec
 from harness.model import (
     AddDimm,
+    AddVirtioMem,
     MachineSpec,
+    Operation,
     Prediction,
     RemoveDimm,
+    ResizeVirtioMem,
     parse_dimm_option,
     parse_memory_option,
     parse_numa_option,
@@ -77,12 +87,15 @@ from harness.units import parse_size
 
 Policy = Literal["online", "online_kernel", "online_movable"]
 POLICIES: tuple[str, ...] = ("online", "online_kernel", "online_movable")
-ACTIONS = ("add", "online", "offline", "remove", "reset", "workload", "migrate", "pause",
-           "resume", "reboot")
+ACTIONS = ("add", "resize", "online", "offline", "remove", "reset", "workload", "migrate",
+           "pause", "resume", "reboot")
 # Steps written ``KEY = true`` (no DIMM, no other keys)
 FLAG_ACTIONS = ("reset", "migrate", "pause", "resume", "reboot")
 # Steps that need the guest running (they act over SSH)
-GUEST_ACTIONS = ("online", "offline", "workload", "reboot")
+GUEST_ACTIONS = ("online", "offline", "workload", "reboot", "resize")
+DEVICES = ("pc-dimm", "virtio-mem")
+_VMEM_KEYS = {"device", "requested", "block_size", "memaddr", "unplugged_inaccessible",
+              "dynamic_memslots"}
 # Bounds on what a scenario may ask for (a scenario file is input, maybe hostile).
 MAX_STEPS = 1000
 MAX_SMP = 64
@@ -95,10 +108,12 @@ _NAME_FIX = "use letters, digits, '-', '.' and '_' (at most 64), e.g. remove-rea
 class Step:
     """One action of the plan."""
 
-    action: Literal["add", "online", "offline", "remove", "reset", "workload", "migrate",
-                    "pause", "resume", "reboot"]
+    action: Literal["add", "resize", "online", "offline", "remove", "reset", "workload",
+                    "migrate", "pause", "resume", "reboot"]
     dimm: str = ""
     add: AddDimm | None = None
+    vmem: AddVirtioMem | None = None  # add of a virtio-mem-pci
+    requested: int | None = None  # resize: the new requested-size
     policy: Policy | None = None
     workload: WorkloadSpec | None = None
     # An add QEMU is expected to refuse ("" = any refusal, else a regex of its words)
@@ -109,11 +124,28 @@ class Step:
 
     @property
     def is_model_op(self) -> bool:
-        """An operation that changes the DIMMs (a refused add changes nothing)."""
-        return (self.action == "add" and self.expect_refusal is None) or self.action == "remove"
+        """An operation that changes the memory devices (a refused one changes nothing)."""
+        return self.action in ("add", "remove", "resize") and self.expect_refusal is None
     expect_splat: tuple[str, ...] = ()  # regexes of kernel splats this step may print
 
+    def model_op(self) -> Operation | None:
+        """The model's operation for this step (refused or not)."""
+        if self.action == "add":
+            return self.vmem if self.vmem is not None else self.add
+        if self.action == "remove":
+            return RemoveDimm(self.dimm)
+        if self.action == "resize" and self.requested is not None:
+            return ResizeVirtioMem(self.dimm, self.requested)
+        return None
+
     def describe(self) -> str:
+        if self.action == "add" and self.vmem is not None:
+            v = self.vmem
+            where = f" at {v.addr:#x}" if v.addr is not None else ""
+            return (f"add virtio-mem {self.dimm} ({v.size >> 20} MiB, node {v.node}{where}, "
+                    f"requested {v.requested >> 20} MiB)")
+        if self.action == "resize" and self.requested is not None:
+            return f"resize {self.dimm} to {self.requested >> 20} MiB"
         if self.action == "add" and self.add is not None:
             where = f" at {self.add.addr:#x}" if self.add.addr is not None else ""
             be = f", {self.add.backend.describe()}" if self.add.backend != RAM else ""
@@ -155,15 +187,12 @@ class Scenario:
     exec_expect: tuple[str, ...] = ()  # regexes the --exec/--script output must show
     exec_forbid: tuple[str, ...] = ()  # regexes it must not show
 
-    def model_ops(self) -> list[AddDimm | RemoveDimm]:
-        ops: list[AddDimm | RemoveDimm] = []
+    def model_ops(self) -> list[Operation]:
+        ops: list[Operation] = []
         for step in self.steps:
-            if not step.is_model_op:
-                continue
-            if step.action == "add" and step.add is not None:
-                ops.append(step.add)
-            elif step.action == "remove":
-                ops.append(RemoveDimm(step.dimm))
+            op = step.model_op() if step.is_model_op else None
+            if op is not None:
+                ops.append(op)
         return ops
 
     def expected_refusals(self) -> dict[int, PlanRefused]:
@@ -172,11 +201,12 @@ class Scenario:
         QEMU accepts it, or refuses it in other words than the step expects."""
         out: dict[int, PlanRefused] = {}
         for i, step in enumerate(self.steps):
-            if step.expect_refusal is None or step.add is None:
+            op = step.model_op()
+            if step.expect_refusal is None or op is None:
                 continue
             before = replace(self, steps=self.steps[:i]).model_ops()
             try:
-                predict(self.machine, [*before, step.add])
+                predict(self.machine, [*before, op])
             except PlanRefused as exc:
                 words = getattr(exc, "qemu_message", "") or str(exc)
                 if step.expect_refusal and not re.search(step.expect_refusal, words):
@@ -266,13 +296,27 @@ def build_scenario(
                        numa=tuple(nodes), machine_version=mtype.version, host=host,
                        coldplug=cold, **kwargs)
     known: set[str] = {d.id for d in cold}
+    vmems: set[str] = set()
     for i, step in enumerate(steps):
         if step.action == "add" and step.expect_refusal is None:
             known.add(step.dimm)
-        elif step.action in ("online", "offline") and step.dimm not in known:
+            if step.vmem is not None:
+                vmems.add(step.dimm)
+        elif step.action in ("online", "offline") and step.dimm in vmems:
+            raise UsageError(
+                f"step {i + 1}: {step.action} of virtio-mem {step.dimm!r} is not modelled "
+                "(onlining its blocks lets the driver plug more, see "
+                "harness.model.kernel.virtio_mem)", value=step.dimm,
+                fix="choose the online policy with [guest].append memhp_default_state=")
+        elif step.action in ("online", "offline", "resize") and step.dimm not in known:
             raise UsageError(f"step {i + 1}: {step.action} of {step.dimm!r}, which no earlier "
-                             "step adds", value=step.dimm, fix="add the DIMM first")
+                             "step adds", value=step.dimm, fix="add the device first")
+        elif step.action == "resize" and step.dimm not in vmems:
+            raise UsageError(f"step {i + 1}: resize of {step.dimm!r}, which is not a "
+                             "virtio-mem device", value=step.dimm,
+                             fix='add it with device = "virtio-mem"')
     check_lifecycle(steps)
+    check_virtio_mem_lifecycle(steps, vmems)
     if script is not None:
         check_readable_file(script, "script", "give the path of a shell script to run in the "
                             "guest", max_bytes=MAX_SCRIPT_BYTES)
@@ -283,6 +327,27 @@ def build_scenario(
     scenario.predict()  # raises PlanRefused before any VM starts
     scenario.expected_refusals()  # and every expected refusal must be predicted
     return scenario
+
+
+def check_virtio_mem_lifecycle(steps: Sequence[Step], vmems: set[str]) -> None:
+    """virtio-mem steps need the guest running (the driver plugs; memhp waits
+    on the guest's blocks): no add or remove of one while paused or with
+    ``wait = false``, and no ``migrate`` while one is plugged (virtio-mem
+    migration is not modelled)."""
+    paused = False
+    for i, step in enumerate(steps):
+        where = f"step {i + 1} ({step.action})"
+        if step.action in ("pause", "resume"):
+            paused = step.action == "pause"
+        is_vmem = step.vmem is not None or (step.action == "remove" and step.dimm in vmems)
+        if is_vmem and (paused or not step.wait):
+            raise UsageError(f"{where}: a virtio-mem is added and removed with the guest "
+                             "running (its driver acts, memhp waits on it)", value=step.dimm,
+                             fix="resume first, and leave wait at its default")
+        if step.action == "migrate" and vmems:
+            raise UsageError(f"{where}: migrating a VM with a virtio-mem device is not "
+                             "modelled", value=sorted(vmems),
+                             fix="migrate in a scenario without virtio-mem")
 
 
 def check_lifecycle(steps: Sequence[Step]) -> None:
@@ -443,11 +508,24 @@ def _parse_step(i: int, raw: object) -> Step:
     allowed = {action, "expect_splat"} | ({"policy"} if action == "online" else set())
     if action == "workload":
         allowed |= {"node", "size"}
-    if action == "add":
-        allowed |= {"expect_refusal", *BACKEND_KEYS}
+    if action in ("add", "remove", "resize"):
+        allowed |= {"expect_refusal"}
+    if action == "add" and raw.get("device") == "virtio-mem":
+        allowed |= _VMEM_KEYS
+    elif action == "add":
+        allowed |= {"device", *BACKEND_KEYS}
+    if action == "resize":
+        allowed |= {"requested"}
     if action == "remove":
         allowed |= {"wait"}
     _unknown(raw, allowed, where)
+    refusal = raw.get("expect_refusal")
+    if refusal is not None and not (refusal is True or isinstance(refusal, str)):
+        raise UsageError(f"{where}.expect_refusal must be true or a string", value=refusal,
+                         fix='e.g. expect_refusal = "no free slots"')
+    if refusal is not None:
+        splat_patterns(refusal if isinstance(refusal, str) else "", f"{where}.expect_refusal")
+    expect_refusal = None if refusal is None else ("" if refusal is True else refusal)
     splats = splat_patterns(raw.get("expect_splat", []), f"{where}.expect_splat")
     if action == "workload":
         wid = _expect(raw, "workload", str, where)
@@ -461,23 +539,63 @@ def _parse_step(i: int, raw: object) -> Step:
         return Step(action, expect_splat=splats)  # type: ignore[arg-type]
     value = _expect(raw, action, str, where)
     if action == "add":
-        dimm = replace(parse_dimm_option(value), backend=backend_spec(raw, where))
-        refusal = raw.get("expect_refusal")
-        if refusal is not None and not (refusal is True or isinstance(refusal, str)):
-            raise UsageError(f"{where}.expect_refusal must be true or a string", value=refusal,
-                             fix='e.g. expect_refusal = "no free slots"')
-        if refusal is not None:
-            splat_patterns(refusal if isinstance(refusal, str) else "", f"{where}.expect_refusal")
+        device = raw.get("device", "pc-dimm")
+        if device not in DEVICES:
+            raise UsageError(f"{where}.device {device!r} is not a memory device memhp plugs",
+                             value=device, fix=f"use one of {', '.join(DEVICES)}")
+        dimm = parse_dimm_option(value)
+        if device == "virtio-mem":
+            vmem = _parse_vmem(raw, dimm, where)
+            return Step("add", vmem.id, add=dimm, vmem=vmem, expect_splat=splats,
+                        expect_refusal=expect_refusal)
+        dimm = replace(dimm, backend=backend_spec(raw, where))
         return Step("add", dimm.id, add=dimm, expect_splat=splats,
-                    expect_refusal=None if refusal is None else
-                    ("" if refusal is True else refusal))
+                    expect_refusal=expect_refusal)
+    if action == "resize":
+        if "requested" not in raw:
+            raise UsageError(f"{where}: resize needs requested", value=raw,
+                             fix='e.g. requested = "3G"')
+        requested = parse_size(_expect(raw, "requested", str, where),
+                               what=f"{where}.requested", allow_zero=True)
+        return Step("resize", value, requested=requested, expect_splat=splats,
+                    expect_refusal=expect_refusal)
     if action == "online":
         policy = _check_policy(raw.get("policy", "online_movable"), where)
         return Step("online", value, policy=policy, expect_splat=splats)
     if action == "remove":
         wait = _expect(raw, "wait", bool, where) if "wait" in raw else True
-        return Step("remove", value, expect_splat=splats, wait=wait)
+        return Step("remove", value, expect_splat=splats, wait=wait,
+                    expect_refusal=expect_refusal)
     return Step(action, value, expect_splat=splats)  # type: ignore[arg-type]
+
+
+def _parse_vmem(raw: Mapping[str, Any], dimm: AddDimm, where: str) -> AddVirtioMem:
+    """The virtio-mem keys of an add step (``ID:SIZE@NODE`` gives id, max-size, node)."""
+    if dimm.addr is not None:
+        raise UsageError(f"{where}: a virtio-mem takes its address as memaddr, not :ADDR",
+                         value=dimm.addr, fix='e.g. memaddr = "0x240000000"')
+
+    def size_key(key: str, allow_zero: bool = False) -> int | None:
+        if key not in raw:
+            return None
+        return parse_size(_expect(raw, key, str, where), what=f"{where}.{key}",
+                          allow_zero=allow_zero)
+
+    def bool_key(key: str) -> bool | None:
+        return _expect(raw, key, bool, where) if key in raw else None
+
+    addr = None
+    if "memaddr" in raw:
+        text = _expect(raw, "memaddr", str, where).strip()
+        if not re.fullmatch(r"0[xX][0-9a-fA-F]{1,16}|[0-9]{1,20}", text, re.ASCII):
+            raise UsageError(f"{where}.memaddr {text!r} is not a number", value=text,
+                             fix='give it in hex, e.g. memaddr = "0x240000000"')
+        addr = int(text, 16) if text.lower().startswith("0x") else int(text)
+    return AddVirtioMem(dimm.id, dimm.size, dimm.node,
+                        requested=size_key("requested", allow_zero=True) or 0,
+                        block_size=size_key("block_size"), addr=addr,
+                        unplugged_inaccessible=bool_key("unplugged_inaccessible"),
+                        dynamic_memslots=bool_key("dynamic_memslots"))
 
 
 def splat_patterns(value: object, where: str) -> tuple[str, ...]:
@@ -599,10 +717,31 @@ def offline(dimm_id: str) -> Step:
     return Step("offline", dimm_id)
 
 
-def remove(dimm_id: str, wait: bool = True) -> Step:
-    """Hot-remove; ``wait=False`` only sends ``device_del`` (a ``reset`` must
-    follow)."""
-    return Step("remove", dimm_id, wait=wait)
+def remove(dimm_id: str, wait: bool = True, expect_refusal: str | None = None) -> Step:
+    """Hot-remove a DIMM or a virtio-mem; ``wait=False`` only sends
+    ``device_del`` (a ``reset`` must follow); ``expect_refusal``: QEMU must
+    refuse it, in words matching this regex."""
+    return Step("remove", dimm_id, wait=wait, expect_refusal=expect_refusal)
+
+
+def add_virtio_mem(text: str, requested: str = "0", *, block_size: str | None = None,
+                   memaddr: int | None = None, unplugged_inaccessible: bool | None = None,
+                   dynamic_memslots: bool | None = None, expect_refusal: str | None = None
+                   ) -> Step:
+    """``add_virtio_mem("vmem0:4G@1", "1G")``: a virtio-mem-pci of max-size 4G
+    on node 1 asking for 1G (the TOML ``device = "virtio-mem"`` step)."""
+    dimm = parse_dimm_option(text)
+    vmem = AddVirtioMem(
+        dimm.id, dimm.size, dimm.node, requested=parse_size(requested, allow_zero=True),
+        block_size=None if block_size is None else parse_size(block_size), addr=memaddr,
+        unplugged_inaccessible=unplugged_inaccessible, dynamic_memslots=dynamic_memslots)
+    return Step("add", dimm.id, add=dimm, vmem=vmem, expect_refusal=expect_refusal)
+
+
+def resize(vmem_id: str, requested: str, expect_refusal: str | None = None) -> Step:
+    """``resize("vmem0", "3G")``: qom-set the virtio-mem's requested-size."""
+    return Step("resize", vmem_id, requested=parse_size(requested, allow_zero=True),
+                expect_refusal=expect_refusal)
 
 
 def pause() -> Step:

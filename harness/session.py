@@ -14,7 +14,7 @@ import shlex
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from harness.guest.workload import (
 )
 from harness.model import PlacedDimm, Prediction, predict
 from harness.model.kernel import KernelMemory, KernelPolicy, UnmodelledKernel
+from harness.model.virtio_mem import PlacedVirtioMem
 from harness.qemu.vm import VM
 from harness.retry import wait_for
 from harness.scenario import Scenario, Step
@@ -32,6 +33,7 @@ from harness.steps import ACTS
 from harness.steps.workload import check_workloads, stop_workloads
 from harness.verify import (
     ExpectedBlock,
+    ExpectedVirtioMem,
     Mismatch,
     compare_blocks,
     compare_qemu,
@@ -193,9 +195,10 @@ def block_states(vm: VM, numbers: list[int]) -> dict[int, str | None]:
 
 
 def wait_blocks(vm: VM, numbers: list[int], *, present: bool = True,
-                state: str | None = None) -> None:
+                state: str | None = None, timeout: float | None = None) -> None:
     """Wait (bounded, one guest round trip per poll) until every block in
-    ``numbers`` is present (in ``state`` if given), or all are gone."""
+    ``numbers`` is present (in ``state`` if given), or all are gone
+    (within ``timeout``, default the hot-add timeout)."""
     if not numbers:
         return
 
@@ -211,7 +214,7 @@ def wait_blocks(vm: VM, numbers: list[int], *, present: bool = True,
 
     wait_for(ready, what=f"memory blocks {numbers[0]}..{numbers[-1]} to "
              f"{'appear' if present else 'go'}" + (f" {state}" if state else ""),
-             timeout=vm.timeouts.s("hot_add"), first_interval=0.005,
+             timeout=timeout or vm.timeouts.s("hot_add"), first_interval=0.005,
              max_interval=0.1, abort=vm.check_alive, phase="hotplug",
              serial_tail=vm.serial_tail)
 
@@ -330,6 +333,18 @@ class Runner:
         done = self._ops_done()
         return self.prediction.steps[done - 1].dimms if done else self.prediction.boot.dimms
 
+    def current_vmems(self) -> tuple[PlacedVirtioMem, ...]:
+        done = self._ops_done()
+        return self.prediction.steps[done - 1].vmems if done else ()
+
+    def expected_vmems(self) -> list[ExpectedVirtioMem]:
+        """QEMU's view of each virtio-mem: the model's placement and request,
+        and the size the guest driver's model has plugged."""
+        drivers = self.kernel.virtio_mem if self.kernel is not None else {}
+        return [ExpectedVirtioMem(v.id, v.addr, v.size, v.block_size, v.node, v.requested,
+                                  drivers[v.id].plugged_size if v.id in drivers else 0)
+                for v in self.current_vmems()]
+
     def expected_blocks(self) -> list[ExpectedBlock]:
         if self.kernel is None:
             return []
@@ -350,11 +365,13 @@ class Runner:
             return self.observe_qemu_only()
         guest = self.vm.guest
         qemu_dimms = self.vm.query_memory_devices()
+        qemu_vmems = self.vm.query_virtio_mem()
         view = guest.snapshot()
         numactl = guest.numactl()
         free = guest.free()
         expected = self.expected_blocks()
-        mism = compare_qemu(self.current_dimms(), qemu_dimms)
+        mism = compare_qemu(self.current_dimms(), qemu_dimms,
+                            virtio_mem=self.expected_vmems(), observed_virtio_mem=qemu_vmems)
         mism += compare_blocks(expected, self.boot_blocks, view.sysfs.blocks)
         node_totals = {n: info.values["MemTotal"] for n, info in view.nodes.items()}
         mism += compare_totals(
@@ -366,6 +383,7 @@ class Runner:
         )
         observed = {
             "dimms": [_dimm_json(d) | {"addr": d.addr} for d in qemu_dimms],
+            "virtio_mem": [asdict(v) for v in qemu_vmems],
             "blocks": [
                 {"number": b.number, "state": b.state, "node": b.node, "zone": b.zone,
                  "valid_zones": list(b.valid_zones)}
@@ -407,6 +425,7 @@ class Runner:
             "dimms": [_dimm_json(d) for d in self.current_dimms()]
             + [_dimm_json(d) | {"unplug_pending": True}
                for _, d, _ in self.pending_unplugs.values()],
+            "virtio_mem": [asdict(v) for v in self.expected_vmems()],
             "blocks": [
                 {"number": b.number, "state": b.state, "node": b.node, "zone": b.zone,
                  "managed_bytes": b.managed_bytes, "valid_zones": list(b.valid_zones)}

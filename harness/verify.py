@@ -8,6 +8,12 @@ Comparison rules (and why):
 
 * DIMM address, size, node and slot: exact (QEMU's placement is
   deterministic, see :mod:`harness.model`).
+* virtio-mem memaddr, max-size, block-size, node, requested-size and the
+  plugged ``size``: exact (QEMU's side from :mod:`harness.model.virtio_mem`,
+  the plugged size from the guest driver's model,
+  :mod:`harness.model.kernel.virtio_mem`).  Its blocks and totals are
+  compared like a DIMM's: the kernel model holds them, a partially plugged
+  block counting only its plugged bytes.
 * Blocks: exactly the model's ``memoryN`` set must exist beyond the boot
   blocks, on the model's node; each in the state the run put it in
   (``online`` after onlining or auto-online, else ``offline``) and, when
@@ -64,9 +70,25 @@ class ExpectedBlock:
     valid_zones: tuple[str, ...] = ()  # expected valid_zones of an offline block
 
 
-def compare_qemu(predicted: Iterable[Any], observed: Iterable[Any]) -> list[Mismatch]:
-    """Model DIMMs vs QEMU's ``query-memory-devices`` (by id)."""
-    out: list[Mismatch] = []
+@dataclass(frozen=True)
+class ExpectedVirtioMem:
+    """What QEMU should report for one virtio-mem device."""
+
+    id: str
+    addr: int
+    max_size: int
+    block_size: int
+    node: int
+    requested_size: int
+    size: int  # plugged by the guest driver, as the model predicts
+
+
+def compare_qemu(predicted: Iterable[Any], observed: Iterable[Any], *,
+                 virtio_mem: Iterable[ExpectedVirtioMem] = (),
+                 observed_virtio_mem: Iterable[Any] = ()) -> list[Mismatch]:
+    """Model DIMMs vs QEMU's ``query-memory-devices`` (by id), and likewise
+    the virtio-mem devices (``QemuVirtioMem`` records)."""
+    out = _compare_virtio_mem(virtio_mem, observed_virtio_mem)
     pred = {d.id: d for d in predicted}
     seen = {d.id: d for d in observed}
     for dimm_id in sorted(pred.keys() - seen.keys()):
@@ -81,6 +103,24 @@ def compare_qemu(predicted: Iterable[Any], observed: Iterable[Any]) -> list[Mism
                 if field == "addr":
                     exp, obs = hex(exp), hex(obs)
                 out.append(Mismatch(field, dimm_id, exp, obs, "qemu"))
+    return out
+
+
+def _compare_virtio_mem(predicted: Iterable[ExpectedVirtioMem], observed: Iterable[Any]
+                        ) -> list[Mismatch]:
+    out: list[Mismatch] = []
+    pred = {v.id: v for v in predicted}
+    seen = {v.id: v for v in observed}
+    for vid in sorted(pred.keys() ^ seen.keys()):
+        out.append(Mismatch("present", vid, vid in pred, vid in seen, "qemu"))
+    for vid in sorted(pred.keys() & seen.keys()):
+        p, o = pred[vid], seen[vid]
+        for field in ("addr", "max_size", "block_size", "node", "requested_size", "size"):
+            exp, obs = getattr(p, field), getattr(o, field)
+            if exp != obs:
+                if field == "addr":
+                    exp, obs = hex(exp), hex(obs)
+                out.append(Mismatch(field.replace("_", "-"), vid, exp, obs, "qemu"))
     return out
 
 

@@ -11,9 +11,11 @@ from harness.model.predict import (
 )
 from harness.model.spec import (
     AddDimm,
+    AddVirtioMem,
     MachineSpec,
     Operation,
     RemoveDimm,
+    ResizeVirtioMem,
     check_id,
     parse_dimm_option,
     parse_memory_option,
@@ -21,8 +23,8 @@ from harness.model.spec import (
 )
 
 __all__ = [
-    "AddDimm", "Layout", "MachineSpec", "NodeTotals", "Operation", "PlacedDimm", "Prediction",
-    "RemoveDimm", "StepPrediction", "check_id", "compute_layout", "default_block_size",
-    "expected_zone", "parse_dimm_option", "parse_memory_option", "parse_numa_option",
-    "predict", "ram_split",
+    "AddDimm", "AddVirtioMem", "Layout", "MachineSpec", "NodeTotals", "Operation",
+    "PlacedDimm", "Prediction", "RemoveDimm", "ResizeVirtioMem", "StepPrediction",
+    "check_id", "compute_layout", "default_block_size", "expected_zone", "parse_dimm_option",
+    "parse_memory_option", "parse_numa_option", "predict", "ram_split",
 ]

@@ -49,6 +49,11 @@ the state at boot (``Prediction.boot``); a refused one has ``step`` None
 and ``coldplug`` True (QEMU refuses to start, prefixing its message with
 the ``-device`` option).
 
+A virtio-mem device (``AddVirtioMem``, ``ResizeVirtioMem``, and a
+``RemoveDimm`` naming one) follows :mod:`harness.model.virtio_mem`: it
+shares the device-memory area, the id space and the ``maxmem`` room with the
+DIMMs (every memory device counts with its whole region), but takes no slot.
+
 QEMU then plugs the DIMM; the guest kernel adds it only if its start and
 size are multiples of the memory block size (``check_hotplug_memory_range()``
 in mm/memory_hotplug.c): otherwise the DIMM is placed but rejected by the
@@ -60,13 +65,23 @@ start off a block boundary as well.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from harness.errors import PlanRefused
+from harness.model import virtio_mem as vm_rules
 from harness.model.backend import QEMU_MAX_NODES, BackendSpec, size_to_str
 from harness.model.layout import Layout, compute_layout
-from harness.model.spec import ACPI_MAX_RAM_SLOTS, AddDimm, MachineSpec, Operation, RemoveDimm
+from harness.model.spec import (
+    ACPI_MAX_RAM_SLOTS,
+    AddDimm,
+    AddVirtioMem,
+    MachineSpec,
+    Operation,
+    RemoveDimm,
+    ResizeVirtioMem,
+)
+from harness.model.virtio_mem import PlacedVirtioMem
 from harness.units import MiB, format_size
 
 
@@ -126,6 +141,7 @@ class StepPrediction:
     op: Operation | None
     dimms: tuple[PlacedDimm, ...]
     nodes: tuple[NodeTotals, ...]
+    vmems: tuple[PlacedVirtioMem, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -163,6 +179,7 @@ class Prediction:
             },
             "block_size": lay.block_size,
             "dimms": [d.to_json() for d in final.dimms],
+            "virtio_mem": [v.to_json() for v in final.vmems],
             "nodes": [n.to_json() for n in final.nodes],
         }
 
@@ -352,11 +369,13 @@ DIMM_BACKEND = "<backend>"
 
 
 def _place(spec: MachineSpec, layout: Layout, dimms: list[PlacedDimm], op: AddDimm,
-           held: dict[int, int] | None = None) -> PlacedDimm:
+           vmems: Sequence[PlacedVirtioMem] = (), held: dict[int, int] | None = None
+           ) -> PlacedDimm:
     """Place ``op``; ``held``: hugepages (per page size) this plan's DIMMs
     and kept files hold."""
-    _check_backend(spec, op, held or {}, spec.ram_size + sum(d.size for d in dimms), dimms)
-    if any(d.id == op.id for d in dimms):
+    devices: list[PlacedDimm | PlacedVirtioMem] = [*dimms, *vmems]
+    _check_backend(spec, op, held or {}, spec.ram_size + sum(d.size for d in devices), dimms)
+    if any(d.id == op.id for d in devices):
         raise _refuse("duplicate-id", f"DIMM id {op.id!r} is already in use",
                       f"Duplicate device ID '{op.id}'", value=op.id, limit=None,
                       fix="give every DIMM its own id")
@@ -372,16 +391,7 @@ def _place(spec: MachineSpec, layout: Layout, dimms: list[PlacedDimm], op: AddDi
                       f"DIMM {op.id!r}: all {spec.slots} slots are in use",
                       "no free slots available", value=len(dimms) + 1, limit=spec.slots,
                       fix="raise slots= or remove a DIMM first")
-    room = spec.maxram - spec.ram_size
-    used = sum(d.size for d in dimms)
-    if used + op.size > room:
-        raise _refuse(
-            "maxmem-exceeded",
-            f"DIMM {op.id!r} ({format_size(op.size)}) exceeds maxmem: {format_size(used)} of "
-            f"{format_size(room)} (maxmem - mem) already in use",
-            f"not enough space, currently 0x{used:x} in use of total space for memory "
-            f"devices 0x{room:x}", value=op.size, limit=room,
-            fix="raise maxmem or use a smaller DIMM")
+    _check_room(spec, op, [*dimms, *vmems])
     align = op.backend.alignment
     explicit = op.addr if op.addr else None  # address 0 = no address
     checks = {"after-addr": (_check_addr_align, _check_size_align),
@@ -389,38 +399,7 @@ def _place(spec: MachineSpec, layout: Layout, dimms: list[PlacedDimm], op: AddDi
               "none": (_check_addr_align,)}[spec.rules.size_check]
     for check in checks:
         check(op, explicit, align)
-    lo, hi = layout.device_base, layout.device_end
-    ordered = sorted(dimms, key=lambda d: d.addr)
-    if explicit is not None:
-        if explicit < lo or explicit + op.size > hi:
-            raise _refuse(
-                "addr-outside-region",
-                f"DIMM {op.id!r}: [{explicit:#x}, {explicit + op.size:#x}) is outside the "
-                f"device-memory region [{lo:#x}, {hi:#x})",
-                f"can't add memory device [0x{explicit:x}:0x{op.size:x}], usable range for "
-                f"memory devices [0x{lo:x}:0x{hi - lo:x}]", value=explicit, limit=(lo, hi),
-                fix="pick an address inside the region (see `memhp model`)")
-        for d in ordered:
-            if d.addr < explicit + op.size and explicit < d.end:
-                raise _refuse(
-                    "addr-conflict", f"DIMM {op.id!r} at {explicit:#x} overlaps DIMM {d.id!r}",
-                    f"address range conflicts with memory device id='{d.id}'", value=explicit,
-                    limit=(d.addr, d.end), fix="pick a free address or let QEMU place it")
-        addr = explicit
-    else:
-        addr = _align_up(lo, align)
-        for d in ordered:
-            if d.addr < addr + op.size and addr < d.end:
-                addr = _align_up(d.end, align)
-            elif d.addr >= addr + op.size:
-                break
-        if addr + op.size > hi:
-            raise _refuse(
-                "no-room", f"DIMM {op.id!r} ({format_size(op.size)}) does not fit in the "
-                f"device-memory region [{lo:#x}, {hi:#x})",
-                "could not find position in guest address space for memory device - memory "
-                "fragmented due to alignments", value=op.size, limit=(lo, hi),
-                fix="use a smaller DIMM or remove one")
+    addr = _find_addr(layout, [*dimms, *vmems], op, explicit, align)
     if op.node >= spec.node_count:
         raise _refuse(
             "unknown-node", f"DIMM {op.id!r}: node {op.node} does not exist "
@@ -438,6 +417,88 @@ def _place(spec: MachineSpec, layout: Layout, dimms: list[PlacedDimm], op: AddDi
     blocks = tuple(range(addr // bs, (addr + op.size) // bs))
     return PlacedDimm(op.id, addr, op.size, op.node, free[0], blocks, True, None, align,
                       op.backend)
+
+
+def _check_room(spec: MachineSpec, op: AddDimm | AddVirtioMem,
+                devices: Sequence[PlacedDimm | PlacedVirtioMem]) -> None:
+    """memory_device_check_addable(): every memory device's region counts."""
+    room = spec.maxram - spec.ram_size
+    used = sum(d.size for d in devices)
+    kind = "DIMM" if isinstance(op, AddDimm) else "virtio-mem"
+    if used + op.size > room:
+        raise _refuse(
+            "maxmem-exceeded",
+            f"{kind} {op.id!r} ({format_size(op.size)}) exceeds maxmem: {format_size(used)} of "
+            f"{format_size(room)} (maxmem - mem) already in use",
+            f"not enough space, currently 0x{used:x} in use of total space for memory "
+            f"devices 0x{room:x}", value=op.size, limit=room,
+            fix="raise maxmem or use a smaller device")
+
+
+def _find_addr(layout: Layout, devices: Sequence[PlacedDimm | PlacedVirtioMem],
+               op: AddDimm | AddVirtioMem, explicit: int | None, align: int) -> int:
+    """memory_device_get_free_addr(): an explicit address inside the area and
+    clear of every memory device, or first fit from the area's start."""
+    kind = "DIMM" if isinstance(op, AddDimm) else "virtio-mem"
+    lo, hi = layout.device_base, layout.device_end
+    ordered = sorted(devices, key=lambda d: d.addr)
+    if explicit is not None:
+        if explicit < lo or explicit + op.size > hi:
+            raise _refuse(
+                "addr-outside-region",
+                f"{kind} {op.id!r}: [{explicit:#x}, {explicit + op.size:#x}) is outside the "
+                f"device-memory region [{lo:#x}, {hi:#x})",
+                f"can't add memory device [0x{explicit:x}:0x{op.size:x}], usable range for "
+                f"memory devices [0x{lo:x}:0x{hi - lo:x}]", value=explicit, limit=(lo, hi),
+                fix="pick an address inside the region (see `memhp model`)")
+        for d in ordered:
+            if d.addr < explicit + op.size and explicit < d.end:
+                raise _refuse(
+                    "addr-conflict", f"{kind} {op.id!r} at {explicit:#x} overlaps {d.id!r}",
+                    f"address range conflicts with memory device id='{d.id}'", value=explicit,
+                    limit=(d.addr, d.end), fix="pick a free address or let QEMU place it")
+        addr = explicit
+    else:
+        addr = _align_up(lo, align)
+        for d in ordered:
+            if d.addr < addr + op.size and addr < d.end:
+                addr = _align_up(d.end, align)
+            elif d.addr >= addr + op.size:
+                break
+        if addr + op.size > hi:
+            raise _refuse(
+                "no-room", f"{kind} {op.id!r} ({format_size(op.size)}) does not fit in the "
+                f"device-memory region [{lo:#x}, {hi:#x})",
+                "could not find position in guest address space for memory device - memory "
+                "fragmented due to alignments", value=op.size, limit=(lo, hi),
+                fix="use a smaller DIMM or remove one")
+    return addr
+
+
+def _place_vmem(spec: MachineSpec, layout: Layout, dimms: Sequence[PlacedDimm],
+                vmems: Sequence[PlacedVirtioMem], op: AddVirtioMem) -> PlacedVirtioMem:
+    """A virtio-mem-pci device, in QEMU's order (:mod:`harness.model.virtio_mem`)."""
+    rules = vm_rules.vmem_rules_for(spec.qemu_version)
+    devices: list[PlacedDimm | PlacedVirtioMem] = [*dimms, *vmems]
+    _check_host(spec, op.size, DIMM_BACKEND, spec.ram_size + sum(d.size for d in devices))
+    vm_rules.check_bus(op, spec.machine)
+    if any(d.id == op.id for d in devices):
+        raise _refuse("duplicate-id", f"device id {op.id!r} is already in use",
+                      f"Duplicate device ID '{op.id}'", value=op.id, limit=None,
+                      fix="give every memory device its own id")
+    block_size = vm_rules.check_properties(op, rules)
+    _check_room(spec, op, [*dimms, *vmems])
+    align = vm_rules.alignment(block_size)
+    explicit = op.addr if op.addr else None
+    _check_addr_align(op, explicit, align)  # type: ignore[arg-type]
+    if rules.memdev_size_check == "pre-plug":
+        _check_size_align(op, explicit, align)  # type: ignore[arg-type]
+    addr = _find_addr(layout, [*dimms, *vmems], op, explicit, align)
+    vm_rules.check_realize(op, rules, block_size, spec.node_count, bool(spec.numa))
+    inaccessible = (op.unplugged_inaccessible if op.unplugged_inaccessible is not None
+                    else vm_rules.default_unplugged_inaccessible(spec.rules.machine_version))
+    return PlacedVirtioMem(op.id, addr, op.size, op.node, block_size, op.requested,
+                           inaccessible)
 
 
 def _totals(spec: MachineSpec, dimms: Sequence[PlacedDimm]) -> tuple[NodeTotals, ...]:
@@ -503,6 +564,7 @@ def predict(spec: MachineSpec, ops: Sequence[Operation]) -> Prediction:
     layout = compute_layout(spec)
     _check_spec(spec, layout)
     dimms: list[PlacedDimm] = []
+    vmems: list[PlacedVirtioMem] = []
     for cold_op in spec.coldplug:
         try:
             dimms.append(_place(spec, layout, dimms, cold_op))
@@ -522,7 +584,15 @@ def predict(spec: MachineSpec, ops: Sequence[Operation]) -> Prediction:
                     if d.backend.hugepages:
                         held[d.backend.hugepages] = held.get(d.backend.hugepages, 0) \
                             + d.hugepages
-                dimms.append(_place(spec, layout, dimms, op, held))
+                dimms.append(_place(spec, layout, dimms, op, vmems, held))
+            elif isinstance(op, AddVirtioMem):
+                vmems.append(_place_vmem(spec, layout, dimms, vmems, op))
+            elif isinstance(op, ResizeVirtioMem):
+                vmems = _resize(vmems, op)
+            elif isinstance(op, RemoveDimm) and any(v.id == op.id for v in vmems):
+                dev = next(v for v in vmems if v.id == op.id)
+                vm_rules.check_unplug(dev, vm_rules.vmem_rules_for(spec.qemu_version))
+                vmems = [v for v in vmems if v.id != op.id]
             elif isinstance(op, RemoveDimm):
                 if not any(d.id == op.id for d in dimms):
                     raise _refuse("unknown-dimm", f"no DIMM {op.id!r} to remove",
@@ -540,8 +610,20 @@ def predict(spec: MachineSpec, ops: Sequence[Operation]) -> Prediction:
             exc.step = i  # type: ignore[attr-defined]
             raise
         ordered = tuple(sorted(dimms, key=lambda d: d.addr))
-        steps.append(StepPrediction(op, ordered, _totals(spec, ordered)))
+        steps.append(StepPrediction(op, ordered, _totals(spec, ordered),
+                                    tuple(sorted(vmems, key=lambda v: v.addr))))
     return Prediction(spec, layout, boot, tuple(steps))
+
+
+def _resize(vmems: list[PlacedVirtioMem], op: ResizeVirtioMem) -> list[PlacedVirtioMem]:
+    """qom-set requested-size: QEMU's checks, then the new request."""
+    for i, v in enumerate(vmems):
+        if v.id == op.id:
+            vm_rules.check_resize(v, op.requested)
+            return [*vmems[:i], replace(v, requested=op.requested), *vmems[i + 1:]]
+    raise _refuse("unknown-device", f"no virtio-mem {op.id!r} to resize",
+                  f"Device '{op.id}' not found", value=op.id, limit=None,
+                  fix="resize a virtio-mem an earlier step added")
 
 
 def expected_zone(policy: str) -> str:

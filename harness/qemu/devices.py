@@ -212,3 +212,25 @@ def pc_dimm(dimm_id: str, backend: QomObject, node: int, addr: int | None = None
     if addr is not None:
         props += (("addr", addr),)
     return MemoryDevice(backend, QdevDevice("pc-dimm", dimm_id, props))
+
+
+def virtio_mem(vmem_id: str, backend: QomObject, node: int, requested: int = 0, *,
+               block_size: int | None = None, memaddr: int | None = None,
+               unplugged_inaccessible: bool | None = None,
+               dynamic_memslots: bool | None = None) -> MemoryDevice:
+    """A ``virtio-mem-pci`` on ``node`` over ``backend`` (its max-size), asking
+    the guest for ``requested`` bytes.  Properties left None are not passed
+    (QEMU's defaults apply; ``dynamic-memslots`` exists from QEMU 8.2,
+    ``unplugged-inaccessible`` from 7.0)."""
+    props: tuple[tuple[str, Any], ...] = (("memdev", backend.id), ("node", node),
+                                          ("requested-size", requested))
+    optional: tuple[tuple[str, Any], ...] = (("block-size", block_size), ("memaddr", memaddr),
+                ("unplugged-inaccessible", unplugged_inaccessible),
+                ("dynamic-memslots", dynamic_memslots))
+    for key, value in optional:
+        if value is None:
+            continue
+        if key == "unplugged-inaccessible":  # an OnOffAuto, not a bool
+            value = "on" if value else "off"
+        props += ((key, value),)
+    return MemoryDevice(backend, QdevDevice("virtio-mem-pci", vmem_id, props))

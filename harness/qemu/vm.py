@@ -48,7 +48,14 @@ from harness.leaks import proc_start_time, proc_stat, sweep_stale_workdirs, work
 from harness.model.backend import RAM, BackendSpec
 from harness.qemu.argv import RuntimePaths, build_argv
 from harness.qemu.config import FwCfgFile, KernelBoot, VMConfig
-from harness.qemu.devices import MemoryDevice, backend_object, new_backend_id, pc_dimm
+from harness.qemu.devices import (
+    MemoryDevice,
+    backend_object,
+    new_backend_id,
+    pc_dimm,
+    ram_backend,
+    virtio_mem,
+)
 from harness.qemu.qmp import QMPEvent, QMPSession
 from harness.retry import NotYet, wait_for
 
@@ -109,6 +116,21 @@ class QemuDimm:
     slot: int
     memdev: str
     hotplugged: bool
+
+
+@dataclass(frozen=True)
+class QemuVirtioMem:
+    """A virtio-mem device as QEMU reports it in ``query-memory-devices``
+    (``VirtioMEMDeviceInfo``): ``size`` is what the guest has plugged."""
+
+    id: str
+    addr: int  # memaddr
+    size: int
+    requested_size: int
+    max_size: int
+    block_size: int
+    node: int
+    memdev: str
 
 
 @dataclass(frozen=True)
@@ -587,6 +609,61 @@ class VM:
             ))
         return tuple(out)
 
+    def query_virtio_mem(self) -> tuple[QemuVirtioMem, ...]:
+        """The ``virtio-mem`` entries of ``query-memory-devices``."""
+        out = []
+        for dev in self.execute("query-memory-devices", phase="observe"):
+            if dev.get("type") != "virtio-mem":
+                continue
+            d = dev["data"]
+            out.append(QemuVirtioMem(
+                id=d.get("id", ""), addr=int(d["memaddr"]), size=int(d["size"]),
+                requested_size=int(d["requested-size"]), max_size=int(d["max-size"]),
+                block_size=int(d["block-size"]), node=int(d["node"]), memdev=str(d["memdev"]),
+            ))
+        return tuple(out)
+
+    def hot_add_virtio_mem(self, vmem_id: str, size: int, node: int, requested: int = 0,
+                           **props: Any) -> None:
+        """Hot-add a virtio-mem-pci over an anonymous RAM backend of ``size``
+        (see :meth:`plug`; ``props`` as :func:`harness.qemu.devices.virtio_mem`)."""
+        self.plug(virtio_mem(vmem_id, ram_backend(size), node, requested, **props))
+
+    def resize_virtio_mem(self, vmem_id: str, requested: int) -> None:
+        """``qom-set`` the device's ``requested-size`` (QEMU's refusal is raised
+        verbatim as :class:`QMPCommandError`)."""
+        self.execute("qom-set", {"path": f"/machine/peripheral/{vmem_id}",
+                                 "property": "requested-size", "value": requested},
+                     phase="hotplug")
+        if vmem_id in self.memory_devices:  # a migration destination takes the new size
+            rec = self.memory_devices[vmem_id]
+            self.memory_devices[vmem_id] = replace(
+                rec, device=rec.device.with_props(**{"requested-size": requested}))
+
+    def wait_virtio_mem_size(self, vmem_id: str, size: int, *, since: int,
+                             timeout: float | None = None) -> bool:
+        """Wait (bounded) until the guest has plugged ``size`` bytes of
+        ``vmem_id``: QEMU's ``MEMORY_DEVICE_SIZE_CHANGE`` since ``since``
+        (a QMP event cursor taken before the action) carrying that size, or
+        the size already there (the guest plugs nothing: no event comes).
+        False when the wait ended without it (the caller compares what is)."""
+        for dev in self.query_virtio_mem():
+            if dev.id == vmem_id and dev.size == size:
+                return True
+        qmp = self._qmp()
+
+        def match(ev: QMPEvent) -> bool:
+            return (ev.name == "MEMORY_DEVICE_SIZE_CHANGE" and ev.data.get("id") == vmem_id
+                    and int(ev.data.get("size", -1)) == size)
+
+        try:
+            qmp.wait_event(match, since=since, timeout=timeout or self.timeouts.s("hot_add"),
+                           what=f"MEMORY_DEVICE_SIZE_CHANGE of {vmem_id} to {size}",
+                           abort=self.check_alive, phase="hotplug")
+        except WaitTimeout:
+            return False
+        return True
+
     def backend_path(self, spec: BackendSpec, backend_id: str) -> str | None:
         """The ``mem-path`` of a file backend: ``spec.mem_path`` (a directory
         gets a file of memhp's inside, so the file can be checked and
@@ -672,6 +749,8 @@ class VM:
         for dev in self.query_memory_devices():
             if dev.id == dimm_id:
                 backend = dev.memdev
+        if backend is None and dimm_id in self.memory_devices:  # a virtio-mem
+            backend = self.memory_devices[dimm_id].backend.id
         cursor = qmp.cursor()
         self.execute("device_del", {"id": dimm_id}, phase="hotplug")
         return PendingUnplug(dimm_id, cursor, backend)

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from harness.steps import blocks, dimm, lifecycle, migrate, workload
+from harness.steps import blocks, dimm, lifecycle, migrate, virtio_mem, workload
 from harness.verify import Mismatch
 
 if TYPE_CHECKING:
@@ -23,9 +23,27 @@ if TYPE_CHECKING:
 
 Act = Callable[["Runner", "Step", dict[str, float]], list[Mismatch]]
 
+
+
+def act_add(runner: Runner, step: Step, lat: dict[str, float]) -> list[Mismatch]:
+    """An add: of a virtio-mem (``device = "virtio-mem"``) or a pc-dimm."""
+    return (virtio_mem.act_add if step.vmem is not None else dimm.act_add)(runner, step, lat)
+
+
+def act_remove(runner: Runner, step: Step, lat: dict[str, float]) -> list[Mismatch]:
+    """A remove, by the kind of device the id names; one QEMU must refuse
+    (``expect_refusal``) is a ``device_del`` whose words are checked, whatever
+    the device."""
+    refused = step.expect_refusal is not None
+    act = (virtio_mem.act_remove if refused or virtio_mem.is_virtio_mem(runner, step)
+           else dimm.act_remove)
+    return act(runner, step, lat)
+
+
 ACTS: dict[str, Act] = {
-    "add": dimm.act_add,
-    "remove": dimm.act_remove,
+    "add": act_add,
+    "resize": virtio_mem.act_resize,
+    "remove": act_remove,
     "online": blocks.act_online,
     "offline": blocks.act_offline,
     "reset": lifecycle.act_reset,

@@ -62,8 +62,7 @@ def act_reset(runner: Runner, step: Step, lat: dict[str, float]) -> list[Mismatc
     runner.vm.reboot()
     lat["reboot_s"] = time.monotonic() - t0
     runner.steps_done.append(step)
-    _after_boot(runner)
-    return []
+    return _after_boot(runner, lat)
 
 
 def act_reboot(runner: Runner, step: Step, lat: dict[str, float]) -> list[Mismatch]:
@@ -72,12 +71,15 @@ def act_reboot(runner: Runner, step: Step, lat: dict[str, float]) -> list[Mismat
     lat["reboot_s"] = time.monotonic() - t0
     runner.step_notes["reset_event"] = event.data
     runner.steps_done.append(step)
-    _after_boot(runner)
-    return []
+    return _after_boot(runner, lat)
 
 
-def _after_boot(runner: Runner) -> None:
-    """The guest booted again with the DIMMs QEMU still has."""
+def _after_boot(runner: Runner, lat: dict[str, float]) -> list[Mismatch]:
+    """The guest booted again with the DIMMs QEMU still has; every
+    virtio-mem was emptied by the reset and its driver plugs the request
+    again (:func:`harness.steps.virtio_mem.after_reset`)."""
+    from harness.steps.virtio_mem import after_reset
+
     runner.pending_adds = []  # enumerated at boot like the others
     if runner.workloads:  # their tmpfs and processes went with the old boot
         runner.step_notes["workloads_ended"] = sorted(runner.workloads)
@@ -86,7 +88,9 @@ def _after_boot(runner: Runner) -> None:
     plugged = sorted((d for d in runner.current_dimms() if d.guest_accepts),
                      key=lambda d: d.slot)
     runner.km().reboot((d.id, d.node, d.blocks, d.size) for d in plugged)
+    mismatches = after_reset(runner, lat)
     runner.set_baseline_totals(runner.vm.guest.snapshot())
+    return mismatches
 
 
 def _settle_unplugs_at_reset(runner: Runner) -> None:
@@ -141,10 +145,11 @@ def act_resume(runner: Runner, step: Step, lat: dict[str, float]) -> list[Mismat
     runner.vm.resume()
     lat["cont_s"] = time.monotonic() - t0
     runner.steps_done.append(step)
+    mismatches: list[Mismatch] = []
     if runner.reset_while_paused:
         lat["boot_s"] = lat.pop("cont_s")
         runner.reset_while_paused = False
-        _after_boot(runner)
+        mismatches = _after_boot(runner, lat)
     t1 = time.monotonic()
     plugged = {d.id for d in runner.current_dimms()}
     adds, runner.pending_adds = runner.pending_adds, []
@@ -173,4 +178,4 @@ def act_resume(runner: Runner, step: Step, lat: dict[str, float]) -> list[Mismat
         lat["unplug_after_cont_s"] = time.monotonic() - t2
     if refused:
         raise refused[0]
-    return []
+    return mismatches

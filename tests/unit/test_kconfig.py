@@ -200,3 +200,14 @@ def test_source_explains_why_an_option_is_off(tmp_path: Path, modules_keyword: b
     assert "NUMA" in why["MEMORY_HOTPLUG"] and "n" in why["MEMORY_HOTPLUG"]
     assert "MEMORY_HOTPLUG=n" in why["ACPI_HOTPLUG_MEMORY"]
     assert ("kconfiglib cannot parse" in why["MEMORY_HOTPLUG"]) == modules_keyword
+
+
+def test_virtio_mem_and_what_it_needs() -> None:
+    """CONFIG_VIRTIO_MEM and its dependencies (drivers/virtio/Kconfig, 6.1 and
+    6.12): a warning when missing, since pc-dimm hotplug works without them."""
+    base = (kconfigs_dir() / "memhp.config").read_text()
+    without = {f.option: f for f in check_config(base).findings if f.group == "virtio-mem"}
+    assert set(without) == {"VIRTIO_MEM", "CONTIG_ALLOC", "EXCLUSIVE_SYSTEM_RAM", "VIRTIO"}
+    assert not without["VIRTIO_MEM"].ok and without["VIRTIO_MEM"].severity == "warning"
+    full = base + "CONFIG_VIRTIO_MEM=m\nCONFIG_CONTIG_ALLOC=y\nCONFIG_EXCLUSIVE_SYSTEM_RAM=y\n"
+    assert all(f.ok for f in check_config(full).findings if f.group == "virtio-mem")

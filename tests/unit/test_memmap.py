@@ -88,3 +88,26 @@ def test_a_node_split_by_the_pci_hole_is_drawn_on_both_sides() -> None:
 def test_a_document_without_layout_is_refused() -> None:
     with pytest.raises(ValueError, match="no layout"):
         render_svg({"steps": []})
+
+
+def test_virtio_mem_region_with_plugged_and_unplugged_blocks() -> None:
+    from harness.memmap import render_svg
+
+    doc = {
+        "scenario": "vmem", "kernel": "6.1", "qemu_version": "10.0.2", "result": "pass",
+        "layout": {"machine": "pc", "below_4g": 3 << 30, "above_4g": 3 << 30,
+                   "node_ram": [3 << 30, 3 << 30], "device_base": 7 << 30,
+                   "device_size": 26 << 30, "block_size": 128 << 20},
+        "steps": [{"action": "resize vmem0", "mismatches": [],
+                   "expected": {"dimms": [], "virtio_mem": [
+                       {"id": "vmem0", "addr": 7 << 30, "max_size": 1 << 30, "node": 1,
+                        "block_size": 2 << 20, "requested_size": 256 << 20,
+                        "size": 256 << 20}], "blocks": []},
+                   "observed": {"blocks": [
+                       {"number": 56, "state": "online", "zone": "Movable", "node": 1},
+                       {"number": 57, "state": "online", "zone": "Movable", "node": 1}]}}],
+    }
+    svg = render_svg(doc)
+    assert "vmem0 (virtio-mem, 256 MiB plugged)" in svg
+    assert svg.count('fill="#59a14f"') >= 2  # plugged blocks: Movable
+    assert ">63</text>" in svg  # the region's last block, drawn unplugged

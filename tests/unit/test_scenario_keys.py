@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.errors import UsageError
+from harness.errors import PlanRefused, UsageError
 from harness.scenario import load_scenario
 
 
@@ -57,6 +57,90 @@ expect_splat = ["page dumped because: unmovable page"]
 def test_bad_keys_are_named(tmp_path: Path, step: str, message: str) -> None:
     with pytest.raises(UsageError, match=message):
         load(tmp_path, f'[[step]]\nadd = "a:1G@1"\n[[step]]\n{step}\n')
+
+
+ISSUE_18 = '''
+[[step]]
+add = "vmem0:4G@1"
+device = "virtio-mem"
+requested = "1G"
+[[step]]
+resize = "vmem0"
+requested = "3G"
+[[step]]
+resize = "vmem0"
+requested = "0"
+[[step]]
+remove = "vmem0"
+'''
+
+
+def test_virtio_mem_steps_parse(tmp_path: Path) -> None:
+    """The TOML of issue 18, exactly: it runs on QEMU 10.0; on 7.2 QEMU
+    cannot remove a virtio-mem, so the plan is refused up front."""
+    path = tmp_path / "s.toml"
+    path.write_text(ISSUE_18)
+    s = load_scenario(path, qemu_version=(10, 0))
+    assert [st.action for st in s.steps] == ["add", "resize", "resize", "remove"]
+    vmem = s.steps[0].vmem
+    assert vmem is not None and (vmem.size, vmem.node, vmem.requested) == (4 << 30, 1, 1 << 30)
+    assert [st.requested for st in s.steps[1:3]] == [3 << 30, 0]
+    assert [type(op).__name__ for op in s.model_ops()] == [
+        "AddVirtioMem", "ResizeVirtioMem", "ResizeVirtioMem", "RemoveDimm"]
+    with pytest.raises(PlanRefused, match="cannot unplug virtio-mem"):
+        load_scenario(path)
+
+
+def test_virtio_mem_optional_keys_and_refusals(tmp_path: Path) -> None:
+    s = load(tmp_path, '''
+[[step]]
+add = "vmem0:1G@0"
+device = "virtio-mem"
+block_size = "4M"
+memaddr = "0x240000000"
+unplugged_inaccessible = true
+[[step]]
+resize = "vmem0"
+requested = "2G"
+expect_refusal = "cannot exceed the memory backend size"
+[[step]]
+remove = "vmem0"
+expect_refusal = "cannot be unplugged"
+''')
+    vmem = s.steps[0].vmem
+    assert vmem is not None and (vmem.block_size, vmem.addr) == (4 << 20, 0x240000000)
+    assert vmem.unplugged_inaccessible is True and vmem.dynamic_memslots is None
+    assert not s.steps[1].is_model_op and not s.steps[2].is_model_op
+    refusals = s.expected_refusals()
+    assert refusals[1].qemu_message == (  # type: ignore[attr-defined]
+        "'requested-size' cannot exceed the memory backend size(0x40000000)")
+    assert refusals[2].qemu_message == (  # type: ignore[attr-defined]
+        "virtio based memory devices cannot be unplugged.")
+
+
+@pytest.mark.parametrize("steps, message", [
+    ('add = "a:1G"\nrequested = "1G"', "unknown key.*requested"),
+    ('add = "a:1G"\ndevice = "nvdimm"', "not a memory device"),
+    ('add = "a:1G"\ndevice = "virtio-mem"\nblock_size = 2', "block_size must be a str"),
+    ('add = "a:1G"\ndevice = "virtio-mem"\nmemaddr = "x1"', "memaddr 'x1' is not a number"),
+    ('add = "a:1G:0x240000000"\ndevice = "virtio-mem"', "memaddr, not :ADDR"),
+    ('add = "a:1G"\ndevice = "virtio-mem"\n[[step]]\nresize = "a"', "resize needs requested"),
+    ('add = "a:1G"\n[[step]]\nresize = "a"\nrequested = "0"', "not a virtio-mem"),
+    ('resize = "b"\nrequested = "0"', "which no earlier step adds"),
+    ('add = "a:1G"\ndevice = "virtio-mem"\n[[step]]\nonline = "a"', "not modelled"),
+    ('add = "a:1G"\ndevice = "virtio-mem"\nrequested = "2G"', "not modelled"),
+    ('add = "a:1G"\ndevice = "virtio-mem"\ndynamic_memslots = true',
+     "QEMU 7.2 has no dynamic-memslots"),
+    ('pause = true\n[[step]]\nadd = "a:1G"\ndevice = "virtio-mem"\n[[step]]\n'
+     'resume = true', "with the guest running"),
+    ('add = "a:1G"\ndevice = "virtio-mem"\n[[step]]\npause = true\n[[step]]\n'
+     'resize = "a"\nrequested = "0"\n[[step]]\nresume = true', "needs the guest running"),
+    ('add = "a:1G"\ndevice = "virtio-mem"\n[[step]]\nmigrate = true',
+     "virtio-mem device is not modelled"),
+])
+def test_virtio_mem_bad_steps_are_named(tmp_path: Path, steps: str, message: str) -> None:
+    with pytest.raises((UsageError, PlanRefused), match=message):
+        load(tmp_path, f"[[step]]\n{steps}\n")
 
 
 def test_lifecycle_steps_and_coldplug_parse(tmp_path: Path) -> None:

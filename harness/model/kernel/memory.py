@@ -33,9 +33,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from harness.model.kernel.inputs import KERNEL_ZONES, PAGE_SIZE, KernelPolicy, ZoneInfo
 from harness.model.kernel.rules import KernelRules, rules_for
+
+if TYPE_CHECKING:
+    from harness.model.kernel.virtio_mem import VirtioMemDriver
 
 
 @dataclass
@@ -75,6 +79,7 @@ class BlockState:
     zone: str | None  # zone when online
     memmap_pages: int  # pages of the block holding its own memmap (never managed)
     valid_zones: tuple[str, ...] = ()  # what valid_zones shows when offline
+    unplugged_pages: int = 0  # virtio-mem sub-blocks not plugged (never managed)
 
 
 @dataclass(frozen=True)
@@ -98,6 +103,8 @@ class KernelMemory:
     zones: dict[tuple[int, str], _Zone] = field(init=False)
     blocks: dict[int, BlockState] = field(default_factory=dict, init=False)
     groups: dict[str, _Group] = field(default_factory=dict, init=False)
+    # the guest's virtio-mem driver, one per device (harness.model.kernel.virtio_mem)
+    virtio_mem: dict[str, VirtioMemDriver] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
         self.rules = rules_for(self.policy.version)
@@ -248,15 +255,18 @@ class KernelMemory:
         return None
 
     # -- the operations a session performs ------------------------------------------------
-    def hot_add(self, group: str, node: int, blocks: Iterable[int], dimm_size: int
-                ) -> list[Outcome]:
+    def hot_add(self, group: str, node: int, blocks: Iterable[int], dimm_size: int,
+                *, memmap: bool = True) -> list[Outcome]:
         """A DIMM the guest accepted: its blocks appear (and come online by
-        themselves when ``auto_online_blocks`` says so, in address order)."""
+        themselves when ``auto_online_blocks`` says so, in address order).
+        ``memmap=False``: the adder never asks for memmap_on_memory
+        (virtio-mem's ``add_memory_driver_managed()`` calls)."""
         numbers = sorted(blocks)
         self.groups[group] = _Group(max_pages=dimm_size // PAGE_SIZE)
-        memmap = self.rules.memmap_pages(self.policy, self.block_size, dimm_size)
+        memmap_pages = (self.rules.memmap_pages(self.policy, self.block_size, dimm_size)
+                        if memmap else 0)
         for n in numbers:
-            self.blocks[n] = BlockState(n, node, group, "offline", None, memmap)
+            self.blocks[n] = BlockState(n, node, group, "offline", None, memmap_pages)
         auto = self.policy.auto_online
         if auto is None:
             return []
@@ -321,10 +331,14 @@ class KernelMemory:
             out.append(replace(b, valid_zones=vz))
         return out
 
+    def set_unplugged_pages(self, number: int, pages: int) -> None:
+        """A virtio-mem block's pages that are not plugged (fake-offline)."""
+        self.blocks[number] = replace(self.blocks[number], unplugged_pages=pages)
+
     def managed_bytes(self, number: int) -> int:
         """Bytes a block adds to MemTotal while online."""
         b = self.blocks[number]
-        return (self.block_pages - b.memmap_pages) * PAGE_SIZE
+        return (self.block_pages - b.memmap_pages - b.unplugged_pages) * PAGE_SIZE
 
 
 def _zone_from_info(z: ZoneInfo) -> _Zone:

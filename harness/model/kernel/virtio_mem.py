@@ -1,0 +1,236 @@
+"""The guest's virtio-mem driver in Sub Block Mode: which ``memoryN`` blocks
+exist for a plugged size, their state, and the bytes MemTotal counts.
+
+Read in ``drivers/virtio/virtio_mem.c`` of Debian's 6.1.190 and 6.12.117;
+the Sub Block Mode (SBM) algorithm below is the same in both (the 6.12
+changes -- ``virtio_mem_sbm_try_remove_unplugged_mb()`` retrying the removal
+of fully unplugged blocks, hibernation/suspend notifiers, fake-offline page
+accounting -- do not change which blocks exist once the driver settles),
+so there is one rule set (:data:`RULES`) for 6.1-6.12 and
+:func:`rules_for` refuses other versions.  Checked against the running
+Debian 6.1 guest (QEMU 7.2 and 10.0: tests/scenarios/test_virtio_mem.py)
+and 6.12.95 (QEMU 10.0: tests/kernels/test_virtio_mem_612.py).
+
+* ``virtio_mem_init()``: SBM when the sub-block size
+  ``max(device block size, pageblock = 2 MiB)`` is below the Linux memory
+  block size (128 MiB here); BBM (big blocks) otherwise -- not modelled
+  (:class:`UnmodelledDriver`).  The first usable Linux block is the device
+  address rounded *up* to a memory block, the last one ends at the device
+  end rounded *down* (``first_mb_id``, ``last_usable_mb_id``).
+  ``offline_threshold = max(2 * memory block, 1 GiB)``.
+* ``virtio_mem_sbm_plug_request()``: plug sub-blocks into partially plugged
+  blocks first (kernel-zone, then movable, then offline ones, each in
+  ascending block order; within a block the lowest unplugged sub-blocks,
+  ``virtio_mem_sbm_plug_any_sb()``), then re-use removed ("unused") blocks,
+  then new ones (``virtio_mem_sbm_prepare_next_mb()``), each plugged from
+  sub-block 0 and added with ``add_memory_driver_managed()`` -- where the
+  kernel's auto-online policy onlines it (or not).  Before adding a block,
+  ``virtio_mem_could_add_memory()``: the added-but-offline memory plus one
+  block must stay within ``offline_threshold``, else the driver stops
+  (-ENOSPC) until something onlines memory.  So on a guest that onlines
+  nothing (Debian 6.1 without ``memhp_default_state=``), at most
+  ``offline_threshold / block`` blocks (8 here, 1 GiB) get plugged, whatever
+  was requested.
+* ``virtio_mem_sbm_unplug_request()``: blocks in the order offline-partial,
+  offline, movable-partial, kernel-partial, movable, kernel; each in
+  *descending* block order; an online block fully plugged with enough left
+  to unplug goes as a whole (``offline_and_remove_memory()``), otherwise
+  sub-blocks go from the block's end (``virtio_mem_sbm_unplug_any_sb_*``);
+  a block left with no plugged sub-block is removed.  Sub-blocks of an
+  online block are fake-offlined (``virtio_mem_fake_offline()``,
+  ``alloc_contig_range()``): reliable in ZONE_MOVABLE, but in a kernel zone
+  it may fail (-EBUSY) on unmovable pages and the driver retries later --
+  *not determined by the inputs*: :meth:`VirtioMemDriver.resize` then
+  reports ``uncertain`` and the prediction is the outcome if every attempt
+  succeeds.
+* Memory never carries its memmap (no ``MHP_MEMMAP_ON_MEMORY`` in
+  ``virtio_mem_add_memory()``), and unplugged sub-blocks of an online block
+  stay ``PageOffline`` and unmanaged (``virtio_mem_online_page()``), so
+  MemTotal counts exactly the plugged bytes of online blocks (checked on
+  6.1: +3 GiB plugged = +3145728 kB, then +2 MiB = +2048 kB).
+* Every block is on the device's node (``memory_add_physaddr_to_nid`` is
+  bypassed: ``MHP_NID_IS_MGID`` with the device's node in its memory group).
+
+Pure: operates on a :class:`~harness.model.kernel.memory.KernelMemory`,
+one block group per Linux memory block (``<device>#<block>``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from harness.model.kernel.inputs import PAGE_SIZE
+from harness.model.kernel.memory import KernelMemory
+
+MiB = 1 << 20
+PAGEBLOCK_BYTES = 2 * MiB  # pageblock_nr_pages * PAGE_SIZE on x86-64
+DEFAULT_OFFLINE_THRESHOLD = 1 << 30  # VIRTIO_MEM_DEFAULT_OFFLINE_THRESHOLD
+MODELLED = ((6, 1), (6, 12))
+
+
+class UnmodelledDriver(ValueError):
+    """A virtio-mem configuration the model was not read for (BBM, other kernels)."""
+
+
+@dataclass(frozen=True)
+class DriverRules:
+    name: str
+    unplug_online: bool = True  # module parameter unplug_online (default true)
+    source: str = ""
+
+
+RULES = DriverRules(
+    "6.1-6.12", source="drivers/virtio/virtio_mem.c virtio_mem_init, "
+    "virtio_mem_sbm_plug_request, virtio_mem_sbm_unplug_request (6.1.190, 6.12.117)")
+
+
+def rules_for(version: tuple[int, int]) -> DriverRules:
+    lo, hi = MODELLED
+    if not lo <= tuple(version) <= hi:
+        raise UnmodelledDriver(
+            f"the virtio-mem driver of Linux {version[0]}.{version[1]} was not read "
+            f"(modelled: {lo[0]}.{lo[1]} to {hi[0]}.{hi[1]})")
+    return RULES
+
+
+@dataclass
+class VirtioMemDriver:
+    """One virtio-mem device as the guest driver sees it (SBM)."""
+
+    id: str
+    addr: int
+    region_size: int
+    device_block_size: int
+    node: int
+    memory_block_size: int
+    offline_threshold: int = DEFAULT_OFFLINE_THRESHOLD
+    plugged: dict[int, int] = field(default_factory=dict)  # block -> plugged sub-blocks
+    next_mb: int = field(init=False)
+    uncertain: bool = field(default=False, init=False)
+
+    def __post_init__(self) -> None:
+        self.sb_size = max(self.device_block_size, PAGEBLOCK_BYTES)
+        if self.sb_size >= self.memory_block_size:
+            raise UnmodelledDriver(
+                f"virtio-mem {self.id}: block size {self.device_block_size >> 20} MiB gives "
+                "Big Block Mode (sub-block >= Linux memory block), which is not modelled")
+        self.sbs_per_mb = self.memory_block_size // self.sb_size
+        mbs = self.memory_block_size
+        self.offline_threshold = max(2 * mbs, self.offline_threshold)
+        self.first_mb = -(-self.addr // mbs)
+        self.last_mb = (self.addr + self.region_size) // mbs - 1
+        self.next_mb = self.first_mb
+
+    # -- views ----------------------------------------------------------------
+    def group(self, mb: int) -> str:
+        return f"{self.id}#{mb}"
+
+    @property
+    def plugged_size(self) -> int:
+        return sum(self.plugged.values()) * self.sb_size
+
+    @property
+    def usable_blocks(self) -> range:
+        return range(self.first_mb, self.last_mb + 1)
+
+    def _state(self, km: KernelMemory, mb: int) -> str:
+        """The driver's VIRTIO_MEM_SBM_MB_* state of an added block."""
+        b = km.blocks[mb]
+        full = self.plugged[mb] == self.sbs_per_mb
+        kind = ("offline" if b.state != "online"
+                else "movable" if b.zone == "Movable" else "kernel")
+        return kind if full else f"{kind}_partial"
+
+    def _offline_size(self, km: KernelMemory) -> int:
+        return sum(self.memory_block_size for mb in self.plugged
+                   if km.blocks[mb].state != "online")
+
+    def _sync_pages(self, km: KernelMemory, mb: int) -> None:
+        km.set_unplugged_pages(mb, (self.sbs_per_mb - self.plugged[mb]) * self.sb_size
+                               // PAGE_SIZE)
+
+    # -- plug -------------------------------------------------------------------
+    def _add_block(self, km: KernelMemory, mb: int, count: int) -> None:
+        self.plugged[mb] = count
+        km.hot_add(self.group(mb), self.node, [mb], self.memory_block_size, memmap=False)
+        self._sync_pages(km, mb)
+
+    def _plug(self, km: KernelMemory, nb: int) -> int:
+        for kind in ("kernel_partial", "movable_partial", "offline_partial"):
+            for mb in sorted(self.plugged):
+                if nb and self._state(km, mb) == kind:
+                    take = min(nb, self.sbs_per_mb - self.plugged[mb])
+                    self.plugged[mb] += take
+                    nb -= take
+                    self._sync_pages(km, mb)
+        unused = [mb for mb in range(self.first_mb, self.next_mb) if mb not in self.plugged]
+        for mb in unused:
+            if not nb:
+                return 0
+            if self._offline_size(km) + self.memory_block_size > self.offline_threshold:
+                return nb  # -ENOSPC: wait for onlining
+            take = min(nb, self.sbs_per_mb)
+            self._add_block(km, mb, take)
+            nb -= take
+        while nb:
+            if self._offline_size(km) + self.memory_block_size > self.offline_threshold:
+                return nb
+            if self.next_mb > self.last_mb:
+                return nb  # virtio_mem_sbm_prepare_next_mb(): -ENOSPC
+            mb = self.next_mb
+            self.next_mb += 1
+            take = min(nb, self.sbs_per_mb)
+            self._add_block(km, mb, take)
+            nb -= take
+        return 0
+
+    # -- unplug -----------------------------------------------------------------
+    def _remove_block(self, km: KernelMemory, mb: int) -> None:
+        del self.plugged[mb]
+        km.remove(self.group(mb))
+
+    def _unplug(self, km: KernelMemory, nb: int, rules: DriverRules) -> int:
+        order = ("offline_partial", "offline", "movable_partial", "kernel_partial",
+                 "movable", "kernel")
+        for i, kind in enumerate(order):
+            for mb in sorted(self.plugged, reverse=True):
+                if not nb:
+                    return 0
+                if mb not in self.plugged or self._state(km, mb) != kind:
+                    continue
+                if kind.startswith("kernel"):
+                    self.uncertain = True  # alloc_contig_range() may fail: EBUSY
+                if nb >= self.sbs_per_mb and self.plugged[mb] == self.sbs_per_mb:
+                    nb -= self.sbs_per_mb
+                    self._remove_block(km, mb)
+                    continue
+                take = min(nb, self.plugged[mb])
+                self.plugged[mb] -= take
+                nb -= take
+                if self.plugged[mb] == 0:
+                    self._remove_block(km, mb)
+                else:
+                    self._sync_pages(km, mb)
+            if not rules.unplug_online and i == 1:
+                return nb
+        return nb
+
+    def resize(self, km: KernelMemory, requested: int, rules: DriverRules = RULES) -> int:
+        """Settle at ``requested`` (virtio_mem_run_wq): plug or unplug the
+        difference in sub-blocks; returns the plugged size the driver reaches."""
+        self.uncertain = False
+        have = self.plugged_size
+        if requested > have:
+            self._plug(km, (requested - have) // self.sb_size)
+        elif requested < have:
+            self._unplug(km, (have - requested) // self.sb_size, rules)
+        return self.plugged_size
+
+    def blocks(self) -> tuple[int, ...]:
+        return tuple(sorted(self.plugged))
+
+    def remove_all(self, km: KernelMemory) -> None:
+        """The device is gone (unplugged at size 0, or reset): forget its blocks."""
+        for mb in list(self.plugged):
+            self._remove_block(km, mb)
+        self.next_mb = self.first_mb

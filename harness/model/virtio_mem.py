@@ -1,0 +1,245 @@
+"""QEMU's side of virtio-mem: placement, defaults and refusals, per version.
+
+A ``virtio-mem-pci`` device maps its whole memory backend (its
+``max-size``) into the device-memory area, like a pc-dimm, and the guest
+plugs parts of it in device blocks when ``requested-size`` changes.
+Placement and refusals (QEMU's words), in the order QEMU checks them --
+the order below was read in the sources and checked on the real
+QEMU 7.2.x (Debian 12) and 10.0.2 (bookworm-backports) binaries:
+
+0. ``qdev_device_add_from_qdict()`` (softmmu/qdev-monitor.c v7.2.0,
+   system/ in v10.0.0): the bus must take hot-plugged devices -- on q35 a
+   PCI device without ``bus=`` lands on the PCIe root bus, which does not:
+   ``Bus 'pcie.0' does not support hotplugging`` (memhp plugs virtio-mem-pci
+   without a root port, so on q35 every hot-add is refused; pc's PCI bus
+   takes it, through ACPI PCI hotplug);
+1. ``qdev_device_add()`` (system/qdev-monitor.c): a duplicate id --
+   ``Duplicate device ID 'ID'``;
+2. property setters (hw/virtio/virtio-mem.c ``virtio_mem_set_block_size()``):
+   a block size below ``VIRTIO_MEM_MIN_BLOCK_SIZE`` (1 MiB) or not a power
+   of two; ``dynamic-memslots`` does not exist before 8.2 (qdev's
+   ``Property 'virtio-mem-pci.dynamic-memslots' not found``);
+3. ``memory_device_pre_plug()`` (hw/mem/memory-device.c): the room left in
+   ``maxmem - mem`` (counting every memory device's *region*, i.e. the full
+   max-size of each virtio-mem), then the address: alignment
+   ``max(get_min_alignment() = block size, the backend region's alignment
+   = 2 MiB for anonymous RAM on x86-64 Linux)``; first fit from the area's
+   start past every memory device, pc-dimms and virtio-mem alike;
+   7.2 also checks that the backend size is a multiple of that alignment
+   here (``memory_device_get_free_addr()``: ``backend memory size must be
+   multiple of 0x...``);
+4. ``virtio_mem_device_realize()``: the node exists; the block size is at
+   least the backend's page size (only reachable with huge pages, which
+   memhp's RAM backends never use); ``requested-size`` is a multiple of the
+   block size; 10.0 checks the backend size against the block size here
+   (``'memdev' property memdev size has to be multiples of'block-size'``,
+   QEMU's missing space included).
+
+``requested-size`` above the backend size is *accepted* by ``device_add``
+(both versions; the device then never lets the guest plug beyond the
+region) -- what the guest does then is not modelled, so memhp refuses it at
+input.  A later ``qom-set`` (``virtio_mem_set_requested_size()``) checks
+the block-size multiple first, then the backend size.
+
+``device_del`` (hw/i386/pc.c ``pc_virtio_md_pci_unplug_request()`` in 7.2;
+hw/virtio/virtio-md-pci.c ``virtio_md_pci_unplug_request()`` and
+``virtio_mem_unplug_request_check()`` since 8.1, words of 9.1+):
+
+* 7.2: always refused, ``virtio based memory devices cannot be unplugged.``;
+* 10.x: refused while ``unplugged-inaccessible`` is off, then while any
+  memory is plugged (``size != 0``), then while ``requested-size != 0``.
+  The model knows the requested size, not the guest's plugged size: it
+  predicts "still plugged" for a non-zero request (the driver plugs at
+  least one sub-block of any request, :mod:`harness.model.kernel.virtio_mem`).
+
+Defaults: ``block-size`` = ``virtio_mem_default_block_size()`` = max(page
+size of the backend, THP size) = 2 MiB for anonymous RAM on x86-64;
+``unplugged-inaccessible`` = on for machine types 7.1+ (``hw_compat_7_0``
+sets ``auto``, which resolves to off for RAM backends: they have the shared
+zeropage).
+
+QEMU 8.2 and 9.2 are modelled for DIMMs but their virtio-mem wording was not
+checked against a binary: :func:`vmem_rules_for` refuses them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from harness.errors import PlanRefused, UsageError
+from harness.units import format_size
+
+MiB = 1 << 20
+MIN_BLOCK_SIZE = MiB  # VIRTIO_MEM_MIN_BLOCK_SIZE
+DEFAULT_BLOCK_SIZE = 2 * MiB  # virtio_mem_default_block_size(): THP size on x86-64
+BACKEND_ALIGN = 2 * MiB  # QEMU_VMALLOC_ALIGN: anonymous RAM regions on x86-64 Linux
+
+
+@dataclass(frozen=True)
+class VirtioMemRules:
+    """The virtio-mem rules of one QEMU version."""
+
+    qemu: tuple[int, int]
+    unplug: Literal["never", "when-empty"]
+    memdev_size_check: Literal["pre-plug", "realize"]
+    dynamic_memslots: bool
+    source: str
+
+
+RULES_7_2 = VirtioMemRules(
+    (7, 2), unplug="never", memdev_size_check="pre-plug", dynamic_memslots=False,
+    source="hw/i386/pc.c pc_virtio_md_pci_unplug_request; hw/mem/memory-device.c "
+           "memory_device_get_free_addr; hw/virtio/virtio-mem.c (7.2)")
+RULES_10 = VirtioMemRules(
+    (10, 0), unplug="when-empty", memdev_size_check="realize", dynamic_memslots=True,
+    source="hw/virtio/virtio-md-pci.c virtio_md_pci_unplug_request; hw/virtio/virtio-mem.c "
+           "virtio_mem_unplug_request_check, virtio_mem_device_realize (10.0)")
+
+
+def vmem_rules_for(version: tuple[int, int]) -> VirtioMemRules:
+    if tuple(version) == (7, 2):
+        return RULES_7_2
+    if tuple(version) >= (10, 0):
+        return RULES_10
+    raise UsageError(
+        f"virtio-mem is modelled for QEMU 7.2 and 10.x, not {version[0]}.{version[1]}",
+        value=version, fix="run virtio-mem scenarios on QEMU 7.2 or --qemu debian:10.0")
+
+
+@dataclass(frozen=True)
+class PlacedVirtioMem:
+    """A virtio-mem device as QEMU holds it: region, block size, request."""
+
+    id: str
+    addr: int
+    size: int  # the backend size: max-size, the region in device memory
+    node: int
+    block_size: int
+    requested: int
+    unplugged_inaccessible: bool = True
+
+    @property
+    def end(self) -> int:
+        return self.addr + self.size
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "memaddr": self.addr, "max_size": self.size, "node": self.node,
+                "block_size": self.block_size, "requested_size": self.requested}
+
+
+def _refuse(kind: str, message: str, qemu_message: str, *, value: object, limit: object,
+            fix: str) -> PlanRefused:
+    err = PlanRefused(kind, message, value=value, limit=limit, fix=fix)
+    err.qemu_message = qemu_message  # type: ignore[attr-defined]
+    return err
+
+
+def check_bus(op: Any, machine: str) -> None:
+    """Step 0: the bus a bus-less PCI device lands on must be hotpluggable."""
+    if machine == "q35":
+        raise _refuse("bus-no-hotplug", f"virtio-mem {op.id}: q35's PCIe root bus takes no "
+                      "hot-plugged device", "Bus 'pcie.0' does not support hotplugging",
+                      value=op.id, limit=None,
+                      fix="use machine type pc for virtio-mem (memhp adds no PCIe root port)")
+
+
+def check_properties(op: Any, rules: VirtioMemRules) -> int:
+    """Property setters (step 2): the block size QEMU will use."""
+    if op.dynamic_memslots is not None and not rules.dynamic_memslots:
+        raise _refuse("no-dynamic-memslots", f"virtio-mem {op.id}: QEMU "
+                      f"{rules.qemu[0]}.{rules.qemu[1]} has no dynamic-memslots (8.2+)",
+                      "Property 'virtio-mem-pci.dynamic-memslots' not found",
+                      value=op.dynamic_memslots, limit=None,
+                      fix="drop dynamic_memslots, or use QEMU 8.2+ (--qemu debian:10.0)")
+    bs = DEFAULT_BLOCK_SIZE if op.block_size is None else op.block_size
+    if bs < MIN_BLOCK_SIZE:
+        raise _refuse("block-size-small", f"virtio-mem {op.id}: block size {bs} is below "
+                      f"{format_size(MIN_BLOCK_SIZE)}",
+                      f"'block-size' property has to be at least 0x{MIN_BLOCK_SIZE:x}",
+                      value=bs, limit=MIN_BLOCK_SIZE, fix="use 2M (the default) or more")
+    if bs & (bs - 1):
+        raise _refuse("block-size-power", f"virtio-mem {op.id}: block size {bs} is not a "
+                      "power of two", "'block-size' property has to be a power of two",
+                      value=bs, limit=None, fix="e.g. 2M, 4M, 8M")
+    if op.requested > op.size:
+        raise UsageError(
+            f"virtio-mem {op.id}: requested {format_size(op.requested)} exceeds its size "
+            f"{format_size(op.size)}; QEMU accepts this at device_add, but what the guest "
+            "plugs then is not modelled", value=op.requested,
+            fix="request at most the device's size (a later resize above it is refused "
+                "by QEMU, and that is modelled)")
+    return bs
+
+
+def alignment(block_size: int) -> int:
+    """memory_device_pre_plug(): max(get_min_alignment(), region alignment)."""
+    return max(block_size, BACKEND_ALIGN)
+
+
+def check_realize(op: Any, rules: VirtioMemRules, block_size: int, node_count: int,
+                  numa: bool) -> None:
+    """virtio_mem_device_realize() (step 4), in QEMU's order."""
+    nodes = node_count if numa else 0
+    if (nodes and op.node >= nodes) or (not nodes and op.node):
+        raise _refuse("unknown-node", f"virtio-mem {op.id}: node {op.node} does not exist",
+                      f"'node' property has value '{op.node}', which exceedsthe number of "
+                      f"numa nodes: {nodes or 1}", value=op.node, limit=(nodes or 1) - 1,
+                      fix=f"use a node between 0 and {(nodes or 1) - 1}")
+    if op.requested % block_size:
+        raise _refuse("requested-misaligned", f"virtio-mem {op.id}: requested "
+                      f"{op.requested} is not a multiple of the block size "
+                      f"{format_size(block_size)}",
+                      f"'requested-size' property has to be multiples of 'block-size' "
+                      f"(0x{block_size:x})", value=op.requested, limit=block_size,
+                      fix=f"use a multiple of {format_size(block_size)}")
+    if rules.memdev_size_check == "realize" and op.size % block_size:
+        raise _refuse("memdev-misaligned", f"virtio-mem {op.id}: size {op.size} is not a "
+                      f"multiple of the block size {format_size(block_size)}",
+                      f"'memdev' property memdev size has to be multiples of'block-size' "
+                      f"(0x{block_size:x})", value=op.size, limit=block_size,
+                      fix=f"use a multiple of {format_size(block_size)}")
+
+
+def check_resize(dev: PlacedVirtioMem, requested: int) -> None:
+    """virtio_mem_set_requested_size() on a realized device (qom-set)."""
+    if requested % dev.block_size:
+        raise _refuse("requested-misaligned", f"virtio-mem {dev.id}: requested {requested} "
+                      f"is not a multiple of the block size {format_size(dev.block_size)}",
+                      f"'requested-size' has to be multiples of 'block-size' "
+                      f"(0x{dev.block_size:x})", value=requested, limit=dev.block_size,
+                      fix=f"use a multiple of {format_size(dev.block_size)}")
+    if requested > dev.size:
+        raise _refuse("requested-above-max", f"virtio-mem {dev.id}: requested "
+                      f"{format_size(requested)} exceeds its size {format_size(dev.size)}",
+                      f"'requested-size' cannot exceed the memory backend size"
+                      f"(0x{dev.size:x})", value=requested, limit=dev.size,
+                      fix=f"request at most {format_size(dev.size)}")
+
+
+def check_unplug(dev: PlacedVirtioMem, rules: VirtioMemRules) -> None:
+    """device_del of a virtio-mem-pci (module docstring)."""
+    if rules.unplug == "never":
+        raise _refuse("vmem-unplug-unsupported", f"virtio-mem {dev.id}: QEMU "
+                      f"{rules.qemu[0]}.{rules.qemu[1]} cannot unplug virtio-mem devices",
+                      "virtio based memory devices cannot be unplugged.", value=dev.id,
+                      limit=None, fix="resize it to 0 instead, or use QEMU 8.1+ "
+                      "(--qemu debian:10.0) and resize to 0 before removing")
+    if not dev.unplugged_inaccessible:
+        raise _refuse("vmem-unplug-accessible", f"virtio-mem {dev.id}: unplugged memory "
+                      "is accessible (unplugged-inaccessible=off)",
+                      "virtio-mem device cannot get unplugged while 'unplugged-inaccessible' "
+                      "!= 'on'", value=dev.id, limit=None,
+                      fix="leave unplugged_inaccessible at its default (on)")
+    if dev.requested:
+        raise _refuse("vmem-plugged", f"virtio-mem {dev.id}: still has "
+                      f"{format_size(dev.requested)} requested, so memory is plugged",
+                      "virtio-mem device cannot get unplugged while some of its memory is "
+                      "still plugged", value=dev.requested, limit=0,
+                      fix="resize it to 0 first")
+
+
+def default_unplugged_inaccessible(machine_version: tuple[int, int]) -> bool:
+    """hw_compat_7_0 (hw/core/machine.c): machine types up to 7.0 say auto
+    (off with RAM backends), newer ones on."""
+    return machine_version >= (7, 1)

@@ -1,0 +1,209 @@
+"""The virtio-mem device's steps: add (``device = "virtio-mem"``), resize,
+remove, and what a reset does to it.
+
+Each acts over QMP, tells the guest driver's model
+(:class:`harness.model.kernel.virtio_mem.VirtioMemDriver`, kept in the
+kernel model) the new request, and waits -- bounded, event-driven -- until
+QEMU reports the plugged size the model predicts (``MEMORY_DEVICE_SIZE_CHANGE``,
+or the size already there when the guest plugs nothing) and the guest shows
+the predicted ``memoryN`` blocks.  A wait that ends without them is no error
+here: the Runner's comparison then names what differs.  Each act then
+compares the driver's own view, ``/proc/iomem`` (:mod:`harness.guest.iomem`),
+and returns what differs.
+
+Latencies (``StepResult.latencies``): ``device_add_s``/``qom_set_s``: the
+QMP command; ``size_reached_s``: from the command until QEMU's size is the
+predicted one; ``blocks_visible_s``: from the command until the guest's
+sysfs shows the predicted blocks (present in their state, or gone).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from harness.errors import QMPCommandError, UsageError, VMError
+from harness.guest.iomem import merged_ranges, parse_iomem
+from harness.model.kernel.virtio_mem import UnmodelledDriver, VirtioMemDriver, rules_for
+from harness.verify import Mismatch
+
+log = logging.getLogger("harness.steps.virtio_mem")
+
+if TYPE_CHECKING:
+    from harness.model.virtio_mem import PlacedVirtioMem
+    from harness.scenario import Step
+    from harness.session import Runner
+
+
+def is_virtio_mem(runner: Runner, step: Step) -> bool:
+    """Whether the step's device is a virtio-mem (by its add step)."""
+    if step.vmem is not None:
+        return True
+    return any(v.id == step.dimm for v in runner.current_vmems()) or any(
+        s.vmem is not None and s.dimm == step.dimm for s in runner.scenario.steps)
+
+
+def placed(runner: Runner, vmem_id: str) -> PlacedVirtioMem:
+    for v in runner.current_vmems():
+        if v.id == vmem_id:
+            return v
+    raise UsageError(f"virtio-mem {vmem_id!r} is not plugged at this step", value=vmem_id)
+
+
+def _refused(runner: Runner, step: Step, lat: dict[str, float],
+             action: Callable[[], object]) -> list[Mismatch]:
+    """A step QEMU must refuse: its words must be the model's; nothing changes."""
+    predicted = runner.refusals[runner.scenario.steps.index(step)]
+    words = getattr(predicted, "qemu_message", "") or str(predicted)
+    t0 = time.monotonic()
+    try:
+        action()
+    except QMPCommandError as exc:
+        lat["qmp_s"] = time.monotonic() - t0
+        runner.steps_done.append(step)
+        if exc.desc != words:
+            return [Mismatch("refusal", step.dimm, words, exc.desc, "qemu")]
+        return []
+    runner.steps_done.append(step)
+    raise VMError(f"QEMU accepted {step.describe()}, which the model says it refuses "
+                  f"({words!r})", phase="model")
+
+
+def driver_view(runner: Runner, driver: VirtioMemDriver) -> list[Mismatch]:
+    """The driver's own view (``/proc/iomem``): its region where QEMU put
+    the device, and the memory it added exactly the model's blocks."""
+    text = runner.vm.ssh(["cat", "/proc/iomem"]).stdout
+    region = parse_iomem(text).get(driver.addr)
+    if region is None:
+        return [Mismatch("iomem region", driver.id, f"{driver.addr:#x}", None, "guest")]
+    out = []
+    if region.end - region.start != driver.region_size:
+        out.append(Mismatch("iomem region size", driver.id, driver.region_size,
+                            region.end - region.start, "guest"))
+    want = merged_ranges(driver.blocks(), driver.memory_block_size)
+    if region.added != want:
+        out.append(Mismatch("iomem System RAM (virtio_mem)", driver.id,
+                            [f"{a:#x}-{b - 1:#x}" for a, b in want],
+                            [f"{a:#x}-{b - 1:#x}" for a, b in region.added], "guest"))
+    return out
+
+
+def _settle(runner: Runner, driver: VirtioMemDriver, requested: int, since: int, t0: float,
+            lat: dict[str, float]) -> list[Mismatch]:
+    """Tell the driver model the request; wait for the blocks and QEMU's
+    size; then compare the driver's own view."""
+    from harness.session import wait_blocks
+
+    km = runner.km()
+    before = set(driver.blocks())
+    target = driver.resize(km, requested)
+    if driver.uncertain:
+        log.warning("%s: unplugging from a kernel zone; the model assumes every attempt "
+                    "succeeds (alloc_contig_range() may meet an unmovable page, EBUSY, and "
+                    "the driver then retries: not determined by the inputs)", driver.id)
+    after = list(driver.blocks())
+    gone = sorted(before - set(after))
+    online = all(km.blocks[n].state == "online" for n in after)
+    wait_blocks(runner.vm, after, present=True, state="online" if online else None)
+    # Unplugging online memory migrates its pages first: as slow as an eject.
+    wait_blocks(runner.vm, gone, present=False, timeout=runner.vm.timeouts.s("unplug"))
+    lat["blocks_visible_s"] = time.monotonic() - t0
+    # QEMU rate-limits MEMORY_DEVICE_SIZE_CHANGE to one per second per device
+    # (monitor/monitor.c monitor_qapi_event_conf): it can trail the blocks by 1 s.
+    runner.vm.wait_virtio_mem_size(driver.id, target, since=since,
+                                   timeout=runner.vm.timeouts.s("unplug"))
+    lat["size_reached_s"] = time.monotonic() - t0
+    return driver_view(runner, driver)
+
+
+def _driver(runner: Runner, v: PlacedVirtioMem) -> VirtioMemDriver:
+    try:
+        rules_for(runner.km().policy.version)
+        if runner.km().policy.online_policy == "auto-movable":
+            # virtio-mem memory forms *dynamic* memory groups, which
+            # auto_movable_zone_for_pfn() treats unlike the DIMMs' static ones.
+            raise UnmodelledDriver(
+                f"virtio-mem {v.id}: the auto-movable online policy with virtio-mem's "
+                "dynamic memory groups is not modelled")
+        return VirtioMemDriver(v.id, v.addr, v.size, v.block_size, v.node, runner.block_size)
+    except UnmodelledDriver as exc:
+        raise VMError(str(exc), phase="model") from exc
+
+
+def act_add(runner: Runner, step: Step, lat: dict[str, float]) -> list[Mismatch]:
+    assert step.vmem is not None
+    op = step.vmem
+    props = {"block_size": op.block_size, "memaddr": op.addr,
+             "unplugged_inaccessible": op.unplugged_inaccessible,
+             "dynamic_memslots": op.dynamic_memslots}
+
+    def plug() -> None:
+        runner.vm.hot_add_virtio_mem(op.id, op.size, op.node, op.requested, **props)
+
+    if step.expect_refusal is not None:
+        return _refused(runner, step, lat, plug)
+    qmp = runner.vm.qmp
+    assert qmp is not None
+    since = qmp.cursor()
+    t0 = time.monotonic()
+    plug()
+    lat["device_add_s"] = time.monotonic() - t0
+    runner.steps_done.append(step)
+    driver = _driver(runner, placed(runner, op.id))
+    runner.km().virtio_mem[op.id] = driver
+    return _settle(runner, driver, op.requested, since, t0, lat)
+
+
+def act_resize(runner: Runner, step: Step, lat: dict[str, float]) -> list[Mismatch]:
+    assert step.requested is not None
+    requested = step.requested
+
+    def qom_set() -> None:
+        runner.vm.resize_virtio_mem(step.dimm, requested)
+
+    if step.expect_refusal is not None:
+        return _refused(runner, step, lat, qom_set)
+    qmp = runner.vm.qmp
+    assert qmp is not None
+    since = qmp.cursor()
+    t0 = time.monotonic()
+    qom_set()
+    lat["qom_set_s"] = time.monotonic() - t0
+    runner.steps_done.append(step)
+    return _settle(runner, runner.km().virtio_mem[step.dimm], requested, since, t0, lat)
+
+
+def act_remove(runner: Runner, step: Step, lat: dict[str, float]) -> list[Mismatch]:
+    if step.expect_refusal is not None:
+        return _refused(runner, step, lat,
+                        lambda: runner.vm.execute("device_del", {"id": step.dimm},
+                                                  phase="hotplug"))
+    t0 = time.monotonic()
+    runner.vm.hot_remove(step.dimm)
+    lat["unplug_s"] = time.monotonic() - t0
+    runner.steps_done.append(step)
+    km = runner.km()
+    km.virtio_mem.pop(step.dimm).remove_all(km)
+    return []
+
+
+def after_reset(runner: Runner, lat: dict[str, float]) -> list[Mismatch]:
+    """``system_reset`` unplugs all of a virtio-mem's memory (QEMU's
+    ``virtio_mem_system_reset()`` -> ``virtio_mem_unplug_all()``); the
+    rebooted guest's driver probes afresh and plugs the request again.
+    Call after the kernel model was rebooted (its blocks are gone)."""
+    km = runner.km()
+    qmp = runner.vm.qmp
+    assert qmp is not None
+    out: list[Mismatch] = []
+    for v in runner.current_vmems():
+        since = qmp.cursor()
+        t0 = time.monotonic()
+        driver = _driver(runner, v)
+        km.virtio_mem[v.id] = driver
+        out += _settle(runner, driver, v.requested, since, t0, lat)
+        lat[f"{v.id}_replugged_s"] = lat.pop("blocks_visible_s")
+        lat.pop("size_reached_s", None)
+    return out

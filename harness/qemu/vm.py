@@ -25,6 +25,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
@@ -170,6 +171,7 @@ class VM:
         artifacts_dir: Path | None = None,
         keep: bool = False,
         runtime_dir: Path | None = None,
+        warm: Any = None,
     ) -> None:
         self.image = image
         self.base_config = config
@@ -197,6 +199,11 @@ class VM:
         self.scenario: Any = None  # the plan this VM was booted for, when known
         # Memory devices plugged now, in plug order (hot-added or cold-plugged)
         self.memory_devices: dict[str, MemoryDevice] = {}
+        # harness.warm.WarmStarts: start from a saved state when one fits
+        self.warm = warm
+        # How this VM started, for reports: warm (from which state) or why cold
+        self.start_info: dict[str, Any] = {"warm": False, "state": None,
+                                           "reason": "warm starts off (cold boot)"}
 
     # -- lifecycle ---------------------------------------------------------
     def __enter__(self) -> VM:
@@ -217,6 +224,17 @@ class VM:
         self.stop()
 
     def start(self) -> None:
+        """Boot, or start from a saved state when warm starts are on and
+        one fits (:mod:`harness.warm`)."""
+        if self.warm is not None:
+            why_cold = self.warm.applies(self)
+            if why_cold is None:
+                self.warm.start(self)
+                return
+            self.start_info = {"warm": False, "state": None, "reason": why_cold}
+        self.boot()
+
+    def boot(self) -> None:
         """Launch QEMU, wait for the ready marker, connect SSH."""
         t0 = time.monotonic()
         self.launch()
@@ -236,13 +254,14 @@ class VM:
         (path / "owner").write_text(f"{pid} {proc_start_time(pid)}\n")
         return path
 
-    def _prepare_boot(self, workdir: Path) -> VMConfig:
+    def _prepare_boot(self, workdir: Path,
+                      keys: Callable[[Path], Any] | None = None) -> VMConfig:
         cfg = self.base_config
         if self.image is None:
             return cfg
         from harness.image.keys import write_guest_keys
 
-        self._keys = write_guest_keys(workdir / "keys")
+        self._keys = (keys or write_guest_keys)(workdir / "keys")
         fw = (
             FwCfgFile("opt/memhp/host_key", self._keys.host_key_path),
             FwCfgFile("opt/memhp/authorized_keys", self._keys.authorized_keys_path),
@@ -252,8 +271,11 @@ class VM:
             boot = KernelBoot(self.image.kernel, self.image.initrd, tuple(self.image.cmdline))
         return replace(cfg, boot=boot, fw_cfg=cfg.fw_cfg + fw)
 
-    def launch(self, attempts: int = 3) -> None:
-        """Start QEMU and connect QMP; QEMU's own errors are raised verbatim."""
+    def launch(self, attempts: int = 3, *, incoming: Sequence[str] = (),
+               keys: Callable[[Path], Any] | None = None) -> None:
+        """Start QEMU and connect QMP; QEMU's own errors are raised verbatim.
+        ``incoming``: ``-incoming`` arguments (start from a saved state);
+        ``keys``: makes the SSH keys in the given directory (default: new ones)."""
         if shutil.which(self.base_config.qemu_binary) is None:
             raise HostEnvironmentError(
                 f"QEMU binary {self.base_config.qemu_binary!r} not found "
@@ -261,11 +283,11 @@ class VM:
             )
         self.workdir = self._make_workdir()
         self.paths = RuntimePaths(self.workdir)
-        cfg = self._prepare_boot(self.workdir)
+        cfg = self._prepare_boot(self.workdir, keys)
         for attempt in range(attempts):
             port = cfg.ssh_port or free_loopback_port()
             self.config = replace(cfg, ssh_port=port)
-            self.argv = build_argv(self.config, self.paths)
+            self.argv = build_argv(self.config, self.paths) + list(incoming)
             (self.workdir / "argv.txt").write_text(shlex.join(self.argv) + "\n")
             self.log.info("launching: %s", shlex.join(self.argv))
             qemu_log = self.paths.qemu_log.open("wb")

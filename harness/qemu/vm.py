@@ -203,7 +203,8 @@ class VM:
         self.warm = warm
         # How this VM started, for reports: warm (from which state) or why cold
         self.start_info: dict[str, Any] = {"warm": False, "state": None,
-                                           "reason": "warm starts off (cold boot)"}
+                                           "reason": "warm start not asked for (--cold-boot, "
+                                                     "compare, bisect or a kernel under test)"}
 
     # -- lifecycle ---------------------------------------------------------
     def __enter__(self) -> VM:

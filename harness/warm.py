@@ -216,7 +216,7 @@ class WarmStarts:
     def clear(self) -> list[SavedState]:
         dropped = [e for e in self.entries() if self.drop(e)]
         for stale in self.root.glob(".tmp-*") if self.root.is_dir() else ():
-            owner = stale.name.split("-")[2] if stale.name.count("-") >= 3 else ""
+            owner = stale.name.split("-")[1]  # .tmp-PID-RANDOM-KEY
             if owner.isdigit() and not Path(f"/proc/{owner}").exists():
                 shutil.rmtree(stale, ignore_errors=True)  # left by a killed saver
         return dropped

@@ -26,6 +26,7 @@ Layout (every directory 0700, every file 0600)::
                          state.bin    uncompressed when zstd is missing
                          keys/        the guest's SSH host key, memhp's
                                       client key and authorized_keys
+                         console.log  the saved boot's serial console
                          meta.json    inputs, sizes, timings, public keys
     <cache>/states/<key>.lock         held while one process boots and saves
 
@@ -48,7 +49,7 @@ import shutil
 import subprocess
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,7 @@ from filelock import FileLock, Timeout
 
 from harness.errors import HarnessError
 from harness.image.keys import GuestKeys
+from harness.qemu.argv import RuntimePaths, build_argv
 from harness.qemu.config import KernelBoot
 from harness.qemu.snapshot import incoming_args, refresh_guest, resume, save_state, wait_incoming
 from harness.resources import cache_root
@@ -123,8 +125,25 @@ def state_inputs(config: Any) -> dict[str, Any]:
     }
     cfg["fw_cfg"] = [item.name for item in config.fw_cfg]
     cfg["qemu"] = qemu_identity(config.qemu_binary)
+    cfg["argv"] = argv_template(config)
     cfg["format"] = STATE_FORMAT
     return cfg
+
+
+def argv_template(config: Any) -> list[str]:
+    """QEMU's command line for ``config`` with the host-side parts (name,
+    port, work dir, file paths) made constant: a change in how memhp builds
+    the command line (a new device in harness.qemu.argv) changes the key."""
+    boot = config.boot
+    assert isinstance(boot, KernelBoot)
+    fixed = replace(
+        config, name="vm", ssh_port=1,  # launch always forwards a port
+        boot=replace(boot, kernel=Path("/kernel"),
+                     initrd=None if boot.initrd is None else Path("/initrd")),
+        fw_cfg=tuple(replace(f, path=Path("/fw_cfg") / str(i)) for i, f in
+                     enumerate(config.fw_cfg)))
+    argv = build_argv(fixed, RuntimePaths(Path("/workdir")))
+    return argv[1:]  # the binary is in "qemu"
 
 
 def state_key(inputs: dict[str, Any]) -> str:
@@ -276,9 +295,20 @@ class WarmStarts:
     def _restore(self, vm: Any, entry: SavedState) -> None:
         meta = entry.meta
         t0 = time.monotonic()
+        def prepare(keys_dir: Path) -> GuestKeys:
+            # The work dir before QEMU starts: the state's keys, and the saved
+            # boot's console, which QEMU appends to (argv.console_args).
+            console = entry.directory / "console.log"
+            text = console.read_bytes() if console.is_file() else b""
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
+            text += (f"\n[memhp] {stamp} UTC: restored from saved state {entry.key}; the "
+                     "lines above are the saved boot's console\n").encode()
+            (keys_dir.parent / "serial.log").write_bytes(text)
+            return copy_keys(entry.directory / "keys", keys_dir, meta["host_public_line"],
+                             meta["client_public_line"])
+
         vm.launch(incoming=incoming_args(entry.state_file, compressed=meta["compressed"]),
-                  keys=lambda d: copy_keys(entry.directory / "keys", d,
-                                           meta["host_public_line"], meta["client_public_line"]))
+                  keys=prepare)
         wait_incoming(vm)
         loaded = time.monotonic()
         vm.connect_ssh()
@@ -298,6 +328,7 @@ class WarmStarts:
             keys = vm._keys
             copy_keys(keys.host_key_path.parent, tmp / "keys", keys.host_public_line,
                       keys.client_public_line)
+            shutil.copyfile(vm.paths.serial_log, tmp / "console.log")
             vm.shell.close()  # no SSH session inside the saved state
             vm.shell = vm.guest = None
             compressed_name = tmp / "state.zst"

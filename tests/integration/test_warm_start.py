@@ -88,6 +88,9 @@ def test_warm_start_matches_cold_boot(tmp_path, memhp_resolved_guest, memhp_sett
         assert second.config.ssh_port != first.config.ssh_port
         assert second.workdir != first.workdir
         assert second.timings["restore_s"] < second.timings["boot_to_ssh_s"]
+        console = second.serial_text()  # the saved boot's console, then the restore's note
+        assert second.ready_marker in console
+        assert f"restored from saved state {key}" in console.split(second.ready_marker)[-1]
         guest_now = int(second.ssh(["date", "+%s"]).stdout)
         assert abs(guest_now - time.time()) < 30, "the restored guest's clock was not set"
         warm = _baseline(second)

@@ -41,6 +41,7 @@ the state is dropped, and the VM boots cold (saving a new state).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -68,6 +69,9 @@ log = logging.getLogger("harness.warm")
 # then never matched.
 STATE_FORMAT = 1
 KEY_FILES = ("host_key", "client_key", "authorized_keys")
+# The states kept at most, in MiB ($MEMHP_STATE_CACHE_MB): after a save the
+# least recently used states beyond it are removed (about 45 MiB each).
+DEFAULT_CAP_MB = 2048
 
 
 def states_root(root: Path | None = None) -> Path:
@@ -172,6 +176,18 @@ class SavedState:
     def id(self) -> str:
         return str(self.meta.get("id", ""))
 
+    @property
+    def last_used(self) -> float:
+        """When it was last restored (or saved)."""
+        try:
+            return (self.directory / "meta.json").stat().st_mtime
+        except OSError:
+            return 0.0
+
+    def touch(self) -> None:
+        with contextlib.suppress(OSError):  # dropped meanwhile: nothing to keep fresh
+            os.utime(self.directory / "meta.json")
+
 
 def _private_dir(path: Path) -> Path:
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -231,6 +247,26 @@ class WarmStarts:
             os.rename(entry.directory, trash)
         shutil.rmtree(trash, ignore_errors=True)
         return True
+
+    def prune(self, keep: str, cap_bytes: int | None = None) -> list[SavedState]:
+        """Drop the least recently used states (never ``keep``) until the
+        cache holds at most ``cap_bytes`` ($MEMHP_STATE_CACHE_MB)."""
+        if cap_bytes is None:
+            try:
+                cap_bytes = int(os.environ.get("MEMHP_STATE_CACHE_MB", DEFAULT_CAP_MB)) << 20
+            except ValueError:
+                cap_bytes = DEFAULT_CAP_MB << 20
+        entries = sorted(((e, e.size) for e in self.entries()), key=lambda p: p[0].last_used)
+        total = sum(size for _, size in entries)
+        dropped = []
+        for e, size in entries:
+            if total <= cap_bytes:
+                break
+            if e.key != keep and self.drop(e):
+                total -= size
+                dropped.append(e)
+                log.info("state cache over %d MiB: removed %s", cap_bytes >> 20, e.key)
+        return dropped
 
     def clear(self) -> list[SavedState]:
         dropped = [e for e in self.entries() if self.drop(e)]
@@ -315,6 +351,7 @@ class WarmStarts:
         refresh_guest(vm)
         vm.timings["restore_s"] = loaded - t0
         vm.timings["boot_to_ssh_s"] = time.monotonic() - t0
+        entry.touch()
         vm.start_info = {"warm": True, "state": entry.key, "state_dir": str(entry.directory),
                          "state_bytes": entry.size, "saved_at": meta.get("created"),
                          "reason": "restored from a saved state"}
@@ -361,6 +398,7 @@ class WarmStarts:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         vm.timings["save_s"] = result.seconds
+        self.prune(keep=key)
         vm.start_info = {"warm": False, "state": key, "state_dir": str(self.root / key),
                          "state_bytes": result.size,
                          "reason": f"{why}: booted, then saved state {key}"}

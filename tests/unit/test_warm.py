@@ -127,3 +127,16 @@ def test_start_line_says_how_the_guest_started() -> None:
                                 "--cold-boot to boot")
     assert start_line({"warm": False, "reason": "no saved state yet"}) == (
         "cold boot: no saved state yet")
+
+
+def test_prune_drops_least_recently_used_beyond_the_cap(tmp_path: Path) -> None:
+    cache = WarmStarts(tmp_path)
+    for n, key in enumerate(("old", "mid", "new")):
+        s = _fake_state(tmp_path, key)
+        os.utime(s.directory / "meta.json", (1000 + n, 1000 + n))
+    size = cache.lookup("old").size  # type: ignore[union-attr]
+    cache.lookup("old").touch()  # type: ignore[union-attr]  # restored just now
+    dropped = cache.prune(keep="new", cap_bytes=2 * size)
+    assert [e.key for e in dropped] == ["mid"]
+    assert [e.key for e in cache.entries()] == ["new", "old"]
+    assert cache.prune(keep="new", cap_bytes=0) and [e.key for e in cache.entries()] == ["new"]

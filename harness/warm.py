@@ -75,7 +75,11 @@ DEFAULT_CAP_MB = 2048
 
 
 def states_root(root: Path | None = None) -> Path:
-    return (root or cache_root()) / "states"
+    """``root``/states, else ``$MEMHP_STATE_DIR``, else memhp's cache/states."""
+    if root is not None:
+        return root / "states"
+    override = os.environ.get("MEMHP_STATE_DIR")
+    return Path(override) if override else cache_root() / "states"
 
 
 _HASHES: dict[tuple[str, int, int], str] = {}

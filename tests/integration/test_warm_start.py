@@ -23,7 +23,10 @@ baseline from the guest either way.)
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import time
 from contextlib import ExitStack
 from typing import Any
@@ -111,3 +114,24 @@ def test_warm_start_matches_cold_boot(tmp_path, memhp_resolved_guest, memhp_sett
         fresh = cache.lookup(key)
         assert fresh is not None and fresh.id != entry.id, "the bad state was not replaced"
         assert _baseline(third) == cold
+
+
+def test_concurrent_runs_share_one_state(tmp_path, memhp_resolved_guest) -> None:
+    """Two ``memhp run`` started together on an empty state cache (as two
+    xdist workers would): one boots and saves under the lock, the other
+    waits and starts from that state; both pass, each on its own port."""
+    if memhp_resolved_guest.image is None:
+        pytest.skip("warm starts need a memhp image (the guest is a user disk)")
+    env = dict(os.environ, MEMHP_STATE_DIR=str(tmp_path / "states"))
+    argv = [sys.executable, "-m", "harness", "run", "--accel", "tcg", "--json",
+            "--memory", "2G,slots=4,maxmem=4G", "--numa", "1G,1G", "--add", "d0:256M@1"]
+    procs = [subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (_, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err[-3000:]
+    starts = sorted((json.loads(out)["start"] for out, _ in outs), key=lambda s: s["warm"])
+    cold, warm = starts
+    assert cold["warm"] is False and "saved state" in cold["reason"], starts
+    assert warm["warm"] is True and warm["state"] == cold["state"], starts
+    assert [p.name for p in (tmp_path / "states").iterdir() if p.is_dir()] == [cold["state"]]

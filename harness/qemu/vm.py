@@ -204,7 +204,8 @@ class VM:
         # How this VM started, for reports: warm (from which state) or why cold
         self.start_info: dict[str, Any] = {"warm": False, "state": None,
                                            "reason": "warm start not asked for (--cold-boot, "
-                                                     "compare, bisect or a kernel under test)"}
+                                                     "memhp_cold_boot, compare, bisect or a "
+                                                     "kernel under test)"}
 
     # -- lifecycle ---------------------------------------------------------
     def __enter__(self) -> VM:

@@ -18,6 +18,7 @@ from typing import Any
 from harness.errors import UsageError, check_readable_file
 from harness.qemu.accel import AccelChoice, choose_accel
 from harness.qemu.config import DiskBoot, KernelBoot, VMConfig
+from harness.qemu.devices import MemoryDevice, pc_dimm, ram_backend
 from harness.qemu.vm import VM, Timeouts
 from harness.resources import cache_root
 from harness.scenario import Scenario
@@ -134,8 +135,13 @@ def vm_config(scenario: Scenario, guest: ResolvedGuest, *, accel: str, qemu_bina
         name=name, machine=spec.machine_name, memory=spec.ram_size, slots=spec.slots,
         maxmem=spec.maxmem, numa=tuple(spec.numa), smp=scenario.smp,
         accel=accel,  # type: ignore[arg-type]
-        boot=boot, qemu_binary=qemu_binary,
+        boot=boot, qemu_binary=qemu_binary, memory_devices=coldplug_devices(spec),
     )
+
+
+def coldplug_devices(spec: Any) -> tuple[MemoryDevice, ...]:
+    """The scenario's cold-plugged DIMMs as command-line devices, in order."""
+    return tuple(pc_dimm(d.id, ram_backend(d.size), d.node, d.addr) for d in spec.coldplug)
 
 
 def pick_accel(requested: str, guest: ResolvedGuest, qemu_binary: str) -> AccelChoice:

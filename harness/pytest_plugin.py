@@ -174,6 +174,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
         "memhp_machine(machine='pc', memory='6G,slots=32,maxmem=32G', numa='3G,3G', "
+        "coldplug=('cold0:512M@0',), "
         "append=(), smp=2): the VM the test's memhp_vm fixture boots",
     )
     config.addinivalue_line("markers", "kvm: needs KVM that really boots a guest "
@@ -321,8 +322,9 @@ VMFactory = Callable[..., Any]
 @pytest.fixture
 def memhp_vm_factory(request: pytest.FixtureRequest, memhp_settings: Settings,
                      memhp_resolved_guest: Any, memhp_accel: Any) -> Iterator[VMFactory]:
-    """``factory(machine=..., memory=..., numa=..., append=(), smp=2, cold_boot=False)``
-    starts a VM: from a saved state of the same inputs (harness.warm) unless
+    """``factory(machine=..., memory=..., numa=..., append=(), smp=2, coldplug=(),
+    cold_boot=False)`` starts a VM (``coldplug``: ``ID:SIZE@NODE`` DIMMs on its
+    command line): from a saved state of the same inputs (harness.warm) unless
     ``cold_boot``, the test's ``memhp_cold_boot`` marker, ``--memhp-cold-boot``
     or a ``--memhp-kernel`` under test ask for a real boot."""
     from contextlib import ExitStack
@@ -341,9 +343,9 @@ def memhp_vm_factory(request: pytest.FixtureRequest, memhp_settings: Settings,
 
     def factory(machine: str | None = None, memory: str = "6G,slots=32,maxmem=32G",
                 numa: str | None = "3G,3G", append: tuple[str, ...] = (), smp: int = 2,
-                cold_boot: bool = False) -> Any:
+                coldplug: tuple[str, ...] = (), cold_boot: bool = False) -> Any:
         scenario = build_scenario(name=name, machine=machine or memhp_settings.machine,
-                                  memory=memory, numa=numa,
+                                  memory=memory, numa=numa, coldplug=coldplug,
                                   steps=[], smp=smp, append=append,
                                   qemu_version=memhp_settings.qemu_version)
         vm, _ = stack.enter_context(launch_vm(

@@ -42,13 +42,42 @@ def _console(file: IO[str] | None) -> Console:
     return make_console(file)
 
 
-def step_table(step: StepResult) -> Table:
-    """Per block: address, node, zone, state — model vs guest."""
+def _title(step: StepResult) -> str:
     status = "[green]ok[/]" if step.passed else "[bold red]MISMATCH[/]"
     lat = ", ".join(f"{esc(k.removesuffix('_s'))} {v * 1000:.0f} ms"
                     for k, v in step.latencies.items())
-    table = make_table(f"step {step.index + 1}: {esc(step.action)} — {status}"
-                       + (f"  ({lat})" if lat else ""),
+    return f"step {step.index + 1}: {esc(step.action)} — {status}" + (f"  ({lat})" if lat else "")
+
+
+def qemu_table(step: StepResult) -> Table:
+    """Per DIMM: address and slot, model vs QEMU (when the guest could not
+    be observed, e.g. while paused)."""
+    table = make_table(_title(step), ("DIMM", "address (model/QEMU)", "slot (model/QEMU)"))
+    seen = {d["id"]: d for d in step.observed.get("dimms", [])}
+    want = {d["id"]: d for d in step.expected.get("dimms", [])}
+
+    def pair(a: Any, b: Any, fmt: str = "") -> str:
+        text = esc(f"{'-' if a is None else format(a, fmt)} / "
+                   f"{'-' if b is None else format(b, fmt)}")
+        return text if a == b else f"[red]{text}[/]"
+
+    for dimm_id in sorted(want.keys() | seen.keys()):
+        w, s = want.get(dimm_id, {}), seen.get(dimm_id, {})
+        if w.get("unplug_pending") and not s:  # a pending unplug may complete any moment
+            table.add_row(esc(dimm_id) + " (unplug pending)", esc(f"{w['addr']:#x} / ejected"),
+                          esc(f"{w['slot']} / ejected"))
+            continue
+        table.add_row(esc(dimm_id) + (" (unplug pending)" if w.get("unplug_pending") else ""),
+                      pair(w.get("addr"), s.get("addr"), "#x"),
+                      pair(w.get("slot"), s.get("slot")))
+    return table
+
+
+def step_table(step: StepResult) -> Table:
+    """Per block: address, node, zone, state — model vs guest."""
+    if "guest" in step.observed:
+        return qemu_table(step)
+    table = make_table(_title(step),
                        ("block", "address", "node (model/guest)", "zone (model/guest)",
                         "state (model/guest)"))
     bs = step.expected.get("block_size", 0)
@@ -79,6 +108,17 @@ def step_table(step: StepResult) -> Table:
 def print_step(step: StepResult, *, file: IO[str] | None = None) -> None:
     console = _console(file)
     console.print(step_table(step))
+    if "guest" in step.observed:
+        console.print(f"  guest {esc(step.observed['guest'])}")
+    mig = step.observed.get("migration")
+    if mig:
+        console.print(f"  migrated: {mig['total_time_ms']} ms total, {mig['downtime_ms']} ms "
+                      f"downtime, {mig['transferred_bytes']} bytes sent, QEMU pid "
+                      f"{mig['source_pid']} -> {mig['destination_pid']}")
+    for key in ("pending_unplugs_at_reset", "stale_unplugs_ejected",
+                "stale_unplugs_forgotten", "workloads_ended"):
+        if key in step.observed:
+            console.print(f"  {key.replace('_', ' ')}: {esc(step.observed[key])}")
     if step.error:
         console.print(f"  [red]error:[/] {esc(step.error)}")
     for m in step.mismatches:

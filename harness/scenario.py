@@ -14,6 +14,7 @@ TOML format::
     memory = "6G,slots=32,maxmem=32G"        # as QEMU's -m
     numa = "3G,3G"                           # boot memory per node
     smp = 2
+    coldplug = ["cold0:512M@0"]              # pc-dimms on the command line
     [guest]
     append = ["memhp_default_state=online_movable"]   # extra kernel cmdline
     [[step]]
@@ -27,6 +28,15 @@ TOML format::
     remove = "dimm0"
     [[step]]
     reset = true                             # system_reset, wait for the guest
+    [[step]]
+    migrate = true                           # live-migrate to a new QEMU
+    [[step]]
+    pause = true                             # QMP stop (then resume = true: cont)
+    [[step]]
+    reboot = true                            # reboot -f inside the guest
+    [[step]]
+    remove = "dimm0"
+    wait = false                             # device_del only; reset must follow
 """
 
 from __future__ import annotations
@@ -56,7 +66,12 @@ from harness.units import parse_size
 
 Policy = Literal["online", "online_kernel", "online_movable"]
 POLICIES: tuple[str, ...] = ("online", "online_kernel", "online_movable")
-ACTIONS = ("add", "online", "offline", "remove", "reset", "workload")
+ACTIONS = ("add", "online", "offline", "remove", "reset", "workload", "migrate", "pause",
+           "resume", "reboot")
+# Steps written ``KEY = true`` (no DIMM, no other keys)
+FLAG_ACTIONS = ("reset", "migrate", "pause", "resume", "reboot")
+# Steps that need the guest running (they act over SSH)
+GUEST_ACTIONS = ("online", "offline", "workload", "reboot")
 # Bounds on what a scenario may ask for (a scenario file is input, maybe hostile).
 MAX_STEPS = 1000
 MAX_SMP = 64
@@ -69,13 +84,17 @@ _NAME_FIX = "use letters, digits, '-', '.' and '_' (at most 64), e.g. remove-rea
 class Step:
     """One action of the plan."""
 
-    action: Literal["add", "online", "offline", "remove", "reset", "workload"]
+    action: Literal["add", "online", "offline", "remove", "reset", "workload", "migrate",
+                    "pause", "resume", "reboot"]
     dimm: str = ""
     add: AddDimm | None = None
     policy: Policy | None = None
     workload: WorkloadSpec | None = None
     # An add QEMU is expected to refuse ("" = any refusal, else a regex of its words)
     expect_refusal: str | None = None
+    # remove: wait for DEVICE_DELETED (False: only send device_del; the next
+    # step, a reset, decides what becomes of the request)
+    wait: bool = True
 
     @property
     def is_model_op(self) -> bool:
@@ -91,6 +110,16 @@ class Step:
             return f"{self.policy} {self.dimm}"
         if self.action == "reset":
             return "system_reset"
+        if self.action == "migrate":
+            return "migrate to a new QEMU"
+        if self.action == "pause":
+            return "pause (QMP stop)"
+        if self.action == "resume":
+            return "resume (QMP cont)"
+        if self.action == "reboot":
+            return "reboot from inside the guest"
+        if self.action == "remove" and not self.wait:
+            return f"remove {self.dimm} (device_del only)"
         if self.action == "workload" and self.workload is not None:
             w = self.workload
             return f"workload {w.id} ({w.size >> 20} MiB on node {w.node})"
@@ -195,6 +224,7 @@ def build_scenario(
     qemu_version: tuple[int, int] | None = None,
     host: HostMemory | None = None,
     cpu: CpuSpec | None = None,
+    coldplug: Sequence[str] = (),
 ) -> Scenario:
     """Validate everything and ask the model whether QEMU accepts the plan.
     ``machine`` is pc, q35 or a versioned pc-i440fx-X.Y/pc-q35-X.Y; ``host``
@@ -218,15 +248,18 @@ def build_scenario(
         kwargs["qemu_version"] = qemu_version
     if cpu is not None:
         kwargs["cpu"] = cpu
+    cold = tuple(parse_dimm_option(text) for text in coldplug)
     spec = MachineSpec(machine=mtype.family, ram_size=ram, slots=slots, maxmem=maxmem,
-                       numa=tuple(nodes), machine_version=mtype.version, host=host, **kwargs)
-    known: set[str] = set()
+                       numa=tuple(nodes), machine_version=mtype.version, host=host,
+                       coldplug=cold, **kwargs)
+    known: set[str] = {d.id for d in cold}
     for i, step in enumerate(steps):
         if step.action == "add" and step.expect_refusal is None:
             known.add(step.dimm)
         elif step.action in ("online", "offline") and step.dimm not in known:
             raise UsageError(f"step {i + 1}: {step.action} of {step.dimm!r}, which no earlier "
                              "step adds", value=step.dimm, fix="add the DIMM first")
+    check_lifecycle(steps)
     if script is not None:
         check_readable_file(script, "script", "give the path of a shell script to run in the "
                             "guest", max_bytes=MAX_SCRIPT_BYTES)
@@ -237,6 +270,65 @@ def build_scenario(
     scenario.predict()  # raises PlanRefused before any VM starts
     scenario.expected_refusals()  # and every expected refusal must be predicted
     return scenario
+
+
+def check_lifecycle(steps: Sequence[Step]) -> None:
+    """The order of pause/resume, unwaited removals and migrations.
+
+    - ``pause`` only when running, ``resume`` only when paused, and nothing
+      that needs the guest (online, offline, workload, reboot) in between;
+      a ``reset`` while paused resets the machine, which boots at ``resume``
+      (no ``migrate`` in between: the machine has not booted);
+
+    - a removal while paused, or one with ``wait = false``, is pending until
+      ``resume`` (paused) or the next ``reset``; ``wait = false`` on a
+      running guest must be followed by ``reset`` at once (what the guest
+      does meanwhile is a race the reset step reads from QEMU's events);
+    - the run ends running (the exec, the workloads' end and the kernel log
+      need the guest);
+    - no ``migrate`` while an unplug is pending: QEMU does not migrate the
+      request (``is_removing`` is not in ``vmstate_memhp_sts``,
+      hw/acpi/memory_hotplug.c v7.2.0), so the destination would forget it.
+    """
+    paused_at: int | None = None
+    reset_paused = False
+    pending: list[str] = []
+    for i, step in enumerate(steps):
+        where = f"step {i + 1} ({step.action})"
+        if step.action == "pause" and paused_at is not None:
+            raise UsageError(f"{where}: the VM is already paused (step {paused_at + 1})",
+                             value=step.action, fix="resume before pausing again")
+        if step.action == "resume" and paused_at is None:
+            raise UsageError(f"{where}: the VM is not paused", value=step.action,
+                             fix="pause before resume")
+        if step.action in GUEST_ACTIONS and paused_at is not None:
+            raise UsageError(f"{where} needs the guest running, but the VM is paused since "
+                             f"step {paused_at + 1}", value=step.action,
+                             fix="put resume = true before it")
+        if step.action == "migrate" and reset_paused:
+            raise UsageError(f"{where}: the machine was reset while paused and has not "
+                             "booted", value=step.action, fix="resume before migrating")
+        if step.action == "migrate" and pending:
+            raise UsageError(f"{where}: the unplug of {', '.join(pending)} is pending, and QEMU "
+                             "does not migrate an unplug request", value=pending,
+                             fix="resume (or reset) before migrating")
+        if pending and paused_at is None and step.action != "reset":
+            raise UsageError(f"{where}: remove with wait = false must be followed by reset",
+                             value=pending, fix="add reset = true right after it")
+        if step.action == "pause":
+            paused_at = i
+        elif step.action == "resume":
+            paused_at, pending, reset_paused = None, [], False
+        elif step.action == "reset":
+            pending, reset_paused = [], paused_at is not None
+        elif step.action == "remove" and (paused_at is not None or not step.wait):
+            pending.append(step.dimm)
+    if paused_at is not None:
+        raise UsageError(f"the run ends paused (since step {paused_at + 1})", value="pause",
+                         fix="end with resume = true")
+    if pending:
+        raise UsageError(f"the unplug of {', '.join(pending)} (wait = false) ends the run "
+                         "unresolved", value=pending, fix="add reset = true after it")
 
 
 def default_steps(
@@ -256,7 +348,7 @@ def default_steps(
 
 
 _TOP = {"name", "machine", "guest", "step", "exec", "script", "exec_expect", "exec_forbid"}
-_MACHINE = {"type", "memory", "numa", "smp"}
+_MACHINE = {"type", "memory", "numa", "smp", "coldplug"}
 _GUEST = {"append", "expect_splats"}
 
 
@@ -289,6 +381,8 @@ def _parse_step(i: int, raw: object) -> Step:
         allowed |= {"node", "size"}
     if action == "add":
         allowed |= {"expect_refusal"}
+    if action == "remove":
+        allowed |= {"wait"}
     _unknown(raw, allowed, where)
     splats = splat_patterns(raw.get("expect_splat", []), f"{where}.expect_splat")
     if action == "workload":
@@ -296,10 +390,11 @@ def _parse_step(i: int, raw: object) -> Step:
         node = _expect(raw, "node", int, where) if "node" in raw else 0
         size = parse_size(_expect(raw, "size", str, where)) if "size" in raw else 256 << 20
         return Step("workload", wid, workload=WorkloadSpec(wid, node, size), expect_splat=splats)
-    if action == "reset":
-        if raw["reset"] is not True:
-            raise UsageError(f"{where}.reset must be true", value=raw["reset"])
-        return Step("reset", expect_splat=splats)
+    if action in FLAG_ACTIONS:
+        if raw[action] is not True:
+            raise UsageError(f"{where}.{action} must be true", value=raw[action],
+                             fix=f"write {action} = true")
+        return Step(action, expect_splat=splats)  # type: ignore[arg-type]
     value = _expect(raw, action, str, where)
     if action == "add":
         dimm = parse_dimm_option(value)
@@ -315,6 +410,9 @@ def _parse_step(i: int, raw: object) -> Step:
     if action == "online":
         policy = _check_policy(raw.get("policy", "online_movable"), where)
         return Step("online", value, policy=policy, expect_splat=splats)
+    if action == "remove":
+        wait = _expect(raw, "wait", bool, where) if "wait" in raw else True
+        return Step("remove", value, expect_splat=splats, wait=wait)
     return Step(action, value, expect_splat=splats)  # type: ignore[arg-type]
 
 
@@ -373,6 +471,11 @@ def load_scenario(path: Path, *, qemu_version: tuple[int, int] | None = None) ->
         raise UsageError("[guest].append must be a list of strings", value=append,
                          fix='e.g. append = ["memhp_default_state=online"] (at most 256)')
     expect_splats = splat_patterns(guest.get("expect_splats", []), "[guest].expect_splats")
+    coldplug = machine.get("coldplug", [])
+    if not isinstance(coldplug, list) or not all(isinstance(c, str) for c in coldplug) \
+            or len(coldplug) > MAX_STEPS:
+        raise UsageError("[machine].coldplug must be a list of DIMMs", value=coldplug,
+                         fix='e.g. coldplug = ["cold0:512M@0"] (ID:SIZE@NODE[:ADDR])')
     numa = machine.get("numa", "3G,3G")
     if not isinstance(numa, str):
         raise UsageError("[machine].numa must be a string like \"3G,3G\"", value=numa)
@@ -388,6 +491,7 @@ def load_scenario(path: Path, *, qemu_version: tuple[int, int] | None = None) ->
         exec_cmd=_expect(data, "exec", str, "scenario") if "exec" in data else None,
         script=Path(_expect(data, "script", str, "scenario")) if "script" in data else None,
         qemu_version=qemu_version,
+        coldplug=coldplug,
     )
     return replace(scenario, expect_splats=expect_splats,
                    exec_expect=splat_patterns(data.get("exec_expect", []), "exec_expect"),
@@ -411,12 +515,35 @@ def offline(dimm_id: str) -> Step:
     return Step("offline", dimm_id)
 
 
-def remove(dimm_id: str) -> Step:
-    return Step("remove", dimm_id)
+def remove(dimm_id: str, wait: bool = True) -> Step:
+    """Hot-remove; ``wait=False`` only sends ``device_del`` (a ``reset`` must
+    follow)."""
+    return Step("remove", dimm_id, wait=wait)
+
+
+def pause() -> Step:
+    """QMP ``stop``: until ``resume``, only QEMU's view is observed."""
+    return Step("pause")
+
+
+def resume() -> Step:
+    """QMP ``cont``: what was plugged or unplugged while paused completes."""
+    return Step("resume")
+
+
+def reboot() -> Step:
+    """Reboot from inside the guest (``reboot -f``), wait until it is back."""
+    return Step("reboot")
 
 
 def reset() -> Step:
     return Step("reset")
+
+
+def migrate() -> Step:
+    """Live-migrate the VM to a new QEMU (same machine, every plugged device
+    pinned); later steps run on the destination."""
+    return Step("migrate")
 
 
 def workload(workload_id: str, node: int = 0, size: str = "256M") -> Step:

@@ -246,11 +246,24 @@ class Runner:
         self.steps: list[StepResult] = []
         self.steps_done: list[Step] = []
         self.dropped_removes: set[int] = set()  # indices of removes the guest refused
+        # A removal that took effect later than its step: op index -> the op
+        # index after which it happened (an unplug request a reset left
+        # pending in QEMU is carried out at the next hot-add's GPE)
+        self.op_after: dict[int, int] = {}
         self.log_mark = LogMark()  # where the last scan of the kernel log stopped
         self.boot_splats: list[Splat] = []
         self.step_expects: list[str] = []  # splats the kernel's answer in this step explains
         self.workloads: dict[str, WorkloadSpec] = {}
         self.refusals = scenario.expected_refusals()  # step index -> QEMU's predicted refusal
+        self.step_notes: dict[str, Any] = {}  # what a step's act reports (e.g. migration)
+        # Plugged while paused: the guest learns of them at resume
+        self.pending_adds: list[str] = []
+        # device_del sent, DEVICE_DELETED not yet seen: id -> (request, the
+        # DIMM, the removal's index among the model's operations)
+        self.pending_unplugs: dict[str, tuple[Any, PlacedDimm, int]] = {}
+        self.reset_while_paused = False  # the guest boots at the next resume
+        # eject requests a reset left set in QEMU: id -> (request, op index)
+        self.stale_unplugs: dict[str, tuple[Any, int]] = {}
 
     # -- baseline -----------------------------------------------------------
     def take_baseline(self) -> None:
@@ -273,7 +286,13 @@ class Runner:
             self.kernel = KernelMemory(self.policy, self.block_size)
         except UnmodelledKernel as exc:
             raise VMError(str(exc), phase="model") from exc
-        self.boot_blocks = {b.number for b in view.sysfs.blocks}
+        # Cold-plugged DIMMs are the model's, not boot RAM: the ACPI driver
+        # added them at boot as it adds a hot-added one (see KernelMemory.reboot).
+        cold = sorted((d for d in self.prediction.boot.dimms if d.guest_accepts),
+                      key=lambda d: d.slot)
+        self.kernel.reboot((d.id, d.node, d.blocks, d.size) for d in cold)
+        cold_blocks = {n for d in cold for n in d.blocks}
+        self.boot_blocks = {b.number for b in view.sysfs.blocks} - cold_blocks
         self.set_baseline_totals(view)
         records = guest.kernel_log()
         self.log_mark = mark_of(records)
@@ -292,20 +311,27 @@ class Runner:
         }
         self.baseline_total = view.meminfo["MemTotal"] - sum(online.values())
 
+    def _effective_ops(self) -> list[int]:
+        """The model's operations (indices) in the order they took effect."""
+        n = len(self.scenario.model_ops())
+        keep = [i for i in range(n) if i not in self.dropped_removes]
+        return sorted(keep, key=lambda i: (self.op_after[i], 1) if i in self.op_after
+                      else (i, 0))
+
     def repredict(self) -> None:
-        ops = [op for i, op in enumerate(self.scenario.model_ops())
-               if i not in self.dropped_removes]
+        ops = self.scenario.model_ops()
         spec = replace(self.scenario.machine, block_size=self.block_size)
-        self.prediction = predict(spec, ops)
+        self.prediction = predict(spec, [ops[i] for i in self._effective_ops()])
 
     # -- expectations ---------------------------------------------------------
     def _ops_done(self) -> int:
-        ops = [s for s in self.steps_done if s.is_model_op]
-        return sum(1 for i in range(len(ops)) if i not in self.dropped_removes)
+        done = sum(1 for s in self.steps_done if s.is_model_op)  # ops 0..done-1 acted
+        return sum(1 for i in self._effective_ops()
+                   if i < done and self.op_after.get(i, i) < done)
 
     def current_dimms(self) -> tuple[PlacedDimm, ...]:
         done = self._ops_done()
-        return self.prediction.steps[done - 1].dimms if done else ()
+        return self.prediction.steps[done - 1].dimms if done else self.prediction.boot.dimms
 
     def expected_blocks(self) -> list[ExpectedBlock]:
         if self.kernel is None:
@@ -323,6 +349,8 @@ class Runner:
 
     # -- observation -------------------------------------------------------------
     def observe(self) -> tuple[dict[str, Any], list[Mismatch]]:
+        if self.vm.paused or self.pending_unplugs:
+            return self.observe_qemu_only()
         guest = self.vm.guest
         qemu_dimms = self.vm.query_memory_devices()
         view = guest.snapshot()
@@ -353,11 +381,35 @@ class Runner:
         }
         return observed, mism
 
+    def observe_qemu_only(self) -> tuple[dict[str, Any], list[Mismatch]]:
+        """While the VM is paused the guest cannot answer: only QEMU's view
+        is observed and compared.  A DIMM whose unplug is pending is still
+        QEMU's until the guest ejects it (while paused: for sure; while the
+        guest runs: maybe, so it is left out of the comparison)."""
+        qemu_dimms = self.vm.query_memory_devices()
+        expected = list(self.current_dimms())
+        seen = list(qemu_dimms)
+        if self.vm.paused:
+            expected += [d for _, d, _ in self.pending_unplugs.values()]
+            why = "the VM is paused (QMP stop): the guest cannot be observed"
+        else:
+            seen = [d for d in seen if d.id not in self.pending_unplugs]
+            why = "an unplug is in flight: the guest's view is a race until the next step"
+        observed = {
+            "dimms": [_dimm_json(d) for d in qemu_dimms],
+            "guest": f"not observed: {why}; only QEMU's view is compared",
+            "run_state": self.vm.execute("query-status", phase="observe").get("status"),
+            "pending_unplugs": sorted(self.pending_unplugs),
+        }
+        return observed, compare_qemu(expected, seen)
+
     def expected_json(self) -> dict[str, Any]:
         online = self._online_bytes_by_node()
         nodes = sorted(set(self.baseline_nodes) | set(online))
         return {
-            "dimms": [_dimm_json(d) for d in self.current_dimms()],
+            "dimms": [_dimm_json(d) for d in self.current_dimms()]
+            + [_dimm_json(d) | {"unplug_pending": True}
+               for _, d, _ in self.pending_unplugs.values()],
             "blocks": [
                 {"number": b.number, "state": b.state, "node": b.node, "zone": b.zone,
                  "managed_bytes": b.managed_bytes, "valid_zones": list(b.valid_zones)}
@@ -425,12 +477,14 @@ class Runner:
         mism: list[Mismatch] = []
         observed: dict[str, Any] = {}
         self.step_expects = []
+        self.step_notes = {}
         splats: list[Splat] = []
         try:
             write_mism = ACTS[step.action](self, step, lat)
             observed, mism = self.observe()
+            observed.update(self.step_notes)
             mism = write_mism + mism
-            if self.workloads:
+            if self.workloads and "guest" not in observed:
                 observed["workloads"], wl_mism = check_workloads(self)
                 mism += wl_mism
         except HarnessError as exc:
@@ -442,7 +496,8 @@ class Runner:
             except HarnessError:
                 observed, mism = {}, []
         try:
-            splats = self.scan_log((*step.expect_splat, *self.step_expects))
+            if not self.vm.paused:  # the kernel log is read at the next step otherwise
+                splats = self.scan_log((*step.expect_splat, *self.step_expects))
         except HarnessError as exc:
             error = error or f"{exc.phase} error: cannot read the kernel log: {exc}"
         result = StepResult(index, step.describe(), self.expected_json(), observed, mism,

@@ -46,6 +46,9 @@ def detected_qemu_version(binary: str = "qemu-system-x86_64") -> tuple[tuple[int
               help="Hot-add a DIMM (repeatable; applied in order with --remove).")
 @click.option("--remove", "removes", multiple=True, metavar="ID",
               help="Hot-remove a DIMM (repeatable).")
+@click.option("--coldplug", "coldplug", multiple=True, metavar="ID:SIZE@NODE[:ADDR]",
+              help="A DIMM on QEMU's command line (repeatable, in order); placed "
+                   "before any --add.")
 @click.option("--block-size", help="Guest memory block size (default: the kernel's x86 rule).")
 @click.option("--cpu", default="max", show_default=True,
               help="As -cpu: MODEL[,phys-bits=N][,vendor=ID], or amd|intel[,phys-bits=N]. "
@@ -58,8 +61,8 @@ def detected_qemu_version(binary: str = "qemu-system-x86_64") -> tuple[tuple[int
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def model_cmd(ctx: click.Context, machine: str, memory: str, numa: str, adds: tuple[str, ...],
-              removes: tuple[str, ...], block_size: str | None, cpu: str, qemu_binary: str,
-              qemu_version: str | None, as_json: bool) -> int:
+              removes: tuple[str, ...], coldplug: tuple[str, ...], block_size: str | None,
+              cpu: str, qemu_binary: str, qemu_version: str | None, as_json: bool) -> int:
     """Predict where each DIMM lands, its memory blocks and the node totals."""
     from harness.model import MachineSpec, RemoveDimm, parse_dimm_option, predict
     from harness.model.qemu_rules import (
@@ -85,6 +88,7 @@ def model_cmd(ctx: click.Context, machine: str, memory: str, numa: str, adds: tu
             numa=parse_numa_option(numa) if numa else (), qemu_version=version,
             block_size=parse_size(block_size, what="block size") if block_size else None,
             cpu=parse_cpu_option(cpu),
+            coldplug=tuple(parse_dimm_option(c) for c in coldplug),
         )
         ops = _ordered_ops(ctx, adds, removes, parse_dimm_option, RemoveDimm)
         prediction = predict(spec, ops)

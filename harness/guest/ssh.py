@@ -136,6 +136,13 @@ class GuestShell:
             transport.set_keepalive(15)
         self._client = client
 
+    def host_key_line(self) -> str | None:
+        """The host key the connected guest presented ("TYPE BASE64")."""
+        if self._client is None or (t := self._client.get_transport()) is None:
+            return self.host_public_line
+        key = t.get_remote_server_key()
+        return f"{key.get_name()} {key.get_base64()}"
+
     def _transport(self) -> paramiko.Transport:
         if self._client is None or (t := self._client.get_transport()) is None \
                 or not t.is_active():

@@ -61,3 +61,21 @@ def write_guest_keys(directory: Path) -> GuestKeys:
     _write_private(keys.client_key_path, client_priv)
     _write_private(keys.authorized_keys_path, (client_pub + "\n").encode())
     return keys
+
+
+def copy_guest_keys(keys: GuestKeys, directory: Path) -> GuestKeys:
+    """The same keys copied into ``directory`` (created 0700, files 0600):
+    a migration destination serves the same guest, so it hands over the
+    same host key and logs in with the same client key."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(directory, 0o700)
+    out = GuestKeys(
+        host_key_path=directory / "host_key", host_public_line=keys.host_public_line,
+        client_key_path=directory / "client_key", client_public_line=keys.client_public_line,
+        authorized_keys_path=directory / "authorized_keys",
+    )
+    for src, dst in ((keys.host_key_path, out.host_key_path),
+                     (keys.client_key_path, out.client_key_path),
+                     (keys.authorized_keys_path, out.authorized_keys_path)):
+        _write_private(dst, src.read_bytes())
+    return out

@@ -33,6 +33,17 @@ For each ``AddDimm`` (:func:`_place`), in this order:
    (sorted by address) to ALIGN_UP(its end, align);
 6. the node exists -- ``pc_dimm_realize()`` (after pre-plug).
 
+Cold-plugged DIMMs (``MachineSpec.coldplug``, ``-device pc-dimm`` on the
+command line) go through the same checks and placement, before any
+hot-add and in command-line order: QEMU realizes ``-device`` options one
+by one in that order once the machine (and its device-memory region)
+exists -- softmmu/vl.c ``qemu_create_cli_devices()`` (v7.2.0; system/vl.c
+in v10.0.0) after ``qemu_init_board()``; ``pc_dimm_pre_plug()`` and
+``memory_device_pre_plug()`` see only the DIMMs realized before.  They are
+the state at boot (``Prediction.boot``); a refused one has ``step`` None
+and ``coldplug`` True (QEMU refuses to start, prefixing its message with
+the ``-device`` option).
+
 QEMU then plugs the DIMM; the guest kernel adds it only if its start and
 size are multiples of the memory block size (``check_hotplug_memory_range()``
 in mm/memory_hotplug.c): otherwise the DIMM is placed but rejected by the
@@ -334,6 +345,15 @@ def predict(spec: MachineSpec, ops: Sequence[Operation]) -> Prediction:
     layout = compute_layout(spec)
     _check_spec(spec, layout)
     dimms: list[PlacedDimm] = []
+    for cold_op in spec.coldplug:
+        try:
+            dimms.append(_place(spec, layout, dimms, cold_op))
+        except PlanRefused as exc:
+            exc.step = None  # type: ignore[attr-defined]
+            exc.coldplug = True  # type: ignore[attr-defined]
+            raise
+    cold = tuple(sorted(dimms, key=lambda d: d.addr))
+    boot = StepPrediction(None, cold, _totals(spec, cold))
     steps: list[StepPrediction] = []
     for i, op in enumerate(ops):
         try:
@@ -352,7 +372,6 @@ def predict(spec: MachineSpec, ops: Sequence[Operation]) -> Prediction:
             raise
         ordered = tuple(sorted(dimms, key=lambda d: d.addr))
         steps.append(StepPrediction(op, ordered, _totals(spec, ordered)))
-    boot = StepPrediction(None, (), _totals(spec, ()))
     return Prediction(spec, layout, boot, tuple(steps))
 
 

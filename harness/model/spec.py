@@ -70,6 +70,8 @@ class MachineSpec:
     machine_version: tuple[int, int] | None = None
     cpu: CpuSpec = field(default_factory=default_cpu)
     host: HostMemory | None = None
+    # pc-dimms on the command line (-object/-device), in command-line order
+    coldplug: tuple[AddDimm, ...] = ()
 
     def __post_init__(self) -> None:
         if self.machine not in ("pc", "q35"):

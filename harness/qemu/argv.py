@@ -39,6 +39,12 @@ class RuntimePaths:
     def qmp_transcript(self) -> Path:
         return self.workdir / "qmp.jsonl"
 
+    @property
+    def migration_socket(self) -> Path:
+        """Where a migration destination listens (``-incoming unix:``): in
+        the private 0700 work dir, so only this user can connect."""
+        return self.workdir / "migrate.sock"
+
 
 def opt_value(value: object) -> str:
     """A value inside a QEMU ``key=value,...`` option string: QEMU's option
@@ -129,6 +135,22 @@ def net_args(cfg: VMConfig) -> list[str]:
     ]
 
 
+def memory_device_args(cfg: VMConfig) -> list[str]:
+    """``-object``/``-device`` per memory device, in order (QEMU realizes
+    ``-device`` options in command-line order, so cold-plugged DIMMs take
+    slots and addresses first-fit in this order unless pinned)."""
+    args: list[str] = []
+    for dev in cfg.memory_devices:
+        args += dev.cli()
+    return args
+
+
+def incoming_args(cfg: VMConfig, paths: RuntimePaths) -> list[str]:
+    if not cfg.incoming:
+        return []
+    return ["-incoming", f"unix:{paths.migration_socket}"]
+
+
 def console_args(paths: RuntimePaths) -> list[str]:
     # A file never blocks QEMU, unlike a pipe nobody drains.  Appended to,
     # not truncated: a VM started from a saved state (harness.warm) finds
@@ -163,7 +185,9 @@ def build_argv(cfg: VMConfig, paths: RuntimePaths) -> list[str]:
         *boot_args(cfg),
         *fw_cfg_args(cfg),
         *net_args(cfg),
+        *memory_device_args(cfg),
         *console_args(paths),
         *control_args(cfg, paths),
+        *incoming_args(cfg, paths),
         *cfg.extra_args,
     ]

@@ -8,10 +8,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from harness.errors import UsageError
 from harness.units import MiB, format_size
+
+if TYPE_CHECKING:
+    from harness.qemu.devices import MemoryDevice
 
 # pc, q35 or a versioned pc-i440fx-X.Y / pc-q35-X.Y (harness.model.qemu_rules)
 Machine = str
@@ -54,6 +57,8 @@ class VMConfig:
     ``numa`` holds the boot memory of each node (index = node id); empty
     means no ``-numa`` options (a single implicit node 0).  ``slots`` and
     ``maxmem`` of 0 mean "no hotplug region" (QEMU then refuses DIMMs).
+    ``memory_devices`` and ``incoming`` belong to one QEMU process (cold-plug,
+    a migration destination); :meth:`without_devices` strips them.
     """
 
     name: str
@@ -70,6 +75,11 @@ class VMConfig:
     ssh_port: int | None = None
     pvpanic: bool = True
     qemu_binary: str = "qemu-system-x86_64"
+    # Memory devices on the command line, in order: cold-plugged DIMMs, or
+    # (on a migration destination) everything plugged at the source, pinned.
+    memory_devices: tuple[MemoryDevice, ...] = ()
+    # ``-incoming unix:<work dir>/migrate.sock``: a migration destination.
+    incoming: bool = False
     extra_args: tuple[str, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
@@ -123,6 +133,12 @@ class VMConfig:
             raise UsageError(f"accelerator {self.accel!r} unknown", fix="use kvm or tcg")
         if self.ssh_port is not None and not 0 < self.ssh_port < 65536:
             raise UsageError(f"port {self.ssh_port} is not a TCP port", value=self.ssh_port)
+
+    def without_devices(self) -> VMConfig:
+        """The machine alone: no command-line memory devices, no ``-incoming``."""
+        from dataclasses import replace
+
+        return replace(self, memory_devices=(), incoming=False)
 
     @property
     def hotplug_enabled(self) -> bool:

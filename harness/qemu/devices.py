@@ -12,12 +12,26 @@ nothing else.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, ClassVar, Self
 
 from harness.qemu.argv import opt_value
 
 _backend_ids = itertools.count()
+
+# What a migration destination must pin, per device driver: the properties
+# QEMU chose at plug time (as ``query-memory-devices`` reports them under
+# the same names).  A destination started without them would place its
+# devices first-fit in command-line order: after a removal, or with devices
+# plugged at given addresses, that is not the source's layout, and the
+# incoming RAM would not fit (QEMU 7.2 hw/mem/memory-device.c
+# memory_device_get_free_addr(): an explicit addr is taken as given;
+# hw/mem/pc-dimm.c pc_dimm_pre_plug(): an explicit slot likewise).
+# A new device kind adds its line here (virtio-mem-pci: "memaddr").
+PINNED_PROPS: dict[str, tuple[str, ...]] = {
+    "pc-dimm": ("addr", "slot"),
+}
 
 
 def _cli_value(value: object) -> str:
@@ -27,42 +41,54 @@ def _cli_value(value: object) -> str:
 
 
 @dataclass(frozen=True)
-class QomObject:
-    """A QOM object, e.g. ``memory-backend-ram,id=be0,size=1073741824``."""
+class _Option:
+    """``KIND,id=ID,key=value,...``: a QOM object or a qdev device."""
 
-    qom_type: str
+    kind: str
     id: str
     props: tuple[tuple[str, Any], ...] = ()
+    flag: ClassVar[str]
+    kind_key: ClassVar[str]
 
     def qmp_args(self) -> dict[str, Any]:
-        return {"qom-type": self.qom_type, "id": self.id, **dict(self.props)}
+        return {self.kind_key: self.kind, "id": self.id, **dict(self.props)}
 
     def cli(self) -> list[str]:
-        parts = [self.qom_type, f"id={opt_value(self.id)}"]
+        parts = [self.kind, f"id={opt_value(self.id)}"]
         parts += [f"{k}={_cli_value(v)}" for k, v in self.props]
-        return ["-object", ",".join(parts)]
+        return [self.flag, ",".join(parts)]
+
+    def prop(self, name: str, default: Any = None) -> Any:
+        return dict(self.props).get(name, default)
+
+    def with_props(self, **props: Any) -> Self:
+        """The same with ``props`` set (replacing any of the same name)."""
+        keep = tuple((k, v) for k, v in self.props if k not in props)
+        return replace(self, props=keep + tuple(props.items()))
 
 
 @dataclass(frozen=True)
-class QdevDevice:
+class QomObject(_Option):
+    """A QOM object, e.g. ``memory-backend-ram,id=be0,size=1073741824``."""
+
+    flag: ClassVar[str] = "-object"
+    kind_key: ClassVar[str] = "qom-type"
+
+    @property
+    def qom_type(self) -> str:
+        return self.kind
+
+
+@dataclass(frozen=True)
+class QdevDevice(_Option):
     """A qdev device, e.g. ``pc-dimm,id=dimm0,memdev=be0,node=1``."""
 
-    driver: str
-    id: str
-    props: tuple[tuple[str, Any], ...] = ()
+    flag: ClassVar[str] = "-device"
+    kind_key: ClassVar[str] = "driver"
 
-    def qmp_args(self) -> dict[str, Any]:
-        return {"driver": self.driver, "id": self.id, **dict(self.props)}
-
-    def cli(self) -> list[str]:
-        parts = [self.driver, f"id={opt_value(self.id)}"]
-        parts += [f"{k}={_cli_value(v)}" for k, v in self.props]
-        return ["-device", ",".join(parts)]
-
-    def with_props(self, **props: Any) -> QdevDevice:
-        """The device with ``props`` set (replacing any of the same name)."""
-        keep = tuple((k, v) for k, v in self.props if k not in props)
-        return replace(self, props=keep + tuple(props.items()))
+    @property
+    def driver(self) -> str:
+        return self.kind
 
 
 @dataclass(frozen=True)
@@ -78,6 +104,18 @@ class MemoryDevice:
 
     def cli(self) -> list[str]:
         return self.backend.cli() + self.device.cli()
+
+    def pinned(self, reported: Mapping[str, Any]) -> MemoryDevice:
+        """This device with what QEMU chose for it pinned, from its
+        ``query-memory-devices`` ``data`` (e.g. a pc-dimm's addr and slot):
+        the command line a migration destination needs."""
+        keys = PINNED_PROPS.get(self.device.driver, ())
+        missing = [k for k in keys if k not in reported]
+        if missing:
+            raise ValueError(f"QEMU reports no {', '.join(missing)} for {self.id} "
+                             f"({self.device.driver})")
+        return replace(self, device=self.device.with_props(
+            **{k: reported[k] for k in keys}))
 
 
 def new_backend_id() -> str:

@@ -58,6 +58,7 @@ _PR_SET_PDEATHSIG = 1
 # ACPI _OST status codes (ACPI spec 6.3.5; Linux include/acpi/actypes.h)
 OST_SUCCESS = 0x0
 OST_EJECT_IN_PROGRESS = 0x84
+OST_EJECT_REQUEST = 3  # _OST source event: ACPI eject request notification
 OST_NAMES = {
     0x1: "non-specific failure", 0x2: "unrecognized notify", 0x80: "eject not supported",
     0x81: "device in use", 0x82: "device busy", 0x83: "eject dependency busy",
@@ -84,6 +85,7 @@ class Timeouts:
     hot_add: float = 15.0
     unplug: float = 30.0
     shutdown: float = 5.0
+    migrate: float = 60.0
 
     def s(self, name: str) -> float:
         value: float = getattr(self, name)
@@ -107,6 +109,15 @@ class QemuDimm:
     slot: int
     memdev: str
     hotplugged: bool
+
+
+@dataclass(frozen=True)
+class PendingUnplug:
+    """A ``device_del`` sent, its ``DEVICE_DELETED`` not yet seen."""
+
+    id: str
+    cursor: int  # QMP event log position before the device_del
+    backend: str | None  # QOM path of its memdev
 
 
 def free_loopback_port() -> int:
@@ -198,7 +209,12 @@ class VM:
         self.saved_artifacts: Path | None = None
         self.scenario: Any = None  # the plan this VM was booted for, when known
         # Memory devices plugged now, in plug order (hot-added or cold-plugged)
-        self.memory_devices: dict[str, MemoryDevice] = {}
+        self.memory_devices: dict[str, MemoryDevice] = {
+            d.id: d for d in config.memory_devices}
+        # A migration destination logs in with its source's keys (same guest)
+        self.inherit_keys: Any = None
+        self.paused = False  # QMP stop: the guest cannot answer until cont
+        self._boot_mark: int | None = None  # reset while paused: boots at cont
         # harness.warm.WarmStarts: start from a saved state when one fits
         self.warm = warm
         # How this VM started, for reports: warm (from which state) or why cold
@@ -261,9 +277,14 @@ class VM:
         cfg = self.base_config
         if self.image is None:
             return cfg
-        from harness.image.keys import write_guest_keys
+        from harness.image.keys import copy_guest_keys, write_guest_keys
 
-        self._keys = (keys or write_guest_keys)(workdir / "keys")
+        if keys is not None:  # e.g. a saved state's keys (harness.warm)
+            self._keys = keys(workdir / "keys")
+        elif self.inherit_keys is not None:
+            self._keys = copy_guest_keys(self.inherit_keys, workdir / "keys")
+        else:
+            self._keys = write_guest_keys(workdir / "keys")
         fw = (
             FwCfgFile("opt/memhp/host_key", self._keys.host_key_path),
             FwCfgFile("opt/memhp/authorized_keys", self._keys.authorized_keys_path),
@@ -523,6 +544,55 @@ class VM:
             self.diagnose(exc, what=f"guest command {shlex.join(argv)!r}")
             raise
 
+    def host_key_line(self) -> str | None:
+        """The guest's SSH host key as pinned now ("TYPE BASE64")."""
+        if self._keys is not None:
+            return str(self._keys.host_public_line)
+        if self._user_host_key is not None:
+            return self._user_host_key
+        return self.shell.host_key_line() if self.shell is not None else None
+
+    def incoming_twin(self, name: str, devices: tuple[MemoryDevice, ...]) -> VM:
+        """A VM, not yet started, to receive this one's migration: the same
+        machine and guest, ``devices`` on its command line, ``-incoming``,
+        its own work dir and forwarded port, and this guest's SSH keys."""
+        cfg = replace(self.base_config.without_devices(), name=name, ssh_port=None,
+                      memory_devices=devices, incoming=True)
+        twin = VM(cfg, image=self.image, ssh_user=self.ssh_user, ssh_key=self._user_ssh_key,
+                  ssh_host_key=self.host_key_line() if self.image is None else None,
+                  ready_marker=self.ready_marker, timeouts=self.timeouts,
+                  artifacts_dir=self.artifacts_dir, keep=self.keep,
+                  runtime_dir=self._runtime_dir)
+        twin.inherit_keys = self._keys
+        twin.scenario = self.scenario
+        return twin
+
+    _RUNTIME = ("base_config", "config", "workdir", "paths", "proc", "qmp", "shell", "guest",
+                "argv", "_keys", "_user_host_key", "paused", "_boot_mark")
+
+    def swap_runtime(self, other: VM) -> None:
+        """Exchange QEMU processes with ``other`` (after a migration to it):
+        this VM drives ``other``'s QEMU, work dir, QMP and SSH from now on,
+        and ``other`` holds the old ones, so that stopping it ends the old
+        QEMU with the usual stop logic.  Plugged devices stay this VM's."""
+        for attr in self._RUNTIME:
+            mine, theirs = getattr(self, attr), getattr(other, attr)
+            setattr(self, attr, theirs)
+            setattr(other, attr, mine)
+        for vm in (self, other):  # the SSH layer reports to the VM that now owns it
+            if vm.shell is not None:
+                vm.shell.abort = vm.check_alive
+                vm.shell.diagnose = vm.diagnose
+
+    def memory_device_info(self) -> dict[str, dict[str, Any]]:
+        """QEMU's ``query-memory-devices`` ``data`` of every memory device, by id."""
+        out: dict[str, dict[str, Any]] = {}
+        for dev in self.execute("query-memory-devices", phase="observe"):
+            data = dev.get("data", {})
+            if data.get("id"):
+                out[str(data["id"])] = dict(data) | {"type": dev.get("type")}
+        return out
+
     def query_memory_devices(self) -> tuple[QemuDimm, ...]:
         out = []
         for dev in self.execute("query-memory-devices", phase="observe"):
@@ -572,6 +642,11 @@ class VM:
         never come, so :class:`HotplugRefused` is raised at once.  On success
         the backend is deleted too.
         """
+        return self.wait_unplugged(self.request_unplug(dimm_id), timeout=timeout)
+
+    def request_unplug(self, dimm_id: str) -> PendingUnplug:
+        """``device_del`` only: QEMU asks the guest to eject (an ACPI GPE);
+        the device stays until the guest has ejected it."""
         qmp = self._qmp()
         backend = None
         for dev in self.query_memory_devices():
@@ -579,6 +654,13 @@ class VM:
                 backend = dev.memdev
         cursor = qmp.cursor()
         self.execute("device_del", {"id": dimm_id}, phase="hotplug")
+        return PendingUnplug(dimm_id, cursor, backend)
+
+    def wait_unplugged(self, pending: PendingUnplug, *, timeout: float | None = None
+                       ) -> QMPEvent:
+        """Wait (bounded) for the ``DEVICE_DELETED`` of a requested unplug
+        (it may have come already), then delete the backend."""
+        dimm_id = pending.id
 
         def match(ev: QMPEvent) -> bool:
             if ev.name == "DEVICE_DELETED" and ev.data.get("device") == dimm_id:
@@ -593,15 +675,43 @@ class VM:
                                          serial_tail=self.serial_tail(20))
             return False
 
-        event = qmp.wait_event(
-            match, since=cursor, timeout=timeout or self.timeouts.s("unplug"),
+        event = self._qmp().wait_event(
+            match, since=pending.cursor, timeout=timeout or self.timeouts.s("unplug"),
             what=f"DEVICE_DELETED for {dimm_id}", abort=self.check_alive, phase="hotplug",
         )
         self.memory_devices.pop(dimm_id, None)
-        if backend:
-            backend_id = backend.rsplit("/", 1)[-1]
+        if pending.backend:
+            backend_id = pending.backend.rsplit("/", 1)[-1]
             self.execute("object-del", {"id": backend_id}, phase="hotplug")
         return event
+
+    def pause(self) -> None:
+        """QMP ``stop``: the vCPUs stop (QEMU still answers QMP, the guest
+        nothing until :meth:`resume`)."""
+        self.execute("stop", phase="pause")
+        self.paused = True
+
+    def resume(self) -> None:
+        """QMP ``cont``; after a reset while paused, wait until the guest
+        has booted; SSH is reconnected if a migration while paused left none."""
+        self.execute("cont", phase="resume")
+        self.paused = False
+        mark, self._boot_mark = self._boot_mark, None
+        if mark is not None:
+            self._wait_back(mark)
+        elif self.shell is None:
+            self.connect_ssh()
+
+    def reset_paused(self) -> None:
+        """``system_reset`` while paused: QEMU resets the machine and keeps
+        it stopped (runstate ``prelaunch``, softmmu/runstate.c
+        ``main_loop_should_exit()`` v7.2.0); the guest boots at ``cont``."""
+        mark = len(self.serial_text())
+        if self.shell is not None:
+            self.shell.close()
+            self.shell = None
+        self.execute("system_reset", phase="reset")
+        self._boot_mark = mark
 
     def reboot(self) -> None:
         """``system_reset`` and wait until the guest is back on SSH."""
@@ -610,11 +720,36 @@ class VM:
             self.shell.close()
             self.shell = None
         self.execute("system_reset", phase="reset")
+        self._wait_back(mark)
+
+    def reboot_guest(self) -> QMPEvent:
+        """Reboot from inside the guest (``reboot -f``: the kernel resets the
+        machine at once, no init scripts) and wait until it is back on SSH.
+        Returns QEMU's ``RESET`` event (``guest: true``)."""
+        shell = self.shell
+        if shell is None:
+            raise VMError("no SSH session to the guest", phase="reboot")
+        qmp = self._qmp()
+        mark = len(self.serial_text())
+        cursor = qmp.cursor()
+        # Detached, a moment later, so that this command's exit status still
+        # reaches us before the guest goes.
+        self.ssh(["sh", "-c", "(sleep 0.2; reboot -f) </dev/null >/dev/null 2>&1 &"])
+        event = qmp.wait_event(lambda ev: ev.name == "RESET", since=cursor,
+                               timeout=self.timeouts.s("command"), what="RESET after reboot -f",
+                               abort=self.check_alive, phase="reboot")
+        shell.close()
+        self.shell = None
+        self._wait_back(mark)
+        return event
+
+    def _wait_back(self, mark: int) -> None:
+        """The ready marker after serial offset ``mark``, then SSH."""
         if self.ready_marker:
             marker = self.ready_marker
             wait_for(
                 lambda: True if marker in self.serial_text()[mark:] else None,
-                what="the ready marker after system_reset", timeout=self.timeouts.s("boot"),
+                what="the ready marker after the reset", timeout=self.timeouts.s("boot"),
                 first_interval=0.05, max_interval=0.2, abort=self.check_alive,
                 phase="reset", serial_tail=self.serial_tail,
             )
@@ -645,7 +780,7 @@ class VM:
 
     def _serving(self) -> bool:
         """QEMU runs and is not stopped (worth asking the guest for dmesg)."""
-        return self.proc is not None and self.proc.poll() is None \
+        return self.proc is not None and self.proc.poll() is None and not self.paused \
             and process_state(self.proc.pid) not in ("T", "t")
 
     def _save_dmesg(self) -> None:

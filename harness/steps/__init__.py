@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from harness.steps import blocks, dimm, lifecycle, workload
+from harness.steps import blocks, dimm, lifecycle, migrate, workload
 from harness.verify import Mismatch
 
 if TYPE_CHECKING:
@@ -30,4 +30,8 @@ ACTS: dict[str, Act] = {
     "offline": blocks.act_offline,
     "reset": lifecycle.act_reset,
     "workload": workload.act_workload,
+    "migrate": migrate.act_migrate,
+    "pause": lifecycle.act_pause,
+    "resume": lifecycle.act_resume,
+    "reboot": lifecycle.act_reboot,
 }

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from harness.errors import HarnessError, HotplugRefused, QMPCommandError, VMError
 from harness.verify import Mismatch
@@ -33,7 +33,47 @@ def act_add(runner: Runner, step: Step, lat: dict[str, float]) -> list[Mismatch]
     runner.vm.hot_add(a.id, a.size, a.node, a.addr)
     lat["device_add_s"] = time.monotonic() - t0
     runner.steps_done.append(step)
-    d = runner.dimm(a.id)
+    if runner.vm.paused:
+        # QEMU has it now (query-memory-devices lists it); the guest learns
+        # of it from the GPE when its vCPUs run again (lifecycle.act_resume).
+        runner.pending_adds.append(a.id)
+        return []
+    eject_stale(runner, lat)
+    return guest_adds(runner, a.id, lat)
+
+
+def eject_stale(runner: Runner, lat: dict[str, float]) -> None:
+    """After a hot-add's GPE reached the running guest: the stale eject
+    requests it carries out (see :func:`_stale_ejected_now`)."""
+    for dimm_id, request in _stale_ejected_now(runner):
+        t1 = time.monotonic()
+        runner.vm.wait_unplugged(request)
+        lat[f"stale_unplug_{dimm_id}_s"] = time.monotonic() - t1
+        runner.km().remove(dimm_id)
+
+
+def _stale_ejected_now(runner: Runner) -> list[tuple[str, Any]]:
+    """An eject request a reset left set in QEMU is found by the guest's
+    ``MSCN`` scan on this hot-add's GPE: the removal takes effect now,
+    after this add (placed while the old DIMM was still there)."""
+    if not runner.stale_unplugs:
+        return []
+    add_index = sum(1 for s in runner.steps_done if s.is_model_op) - 1
+    out = []
+    for dimm_id, (request, index) in runner.stale_unplugs.items():
+        runner.dropped_removes.discard(index)
+        runner.op_after[index] = add_index
+        out.append((dimm_id, request))
+    runner.stale_unplugs.clear()
+    runner.repredict()
+    runner.step_notes["stale_unplugs_ejected"] = [d for d, _ in out]
+    return out
+
+
+def guest_adds(runner: Runner, dimm_id: str, lat: dict[str, float]) -> list[Mismatch]:
+    """The guest adds the DIMM's blocks (onlined by its policy): tell the
+    kernel model and wait until the guest shows them."""
+    d = runner.dimm(dimm_id)
     if not d.guest_accepts:
         return []
     outcomes = runner.km().hot_add(d.id, d.node, d.blocks, d.size)
@@ -69,7 +109,17 @@ def act_refused_add(runner: Runner, step: Step, lat: dict[str, float]) -> list[M
 
 
 def act_remove(runner: Runner, step: Step, lat: dict[str, float]) -> list[Mismatch]:
-    runner.dimm(step.dimm)
+    d = runner.dimm(step.dimm)
+    if runner.vm.paused or not step.wait:
+        # device_del only: the DIMM is the guest's to eject (after resume),
+        # or the next reset's to decide (lifecycle.act_resume, act_reset).
+        index = sum(1 for s in runner.steps_done if s.is_model_op)
+        t0 = time.monotonic()
+        request = runner.vm.request_unplug(step.dimm)
+        lat["device_del_s"] = time.monotonic() - t0
+        runner.pending_unplugs[step.dimm] = (request, d, index)
+        runner.steps_done.append(step)
+        return []
     t0 = time.monotonic()
     try:
         runner.vm.hot_remove(step.dimm)

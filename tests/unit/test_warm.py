@@ -140,3 +140,26 @@ def test_prune_drops_least_recently_used_beyond_the_cap(tmp_path: Path) -> None:
     assert [e.key for e in dropped] == ["mid"]
     assert [e.key for e in cache.entries()] == ["new", "old"]
     assert cache.prune(keep="new", cap_bytes=0) and [e.key for e in cache.entries()] == ["new"]
+
+
+def test_memhp_cache_lists_and_clears_states(tmp_path: Path, monkeypatch, capsys) -> None:
+    from harness.cli import main
+
+    monkeypatch.setenv("MEMHP_STATE_DIR", str(tmp_path / "states"))
+    s = _fake_state(tmp_path, "k1")
+    inputs = {"machine": "pc", "memory": 6 << 30, "slots": 32, "maxmem": 32 << 30,
+              "numa": [3 << 30, 3 << 30], "smp": 2, "boot": {"append": ["console=ttyS0"]},
+              "qemu": {"version": "QEMU emulator version 7.2.22\nCopyright"}}
+    (s.directory / "meta.json").write_text(json.dumps({**s.meta, "inputs": inputs,
+                                                       "stream_bytes": 5000}))
+    assert main(["cache", "states", "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)["states"]
+    assert (row["key"], row["machine"], row["qemu"]) == ("k1", "pc",
+                                                        "QEMU emulator version 7.2.22")
+    assert row["bytes"] >= 1000
+    assert main(["cache", "states"]) == 0
+    out = capsys.readouterr().out
+    assert "1 saved state(s)" in out and "-m 6144M slots=32 maxmem=32768M" in out
+    assert main(["cache", "clear"]) == 0
+    assert "removed 1 saved state(s)" in capsys.readouterr().out
+    assert WarmStarts().entries() == []

@@ -8,12 +8,17 @@ Measured in one run, ``--repeat`` times each (min / median / max):
 2. memhp boot: ``VM.start()`` to the first successful SSH command;
 3. hot-add latency: ``device_add`` returned -> all new ``memoryN`` visible;
 4. online latency: one block, and a whole 1 GiB DIMM in one round trip;
-5. the seed session (``memhp run``) end to end, as a subprocess;
-6. image build, cold (empty cache dir, downloads included) and warm;
-7. optionally (``--suite``) the scenario suite with ``-n 1`` and ``-n 2``.
+5. the seed session (``memhp run``) end to end, as a subprocess, with
+   ``--cold-boot`` and warm (from a saved state, :mod:`harness.warm`);
+6. warm start: ``VM.start()`` from the saved state to the first SSH
+   command (clock and entropy refreshed), of which QEMU's loading of the
+   state (``restore``); once: the save and the state's size on disk;
+7. image build, cold (empty cache dir, downloads included) and warm;
+8. optionally (``--suite``) the scenario suite at ``-n 2``, cold
+   (``--memhp-cold-boot=true``) and warm.
 
-Ratios (memhp boot / raw boot, suite speed-up) are what compare across
-machines; absolute TCG times depend on the host.
+Ratios (memhp boot / raw boot, warm start / raw boot, suite speed-up) are
+what compare across machines; absolute TCG times depend on the host.
 """
 
 from __future__ import annotations
@@ -126,10 +131,21 @@ def measure(repeat: int, accel: str, suite: bool, cold_build: bool,
     guest = resolve_guest(GuestSource())
     rec("image build, warm (s)", time.monotonic() - t0)
     scenario = _seed()
+    progress("saved state for warm starts (booted and saved unless cached)")
+    from harness.warm import WarmStarts
+
+    states = WarmStarts()
+    with launch_vm(scenario, guest, accel=accel, name="bench", warm=states) as (vm, _):
+        entry = states.lookup(vm.start_info["state"]) if vm.start_info.get("state") else None
+        if "save_s" in vm.timings:
+            rec("save the VM state (stop, migrate to zstd, resume) (s)", vm.timings["save_s"])
+    if entry is not None:
+        rec("saved state on disk (MiB)", entry.size / 2**20)
+        rec("migration stream before compression (MiB)", entry.meta["stream_bytes"] / 2**20)
     for i in range(repeat):
         progress(f"round {i + 1}/{repeat}: memhp boot + hotplug")
         with launch_vm(scenario, guest, accel=accel, name="bench") as (vm, choice):
-            rec("memhp boot to first SSH command (s)", vm.timings["boot_to_ssh_s"])
+            rec("memhp cold boot to first SSH command (s)", vm.timings["boot_to_ssh_s"])
             accel_used = choice
             argv_for_raw = list(vm.argv)
             bs = vm.guest.snapshot().sysfs.block_size
@@ -158,13 +174,21 @@ def measure(repeat: int, accel: str, suite: bool, cold_build: bool,
             raw_argv = _rebase_argv(argv_for_raw, vm_workdir_of(argv_for_raw), paths)
             rec("raw QEMU boot to ready marker (s)",
                 raw_boot(raw_argv, paths.serial_log, guest.image.ready_marker))
-        progress(f"round {i + 1}/{repeat}: memhp run (seed) end to end")
-        t = time.monotonic()
-        proc = subprocess.run([sys.executable, "-m", "harness", "run", "--accel", accel],
-                              capture_output=True, text=True, check=False)
-        rec("memhp run seed session end to end (s)", time.monotonic() - t)
-        if proc.returncode != 0:
-            progress(f"memhp run failed ({proc.returncode}): {proc.stdout[-500:]}")
+        progress(f"round {i + 1}/{repeat}: memhp warm start")
+        with launch_vm(scenario, guest, accel=accel, name="bench", warm=states) as (vm, _):
+            if vm.start_info.get("warm"):
+                rec("memhp warm start to first SSH command (s)", vm.timings["boot_to_ssh_s"])
+                rec("  of which QEMU loads the state (s)", vm.timings["restore_s"])
+            else:
+                progress(f"not warm: {vm.start_info.get('reason')}")
+        for mode, flags in (("cold", ["--cold-boot"]), ("warm", [])):
+            progress(f"round {i + 1}/{repeat}: memhp run (seed) end to end, {mode}")
+            t = time.monotonic()
+            proc = subprocess.run([sys.executable, "-m", "harness", "run", "--accel", accel,
+                                   *flags], capture_output=True, text=True, check=False)
+            rec(f"memhp run seed session end to end, {mode} (s)", time.monotonic() - t)
+            if proc.returncode != 0:
+                progress(f"memhp run failed ({proc.returncode}): {proc.stdout[-500:]}")
     if cold_build:
         progress("cold image build (empty cache)")
         with tempfile.TemporaryDirectory(prefix="memhp-bench-cache-") as cache:
@@ -174,22 +198,38 @@ def measure(repeat: int, accel: str, suite: bool, cold_build: bool,
                            capture_output=True, check=True)
             rec("image build, cold (s)", time.monotonic() - t)
     if suite:
-        for n in ("1", "2"):
-            progress(f"scenario suite -n {n}")
+        for mode in ("cold", "warm"):
+            progress(f"scenario suite -n 2, {mode}")
             t = time.monotonic()
-            subprocess.run([sys.executable, "-m", "pytest", "-q", "-n", n, "tests/scenarios",
-                            "-p", "no:cacheprovider"], capture_output=True, check=False)
-            rec(f"scenario suite -n {n} (s)", time.monotonic() - t)
+            subprocess.run([sys.executable, "-m", "pytest", "-q", "-n", "2", "tests/scenarios",
+                            "-p", "no:cacheprovider",
+                            f"--memhp-cold-boot={'true' if mode == 'cold' else 'false'}"],
+                           capture_output=True, check=False)
+            rec(f"scenario suite -n 2, {mode} (s)", time.monotonic() - t)
     out: dict[str, Any] = {name: s.summary() for name, s in results.items()}
     ratios: dict[str, float] = {}
-    mb = results.get("memhp boot to first SSH command (s)")
+    mb = results.get("memhp cold boot to first SSH command (s)")
     rb = results.get("raw QEMU boot to ready marker (s)")
     if mb and rb and mb.samples and rb.samples:
         ratios["memhp boot / raw boot (median)"] = (
             statistics.median(mb.samples) / statistics.median(rb.samples))
-    s1, s2 = results.get("scenario suite -n 1 (s)"), results.get("scenario suite -n 2 (s)")
+    ws = results.get("memhp warm start to first SSH command (s)")
+    if ws and rb and ws.samples and rb.samples:
+        ratios["warm start / raw boot (median; target <= 0.3)"] = (
+            statistics.median(ws.samples) / statistics.median(rb.samples))
+    sw = results.get("memhp run seed session end to end, warm (s)")
+    sc = results.get("memhp run seed session end to end, cold (s)")
+    if sw and rb and sw.samples and rb.samples:
+        ratios["seed session warm / raw boot (median; target < 1)"] = (
+            statistics.median(sw.samples) / statistics.median(rb.samples))
+    if sw and sc and sw.samples and sc.samples:
+        ratios["seed session cold / warm (median)"] = (
+            statistics.median(sc.samples) / statistics.median(sw.samples))
+    s1 = results.get("scenario suite -n 2, cold (s)")
+    s2 = results.get("scenario suite -n 2, warm (s)")
     if s1 and s2:
-        ratios["suite speed-up -n 2 vs -n 1"] = s1.samples[0] / s2.samples[0]
+        ratios["suite -n 2 speed-up warm vs cold (target >= 2)"] = (
+            s1.samples[0] / s2.samples[0])
     return {"accel": {"name": accel_used.accel, "reason": accel_used.reason},
             "repeat": repeat, "figures": out, "ratios": ratios,
             "machine": {"cpus": os.cpu_count(), "uname": " ".join(os.uname())}}

@@ -160,8 +160,14 @@ def launch_vm(
     artifacts_on_failure: Path | None = None,
     timeout_scale: float = 1.0,
     name: str = "vm",
+    warm: Any = False,
 ) -> Iterator[tuple[VM, AccelChoice]]:
-    """Boot the scenario's machine; the VM is ended however the block ends."""
+    """Boot the scenario's machine; the VM is ended however the block ends.
+
+    ``warm``: start from a saved state of the same inputs when there is one,
+    else boot and save one (:mod:`harness.warm`; ``vm.start_info`` says which);
+    True for memhp's state cache, or a :class:`harness.warm.WarmStarts`.
+    """
     choice = pick_accel(accel, guest, qemu_binary)
     vm_name = f"{name}-{os.getpid()}-{next(_counter)}"
     cfg = vm_config(scenario, guest, accel=choice.accel, qemu_binary=qemu_binary, name=vm_name)
@@ -170,6 +176,13 @@ def launch_vm(
         ssh_host_key=guest.ssh_host_key,
         timeouts=Timeouts.for_accel(choice.accel, timeout_scale),
         artifacts_dir=keep or artifacts_on_failure, keep=keep is not None,
+        warm=(_warm_starts() if warm is True else warm or None),
     )
     with vm:
         yield vm, choice
+
+
+def _warm_starts() -> Any:
+    from harness.warm import WarmStarts
+
+    return WarmStarts()

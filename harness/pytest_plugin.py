@@ -59,6 +59,8 @@ _OPTIONS: tuple[tuple[str, str, str | None], ...] = (
     ("artifacts", "Directory for the artifacts of failed tests.", "memhp-artifacts"),
     ("timeout-scale", "Multiply every VM timeout by this factor.", "1.0"),
     ("shard", "Run only shard I of N of the VM tests, as I/N (deterministic).", None),
+    ("cold-boot", "Always boot VMs: no warm start from a saved state of the same inputs "
+                  "(true/false).", "false"),
 )
 
 
@@ -96,6 +98,7 @@ class Settings:
     kernel_config: Path | None = None
     kernel_package: str | None = None
     qemu_version: tuple[int, int] | None = None  # the binary's, for the model's rules
+    cold_boot: bool = False  # never start VMs from a saved state (harness.warm)
 
 
 SETTINGS_KEY = pytest.StashKey[Settings]()
@@ -138,6 +141,9 @@ def resolve_settings(config: pytest.Config) -> Settings:
     if machine not in ("pc", "q35"):
         raise pytest.UsageError(f"--memhp-machine={machine!r}: use pc or q35")
     qemu, qemu_ver = _resolve_qemu(_resolve(config, "qemu") or "qemu-system-x86_64")
+    raw_cold = (_resolve(config, "cold-boot") or "false").strip().lower()
+    if raw_cold not in ("true", "false", "1", "0", "yes", "no"):
+        raise pytest.UsageError(f"--memhp-cold-boot={raw_cold!r}: use true or false")
     settings = Settings(
         machine=machine,
         kernel=_path(_resolve(config, "kernel")), modules=_path(_resolve(config, "modules")),
@@ -150,6 +156,7 @@ def resolve_settings(config: pytest.Config) -> Settings:
         timeout_scale=scale, shard=shard, qemu_version=qemu_ver,
         kernel_config=_path(_resolve(config, "kernel-config")),
         kernel_package=_resolve(config, "kernel-package"),
+        cold_boot=raw_cold in ("true", "1", "yes"),
     )
     if settings.disk is not None and settings.kernel is not None:
         raise pytest.UsageError("--memhp-disk and --memhp-kernel cannot be combined")
@@ -176,6 +183,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "memhp_hugepages(**pages): hugepages the test's "
                                        "memhp_hugepages fixture reserves, e.g. "
                                        "memhp_hugepages(**{'2M': 512, '1G': 1})")
+    config.addinivalue_line("markers", "memhp_cold_boot: the test needs a real boot (boot-time "
+                                       "state, kernel parameters under test): never start its "
+                                       "VMs from a saved state")
     config.addinivalue_line("markers", "vm: boots a real QEMU guest")
     config.addinivalue_line("markers", "needs_config(*options): skip unless the guest kernel "
                                        "has these CONFIG_ options enabled")
@@ -315,8 +325,11 @@ VMFactory = Callable[..., Any]
 @pytest.fixture
 def memhp_vm_factory(request: pytest.FixtureRequest, memhp_settings: Settings,
                      memhp_resolved_guest: Any, memhp_accel: Any) -> Iterator[VMFactory]:
-    """``factory(machine=..., memory=..., numa=..., append=(), smp=2, coldplug=())``
-    boots a VM (``coldplug``: ``ID:SIZE@NODE`` DIMMs on its command line)."""
+    """``factory(machine=..., memory=..., numa=..., append=(), smp=2, coldplug=(),
+    cold_boot=False)`` starts a VM (``coldplug``: ``ID:SIZE@NODE`` DIMMs on its
+    command line): from a saved state of the same inputs (harness.warm) unless
+    ``cold_boot``, the test's ``memhp_cold_boot`` marker, ``--memhp-cold-boot``
+    or a ``--memhp-kernel`` under test ask for a real boot."""
     from contextlib import ExitStack
 
     from harness.launch import launch_vm
@@ -328,9 +341,12 @@ def memhp_vm_factory(request: pytest.FixtureRequest, memhp_settings: Settings,
     if not name[0].isalpha():
         name = "t" + name
 
+    warm = not (memhp_settings.cold_boot or memhp_settings.kernel is not None
+                or request.node.get_closest_marker("memhp_cold_boot") is not None)
+
     def factory(machine: str | None = None, memory: str = "6G,slots=32,maxmem=32G",
                 numa: str | None = "3G,3G", append: tuple[str, ...] = (), smp: int = 2,
-                coldplug: tuple[str, ...] = ()) -> Any:
+                coldplug: tuple[str, ...] = (), cold_boot: bool = False) -> Any:
         scenario = build_scenario(name=name, machine=machine or memhp_settings.machine,
                                   memory=memory, numa=numa, coldplug=coldplug,
                                   steps=[], smp=smp, append=append,
@@ -339,6 +355,7 @@ def memhp_vm_factory(request: pytest.FixtureRequest, memhp_settings: Settings,
             scenario, memhp_resolved_guest, accel=memhp_accel.accel,
             qemu_binary=memhp_settings.qemu, artifacts_on_failure=memhp_settings.artifacts,
             timeout_scale=memhp_settings.timeout_scale, name=name,
+            warm=warm and not cold_boot,
         ))
         vm.scenario = scenario
         vms.append(vm)

@@ -177,9 +177,11 @@ def print_run_report(result: RunResult, *, file: IO[str] | None = None) -> None:
         console.print(f"[red]{esc(result.error['phase'])} error:[/] "
                       f"{esc(result.error['message'])}")
     t = result.timings
+    warm = bool(result.start and result.start.get("warm"))
     figures = ", ".join(
         f"{label} {t[key]:.2f}s" for key, label in
-        (("boot_to_ssh_s", "boot-to-SSH"), ("total_s", "total")) if key in t
+        (("boot_to_ssh_s", "warm start-to-SSH" if warm else "boot-to-SSH"),
+         ("total_s", "total")) if key in t
     )
     verdict = "[bold green]PASS[/]" if result.passed else "[bold red]FAIL[/]"
     console.print(f"{verdict} {esc(result.scenario)}: {len(result.steps)} step(s), "

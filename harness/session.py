@@ -116,6 +116,8 @@ class RunResult:
     map: str | None = None
     policy: dict[str, Any] | None = None  # the guest kernel's hotplug policy inputs
     splats: list[Splat] = field(default_factory=list)  # at boot and after the last step
+    # How the guest started: {"warm": bool, "state": key or None, "reason": ...}
+    start: dict[str, Any] | None = None
 
     @property
     def unexpected_splats(self) -> list[Splat]:
@@ -144,6 +146,7 @@ class RunResult:
             "steps": [s.to_json() for s in self.steps],
             "exec": None if self.exec is None else self.exec.to_json(),
             "timings": {k: round(v, 4) for k, v in self.timings.items()},
+            "start": self.start,
             "error": self.error,
             "artifacts": self.artifacts,
             "map": self.map,

@@ -43,7 +43,11 @@ def execute(
     timeout_scale: float = 1.0,
     on_boot: Callable[[RunResult], None] | None = None,
     on_step: Callable[[StepResult], None] | None = None,
+    warm: bool = False,
 ) -> RunResult:
+    """Run ``scenario`` on ``guest``.  ``warm``: start from a saved state of
+    the same inputs when one exists (:mod:`harness.warm`); off by default,
+    so ``compare`` and ``bisect`` boot the kernel under test for real."""
     t0 = time.monotonic()
     result = RunResult(scenario=scenario.name, accel="?", accel_reason="",
                        qemu_version=qemu_version(qemu_binary), kernel=guest.describe(),
@@ -59,12 +63,14 @@ def execute(
         with reserved_for(adds, copies=2 if migrates else 1) as pages, \
                 launch_vm(scenario, guest, accel=accel, qemu_binary=qemu_binary, keep=keep,
                           artifacts_on_failure=artifacts_on_failure,
-                          timeout_scale=timeout_scale, name=scenario.name) as (vm, choice):
+                          timeout_scale=timeout_scale, name=scenario.name,
+                          warm=warm) as (vm, choice):
             if pages is not None:
                 vm.hugetlbfs = dict(pages.mounts)
             booted = True
             result.accel, result.accel_reason = choice.accel, choice.reason
             result.timings.update(vm.timings)
+            result.start = dict(vm.start_info)
             if on_boot:
                 on_boot(result)
             runner = Runner(scenario, vm, on_step=on_step)

@@ -31,6 +31,7 @@ def cli(verbose: int) -> None:
 def _register() -> None:
     from harness.cli import (
         bench,
+        cache,
         image,
         kconfig,
         kernel,
@@ -41,7 +42,8 @@ def _register() -> None:
         selftest,
     )
 
-    for module in (model, image, kconfig, kernel, run, regress, bench, report, selftest):
+    for module in (model, image, cache, kconfig, kernel, run, regress, bench, report,
+                   selftest):
         for command in module.COMMANDS:
             cli.add_command(command)
 

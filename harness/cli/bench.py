@@ -11,7 +11,8 @@ import click
 @click.option("--repeat", default=3, show_default=True, type=click.IntRange(1, 50))
 @click.option("--accel", default="auto", show_default=True,
               type=click.Choice(["auto", "kvm", "tcg"]))
-@click.option("--suite", is_flag=True, help="Also time the scenario suite with -n 1 and -n 2.")
+@click.option("--suite", is_flag=True,
+              help="Also time the scenario suite at -n 2, cold and warm.")
 @click.option("--cold-build", is_flag=True, help="Also time a cold image build (downloads).")
 @click.option("--boot-profile", is_flag=True,
               help="Instead: boot once with initcall_debug and show where boot time goes.")

@@ -158,6 +158,9 @@ _SCENARIO_OPTIONS: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
 @click.option("--forbid-output", "exec_forbid", multiple=True, metavar="REGEX",
               help="The --exec/--script output must not match this (repeatable), e.g. "
                    "'unexpected fail'.")
+@click.option("--cold-boot", is_flag=True,
+              help="Always boot the guest; never start it from a saved state (warm start "
+                   "is the default for memhp's images; a --kernel or --disk always boots).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result document as JSON.")
 @click.option("--map", "map_path", type=click.Path(path_type=Path),
               help="Draw the guest-physical memory map after the run to this SVG file.")
@@ -271,11 +274,19 @@ def kernel_online_policy(guest: Any) -> tuple[str | None, str]:
 
 def execute_with(opts: dict[str, Any], scenario: Scenario, guest: Any,
                  **hooks: Any) -> RunResult:
-    """:func:`harness.workflow.execute` with the run options of ``scenario_options``."""
+    """:func:`harness.workflow.execute` with the run options of ``scenario_options``
+    (cold boot unless ``warm=True`` is passed: compare and bisect boot)."""
     from harness.workflow import execute
 
     return execute(scenario, guest, accel=opts["accel"], qemu_binary=opts["qemu_binary"],
                    keep=opts["keep"], timeout_scale=opts["timeout_scale"], **hooks)
+
+
+def warm_allowed(opts: dict[str, Any]) -> bool:
+    """``memhp run`` starts warm unless --cold-boot, or a kernel under test
+    (--kernel: a bzImage being developed) or a --disk is booted."""
+    return not (opts.get("cold_boot") or opts.get("kernel") is not None
+                or opts.get("disk") is not None)
 
 
 def prepare(opts: dict[str, Any], kernel: Path | None = None) -> tuple[Scenario, Any]:
@@ -317,6 +328,16 @@ def prepare(opts: dict[str, Any], kernel: Path | None = None) -> tuple[Scenario,
     return scenario, guest
 
 
+def start_line(start: dict[str, Any] | None) -> str:
+    """One line on how the guest started (warm from which state, or why cold)."""
+    if not start:
+        return "cold boot"
+    if start.get("warm"):
+        return (f"warm start from saved state {start['state']} ({start['state_dir']}, "
+                f"{start['state_bytes'] / 2**20:.1f} MiB); --cold-boot to boot")
+    return f"cold boot: {start.get('reason', '')}"
+
+
 def _check_map_path(path: Path | None) -> None:
     if path is None:
         return
@@ -353,9 +374,10 @@ def _run(**opts: Any) -> int:
     def booted(result: RunResult) -> None:
         click.echo(f"memhp: {result.accel.upper()} ({result.accel_reason}); guest up over SSH "
                    f"in {result.timings.get('boot_to_ssh_s', 0):.2f}s", file=out)
+        click.echo(f"memhp: {start_line(result.start)}", file=out)
 
     try:
-        result = execute_with(opts, scenario, guest, on_boot=booted,
+        result = execute_with(opts, scenario, guest, on_boot=booted, warm=warm_allowed(opts),
                               on_step=lambda s: print_step(s, file=out))
     except KeyboardInterrupt:
         click.echo("memhp: interrupted; the VM was shut down", err=True)

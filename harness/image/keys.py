@@ -1,7 +1,9 @@
 """Per-VM SSH keys: a client key for the harness and a host key for the guest.
 
-Both are fresh ed25519 keys made for each VM, so no credential is ever baked
-into an image and the guest's host key is known in advance and pinned.
+Both are fresh ed25519 keys made for each booted VM, so no credential is ever
+baked into an image and the guest's host key is known in advance and pinned.
+(A VM started from a saved state uses the keys saved with that state, in
+memhp's private cache: harness.warm.)
 They are handed to the guest through QEMU ``-fw_cfg`` files; every file is
 written 0600 in the VM's private 0700 directory and never logged.
 """

@@ -154,10 +154,13 @@ def incoming_args(cfg: VMConfig, paths: RuntimePaths) -> list[str]:
 
 
 def console_args(paths: RuntimePaths) -> list[str]:
-    # A file never blocks QEMU, unlike a pipe nobody drains.
+    # A file never blocks QEMU, unlike a pipe nobody drains.  Appended to,
+    # not truncated: a VM started from a saved state (harness.warm) finds
+    # the saved boot's console there and continues it.
     return [
         "-nodefaults", "-no-user-config", "-display", "none",
-        "-serial", f"file:{paths.serial_log}",
+        "-chardev", f"file,id=serial0,path={opt_value(paths.serial_log)},append=on",
+        "-serial", "chardev:serial0",
     ]
 
 

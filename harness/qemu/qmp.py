@@ -161,6 +161,19 @@ class QMPSession:
         self._record("return", result)
         return result
 
+    def send_fd(self, fd: int) -> None:
+        """Pass ``fd`` to QEMU (SCM_RIGHTS); the next ``getfd`` names it.
+        Sent from the loop's thread, which owns the socket."""
+        if self._client is None:
+            raise VMError("QMP is not connected", phase="qmp")
+        client = self._client
+
+        async def send() -> None:
+            client.send_fd_scm(fd)
+
+        self._call(send(), 10.0)
+        self._record("sent", {"fd": "(file descriptor via SCM_RIGHTS)"})
+
     def cursor(self) -> int:
         """A position in the event log; pass it to :meth:`wait_event`."""
         with self._cond:

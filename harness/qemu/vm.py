@@ -25,6 +25,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
@@ -204,6 +205,7 @@ class VM:
         artifacts_dir: Path | None = None,
         keep: bool = False,
         runtime_dir: Path | None = None,
+        warm: Any = None,
     ) -> None:
         self.image = image
         self.base_config = config
@@ -236,6 +238,13 @@ class VM:
         self.inherit_keys: Any = None
         self.paused = False  # QMP stop: the guest cannot answer until cont
         self._boot_mark: int | None = None  # reset while paused: boots at cont
+        # harness.warm.WarmStarts: start from a saved state when one fits
+        self.warm = warm
+        # How this VM started, for reports: warm (from which state) or why cold
+        self.start_info: dict[str, Any] = {"warm": False, "state": None,
+                                           "reason": "warm start not asked for (--cold-boot, "
+                                                     "memhp_cold_boot, compare, bisect or a "
+                                                     "kernel under test)"}
         # hugetlbfs mounts per page size for file backends (set by the caller
         # from a harness.host.hugepages.Reservation; else found on the host)
         self.hugetlbfs: dict[int, Path] = {}
@@ -262,6 +271,17 @@ class VM:
         self.stop()
 
     def start(self) -> None:
+        """Boot, or start from a saved state when warm starts are on and
+        one fits (:mod:`harness.warm`)."""
+        if self.warm is not None:
+            why_cold = self.warm.applies(self)
+            if why_cold is None:
+                self.warm.start(self)
+                return
+            self.start_info = {"warm": False, "state": None, "reason": why_cold}
+        self.boot()
+
+    def boot(self) -> None:
         """Launch QEMU, wait for the ready marker, connect SSH."""
         t0 = time.monotonic()
         self.launch()
@@ -281,13 +301,16 @@ class VM:
         (path / "owner").write_text(f"{pid} {proc_start_time(pid)}\n")
         return path
 
-    def _prepare_boot(self, workdir: Path) -> VMConfig:
+    def _prepare_boot(self, workdir: Path,
+                      keys: Callable[[Path], Any] | None = None) -> VMConfig:
         cfg = self.base_config
         if self.image is None:
             return cfg
         from harness.image.keys import copy_guest_keys, write_guest_keys
 
-        if self.inherit_keys is not None:
+        if keys is not None:  # e.g. a saved state's keys (harness.warm)
+            self._keys = keys(workdir / "keys")
+        elif self.inherit_keys is not None:
             self._keys = copy_guest_keys(self.inherit_keys, workdir / "keys")
         else:
             self._keys = write_guest_keys(workdir / "keys")
@@ -300,8 +323,11 @@ class VM:
             boot = KernelBoot(self.image.kernel, self.image.initrd, tuple(self.image.cmdline))
         return replace(cfg, boot=boot, fw_cfg=cfg.fw_cfg + fw)
 
-    def launch(self, attempts: int = 3) -> None:
-        """Start QEMU and connect QMP; QEMU's own errors are raised verbatim."""
+    def launch(self, attempts: int = 3, *, incoming: Sequence[str] = (),
+               keys: Callable[[Path], Any] | None = None) -> None:
+        """Start QEMU and connect QMP; QEMU's own errors are raised verbatim.
+        ``incoming``: ``-incoming`` arguments (start from a saved state);
+        ``keys``: makes the SSH keys in the given directory (default: new ones)."""
         if shutil.which(self.base_config.qemu_binary) is None:
             raise HostEnvironmentError(
                 f"QEMU binary {self.base_config.qemu_binary!r} not found "
@@ -309,11 +335,11 @@ class VM:
             )
         self.workdir = self._make_workdir()
         self.paths = RuntimePaths(self.workdir)
-        cfg = self._prepare_boot(self.workdir)
+        cfg = self._prepare_boot(self.workdir, keys)
         for attempt in range(attempts):
             port = cfg.ssh_port or free_loopback_port()
             self.config = replace(cfg, ssh_port=port)
-            self.argv = build_argv(self.config, self.paths)
+            self.argv = build_argv(self.config, self.paths) + list(incoming)
             (self.workdir / "argv.txt").write_text(shlex.join(self.argv) + "\n")
             self.log.info("launching: %s", shlex.join(self.argv))
             qemu_log = self.paths.qemu_log.open("wb")

@@ -9,7 +9,9 @@ import pytest
 from harness.testing import assert_passed, run_steps
 from scenarios.policy_cases import CASES, Case
 
-pytestmark = [pytest.mark.vm]
+# Kernel parameters are what these cases test (memhp_default_state=,
+# memory_hotplug.online_policy=, ...): each VM boots them for real.
+pytestmark = [pytest.mark.vm, pytest.mark.memhp_cold_boot]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])

@@ -68,6 +68,7 @@ def test_migrate_ping_pong_with_dimms_on_two_nodes(memhp_vm, monkeypatch) -> Non
     _failed_migration_leaves_the_source(memhp_vm, monkeypatch)
 
 
+@pytest.mark.memhp_cold_boot  # the cold-plugged DIMMs' boot-time state is under test
 @pytest.mark.memhp_machine(memory="4G,slots=4,maxmem=8G", numa="2G,2G",
                            coldplug=("cold0:512M@0", "cold1:256M@1"))
 def test_coldplug_pause_reboot_and_unplug_then_reset(memhp_vm) -> None:

@@ -46,7 +46,8 @@ def test_hostfwd_binds_loopback_only_and_qmp_is_a_unix_socket() -> None:
     (netdev,) = _pairs(argv, "-netdev")
     assert "hostfwd=tcp:127.0.0.1:5555-:22" in netdev
     assert _pairs(argv, "-qmp") == [f"unix:{PATHS.qmp_socket},server=on,wait=off"]
-    assert _pairs(argv, "-serial") == [f"file:{PATHS.serial_log}"]
+    assert _pairs(argv, "-serial") == ["chardev:serial0"]
+    assert _pairs(argv, "-chardev") == [f"file,id=serial0,path={PATHS.serial_log},append=on"]
     assert _pairs(argv, "-name")[0].startswith("memhp-n")
 
 

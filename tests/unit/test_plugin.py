@@ -9,10 +9,12 @@ pytest_plugins = ["pytester"]
 
 def test_markers_and_options_are_registered(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest("--markers")
-    result.stdout.fnmatch_lines(["*memhp_machine*", "*kvm*", "*slow*", "*needs_config*"])
+    result.stdout.fnmatch_lines(["*memhp_machine*", "*kvm*", "*slow*", "*memhp_cold_boot*",
+                                 "*needs_config*"])
     help_text = pytester.runpytest("--help").stdout.str()
     for opt in ("--memhp-kernel", "--memhp-disk", "--memhp-qemu", "--memhp-accel",
-                "--memhp-artifacts", "--memhp-timeout-scale", "--memhp-shard"):
+                "--memhp-artifacts", "--memhp-timeout-scale", "--memhp-shard",
+                "--memhp-cold-boot"):
         assert opt in help_text
 
 
@@ -54,6 +56,7 @@ def test_machine_setting_is_the_default_of_unpinned_tests(pytester: pytest.Pytes
     (["--memhp-machine=virt"], "use pc or q35"),
     (["--memhp-kernel=/nonexistent"], "is not a file"),
     (["--memhp-disk=/etc/hostname"], "needs --memhp-ssh-key"),
+    (["--memhp-cold-boot=maybe"], "use true or false"),
 ])
 def test_bad_settings_are_usage_errors(pytester: pytest.Pytester, args: list[str],
                                        needle: str) -> None:
@@ -75,3 +78,16 @@ def test_shards_partition_the_tests_deterministically(pytester: pytest.Pytester)
     again = pytester.runpytest("--memhp-shard", "2/3", "-v")
     assert {line.split("::")[1].split()[0] for line in again.outlines
             if "PASSED" in line} == seen[1]
+
+
+def test_cold_boot_setting_from_option_env_and_ini(pytester: pytest.Pytester,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    pytester.makeini("[pytest]\nmemhp_cold_boot = true\n")
+    pytester.makepyfile("""
+        def test_s(memhp_settings):
+            print("COLD", memhp_settings.cold_boot)
+    """)
+    assert "COLD True" in pytester.runpytest("-s").stdout.str()
+    assert "COLD False" in pytester.runpytest("-s", "--memhp-cold-boot=false").stdout.str()
+    monkeypatch.setenv("MEMHP_COLD_BOOT", "no")
+    assert "COLD False" in pytester.runpytest("-s").stdout.str()

@@ -265,6 +265,8 @@ class Runner:
         # DIMM, the removal's index among the model's operations)
         self.pending_unplugs: dict[str, tuple[Any, PlacedDimm, int]] = {}
         self.reset_while_paused = False  # the guest boots at the next resume
+        # virtio-mem resized while paused: id -> request, the guest acts at resume
+        self.pending_resizes: dict[str, int] = {}
         # eject requests a reset left set in QEMU: id -> (request, op index)
         self.stale_unplugs: dict[str, tuple[Any, int]] = {}
 
@@ -344,8 +346,10 @@ class Runner:
         """QEMU's view of each virtio-mem: the model's placement and request,
         and the size the guest driver's model has plugged."""
         drivers = self.kernel.virtio_mem if self.kernel is not None else {}
+        emptied = self.reset_while_paused  # virtio_mem_system_reset() unplugged all
         return [ExpectedVirtioMem(v.id, v.addr, v.size, v.block_size, v.node, v.requested,
-                                  drivers[v.id].plugged_size if v.id in drivers else 0)
+                                  drivers[v.id].plugged_size
+                                  if v.id in drivers and not emptied else 0)
                 for v in self.current_vmems()]
 
     def expected_blocks(self) -> list[ExpectedBlock]:
@@ -419,7 +423,12 @@ class Runner:
             "run_state": self.vm.execute("query-status", phase="observe").get("status"),
             "pending_unplugs": sorted(self.pending_unplugs),
         }
-        return observed, compare_qemu(expected, seen)
+        # virtio-mem: requested-size is QEMU's at once, size the guest's
+        # doing (unchanged while paused, 0 after a reset while paused)
+        qemu_vmems = self.vm.query_virtio_mem()
+        observed["virtio_mem"] = [asdict(v) for v in qemu_vmems]
+        return observed, compare_qemu(expected, seen, virtio_mem=self.expected_vmems(),
+                                      observed_virtio_mem=qemu_vmems)
 
     def expected_json(self) -> dict[str, Any]:
         online = self._online_bytes_by_node()

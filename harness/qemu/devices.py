@@ -22,18 +22,62 @@ from harness.qemu.argv import opt_value
 
 _backend_ids = itertools.count()
 
-# What a migration destination must pin, per device driver: the properties
-# QEMU chose at plug time (as ``query-memory-devices`` reports them under
-# the same names).  A destination started without them would place its
+# What a migration destination must pin, per device driver: (qdev property,
+# key in the source's ``VM.memory_device_info()``), i.e. the properties QEMU
+# chose at plug time, as ``query-memory-devices`` reports them (plus
+# ``pci-addr``, which memhp reads from ``query-pci``: see
+# :func:`pci_addresses`).  A destination started without them would place its
 # devices first-fit in command-line order: after a removal, or with devices
 # plugged at given addresses, that is not the source's layout, and the
 # incoming RAM would not fit (QEMU 7.2 hw/mem/memory-device.c
 # memory_device_get_free_addr(): an explicit addr is taken as given;
 # hw/mem/pc-dimm.c pc_dimm_pre_plug(): an explicit slot likewise).
-# A new device kind adds its line here (virtio-mem-pci: "memaddr").
-PINNED_PROPS: dict[str, tuple[str, ...]] = {
-    "pc-dimm": ("addr", "slot"),
+#
+# virtio-mem-pci (QEMU 7.2 and 10.0 hw/virtio/virtio-mem.c,
+# vmstate_virtio_mem_sanity_checks, virtio_mem_mig_sanity_checks_post_load()):
+# the destination refuses the incoming state unless its ``memaddr``, backend
+# size, ``block-size`` and ``node`` are the source's ("Property 'memaddr'
+# changed from ..."); node and backend come with the plug-time record,
+# ``memaddr`` and ``block-size`` (QEMU's default depends on the backend) are
+# pinned.  ``requested-size`` is migrated too (vmstate_virtio_mem_device:
+# usable_region_size, requested_size; size and the plugged bitmap there or,
+# from QEMU 8.0, in the early-setup vmstate_virtio_mem_device_early sent
+# before any RAM), so the destination's value is overwritten; it is pinned to
+# the current request all the same, so the command line states what the
+# device is (realize checks it against the backend and block size).  The PCI
+# address: virtio-mem-pci's ``addr`` is its PCI slot.function (the memory
+# address is ``memaddr``); the PCI device state is matched by its bus
+# address (section "0000:00:04.0/virtio-mem": migration/savevm.c
+# vmstate_register_with_alias_id() names it by vmstate_if_get_id() ->
+# qdev_get_dev_path() -> hw/pci/pci.c pcibus_get_dev_path()), so a device at
+# another slot fails the load (savevm.c qemu_loadvm_section_start_full():
+# "Unknown savevm section or instance").  dynamic-memslots needs nothing
+# more: which memslots are mapped follows the migrated bitmap
+# (virtio_mem_post_load_bitmap() -> virtio_mem_activate_memslots_to_plug()).
+PCI_ADDR_KEY = "pci-addr"
+PINNED_PROPS: dict[str, tuple[tuple[str, str], ...]] = {
+    "pc-dimm": (("addr", "addr"), ("slot", "slot")),
+    "virtio-mem-pci": (("memaddr", "memaddr"), ("block-size", "block-size"),
+                       ("requested-size", "requested-size"), ("addr", PCI_ADDR_KEY)),
 }
+
+
+def pci_addresses(query_pci: list[dict[str, Any]]) -> dict[str, str]:
+    """qdev id -> ``SLOT.FUNCTION`` (hex, as qdev's PCI ``addr`` property
+    takes it: hw/core/qdev-properties-system.c set_pci_devfn()) of every
+    device with an id on the root bus (bus 0) in QMP ``query-pci``'s answer.
+    memhp hot-plugs its PCI devices there (i440fx's pci.0); a device behind a
+    bridge would need its bus pinned too, so it is left out (and pinning it
+    then fails, naming the missing key)."""
+    out: dict[str, str] = {}
+    for bus in query_pci:
+        if bus.get("bus") != 0:
+            continue
+        for dev in bus.get("devices", []):
+            qdev_id = dev.get("qdev_id")
+            if qdev_id and dev.get("bus") == 0:
+                out[str(qdev_id)] = f"{int(dev['slot']):x}.{int(dev['function']):x}"
+    return out
 
 
 def _cli_value(value: object) -> str:
@@ -114,15 +158,16 @@ class MemoryDevice:
 
     def pinned(self, reported: Mapping[str, Any]) -> MemoryDevice:
         """This device with what QEMU chose for it pinned, from its
-        ``query-memory-devices`` ``data`` (e.g. a pc-dimm's addr and slot):
-        the command line a migration destination needs."""
-        keys = PINNED_PROPS.get(self.device.driver, ())
-        missing = [k for k in keys if k not in reported]
+        ``query-memory-devices`` ``data`` (e.g. a pc-dimm's addr and slot;
+        see :data:`PINNED_PROPS`): the command line a migration destination
+        needs."""
+        pins = PINNED_PROPS.get(self.device.driver, ())
+        missing = [key for _, key in pins if key not in reported]
         if missing:
             raise ValueError(f"QEMU reports no {', '.join(missing)} for {self.id} "
                              f"({self.device.driver})")
         return replace(self, device=self.device.with_props(
-            **{k: reported[k] for k in keys}))
+            **{prop: reported[key] for prop, key in pins}))
 
 
 def new_backend_id() -> str:

@@ -50,10 +50,12 @@ from harness.model.backend import RAM, BackendSpec
 from harness.qemu.argv import RuntimePaths, build_argv
 from harness.qemu.config import FwCfgFile, KernelBoot, VMConfig
 from harness.qemu.devices import (
+    PCI_ADDR_KEY,
     MemoryDevice,
     backend_object,
     new_backend_id,
     pc_dimm,
+    pci_addresses,
     ram_backend,
     virtio_mem,
 )
@@ -614,12 +616,19 @@ class VM:
                 vm.shell.diagnose = vm.diagnose
 
     def memory_device_info(self) -> dict[str, dict[str, Any]]:
-        """QEMU's ``query-memory-devices`` ``data`` of every memory device, by id."""
+        """QEMU's ``query-memory-devices`` ``data`` of every memory device, by
+        id; a PCI one (virtio-mem) also gets its PCI ``slot.function`` from
+        ``query-pci`` as ``pci-addr`` (see :func:`harness.qemu.devices.pci_addresses`)."""
         out: dict[str, dict[str, Any]] = {}
         for dev in self.execute("query-memory-devices", phase="observe"):
             data = dev.get("data", {})
             if data.get("id"):
                 out[str(data["id"])] = dict(data) | {"type": dev.get("type")}
+        if any(d["type"] == "virtio-mem" for d in out.values()):
+            pci = pci_addresses(self.execute("query-pci", phase="observe"))
+            for dev_id, data in out.items():
+                if dev_id in pci:
+                    data[PCI_ADDR_KEY] = pci[dev_id]
         return out
 
     def query_memory_devices(self) -> tuple[QemuDimm, ...]:

@@ -29,8 +29,12 @@
   paused is QEMU's at once (``query-memory-devices``), the guest's only
   after ``cont`` (the GPE is handled when the vCPUs run); a ``device_del``
   while paused keeps the DIMM in QEMU until the guest, resumed, ejects it
-  (``DEVICE_DELETED``).  While paused only QEMU's view is observed
-  (:meth:`Runner.observe_qemu_only`).
+  (``DEVICE_DELETED``).  A virtio-mem ``resize`` while paused changes
+  QEMU's requested-size at once and the plugged size only after ``cont``,
+  when the guest's driver acts (:func:`harness.steps.virtio_mem.after_resume`);
+  a reset while paused has emptied every virtio-mem already
+  (``virtio_mem_system_reset()`` runs in the reset, not at boot).  While
+  paused only QEMU's view is observed (:meth:`Runner.observe_qemu_only`).
 """
 
 from __future__ import annotations
@@ -140,7 +144,11 @@ def act_resume(runner: Runner, step: Step, lat: dict[str, float]) -> list[Mismat
     it adds the DIMMs plugged (blocks appear), ejects the ones unplugged
     (``DEVICE_DELETED``), or refuses an eject (``_OST`` failure)."""
     from harness.steps.dimm import UNMOVABLE_PAGE_DUMP, eject_stale, guest_adds
+    from harness.steps.virtio_mem import after_resume
 
+    qmp = runner.vm.qmp
+    assert qmp is not None
+    since = qmp.cursor()
     t0 = time.monotonic()
     runner.vm.resume()
     lat["cont_s"] = time.monotonic() - t0
@@ -150,6 +158,7 @@ def act_resume(runner: Runner, step: Step, lat: dict[str, float]) -> list[Mismat
         lat["boot_s"] = lat.pop("cont_s")
         runner.reset_while_paused = False
         mismatches = _after_boot(runner, lat)
+    mismatches += after_resume(runner, since, t0, lat)
     t1 = time.monotonic()
     plugged = {d.id for d in runner.current_dimms()}
     adds, runner.pending_adds = runner.pending_adds, []

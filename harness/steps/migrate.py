@@ -21,8 +21,13 @@ if TYPE_CHECKING:
     from harness.session import Runner
 
 # query-memory-devices fields both sides must agree on ("hotplugged" differs
-# by design: the destination creates every device from its command line).
-SAME_ON_BOTH_SIDES = ("addr", "slot", "node", "size", "memdev", "type")
+# by design: the destination creates every device from its command line);
+# a pc-dimm has addr and slot, a virtio-mem memaddr, requested-size (the
+# current request), size (what the guest has plugged: migrated with the
+# plugged bitmap), max-size, block-size and its PCI address (``pci-addr``,
+# memhp's key from query-pci).  A field neither side has agrees.
+SAME_ON_BOTH_SIDES = ("addr", "slot", "node", "size", "memdev", "type", "memaddr",
+                      "requested-size", "max-size", "block-size", "pci-addr")
 
 
 def compare_sides(before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]]

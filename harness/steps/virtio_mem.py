@@ -172,7 +172,30 @@ def act_resize(runner: Runner, step: Step, lat: dict[str, float]) -> list[Mismat
     qom_set()
     lat["qom_set_s"] = time.monotonic() - t0
     runner.steps_done.append(step)
+    if runner.vm.paused:
+        # QEMU takes the request at once (virtio_mem_set_requested_size():
+        # requested-size and the usable region change, virtio_notify_config()
+        # raises the config interrupt), but no vCPU runs to take it: the
+        # plugged size stays until the guest's driver acts after cont.  The
+        # Runner observes QEMU only meanwhile; the last request wins.
+        runner.pending_resizes[step.dimm] = requested
+        return []
     return _settle(runner, runner.km().virtio_mem[step.dimm], requested, since, t0, lat)
+
+
+def after_resume(runner: Runner, since: int, t0: float, lat: dict[str, float]
+                 ) -> list[Mismatch]:
+    """The guest runs again: its driver reads the config changed while
+    paused (drivers/virtio/virtio_mem.c virtio_mem_config_changed() queues
+    the work that reads ``requested_size``) and plugs or unplugs as for any
+    resize; ``since`` is the QMP cursor taken before ``cont``."""
+    pending, runner.pending_resizes = runner.pending_resizes, {}
+    out: list[Mismatch] = []
+    for vmem_id, requested in pending.items():
+        out += _settle(runner, runner.km().virtio_mem[vmem_id], requested, since, t0, lat)
+        lat[f"{vmem_id}_after_cont_s"] = lat.pop("blocks_visible_s")
+        lat[f"{vmem_id}_size_after_cont_s"] = lat.pop("size_reached_s")
+    return out
 
 
 def act_remove(runner: Runner, step: Step, lat: dict[str, float]) -> list[Mismatch]:
@@ -198,6 +221,7 @@ def after_reset(runner: Runner, lat: dict[str, float]) -> list[Mismatch]:
     qmp = runner.vm.qmp
     assert qmp is not None
     out: list[Mismatch] = []
+    runner.pending_resizes = {}  # the rebooted driver asks for the current request
     for v in runner.current_vmems():
         since = qmp.cursor()
         t0 = time.monotonic()

@@ -1,4 +1,4 @@
-"""virtio-mem end to end on the default guest (Debian 6.1): two VM boots.
+"""virtio-mem end to end on the default guest (Debian 6.1): three VM boots.
 
 Every step is checked by the Runner against the model: QEMU's view of each
 virtio-mem (memaddr, max-size, block-size, node, requested-size and the
@@ -21,7 +21,17 @@ from typing import Any
 import pytest
 
 from harness.errors import HarnessError
-from harness.scenario import add, add_virtio_mem, remove, reset, resize
+from harness.scenario import (
+    add,
+    add_virtio_mem,
+    migrate,
+    pause,
+    reboot,
+    remove,
+    reset,
+    resize,
+    resume,
+)
 from harness.testing import assert_passed, run_steps
 
 pytestmark = [pytest.mark.vm, pytest.mark.needs_config("VIRTIO_MEM")]
@@ -60,6 +70,60 @@ def test_virtio_mem_on_qemu_7_2(memhp_vm: Any, request: pytest.FixtureRequest) -
                for b in grown.expected["blocks"])  # the partial block is modelled
     grows = [s for s in results[4:6]]
     assert all("blocks_visible_s" in s.latencies for s in grows), [s.latencies for s in grows]
+
+
+@pytest.mark.memhp_machine(append=("memhp_default_state=online_movable",))
+def test_virtio_mem_through_the_vm_lifecycle(memhp_vm: Any,
+                                             request: pytest.FixtureRequest) -> None:
+    """One VM (QEMU 7.2): a virtio-mem with 1G plugged on node 1 beside a
+    pc-dimm is live-migrated (the destination pins memaddr, block-size,
+    requested-size and the PCI address), grown and shrunk on the
+    destination, migrated back; resized while paused (QEMU's requested-size
+    at once, the plugged size only after cont); rebooted from inside the
+    guest and reset while paused (QEMU unplugs all; the driver plugs the
+    request again after boot); resized to 0.  The Runner compares every
+    step, on whichever QEMU runs, with the model."""
+    results = run_steps(memhp_vm, [
+        add("dimm0:512M@0"),                    # 0
+        add_virtio_mem("vmem0:4G@1", "1G"),     # 1
+        migrate(),                              # 2
+        resize("vmem0", "2G"),                  # 3  grow on the destination
+        resize("vmem0", "512M"),                # 4  shrink on the destination
+        migrate(),                              # 5  and back
+        pause(),                                # 6
+        resize("vmem0", "1G"),                  # 7  QEMU's at once, the guest's at cont
+        resume(),                               # 8
+        reboot(),                               # 9  in-guest reboot with 1G plugged
+        pause(), reset(), resume(),             # 10-12 a reset while paused empties it
+        resize("vmem0", "0"),                   # 13
+        remove("vmem0", expect_refusal="cannot be unplugged"),  # 14 (QEMU 7.2)
+    ], request)
+    assert_passed(results)
+
+    def vmem(i: int, side: str = "observed") -> dict[str, Any]:
+        [v] = [v for v in getattr(results[i], side)["virtio_mem"] if v["id"] == "vmem0"]
+        return v  # type: ignore[no-any-return]
+
+    plugged = vmem(1)
+    assert plugged["size"] == vmem(1, "expected")["size"] > 0
+    for i in (2, 5):  # the same device on the destination, its memory still plugged
+        m = results[i].observed["migration"]
+        assert m["transferred_bytes"] > 0 and m["source_pid"] != m["destination_pid"], m
+        assert vmem(i) == vmem(i - 1)
+        assert results[i].observed["blocks"] == results[i - 1].observed["blocks"]
+        print(f"migration {i} with virtio-mem plugged ({vmem(i)['size'] >> 20} MiB):", m)
+    assert vmem(3)["size"] > vmem(2)["size"] > vmem(4)["size"] > 0
+    # paused: the request is QEMU's, the plugged size the old one
+    assert results[7].observed["guest"].startswith("not observed")
+    assert vmem(7)["requested_size"] == vmem(8)["size"] > vmem(7)["size"] == vmem(6)["size"]
+    assert "vmem0_after_cont_s" in results[8].latencies, results[8].latencies
+    # the in-guest reboot: QEMU emptied the device, the new driver plugged it again
+    assert results[9].observed["reset_event"]["guest"] is True
+    assert vmem(9)["size"] == vmem(8)["size"]
+    assert results[9].observed["blocks"] == results[8].observed["blocks"]
+    assert vmem(11)["size"] == 0 and vmem(11)["requested_size"] == vmem(8)["size"]
+    assert vmem(12)["size"] == vmem(8)["size"]
+    assert vmem(13)["size"] == 0
 
 
 HERE = Path(__file__).parent

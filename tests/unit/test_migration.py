@@ -194,3 +194,72 @@ def test_report_of_a_step_whose_guest_was_not_observed(monkeypatch) -> None:
     assert "d (unplug pending)" in text and "0x140000000 / 0x140000000" in text
     assert "not observed: the VM is paused" in text
     assert "1144 ms total, 6 ms downtime, 358293687 bytes" in text
+
+
+# -- virtio-mem on the destination ----------------------------------------------------
+
+
+def _reported_vmem(memaddr: int, size: int, requested: int, pci: str | None = "4.0"
+                   ) -> dict[str, object]:
+    # as query-memory-devices reports a virtio-mem (QEMU 7.2/10.0), plus the
+    # PCI address VM.memory_device_info() adds from query-pci
+    out: dict[str, object] = {
+        "id": "vmem0", "memaddr": memaddr, "node": 1, "requested-size": requested,
+        "size": size, "max-size": 4 * GiB, "block-size": 2 * MiB,
+        "memdev": "/objects/memhp-be7", "type": "virtio-mem"}
+    if pci is not None:
+        out["pci-addr"] = pci
+    return out
+
+
+def test_destination_pins_virtio_mem_address_block_size_request_and_pci_slot() -> None:
+    """The destination's virtio-mem-pci is the source's: memaddr and
+    block-size (QEMU's migration sanity checks), the current requested-size
+    (not the plug-time one) and the PCI slot (the vmstate section is named
+    by it); the plug-time props (memdev, node, dynamic-memslots) stay."""
+    from harness.qemu.devices import virtio_mem
+
+    be = ram_backend(4 * GiB, "memhp-be7")
+    dimm = pc_dimm("dimm0", ram_backend(512 * MiB, "memhp-be6"), 0)
+    plugged = {"dimm0": dimm,
+               "vmem0": virtio_mem("vmem0", be, 1, GiB, dynamic_memslots=True)}
+    reported = {"dimm0": _reported(0x140000000, 0, 0, 512 * MiB, "/objects/memhp-be6"),
+                "vmem0": _reported_vmem(0x160000000, 2 * GiB, 2 * GiB, "1f.0")}
+    devices = destination_devices(plugged, reported)
+    cfg = VMConfig(name="dst", memory=4 * GiB, slots=4, maxmem=16 * GiB,
+                   numa=(2 * GiB, 2 * GiB), memory_devices=devices, incoming=True,
+                   ssh_port=4444)
+    argv = build_argv(cfg, PATHS)
+    assert [d for d in _pairs(argv, "-device") if d.startswith(("pc-dimm", "virtio-mem"))] == [
+        "pc-dimm,id=dimm0,memdev=memhp-be6,node=0,addr=5368709120,slot=0",
+        "virtio-mem-pci,id=vmem0,memdev=memhp-be7,node=1,dynamic-memslots=on,"
+        "memaddr=5905580032,block-size=2097152,requested-size=2147483648,addr=1f.0",
+    ]
+    assert "memory-backend-ram,id=memhp-be7,size=4294967296" in _pairs(argv, "-object")
+    # without the PCI address (a device behind a bridge) the destination is refused
+    reported["vmem0"] = _reported_vmem(0x160000000, GiB, GiB, pci=None)
+    with pytest.raises(VMError, match="reports no pci-addr for vmem0"):
+        destination_devices(plugged, reported)
+
+
+def test_pci_addresses_from_query_pci() -> None:
+    """Root-bus devices with an id, as slot.function in hex (qdev's PCI
+    addr syntax); devices without an id or behind a bridge are left out."""
+    from harness.qemu.devices import pci_addresses
+
+    answer = [{"bus": 0, "devices": [
+        {"bus": 0, "slot": 0, "function": 0, "qdev_id": ""},
+        {"bus": 0, "slot": 4, "function": 0, "qdev_id": "vmem0"},
+        {"bus": 0, "slot": 0x1e, "function": 2, "qdev_id": "vmem1"},
+        {"bus": 1, "slot": 1, "function": 0, "qdev_id": "behind"}]},
+        {"bus": 1, "devices": [{"bus": 1, "slot": 1, "function": 0, "qdev_id": "x"}]}]
+    assert pci_addresses(answer) == {"vmem0": "4.0", "vmem1": "1e.2"}
+
+
+def test_compare_sides_covers_virtio_mem_fields() -> None:
+    src = {"vmem0": _reported_vmem(0x160000000, GiB, GiB)}
+    assert compare_sides(src, {"vmem0": dict(src["vmem0"])}) == []
+    moved = {"vmem0": dict(src["vmem0"], size=0, **{"pci-addr": "5.0",
+                                                    "requested-size": 0})}
+    assert [m.what for m in compare_sides(src, moved)] == [
+        "destination size", "destination requested-size", "destination pci-addr"]

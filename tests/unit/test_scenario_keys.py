@@ -134,9 +134,10 @@ expect_refusal = "cannot be unplugged"
     ('pause = true\n[[step]]\nadd = "a:1G"\ndevice = "virtio-mem"\n[[step]]\n'
      'resume = true', "with the guest running"),
     ('add = "a:1G"\ndevice = "virtio-mem"\n[[step]]\npause = true\n[[step]]\n'
-     'resize = "a"\nrequested = "0"\n[[step]]\nresume = true', "needs the guest running"),
-    ('add = "a:1G"\ndevice = "virtio-mem"\n[[step]]\nmigrate = true',
-     "virtio-mem device is not modelled"),
+     'resize = "a"\nrequested = "0"\n[[step]]\nmigrate = true\n[[step]]\nresume = true',
+     "resize of a while paused has not reached the guest"),
+    ('add = "a:1G"\ndevice = "virtio-mem"\n[[step]]\npause = true\n[[step]]\n'
+     'remove = "a"\n[[step]]\nresume = true', "with the guest running"),
 ])
 def test_virtio_mem_bad_steps_are_named(tmp_path: Path, steps: str, message: str) -> None:
     with pytest.raises((UsageError, PlanRefused), match=message):
@@ -217,3 +218,28 @@ def test_backend_keys_are_the_issues() -> None:
     assert set(BACKEND_KEYS) == {
         "backend", "hugepages", "share", "prealloc", "prealloc_threads", "host_nodes",
         "policy", "mem_path", "discard_data", "reserve", "dump", "merge"}
+
+
+def test_virtio_mem_migrates_and_resizes_while_paused(tmp_path: Path) -> None:
+    """A migrate with a virtio-mem plugged and a resize while paused are
+    accepted (the resize is a model op; pause/migrate/resume are not)."""
+    s = load(tmp_path, '''
+[[step]]
+add = "vmem0:4G@1"
+device = "virtio-mem"
+requested = "1G"
+[[step]]
+migrate = true
+[[step]]
+pause = true
+[[step]]
+resize = "vmem0"
+requested = "2G"
+[[step]]
+resume = true
+[[step]]
+migrate = true
+''')
+    assert [st.action for st in s.steps] == ["add", "migrate", "pause", "resize", "resume",
+                                            "migrate"]
+    assert [st.is_model_op for st in s.steps] == [True, False, False, True, False, False]

@@ -46,14 +46,19 @@ _backend_ids = itertools.count()
 # the current request all the same, so the command line states what the
 # device is (realize checks it against the backend and block size).  The PCI
 # address: virtio-mem-pci's ``addr`` is its PCI slot.function (the memory
-# address is ``memaddr``); the PCI device state is matched by its bus
-# address (section "0000:00:04.0/virtio-mem": migration/savevm.c
-# vmstate_register_with_alias_id() names it by vmstate_if_get_id() ->
-# qdev_get_dev_path() -> hw/pci/pci.c pcibus_get_dev_path()), so a device at
-# another slot fails the load (savevm.c qemu_loadvm_section_start_full():
-# "Unknown savevm section or instance").  dynamic-memslots needs nothing
-# more: which memslots are mapped follows the migrated bitmap
-# (virtio_mem_post_load_bitmap() -> virtio_mem_activate_memslots_to_plug()).
+# address is ``memaddr``).  The device registers its backend's RAM block
+# under its qdev path, which is the PCI address (virtio_mem_device_realize()
+# -> vmstate_register_ram(); migration/savevm.c vmstate_register_ram() ->
+# qemu_ram_set_idstr() with qdev_get_dev_path() -> hw/pci/pci.c
+# pcibus_get_dev_path(): "0000:00:04.0/memhp-be2"), and its vmstate section
+# likewise, so at another slot the destination refuses the RAM: QEMU 10.0
+# said 'Unknown ramblock "0000:00:04.0/memhp-be2", cannot accept migration'
+# when memhp left the slot unpinned after a removal freed a lower one (and
+# "Property 'memaddr' changed from 0x2c8400000 to 0x1c8400000" without
+# memaddr: both tried, tests/scenarios/virtio_mem_qemu10.toml).
+# dynamic-memslots (8.2+) needs nothing more: the memslots mapped follow the
+# migrated bitmap (virtio_mem_post_load_bitmap() activates the plugged
+# ranges' memslots, virtio_mem_activate_memslot_range_cb(); checked on 10.0).
 PCI_ADDR_KEY = "pci-addr"
 PINNED_PROPS: dict[str, tuple[tuple[str, str], ...]] = {
     "pc-dimm": (("addr", "addr"), ("slot", "slot")),

@@ -135,7 +135,10 @@ def test_virtio_mem_on_qemu_10(memhp_guest_image: Any, tmp_path: Path, toml: str
     driver stops at its offline threshold): the TOML of issue 18 exactly as
     written, then one with the removal refused while memory is plugged and
     accepted at size 0, and a second device with 4M blocks and
-    dynamic-memslots (QEMU 8.2+)."""
+    dynamic-memslots (QEMU 8.2+); that one migrates there and back with
+    both devices plugged (and vmem1 resized while paused), and once more
+    after vmem0's removal left a hole below vmem1 (in memory and PCI slots:
+    only the destination's pinned memaddr and PCI addr let QEMU accept it)."""
     from harness.qemu.fetch import resolve_qemu
 
     try:
@@ -156,3 +159,8 @@ def test_virtio_mem_on_qemu_10(memhp_guest_image: Any, tmp_path: Path, toml: str
     want = {v["id"]: v for v in steps[first]["expected"]["virtio_mem"]}
     assert seen[first]["vmem0"]["size"] == want["vmem0"]["size"] > 0
     assert seen[-1] == {}  # every device removed
+    moved = [s for s in steps if "migration" in s["observed"]]
+    assert len(moved) == (3 if toml == "virtio_mem_qemu10.toml" else 0)
+    for s in moved:  # the virtio-mem devices went along, still plugged
+        assert s["observed"]["migration"]["transferred_bytes"] > 0
+        assert any(v["size"] > 0 for v in s["observed"]["virtio_mem"]), s["observed"]

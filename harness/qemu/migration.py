@@ -4,7 +4,8 @@ The destination is the source's machine exactly: the same ``VMConfig``
 (machine, memory, NUMA, boot, fw_cfg) plus every memory device plugged at
 the source as ``-object``/``-device`` options, each pinned to what QEMU
 chose for it at plug time (:meth:`MemoryDevice.pinned`: a pc-dimm's addr
-and slot), and ``-incoming unix:<its 0700 work dir>/migrate.sock``.  It has
+and slot; a virtio-mem's memaddr, block-size, requested-size and PCI
+slot), and ``-incoming unix:<its 0700 work dir>/migrate.sock``.  It has
 its own work dir (QMP, serial log) and its own forwarded SSH port on
 127.0.0.1, and logs in with the source's keys (it runs the same guest, so
 the pinned host key does not change).

@@ -107,6 +107,7 @@ class Recipe:
     compression: str = "zstd"  # of the initramfs: "zstd" or "none"
     busybox_omit: tuple[str, ...] = ()
     on_demand_modules: tuple[str, ...] = ()  # shipped for modprobe, not loaded at boot
+    optional_modules: tuple[str, ...] = ()  # loaded at boot when the kernel has them
 
     @classmethod
     def load(cls, directory: Path | None = None) -> Recipe:
@@ -121,6 +122,7 @@ class Recipe:
             compression=str(data.get("initramfs_compression", "zstd")),
             busybox_omit=tuple(data.get("busybox_omit", ())),
             on_demand_modules=tuple(data.get("on_demand_modules", ())),
+            optional_modules=tuple(data.get("optional_modules", ())),
         )
 
 
@@ -557,6 +559,13 @@ def _build_into(tmp: Path, final: Path, key: str, recipe: Recipe, debs: dict[str
     on_demand: dict[str, list[str]] = {}
     if modules_root is not None:
         module_names = _module_plan(modules_root, kver, recipe.modules)
+        for name in recipe.optional_modules:
+            try:
+                extra = _module_plan(modules_root, kver, [name])
+            except ImageBuildError as exc:
+                say(f"optional module {name} left out: {exc}")
+                continue
+            module_names += [m for m in extra if m not in module_names]
         on_demand = _on_demand_plan(modules_root, kver, recipe.on_demand_modules, say)
     say(f"writing initramfs ({len(module_names)} modules, {len(on_demand)} on demand)")
     write_initramfs(tmp / "initrd.img", root, recipe, modules_root, kver, module_names, config,

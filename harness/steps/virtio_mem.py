@@ -132,6 +132,23 @@ def _driver(runner: Runner, v: PlacedVirtioMem) -> VirtioMemDriver:
         raise VMError(str(exc), phase="model") from exc
 
 
+# The driver's name in drivers/virtio/virtio_mem.c (virtio_mem_driver.driver.name
+# = KBUILD_MODNAME), present once the module is loaded or built in.
+DRIVER_DIR = "/sys/bus/virtio/drivers/virtio_mem"
+
+
+def check_guest_driver(runner: Runner) -> None:
+    """A guest kernel without the driver plugs nothing: say so before the
+    device is added, rather than time out waiting for its blocks."""
+    res = runner.vm.shell.run(["test", "-d", DRIVER_DIR], check=False,
+                              timeout=runner.vm.timeouts.s("command"))
+    if res.status != 0:
+        raise VMError(
+            f"the guest kernel has no virtio-mem driver ({DRIVER_DIR} is missing): "
+            "build it with CONFIG_VIRTIO_MEM=y or =m (memhp's guest image loads the "
+            "virtio_mem module when the kernel has one)", phase="hotplug")
+
+
 def act_add(runner: Runner, step: Step, lat: dict[str, float]) -> list[Mismatch]:
     assert step.vmem is not None
     op = step.vmem
@@ -144,6 +161,7 @@ def act_add(runner: Runner, step: Step, lat: dict[str, float]) -> list[Mismatch]
 
     if step.expect_refusal is not None:
         return _refused(runner, step, lat, plug)
+    check_guest_driver(runner)
     qmp = runner.vm.qmp
     assert qmp is not None
     since = qmp.cursor()

@@ -153,3 +153,22 @@ def test_a_real_kernel_warning_fails_the_run_naming_it(auto_online_kernel: Kerne
     assert "Call Trace:" in "\n".join(warning["lines"])
     code, doc = run("echo 'WARNING: CPU: 0 PID: 1 at fake.c:1 user' > /dev/kmsg")
     assert code == 0 and doc["splats"] == [], doc["splats"]
+
+
+def test_virtio_mem_on_a_kernel_without_its_driver_says_so(
+        auto_online_kernel: KernelBuild, tmp_path: Path) -> None:
+    """memhp.config leaves CONFIG_VIRTIO_MEM out: the image builds without the
+    optional virtio_mem module, the guest boots, and a virtio-mem step fails
+    naming the missing driver and its option (not a wait for blocks)."""
+    from harness.scenario import add_virtio_mem
+
+    assert "CONFIG_VIRTIO_MEM=y" not in auto_online_kernel.config.read_text()
+    scenario = build_scenario(
+        name="no-virtio-mem-driver", machine="pc", memory="2G,slots=2,maxmem=4G",
+        numa="1G,1G", steps=[add_virtio_mem("vmem0:1G@1", "128M")])
+    guest = resolve_guest(GuestSource(kernel=auto_online_kernel.bzimage))
+    result = execute(scenario, guest, accel="tcg", artifacts_on_failure=tmp_path / "artifacts")
+    assert not result.passed
+    [step] = result.steps
+    assert step.error is not None and "CONFIG_VIRTIO_MEM" in step.error, step.error
+    assert "virtio-mem driver" in step.error

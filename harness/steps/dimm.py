@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness.errors import HarnessError, HotplugRefused, QMPCommandError, VMError
+from harness.errors import HarnessError, HotplugRefused
 from harness.host.checks import (
     HostView,
     TouchPagesSampler,
@@ -27,6 +27,7 @@ from harness.host.checks import (
 )
 from harness.model.backend import RAM, BackendSpec
 from harness.retry import wait_for
+from harness.steps.refusal import act_refused
 from harness.verify import Mismatch
 
 if TYPE_CHECKING:
@@ -112,21 +113,9 @@ def act_refused_add(runner: Runner, step: Step, lat: dict[str, float]) -> list[M
     model's, and nothing changes (the scenario goes on)."""
     assert step.add is not None
     a = step.add
-    predicted = runner.refusals[runner.scenario.steps.index(step)]
-    words = getattr(predicted, "qemu_message", "") or str(predicted)
-    t0 = time.monotonic()
-    try:
-        runner.vm.hot_add(a.id, a.size, a.node, a.addr, a.backend)
-    except QMPCommandError as exc:
-        lat["device_add_s"] = time.monotonic() - t0
-        runner.steps_done.append(step)
-        if exc.desc != words:
-            return [Mismatch("refusal", a.id, words, exc.desc, "qemu")]
-        return []
-    runner.steps_done.append(step)
-    # QEMU took it: the plan no longer holds; say so and stop trusting it.
-    raise VMError(f"QEMU accepted {step.describe()}, which the model says it refuses "
-                  f"({words!r})", phase="model")
+    return act_refused(runner, step, lat,
+                       lambda: runner.vm.hot_add(a.id, a.size, a.node, a.addr, a.backend),
+                       "device_add_s")
 
 
 def act_remove(runner: Runner, step: Step, lat: dict[str, float]) -> list[Mismatch]:

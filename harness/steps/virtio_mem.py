@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from harness.errors import QMPCommandError, UsageError, VMError
+from harness.errors import UsageError, VMError
 from harness.guest.iomem import merged_ranges, parse_iomem
 from harness.model.kernel.virtio_mem import UnmodelledDriver, VirtioMemDriver, rules_for
+from harness.steps.refusal import act_refused
 from harness.verify import Mismatch
 
 log = logging.getLogger("harness.steps.virtio_mem")
@@ -50,25 +50,6 @@ def placed(runner: Runner, vmem_id: str) -> PlacedVirtioMem:
         if v.id == vmem_id:
             return v
     raise UsageError(f"virtio-mem {vmem_id!r} is not plugged at this step", value=vmem_id)
-
-
-def _refused(runner: Runner, step: Step, lat: dict[str, float],
-             action: Callable[[], object]) -> list[Mismatch]:
-    """A step QEMU must refuse: its words must be the model's; nothing changes."""
-    predicted = runner.refusals[runner.scenario.steps.index(step)]
-    words = getattr(predicted, "qemu_message", "") or str(predicted)
-    t0 = time.monotonic()
-    try:
-        action()
-    except QMPCommandError as exc:
-        lat["qmp_s"] = time.monotonic() - t0
-        runner.steps_done.append(step)
-        if exc.desc != words:
-            return [Mismatch("refusal", step.dimm, words, exc.desc, "qemu")]
-        return []
-    runner.steps_done.append(step)
-    raise VMError(f"QEMU accepted {step.describe()}, which the model says it refuses "
-                  f"({words!r})", phase="model")
 
 
 def driver_view(runner: Runner, driver: VirtioMemDriver) -> list[Mismatch]:
@@ -160,7 +141,7 @@ def act_add(runner: Runner, step: Step, lat: dict[str, float]) -> list[Mismatch]
         runner.vm.hot_add_virtio_mem(op.id, op.size, op.node, op.requested, **props)
 
     if step.expect_refusal is not None:
-        return _refused(runner, step, lat, plug)
+        return act_refused(runner, step, lat, plug, "qmp_s")
     check_guest_driver(runner)
     qmp = runner.vm.qmp
     assert qmp is not None
@@ -182,7 +163,7 @@ def act_resize(runner: Runner, step: Step, lat: dict[str, float]) -> list[Mismat
         runner.vm.resize_virtio_mem(step.dimm, requested)
 
     if step.expect_refusal is not None:
-        return _refused(runner, step, lat, qom_set)
+        return act_refused(runner, step, lat, qom_set, "qmp_s")
     qmp = runner.vm.qmp
     assert qmp is not None
     since = qmp.cursor()
@@ -218,9 +199,9 @@ def after_resume(runner: Runner, since: int, t0: float, lat: dict[str, float]
 
 def act_remove(runner: Runner, step: Step, lat: dict[str, float]) -> list[Mismatch]:
     if step.expect_refusal is not None:
-        return _refused(runner, step, lat,
-                        lambda: runner.vm.execute("device_del", {"id": step.dimm},
-                                                  phase="hotplug"))
+        return act_refused(runner, step, lat,
+                           lambda: runner.vm.execute("device_del", {"id": step.dimm},
+                                                     phase="hotplug"), "qmp_s")
     t0 = time.monotonic()
     runner.vm.hot_remove(step.dimm)
     lat["unplug_s"] = time.monotonic() - t0

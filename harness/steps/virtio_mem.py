@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from harness.errors import UsageError, VMError
@@ -130,6 +131,21 @@ def check_guest_driver(runner: Runner) -> None:
             "virtio_mem module when the kernel has one)", phase="hotplug")
 
 
+def _command(runner: Runner, step: Step, lat: dict[str, float],
+             action: Callable[[], object], lat_key: str) -> tuple[int, float]:
+    """Run the step's QMP command (``lat[lat_key]`` is how long it took) and
+    record the step; return the QMP cursor from before it (the size event
+    comes after) and its start time."""
+    qmp = runner.vm.qmp
+    assert qmp is not None
+    since = qmp.cursor()
+    t0 = time.monotonic()
+    action()
+    lat[lat_key] = time.monotonic() - t0
+    runner.steps_done.append(step)
+    return since, t0
+
+
 def act_add(runner: Runner, step: Step, lat: dict[str, float]) -> list[Mismatch]:
     assert step.vmem is not None
     op = step.vmem
@@ -143,13 +159,7 @@ def act_add(runner: Runner, step: Step, lat: dict[str, float]) -> list[Mismatch]
     if step.expect_refusal is not None:
         return act_refused(runner, step, lat, plug, "qmp_s")
     check_guest_driver(runner)
-    qmp = runner.vm.qmp
-    assert qmp is not None
-    since = qmp.cursor()
-    t0 = time.monotonic()
-    plug()
-    lat["device_add_s"] = time.monotonic() - t0
-    runner.steps_done.append(step)
+    since, t0 = _command(runner, step, lat, plug, "device_add_s")
     driver = _driver(runner, placed(runner, op.id))
     runner.km().virtio_mem[op.id] = driver
     return _settle(runner, driver, op.requested, since, t0, lat)
@@ -164,13 +174,7 @@ def act_resize(runner: Runner, step: Step, lat: dict[str, float]) -> list[Mismat
 
     if step.expect_refusal is not None:
         return act_refused(runner, step, lat, qom_set, "qmp_s")
-    qmp = runner.vm.qmp
-    assert qmp is not None
-    since = qmp.cursor()
-    t0 = time.monotonic()
-    qom_set()
-    lat["qom_set_s"] = time.monotonic() - t0
-    runner.steps_done.append(step)
+    since, t0 = _command(runner, step, lat, qom_set, "qom_set_s")
     if runner.vm.paused:
         # QEMU takes the request at once (virtio_mem_set_requested_size():
         # requested-size and the usable region change, virtio_notify_config()

@@ -65,7 +65,8 @@ class PlanRefused(UsageError):
 
     ``kind`` is a stable machine-readable name (``slots-exhausted``,
     ``maxmem-exceeded``, ``misaligned-size``, ...), ``limit`` the limit that
-    was violated.
+    was violated, ``qemu_message`` QEMU's own words for the refusal (empty
+    where QEMU does not refuse: a memhp check).
     """
 
     phase = "model"
@@ -78,10 +79,20 @@ class PlanRefused(UsageError):
         value: object = None,
         limit: object = None,
         fix: str | None = None,
+        qemu_message: str = "",
     ) -> None:
         super().__init__(message, value=value, fix=fix)
         self.kind = kind
         self.limit = limit
+        self.qemu_message = qemu_message
+
+
+def refuse(kind: str, message: str, qemu_message: str, *, value: object, limit: object,
+           fix: str) -> PlanRefused:
+    """A refusal the model predicts, with QEMU's words: the one constructor
+    for pc-dimm, virtio-mem and machine refusals alike."""
+    return PlanRefused(kind, message, value=value, limit=limit, fix=fix,
+                       qemu_message=qemu_message)
 
 
 class HostEnvironmentError(HarnessError):

@@ -68,7 +68,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from harness.errors import PlanRefused
+from harness.errors import PlanRefused, refuse
 from harness.model import virtio_mem as vm_rules
 from harness.model.backend import QEMU_MAX_NODES, BackendSpec, size_to_str
 from harness.model.layout import Layout, compute_layout
@@ -184,13 +184,6 @@ class Prediction:
         }
 
 
-def _refuse(kind: str, message: str, qemu_message: str, *, value: object, limit: object,
-            fix: str) -> PlanRefused:
-    err = PlanRefused(kind, message, value=value, limit=limit, fix=fix)
-    err.qemu_message = qemu_message  # type: ignore[attr-defined]
-    return err
-
-
 def _align_up(value: int, align: int) -> int:
     return -(-value // align) * align
 
@@ -198,27 +191,27 @@ def _align_up(value: int, align: int) -> int:
 def _check_addr_align(op: AddDimm, addr: int | None, align: int) -> None:
     """memory_device_get_free_addr() (hw/mem/memory-device.c, v7.2.0-v10.0.0)."""
     if addr is not None and addr % align:
-        raise _refuse("misaligned-addr",
-                      f"DIMM {op.id!r}: address {addr:#x} is not {format_size(align)} aligned",
-                      f"address must be aligned to 0x{align:x} bytes", value=addr,
-                      limit=align, fix=f"use a multiple of {format_size(align)}")
+        raise refuse("misaligned-addr",
+                     f"DIMM {op.id!r}: address {addr:#x} is not {format_size(align)} aligned",
+                     f"address must be aligned to 0x{align:x} bytes", value=addr,
+                     limit=align, fix=f"use a multiple of {format_size(align)}")
 
 
 def _check_size_align(op: AddDimm, addr: int | None, align: int) -> None:
     """memory_device_get_free_addr() in v7.2.0, memory_device_pre_plug() since
     540a1abbf0b2 (v9.0.0; v10.0.0); absent in v8.2.0 (eb1b7c4bd413)."""
     if op.size % align:
-        raise _refuse("misaligned-size",
-                      f"DIMM {op.id!r}: size {op.size} is not a multiple of {format_size(align)}",
-                      f"backend memory size must be multiple of 0x{align:x}", value=op.size,
-                      limit=align, fix=f"use a multiple of {format_size(align)}")
+        raise refuse("misaligned-size",
+                     f"DIMM {op.id!r}: size {op.size} is not a multiple of {format_size(align)}",
+                     f"backend memory size must be multiple of 0x{align:x}", value=op.size,
+                     limit=align, fix=f"use a multiple of {format_size(align)}")
 
 
 def _check_host(spec: MachineSpec, size: int, backend: str, already: int) -> None:
     """ram_block_add() (softmmu/physmem.c v7.2.0, system/physmem.c v10.0.0)
     when the host kernel refuses the mapping (:mod:`.qemu_rules.host`)."""
     if spec.host is not None and spec.host.refuses(size, already):
-        raise _refuse(
+        raise refuse(
             "host-memory", f"the host will not map {format_size(size)} for {backend} "
             f"(MemTotal {format_size(spec.host.mem_total)}, SwapTotal "
             f"{format_size(spec.host.swap_total)}, overcommit_memory={spec.host.overcommit})",
@@ -286,14 +279,14 @@ def _check_backend(spec: MachineSpec, op: AddDimm, held: dict[int, int], already
     """
     be = op.backend
     if be.effective("prealloc") and not be.effective("reserve"):
-        raise _refuse("prealloc-noreserve", f"DIMM {op.id!r}: prealloc needs reserve",
-                      "'prealloc=on' and 'reserve=off' are incompatible", value=be.describe(),
-                      limit=None, fix="drop reserve = false or prealloc = true")
+        raise refuse("prealloc-noreserve", f"DIMM {op.id!r}: prealloc needs reserve",
+                     "'prealloc=on' and 'reserve=off' are incompatible", value=be.describe(),
+                     limit=None, fix="drop reserve = false or prealloc = true")
     for node in be.host_nodes:
         if node >= QEMU_MAX_NODES:
-            raise _refuse("host-node-range", f"DIMM {op.id!r}: host node {node} >= "
-                          f"{QEMU_MAX_NODES}", f"Invalid host-nodes value: {node}", value=node,
-                          limit=QEMU_MAX_NODES - 1, fix="use host nodes below 128")
+            raise refuse("host-node-range", f"DIMM {op.id!r}: host node {node} >= "
+                         f"{QEMU_MAX_NODES}", f"Invalid host-nodes value: {node}", value=node,
+                         limit=QEMU_MAX_NODES - 1, fix="use host nodes below 128")
     if _accounted(spec, be):
         try:
             _check_host(spec, op.size, DIMM_BACKEND, already)
@@ -304,63 +297,63 @@ def _check_backend(spec: MachineSpec, op: AddDimm, held: dict[int, int], already
             raise
     page = be.page_size
     if be.kind == "memfd" and be.hugepages and op.size % page:
-        raise _refuse("hugepage-size", f"DIMM {op.id!r}: {format_size(op.size)} is no multiple "
-                      f"of the {format_size(page)} hugepage size",
-                      f"failed to resize memfd to {op.size}: Invalid argument", value=op.size,
-                      limit=page, fix=f"use a multiple of {format_size(page)}")
+        raise refuse("hugepage-size", f"DIMM {op.id!r}: {format_size(op.size)} is no multiple "
+                     f"of the {format_size(page)} hugepage size",
+                     f"failed to resize memfd to {op.size}: Invalid argument", value=op.size,
+                     limit=page, fix=f"use a multiple of {format_size(page)}")
     if be.kind == "file":
         mapped = -(-op.size // 4096) * 4096  # HOST_PAGE_ALIGN in qemu_ram_alloc_from_fd()
         if mapped < page:
-            raise _refuse("below-page-size", f"DIMM {op.id!r}: {format_size(op.size)} is below "
-                          f"the {format_size(page)} page size",
-                          f"memory size 0x{mapped:x} must be equal to or larger than page "
-                          f"size 0x{page:x}", value=op.size, limit=page,
-                          fix=f"use a multiple of {format_size(page)}")
+            raise refuse("below-page-size", f"DIMM {op.id!r}: {format_size(op.size)} is below "
+                         f"the {format_size(page)} page size",
+                         f"memory size 0x{mapped:x} must be equal to or larger than page "
+                         f"size 0x{page:x}", value=op.size, limit=page,
+                         fix=f"use a multiple of {format_size(page)}")
     if be.hugepages and be.effective("reserve"):
         available = spec.host.hugepages_available(page) if spec.host else None
         need = be.pages(op.size)
         if available is not None and held.get(page, 0) + need > available:
             free = available - held.get(page, 0)
-            raise _refuse("hugepages", f"DIMM {op.id!r} needs {need} {format_size(page)} "
-                          f"hugepages; {free} are free",
-                          "unable to map backing store for guest RAM: Cannot allocate memory",
-                          value=need, limit=free,
-                          fix="reserve more hugepages (memhp does for its tests) or use a "
+            raise refuse("hugepages", f"DIMM {op.id!r} needs {need} {format_size(page)} "
+                         f"hugepages; {free} are free",
+                         "unable to map backing store for guest RAM: Cannot allocate memory",
+                         value=need, limit=free,
+                         fix="reserve more hugepages (memhp does for its tests) or use a "
                               "smaller DIMM")
     if spec.rules.backend_size_check and be.kind != "ram" and op.size % page:
-        raise _refuse("backend-size", f"DIMM {op.id!r}: {format_size(op.size)} is no multiple "
-                      f"of the backend's {format_size(page)} page size",
-                      f"backend '{be.qom_type}' memory size must be multiple of "
-                      f"{size_to_str(page)}", value=op.size, limit=page,
-                      fix=f"use a multiple of {format_size(page)}")
+        raise refuse("backend-size", f"DIMM {op.id!r}: {format_size(op.size)} is no multiple "
+                     f"of the backend's {format_size(page)} page size",
+                     f"backend '{be.qom_type}' memory size must be multiple of "
+                     f"{size_to_str(page)}", value=op.size, limit=page,
+                     fix=f"use a multiple of {format_size(page)}")
     if be.host_nodes and be.policy == "default":
-        raise _refuse("host-nodes-default", f"DIMM {op.id!r}: host_nodes need a policy",
-                      "host-nodes must be empty for policy default, or you should explicitly "
-                      "specify a policy other than default", value=be.host_nodes, limit=None,
-                      fix='add policy = "bind" (or preferred, interleave)')
+        raise refuse("host-nodes-default", f"DIMM {op.id!r}: host_nodes need a policy",
+                     "host-nodes must be empty for policy default, or you should explicitly "
+                     "specify a policy other than default", value=be.host_nodes, limit=None,
+                     fix='add policy = "bind" (or preferred, interleave)')
     if not be.host_nodes and be.policy != "default":
-        raise _refuse("policy-without-nodes", f"DIMM {op.id!r}: policy {be.policy} needs "
-                      "host_nodes", f"host-nodes must be set for policy {be.policy}",
-                      value=be.policy, limit=None, fix='add host_nodes = "0"')
+        raise refuse("policy-without-nodes", f"DIMM {op.id!r}: policy {be.policy} needs "
+                     "host_nodes", f"host-nodes must be set for policy {be.policy}",
+                     value=be.policy, limit=None, fix='add host_nodes = "0"')
     nodes = spec.host.nodes if spec.host else None
     if be.host_nodes and nodes is not None and not set(be.host_nodes) & set(nodes):
-        raise _refuse("host-nodes-missing", f"DIMM {op.id!r}: host node(s) "
-                      f"{','.join(map(str, be.host_nodes))} do not exist (host nodes with "
-                      f"memory: {','.join(map(str, nodes))})",
-                      "cannot bind memory to host NUMA nodes: Invalid argument",
-                      value=be.host_nodes, limit=nodes, fix="use a host node that exists")
+        raise refuse("host-nodes-missing", f"DIMM {op.id!r}: host node(s) "
+                     f"{','.join(map(str, be.host_nodes))} do not exist (host nodes with "
+                     f"memory: {','.join(map(str, nodes))})",
+                     "cannot bind memory to host NUMA nodes: Invalid argument",
+                     value=be.host_nodes, limit=nodes, fix="use a host node that exists")
     room = spec.host.free_at(be.mem_path) if spec.host and be.mem_path else None
     if (room is not None and be.kind == "file" and be.hugepages is None
             and be.effective("prealloc")):
         taken = sum(d.size for d in dimms if d.backend.mem_path == be.mem_path
                     and d.backend.kind == "file" and d.backend.effective("prealloc"))
         if taken + op.size > room:
-            raise _refuse("prealloc-failed", f"DIMM {op.id!r}: preallocating "
-                          f"{format_size(op.size)} at {be.mem_path} needs more than the "
-                          f"{format_size(max(0, room - taken))} free there",
-                          "qemu_prealloc_mem: preallocating memory failed: Bad address",
-                          value=op.size, limit=room - taken,
-                          fix="give the file system more room or use a smaller DIMM")
+            raise refuse("prealloc-failed", f"DIMM {op.id!r}: preallocating "
+                         f"{format_size(op.size)} at {be.mem_path} needs more than the "
+                         f"{format_size(max(0, room - taken))} free there",
+                         "qemu_prealloc_mem: preallocating memory failed: Bad address",
+                         value=op.size, limit=room - taken,
+                         fix="give the file system more room or use a smaller DIMM")
 
 
 # The backend id memhp's VM driver gives a DIMM is not known to the model:
@@ -376,21 +369,21 @@ def _place(spec: MachineSpec, layout: Layout, dimms: list[PlacedDimm], op: AddDi
     devices: list[PlacedDimm | PlacedVirtioMem] = [*dimms, *vmems]
     _check_backend(spec, op, held or {}, spec.ram_size + sum(d.size for d in devices), dimms)
     if any(d.id == op.id for d in devices):
-        raise _refuse("duplicate-id", f"DIMM id {op.id!r} is already in use",
-                      f"Duplicate device ID '{op.id}'", value=op.id, limit=None,
-                      fix="give every DIMM its own id")
+        raise refuse("duplicate-id", f"DIMM id {op.id!r} is already in use",
+                     f"Duplicate device ID '{op.id}'", value=op.id, limit=None,
+                     fix="give every DIMM its own id")
     if spec.slots == 0:
-        raise _refuse("hotplug-disabled",
-                      "the machine has no DIMM slots (started without slots/maxmem)",
-                      "no slots where allocated, please specify the 'slots' option",
-                      value=op.id, limit=0, fix="start the VM with -m SIZE,slots=N,maxmem=SIZE")
+        raise refuse("hotplug-disabled",
+                     "the machine has no DIMM slots (started without slots/maxmem)",
+                     "no slots where allocated, please specify the 'slots' option",
+                     value=op.id, limit=0, fix="start the VM with -m SIZE,slots=N,maxmem=SIZE")
     used_slots = {d.slot for d in dimms}
     free = [s for s in range(spec.slots) if s not in used_slots]
     if not free:
-        raise _refuse("slots-exhausted",
-                      f"DIMM {op.id!r}: all {spec.slots} slots are in use",
-                      "no free slots available", value=len(dimms) + 1, limit=spec.slots,
-                      fix="raise slots= or remove a DIMM first")
+        raise refuse("slots-exhausted",
+                     f"DIMM {op.id!r}: all {spec.slots} slots are in use",
+                     "no free slots available", value=len(dimms) + 1, limit=spec.slots,
+                     fix="raise slots= or remove a DIMM first")
     _check_room(spec, op, [*dimms, *vmems])
     align = op.backend.alignment
     explicit = op.addr if op.addr else None  # address 0 = no address
@@ -401,7 +394,7 @@ def _place(spec: MachineSpec, layout: Layout, dimms: list[PlacedDimm], op: AddDi
         check(op, explicit, align)
     addr = _find_addr(layout, [*dimms, *vmems], op, explicit, align)
     if op.node >= spec.node_count:
-        raise _refuse(
+        raise refuse(
             "unknown-node", f"DIMM {op.id!r}: node {op.node} does not exist "
             f"({spec.node_count} node(s))",
             f"'DIMM property node has value {op.node}' which exceeds the number of numa "
@@ -426,7 +419,7 @@ def _check_room(spec: MachineSpec, op: AddDimm | AddVirtioMem,
     used = sum(d.size for d in devices)
     kind = "DIMM" if isinstance(op, AddDimm) else "virtio-mem"
     if used + op.size > room:
-        raise _refuse(
+        raise refuse(
             "maxmem-exceeded",
             f"{kind} {op.id!r} ({format_size(op.size)}) exceeds maxmem: {format_size(used)} of "
             f"{format_size(room)} (maxmem - mem) already in use",
@@ -444,7 +437,7 @@ def _find_addr(layout: Layout, devices: Sequence[PlacedDimm | PlacedVirtioMem],
     ordered = sorted(devices, key=lambda d: d.addr)
     if explicit is not None:
         if explicit < lo or explicit + op.size > hi:
-            raise _refuse(
+            raise refuse(
                 "addr-outside-region",
                 f"{kind} {op.id!r}: [{explicit:#x}, {explicit + op.size:#x}) is outside the "
                 f"device-memory region [{lo:#x}, {hi:#x})",
@@ -453,7 +446,7 @@ def _find_addr(layout: Layout, devices: Sequence[PlacedDimm | PlacedVirtioMem],
                 fix="pick an address inside the region (see `memhp model`)")
         for d in ordered:
             if d.addr < explicit + op.size and explicit < d.end:
-                raise _refuse(
+                raise refuse(
                     "addr-conflict", f"{kind} {op.id!r} at {explicit:#x} overlaps {d.id!r}",
                     f"address range conflicts with memory device id='{d.id}'", value=explicit,
                     limit=(d.addr, d.end), fix="pick a free address or let QEMU place it")
@@ -466,7 +459,7 @@ def _find_addr(layout: Layout, devices: Sequence[PlacedDimm | PlacedVirtioMem],
             elif d.addr >= addr + op.size:
                 break
         if addr + op.size > hi:
-            raise _refuse(
+            raise refuse(
                 "no-room", f"{kind} {op.id!r} ({format_size(op.size)}) does not fit in the "
                 f"device-memory region [{lo:#x}, {hi:#x})",
                 "could not find position in guest address space for memory device - memory "
@@ -483,9 +476,9 @@ def _place_vmem(spec: MachineSpec, layout: Layout, dimms: Sequence[PlacedDimm],
     _check_host(spec, op.size, DIMM_BACKEND, spec.ram_size + sum(d.size for d in devices))
     vm_rules.check_bus(op, spec.machine)
     if any(d.id == op.id for d in devices):
-        raise _refuse("duplicate-id", f"device id {op.id!r} is already in use",
-                      f"Duplicate device ID '{op.id}'", value=op.id, limit=None,
-                      fix="give every memory device its own id")
+        raise refuse("duplicate-id", f"device id {op.id!r} is already in use",
+                     f"Duplicate device ID '{op.id}'", value=op.id, limit=None,
+                     fix="give every memory device its own id")
     block_size = vm_rules.check_properties(op, rules)
     _check_room(spec, op, [*dimms, *vmems])
     align = vm_rules.alignment(block_size)
@@ -512,29 +505,29 @@ def _check_spec(spec: MachineSpec, layout: Layout) -> None:
     """QEMU's start-up refusals, in QEMU's order (module docstring)."""
     ram, maxmem = spec.ram_size, spec.maxmem
     if maxmem and maxmem < ram:
-        raise _refuse(
+        raise refuse(
             "maxmem-below-ram", f"maxmem {format_size(maxmem)} is below the boot memory "
             f"{format_size(ram)}",
             f"invalid value of maxmem: maximum memory size (0x{maxmem:x}) must be at least "
             f"the initial memory size (0x{ram:x})", value=maxmem, limit=ram, fix="raise maxmem")
     if spec.slots and maxmem == ram:
-        raise _refuse(
+        raise refuse(
             "maxmem-equals-ram", f"slots={spec.slots} but maxmem equals the boot memory, so "
             "there is no room for DIMMs",
             f"invalid value of maxmem: memory slots were specified but maximum memory size "
             f"(0x{maxmem:x}) is equal to the initial memory size (0x{ram:x})", value=maxmem,
             limit=ram, fix="raise maxmem above the boot memory")
     if spec.slots and not maxmem:
-        raise _refuse("slots-without-maxmem", "slots= needs maxmem=",
-                      "slots specified but no max-size", value=spec.slots, limit=None,
-                      fix="give maxmem= with slots=, or neither")
+        raise refuse("slots-without-maxmem", "slots= needs maxmem=",
+                     "slots specified but no max-size", value=spec.slots, limit=None,
+                     fix="give maxmem= with slots=, or neither")
     committed = 0
     for i, size in enumerate(spec.numa or (ram,)):
         if size:
             _check_host(spec, size, f"mem{i}" if spec.numa else "pc.ram", committed)
             committed += size
     if spec.numa and sum(spec.numa) != ram:
-        raise _refuse(
+        raise refuse(
             "numa-mismatch",
             f"NUMA node sizes {'+'.join(format_size(n) for n in spec.numa)} do not add up to "
             f"the boot memory {format_size(ram)}",
@@ -543,7 +536,7 @@ def _check_spec(spec: MachineSpec, layout: Layout) -> None:
             fix="make the node sizes sum to -m")
     limit = (1 << layout.phys_bits) - 1
     if layout.max_used_gpa > limit:
-        raise _refuse(
+        raise refuse(
             "phys-bits", f"the highest guest-physical address the machine uses "
             f"({layout.max_used_gpa:#x}: RAM, device memory and the 64-bit PCI hole) is beyond "
             f"what {layout.phys_bits} phys-bits address",
@@ -551,7 +544,7 @@ def _check_spec(spec: MachineSpec, layout: Layout) -> None:
             f"({layout.phys_bits})", value=layout.max_used_gpa, limit=limit,
             fix="use a smaller maxmem or fewer slots, or more phys-bits (-cpu ...,phys-bits=N)")
     if ram < spec.maxram and spec.slots > ACPI_MAX_RAM_SLOTS:
-        raise _refuse(
+        raise refuse(
             "too-many-slots", f"slots={spec.slots} exceeds ACPI_MAX_RAM_SLOTS "
             f"({ACPI_MAX_RAM_SLOTS})", f"unsupported amount of memory slots: {spec.slots}",
             value=spec.slots, limit=ACPI_MAX_RAM_SLOTS,
@@ -595,9 +588,9 @@ def predict(spec: MachineSpec, ops: Sequence[Operation]) -> Prediction:
                 vmems = [v for v in vmems if v.id != op.id]
             elif isinstance(op, RemoveDimm):
                 if not any(d.id == op.id for d in dimms):
-                    raise _refuse("unknown-dimm", f"no DIMM {op.id!r} to remove",
-                                  f"Device '{op.id}' not found", value=op.id, limit=None,
-                                  fix="remove a DIMM an earlier step added")
+                    raise refuse("unknown-dimm", f"no DIMM {op.id!r} to remove",
+                                 f"Device '{op.id}' not found", value=op.id, limit=None,
+                                 fix="remove a DIMM an earlier step added")
                 for d in dimms:
                     if d.id == op.id and d.backend.hugepages and \
                             d.backend.holds_pages_after_unplug:
@@ -621,9 +614,9 @@ def _resize(vmems: list[PlacedVirtioMem], op: ResizeVirtioMem) -> list[PlacedVir
         if v.id == op.id:
             vm_rules.check_resize(v, op.requested)
             return [*vmems[:i], replace(v, requested=op.requested), *vmems[i + 1:]]
-    raise _refuse("unknown-device", f"no virtio-mem {op.id!r} to resize",
-                  f"Device '{op.id}' not found", value=op.id, limit=None,
-                  fix="resize a virtio-mem an earlier step added")
+    raise refuse("unknown-device", f"no virtio-mem {op.id!r} to resize",
+                 f"Device '{op.id}' not found", value=op.id, limit=None,
+                 fix="resize a virtio-mem an earlier step added")
 
 
 def expected_zone(policy: str) -> str:

@@ -67,7 +67,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from harness.errors import PlanRefused, UsageError
+from harness.errors import UsageError, refuse
 from harness.units import format_size
 
 MiB = 1 << 20
@@ -128,40 +128,33 @@ class PlacedVirtioMem:
                 "block_size": self.block_size, "requested_size": self.requested}
 
 
-def _refuse(kind: str, message: str, qemu_message: str, *, value: object, limit: object,
-            fix: str) -> PlanRefused:
-    err = PlanRefused(kind, message, value=value, limit=limit, fix=fix)
-    err.qemu_message = qemu_message  # type: ignore[attr-defined]
-    return err
-
-
 def check_bus(op: Any, machine: str) -> None:
     """Step 0: the bus a bus-less PCI device lands on must be hotpluggable."""
     if machine == "q35":
-        raise _refuse("bus-no-hotplug", f"virtio-mem {op.id}: q35's PCIe root bus takes no "
-                      "hot-plugged device", "Bus 'pcie.0' does not support hotplugging",
-                      value=op.id, limit=None,
-                      fix="use machine type pc for virtio-mem (memhp adds no PCIe root port)")
+        raise refuse("bus-no-hotplug", f"virtio-mem {op.id}: q35's PCIe root bus takes no "
+                     "hot-plugged device", "Bus 'pcie.0' does not support hotplugging",
+                     value=op.id, limit=None,
+                     fix="use machine type pc for virtio-mem (memhp adds no PCIe root port)")
 
 
 def check_properties(op: Any, rules: VirtioMemRules) -> int:
     """Property setters (step 2): the block size QEMU will use."""
     if op.dynamic_memslots is not None and not rules.dynamic_memslots:
-        raise _refuse("no-dynamic-memslots", f"virtio-mem {op.id}: QEMU "
-                      f"{rules.qemu[0]}.{rules.qemu[1]} has no dynamic-memslots (8.2+)",
-                      "Property 'virtio-mem-pci.dynamic-memslots' not found",
-                      value=op.dynamic_memslots, limit=None,
-                      fix="drop dynamic_memslots, or use QEMU 8.2+ (--qemu debian:10.0)")
+        raise refuse("no-dynamic-memslots", f"virtio-mem {op.id}: QEMU "
+                     f"{rules.qemu[0]}.{rules.qemu[1]} has no dynamic-memslots (8.2+)",
+                     "Property 'virtio-mem-pci.dynamic-memslots' not found",
+                     value=op.dynamic_memslots, limit=None,
+                     fix="drop dynamic_memslots, or use QEMU 8.2+ (--qemu debian:10.0)")
     bs = DEFAULT_BLOCK_SIZE if op.block_size is None else op.block_size
     if bs < MIN_BLOCK_SIZE:
-        raise _refuse("block-size-small", f"virtio-mem {op.id}: block size {bs} is below "
-                      f"{format_size(MIN_BLOCK_SIZE)}",
-                      f"'block-size' property has to be at least 0x{MIN_BLOCK_SIZE:x}",
-                      value=bs, limit=MIN_BLOCK_SIZE, fix="use 2M (the default) or more")
+        raise refuse("block-size-small", f"virtio-mem {op.id}: block size {bs} is below "
+                     f"{format_size(MIN_BLOCK_SIZE)}",
+                     f"'block-size' property has to be at least 0x{MIN_BLOCK_SIZE:x}",
+                     value=bs, limit=MIN_BLOCK_SIZE, fix="use 2M (the default) or more")
     if bs & (bs - 1):
-        raise _refuse("block-size-power", f"virtio-mem {op.id}: block size {bs} is not a "
-                      "power of two", "'block-size' property has to be a power of two",
-                      value=bs, limit=None, fix="e.g. 2M, 4M, 8M")
+        raise refuse("block-size-power", f"virtio-mem {op.id}: block size {bs} is not a "
+                     "power of two", "'block-size' property has to be a power of two",
+                     value=bs, limit=None, fix="e.g. 2M, 4M, 8M")
     if op.requested > op.size:
         raise UsageError(
             f"virtio-mem {op.id}: requested {format_size(op.requested)} exceeds its size "
@@ -182,61 +175,61 @@ def check_realize(op: Any, rules: VirtioMemRules, block_size: int, node_count: i
     """virtio_mem_device_realize() (step 4), in QEMU's order."""
     nodes = node_count if numa else 0
     if (nodes and op.node >= nodes) or (not nodes and op.node):
-        raise _refuse("unknown-node", f"virtio-mem {op.id}: node {op.node} does not exist",
-                      f"'node' property has value '{op.node}', which exceedsthe number of "
-                      f"numa nodes: {nodes or 1}", value=op.node, limit=(nodes or 1) - 1,
-                      fix=f"use a node between 0 and {(nodes or 1) - 1}")
+        raise refuse("unknown-node", f"virtio-mem {op.id}: node {op.node} does not exist",
+                     f"'node' property has value '{op.node}', which exceedsthe number of "
+                     f"numa nodes: {nodes or 1}", value=op.node, limit=(nodes or 1) - 1,
+                     fix=f"use a node between 0 and {(nodes or 1) - 1}")
     if op.requested % block_size:
-        raise _refuse("requested-misaligned", f"virtio-mem {op.id}: requested "
-                      f"{op.requested} is not a multiple of the block size "
-                      f"{format_size(block_size)}",
-                      f"'requested-size' property has to be multiples of 'block-size' "
-                      f"(0x{block_size:x})", value=op.requested, limit=block_size,
-                      fix=f"use a multiple of {format_size(block_size)}")
+        raise refuse("requested-misaligned", f"virtio-mem {op.id}: requested "
+                     f"{op.requested} is not a multiple of the block size "
+                     f"{format_size(block_size)}",
+                     f"'requested-size' property has to be multiples of 'block-size' "
+                     f"(0x{block_size:x})", value=op.requested, limit=block_size,
+                     fix=f"use a multiple of {format_size(block_size)}")
     if rules.memdev_size_check == "realize" and op.size % block_size:
-        raise _refuse("memdev-misaligned", f"virtio-mem {op.id}: size {op.size} is not a "
-                      f"multiple of the block size {format_size(block_size)}",
-                      f"'memdev' property memdev size has to be multiples of'block-size' "
-                      f"(0x{block_size:x})", value=op.size, limit=block_size,
-                      fix=f"use a multiple of {format_size(block_size)}")
+        raise refuse("memdev-misaligned", f"virtio-mem {op.id}: size {op.size} is not a "
+                     f"multiple of the block size {format_size(block_size)}",
+                     f"'memdev' property memdev size has to be multiples of'block-size' "
+                     f"(0x{block_size:x})", value=op.size, limit=block_size,
+                     fix=f"use a multiple of {format_size(block_size)}")
 
 
 def check_resize(dev: PlacedVirtioMem, requested: int) -> None:
     """virtio_mem_set_requested_size() on a realized device (qom-set)."""
     if requested % dev.block_size:
-        raise _refuse("requested-misaligned", f"virtio-mem {dev.id}: requested {requested} "
-                      f"is not a multiple of the block size {format_size(dev.block_size)}",
-                      f"'requested-size' has to be multiples of 'block-size' "
-                      f"(0x{dev.block_size:x})", value=requested, limit=dev.block_size,
-                      fix=f"use a multiple of {format_size(dev.block_size)}")
+        raise refuse("requested-misaligned", f"virtio-mem {dev.id}: requested {requested} "
+                     f"is not a multiple of the block size {format_size(dev.block_size)}",
+                     f"'requested-size' has to be multiples of 'block-size' "
+                     f"(0x{dev.block_size:x})", value=requested, limit=dev.block_size,
+                     fix=f"use a multiple of {format_size(dev.block_size)}")
     if requested > dev.size:
-        raise _refuse("requested-above-max", f"virtio-mem {dev.id}: requested "
-                      f"{format_size(requested)} exceeds its size {format_size(dev.size)}",
-                      f"'requested-size' cannot exceed the memory backend size"
-                      f"(0x{dev.size:x})", value=requested, limit=dev.size,
-                      fix=f"request at most {format_size(dev.size)}")
+        raise refuse("requested-above-max", f"virtio-mem {dev.id}: requested "
+                     f"{format_size(requested)} exceeds its size {format_size(dev.size)}",
+                     f"'requested-size' cannot exceed the memory backend size"
+                     f"(0x{dev.size:x})", value=requested, limit=dev.size,
+                     fix=f"request at most {format_size(dev.size)}")
 
 
 def check_unplug(dev: PlacedVirtioMem, rules: VirtioMemRules) -> None:
     """device_del of a virtio-mem-pci (module docstring)."""
     if rules.unplug == "never":
-        raise _refuse("vmem-unplug-unsupported", f"virtio-mem {dev.id}: QEMU "
-                      f"{rules.qemu[0]}.{rules.qemu[1]} cannot unplug virtio-mem devices",
-                      "virtio based memory devices cannot be unplugged.", value=dev.id,
-                      limit=None, fix="resize it to 0 instead, or use QEMU 8.1+ "
-                      "(--qemu debian:10.0) and resize to 0 before removing")
+        raise refuse("vmem-unplug-unsupported", f"virtio-mem {dev.id}: QEMU "
+                     f"{rules.qemu[0]}.{rules.qemu[1]} cannot unplug virtio-mem devices",
+                     "virtio based memory devices cannot be unplugged.", value=dev.id,
+                     limit=None, fix="resize it to 0 instead, or use QEMU 8.1+ "
+                     "(--qemu debian:10.0) and resize to 0 before removing")
     if not dev.unplugged_inaccessible:
-        raise _refuse("vmem-unplug-accessible", f"virtio-mem {dev.id}: unplugged memory "
-                      "is accessible (unplugged-inaccessible=off)",
-                      "virtio-mem device cannot get unplugged while 'unplugged-inaccessible' "
-                      "!= 'on'", value=dev.id, limit=None,
-                      fix="leave unplugged_inaccessible at its default (on)")
+        raise refuse("vmem-unplug-accessible", f"virtio-mem {dev.id}: unplugged memory "
+                     "is accessible (unplugged-inaccessible=off)",
+                     "virtio-mem device cannot get unplugged while 'unplugged-inaccessible' "
+                     "!= 'on'", value=dev.id, limit=None,
+                     fix="leave unplugged_inaccessible at its default (on)")
     if dev.requested:
-        raise _refuse("vmem-plugged", f"virtio-mem {dev.id}: still has "
-                      f"{format_size(dev.requested)} requested, so memory is plugged",
-                      "virtio-mem device cannot get unplugged while some of its memory is "
-                      "still plugged", value=dev.requested, limit=0,
-                      fix="resize it to 0 first")
+        raise refuse("vmem-plugged", f"virtio-mem {dev.id}: still has "
+                     f"{format_size(dev.requested)} requested, so memory is plugged",
+                     "virtio-mem device cannot get unplugged while some of its memory is "
+                     "still plugged", value=dev.requested, limit=0,
+                     fix="resize it to 0 first")
 
 
 def default_unplugged_inaccessible(machine_version: tuple[int, int]) -> bool:

@@ -368,10 +368,7 @@ def _place(spec: MachineSpec, layout: Layout, dimms: list[PlacedDimm], op: AddDi
     and kept files hold."""
     devices: list[PlacedDimm | PlacedVirtioMem] = [*dimms, *vmems]
     _check_backend(spec, op, held or {}, spec.ram_size + sum(d.size for d in devices), dimms)
-    if any(d.id == op.id for d in devices):
-        raise refuse("duplicate-id", f"DIMM id {op.id!r} is already in use",
-                     f"Duplicate device ID '{op.id}'", value=op.id, limit=None,
-                     fix="give every DIMM its own id")
+    _check_id(op, devices)
     if spec.slots == 0:
         raise refuse("hotplug-disabled",
                      "the machine has no DIMM slots (started without slots/maxmem)",
@@ -410,6 +407,17 @@ def _place(spec: MachineSpec, layout: Layout, dimms: list[PlacedDimm], op: AddDi
     blocks = tuple(range(addr // bs, (addr + op.size) // bs))
     return PlacedDimm(op.id, addr, op.size, op.node, free[0], blocks, True, None, align,
                       op.backend)
+
+
+def _check_id(op: AddDimm | AddVirtioMem,
+              devices: Sequence[PlacedDimm | PlacedVirtioMem]) -> None:
+    """qdev_set_id() (softmmu/qdev-monitor.c v7.2.0, system/qdev-monitor.c
+    v10.0.0): a device id is unique among all devices, whatever their kind."""
+    if any(d.id == op.id for d in devices):
+        what, fix = (("DIMM id", "give every DIMM its own id") if isinstance(op, AddDimm)
+                     else ("device id", "give every memory device its own id"))
+        raise refuse("duplicate-id", f"{what} {op.id!r} is already in use",
+                     f"Duplicate device ID '{op.id}'", value=op.id, limit=None, fix=fix)
 
 
 def _check_room(spec: MachineSpec, op: AddDimm | AddVirtioMem,
@@ -475,10 +483,7 @@ def _place_vmem(spec: MachineSpec, layout: Layout, dimms: Sequence[PlacedDimm],
     devices: list[PlacedDimm | PlacedVirtioMem] = [*dimms, *vmems]
     _check_host(spec, op.size, DIMM_BACKEND, spec.ram_size + sum(d.size for d in devices))
     vm_rules.check_bus(op, spec.machine)
-    if any(d.id == op.id for d in devices):
-        raise refuse("duplicate-id", f"device id {op.id!r} is already in use",
-                     f"Duplicate device ID '{op.id}'", value=op.id, limit=None,
-                     fix="give every memory device its own id")
+    _check_id(op, devices)
     block_size = vm_rules.check_properties(op, rules)
     _check_room(spec, op, [*dimms, *vmems])
     align = vm_rules.alignment(block_size)

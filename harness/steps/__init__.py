@@ -6,7 +6,8 @@ act itself can see (a state write's answer, a refusal's words); observing
 and comparing the three views afterwards is the same for every kind
 (:meth:`harness.session.Runner.observe`).  A new kind (virtio-mem,
 migrate, pause...) is a new module here and a name in :data:`ACTS`.
-Parsing stays in :mod:`harness.scenario`.
+Parsing stays in :mod:`harness.scenario`; what kinds share is beside
+them (:mod:`.refusal`: a step QEMU must refuse, whatever the device).
 """
 
 from __future__ import annotations

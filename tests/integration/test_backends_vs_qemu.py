@@ -19,12 +19,12 @@ from __future__ import annotations
 import os
 import subprocess
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from _qemu import binary as qemu_binary
+from _qemu import log, paused_qemu
 from backend_matrix import (
     BACKENDS,
     PREALLOC_SPACE_NAMES,
@@ -34,7 +34,6 @@ from backend_matrix import (
     prealloc_space,
     variants,
 )
-from test_model_vs_qemu import _binary, _log, qemu_argv
 
 from harness.errors import PlanRefused, QMPCommandError
 from harness.host.hugepages import (
@@ -48,7 +47,6 @@ from harness.model import AddDimm, MachineSpec, predict
 from harness.model.backend import BackendSpec
 from harness.model.predict import DIMM_BACKEND
 from harness.qemu.devices import backend_object
-from harness.qemu.qmp import QMPSession
 from harness.retry import wait_for
 from harness.units import GiB, MiB
 
@@ -58,25 +56,6 @@ ALL = variants() + mixed() + overcommit(_HOST.mem_total + _HOST.swap_total)
 # prealloc-space ones are made per run (their mount is a temp dir).
 VARIANT_COUNT = len(ALL) + len(PREALLOC_SPACE_NAMES)
 MEMDEV_KEYS = ("share", "prealloc", "reserve", "dump", "merge")
-
-
-@contextmanager
-def paused(binary: str, spec: MachineSpec) -> Iterator[QMPSession]:
-    with tempfile.TemporaryDirectory(prefix="memhp-backendq-") as tmp:
-        sock = Path(tmp) / "qmp.sock"
-        proc = subprocess.Popen(qemu_argv(binary, spec, sock), stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        qmp = QMPSession(sock)
-        try:
-            wait_for(lambda: True if sock.exists() or proc.poll() is not None else None,
-                     what="QMP socket", timeout=30)
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-            qmp.connect()
-            yield qmp
-        finally:
-            qmp.close()
-            proc.kill()
-            proc.wait()
 
 
 def _drop(path: Path) -> None:
@@ -111,7 +90,7 @@ def run_group(binary: str, version: tuple[int, int], group: list[Variant],
                        qemu_version=version, host=replace(host_memory(), fs_free=fs_free))
     problems: list[str] = []
     with tempfile.TemporaryDirectory(prefix="memhp-backendf-") as tmpdir, \
-            paused(binary, spec) as qmp:
+            paused_qemu(binary, spec, prefix="memhp-backendq-", timeout=30) as qmp:
         base = predict(spec, []).layout.device_base
         accepted: list[AddDimm] = []
         files: list[Path] = []
@@ -126,8 +105,7 @@ def run_group(binary: str, version: tuple[int, int], group: list[Variant],
             except PlanRefused as exc:
                 kind = exc.kind
                 # the model cannot know the backend id the driver picks (b{i} here)
-                refusal = exc.qemu_message.replace(  # type: ignore[attr-defined]
-                    DIMM_BACKEND, f"b{i}")
+                refusal = exc.qemu_message.replace(DIMM_BACKEND, f"b{i}")
             path = _mem_path(v.backend, res, Path(tmpdir), f"b{i}")
             if path:
                 files.append(Path(path))
@@ -148,8 +126,8 @@ def run_group(binary: str, version: tuple[int, int], group: list[Variant],
                 got = exc.desc
                 if path:  # as the VM driver does: a refused backend leaves no file
                     _drop(Path(path))
-            _log({"qemu": ".".join(map(str, version)), "what": "backend", "variant": v.name,
-                  "outcome": kind, "agree": got == refusal})
+            log({"qemu": ".".join(map(str, version)), "what": "backend", "variant": v.name,
+                 "outcome": kind, "agree": got == refusal})
             if got != refusal:
                 problems.append(f"{v.name}: model {'accepts' if refusal is None else refusal!r}"
                                 f", QEMU {'accepts' if got is None else got!r}")
@@ -206,7 +184,7 @@ def _needs(group_name: str) -> dict[int, int]:
 @pytest.mark.parametrize("group", [g for g, _ in GROUPS])
 @pytest.mark.parametrize("version", ["7.2", "10.0"])
 def test_backend_matrix(group: str, version: str) -> None:
-    binary = _binary(version)
+    binary = qemu_binary(version)
     members = dict(GROUPS)[group]
     needs = _needs(group)
     try:
@@ -229,7 +207,7 @@ def _ver(text: str) -> tuple[int, int]:
 def test_prealloc_out_of_space(version: str, tmp_path: Path) -> None:
     """Preallocation on a 16 MiB tmpfs: the model's refusal (from the file
     system's free space) is QEMU's, in QEMU's words."""
-    binary = _binary(version)
+    binary = qemu_binary(version)
     if os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs needs root")
     mount = tmp_path / "small"

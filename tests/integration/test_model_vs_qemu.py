@@ -12,20 +12,18 @@ comparison is appended to FILE as one JSON line (the counts of the README).
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from _qemu import log, paused_qemu, qemu_argv
+from _qemu import refusal as model_refusal
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from harness.errors import HarnessError, PlanRefused, QMPCommandError
+from harness.errors import HarnessError, QMPCommandError
 from harness.model import AddDimm, MachineSpec, predict
 from harness.model.predict import DIMM_BACKEND
 from harness.model.qemu_rules import CpuSpec
@@ -35,93 +33,11 @@ from harness.retry import wait_for
 from harness.session import qemu_version
 from harness.units import GiB, MiB
 
-_BINARIES: dict[str, str | None] = {}
-
-
-def _binary(version: str) -> str:
-    """The QEMU of ``version``, or a skip saying why there is none."""
-    if version not in _BINARIES:
-        binary: str | None = None
-        why = ""
-        if version == "7.2":
-            binary = shutil.which("qemu-system-x86_64")
-            why = "qemu-system-x86_64 is not installed (make setup installs Debian 12's 7.2)"
-        else:
-            from harness.qemu.fetch import resolve_qemu
-
-            try:
-                binary = resolve_qemu(f"debian:{version}")
-            except HarnessError as exc:
-                why = f"Debian's QEMU {version} could not be fetched: {exc}"
-        if binary is not None and not qemu_version(binary).startswith(version + "."):
-            why, binary = f"{binary} is QEMU {qemu_version(binary)}, not {version}", None
-        _BINARIES[version] = binary
-        _BINARIES[version + ":why"] = why
-    binary = _BINARIES[version]
-    if binary is None:
-        pytest.skip(_BINARIES[version + ":why"] or f"no QEMU {version}")
-    return binary
-
-
-@pytest.fixture(params=["7.2", "10.0"], ids=["qemu7.2", "qemu10.0"])
-def qemu(request: pytest.FixtureRequest) -> tuple[str, tuple[int, int]]:
-    major, minor = request.param.split(".")
-    return _binary(request.param), (int(major), int(minor))
-
-
-def _log(record: dict[str, object]) -> None:
-    path = os.environ.get("MEMHP_AGREEMENT_LOG")
-    if path:
-        with open(path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-
-
-def qemu_argv(binary: str, spec: MachineSpec, sock: Path) -> list[str]:
-    mem = f"{spec.ram_size >> 20}M"
-    if spec.slots:
-        mem += f",slots={spec.slots}"
-    if spec.maxmem:
-        mem += f",maxmem={spec.maxmem >> 20}M"
-    cpu = f"{spec.cpu.model},phys-bits={spec.cpu.phys_bits}"
-    if spec.cpu.model in ("amd", "intel"):
-        cpu = f"qemu64,vendor={'AuthenticAMD' if spec.cpu.is_amd else 'GenuineIntel'}," \
-              f"phys-bits={spec.cpu.phys_bits}"
-    argv = [binary, "-S", "-nodefaults", "-no-user-config", "-display", "none", "-accel", "tcg",
-            "-machine", spec.machine_name, "-cpu", cpu, "-m", mem,
-            "-qmp", f"unix:{sock},server=on,wait=off"]
-    for i, size in enumerate(spec.numa):
-        argv += ["-object", f"memory-backend-ram,id=mem{i},size={size >> 20}M",
-                 "-numa", f"node,nodeid={i},memdev=mem{i}"]
-    return argv
-
-
-@contextmanager
-def paused_qemu(binary: str, spec: MachineSpec) -> Iterator[QMPSession]:
-    with tempfile.TemporaryDirectory(prefix="memhp-modelq-") as tmp:
-        sock = Path(tmp) / "qmp.sock"
-        proc = subprocess.Popen(qemu_argv(binary, spec, sock), stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        qmp = QMPSession(sock)
-        try:
-            wait_for(lambda: True if sock.exists() or proc.poll() is not None else None,
-                     what="QMP socket", timeout=20)
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-            qmp.connect()
-            yield qmp
-        finally:
-            qmp.close()
-            proc.kill()
-            proc.wait()
-
 
 def check_start(binary: str, spec: MachineSpec) -> bool:
     """QEMU starts exactly when the model predicts it does, and a refusal
     is QEMU's own text; True when it started."""
-    try:
-        predict(spec, [])
-        refusal = None
-    except PlanRefused as exc:
-        refusal = exc
+    refusal = model_refusal(spec, [])
     with tempfile.TemporaryDirectory(prefix="memhp-modelq-") as tmp:
         sock = Path(tmp) / "qmp.sock"
         proc = subprocess.Popen(qemu_argv(binary, spec, sock), stdin=subprocess.DEVNULL,
@@ -144,14 +60,14 @@ def check_start(binary: str, spec: MachineSpec) -> bool:
             _, err = proc.communicate()
     errors = [line.split(": ", 1)[-1] for line in err.splitlines()
               if "qemu-system-x86_64: " in line and "deprecated" not in line]
-    _log({"qemu": qemu_version(binary), "what": "start", "refused": refusal is not None,
-          "agree": exited == (refusal is not None)
-          and (refusal is None or refusal.qemu_message in errors)})  # type: ignore[attr-defined]
+    log({"qemu": qemu_version(binary), "what": "start", "refused": refusal is not None,
+         "agree": exited == (refusal is not None)
+         and (refusal is None or refusal.qemu_message in errors)})
     if refusal is None:
         assert not exited, err
         return True
     assert exited, f"QEMU started; the model refused: {refusal}"
-    assert refusal.qemu_message in errors, (refusal.kind, err)  # type: ignore[attr-defined]
+    assert refusal.qemu_message in errors, (refusal.kind, err)
     return False
 
 
@@ -161,11 +77,7 @@ def check_plan(binary: str, spec: MachineSpec, plan: list[AddDimm]) -> None:
     with paused_qemu(binary, spec) as qmp:
         accepted: list[AddDimm] = []
         for i, d in enumerate(plan):
-            try:
-                predict(spec, [*accepted, d])
-                refusal = None
-            except PlanRefused as exc:
-                refusal = exc
+            refusal = model_refusal(spec, [*accepted, d])
             if refusal is None:
                 plug(qmp, i, d)
                 accepted.append(d)
@@ -173,15 +85,15 @@ def check_plan(binary: str, spec: MachineSpec, plan: list[AddDimm]) -> None:
                 with pytest.raises(QMPCommandError) as qemu_err:
                     plug(qmp, i, d)
                 # the model cannot know the backend id the driver picks (b{i} here)
-                words = refusal.qemu_message.replace(DIMM_BACKEND, f"b{i}")  # type: ignore[attr-defined]
-                _log({"qemu": version, "what": "refusal", "agree": qemu_err.value.desc == words})
+                words = refusal.qemu_message.replace(DIMM_BACKEND, f"b{i}")
+                log({"qemu": version, "what": "refusal", "agree": qemu_err.value.desc == words})
                 assert qemu_err.value.desc == words, refusal.kind
         seen = {x["data"]["id"]: x["data"] for x in qmp.execute("query-memory-devices")}
         for d in predict(spec, accepted).final.dimms:
             got = seen.pop(d.id)
             same = (got["addr"], got["slot"], got["node"], got["size"]) == (
                 d.addr, d.slot, d.node, d.size)
-            _log({"qemu": version, "what": "placement", "agree": same})
+            log({"qemu": version, "what": "placement", "agree": same})
             assert same, (d.id, got, d)
         assert not seen
 

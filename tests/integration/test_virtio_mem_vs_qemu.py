@@ -8,12 +8,11 @@ checked by tests/scenarios/test_virtio_mem.py."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
-from integration.test_model_vs_qemu import _binary, paused_qemu
+from _qemu import paused_qemu
+from _qemu import refusal as model_refusal
 
-from harness.errors import PlanRefused, QMPCommandError
+from harness.errors import QMPCommandError
 from harness.model import (
     AddDimm,
     AddVirtioMem,
@@ -26,12 +25,6 @@ from harness.model.spec import Operation
 from harness.qemu.devices import pc_dimm, ram_backend, virtio_mem
 from harness.qemu.qmp import QMPSession
 from harness.units import GiB, MiB
-
-
-@pytest.fixture(params=["7.2", "10.0"], ids=["qemu7.2", "qemu10.0"])
-def qemu(request: pytest.FixtureRequest) -> tuple[str, tuple[int, int]]:
-    major, minor = request.param.split(".")
-    return _binary(request.param), (int(major), int(minor))
 
 
 def act(qmp: QMPSession, op: Operation) -> None:
@@ -64,18 +57,14 @@ def run_plan(binary: str, spec: MachineSpec, plan: list[Operation]) -> list[str]
     with paused_qemu(binary, spec) as qmp:
         done: list[Operation] = []
         for op in plan:
-            try:
-                predict(spec, [*done, op])
-                refusal = None
-            except PlanRefused as exc:
-                refusal = exc
+            refusal = model_refusal(spec, [*done, op])
             if refusal is None:
                 act(qmp, op)
                 done.append(op)
                 continue
             with pytest.raises(QMPCommandError) as qemu_err:
                 act(qmp, op)
-            words: Any = refusal.qemu_message  # type: ignore[attr-defined]
+            words = refusal.qemu_message
             assert qemu_err.value.desc == words, (op, refusal.kind)
             refused.append(words)
         final = predict(spec, done).final

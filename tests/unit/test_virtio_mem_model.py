@@ -7,6 +7,7 @@ scenario tests in tests/scenarios/test_virtio_mem.py check them live)."""
 from __future__ import annotations
 
 import pytest
+from test_kernel_model import SEED_ZONES  # the seed guest's boot zones
 
 from harness.errors import PlanRefused, UsageError
 from harness.model import (
@@ -17,7 +18,7 @@ from harness.model import (
     ResizeVirtioMem,
     predict,
 )
-from harness.model.kernel import KernelMemory, KernelPolicy, ZoneInfo
+from harness.model.kernel import KernelMemory, KernelPolicy
 from harness.model.kernel.virtio_mem import (
     UnmodelledDriver,
     VirtioMemDriver,
@@ -173,16 +174,6 @@ def test_inputs_memhp_refuses() -> None:
 
 
 # -- the guest driver ------------------------------------------------------------------
-
-SEED_ZONES = (
-    ZoneInfo(0, "DMA", 1, 4095, 3998, 3840),
-    ZoneInfo(0, "DMA32", 4096, 782304, 782304, 753523),
-    ZoneInfo(0, "Normal", 0, 0, 0, 0),
-    ZoneInfo(0, "Movable", 0, 0, 0, 0),
-    ZoneInfo(1, "Normal", 1048576, 786432, 786432, 765483),
-    ZoneInfo(1, "Movable", 0, 0, 0, 0),
-)
-
 
 def kernel(auto: str = "offline", release: str = "6.1.0-56-cloud-amd64") -> KernelMemory:
     return KernelMemory(KernelPolicy(release=release, auto_online_blocks=auto,  # type: ignore

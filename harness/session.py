@@ -371,8 +371,7 @@ class Runner:
         if self.vm.paused or self.pending_unplugs:
             return self.observe_qemu_only()
         guest = self.vm.guest
-        qemu_dimms = self.vm.query_memory_devices()
-        qemu_vmems = self.vm.query_virtio_mem()
+        qemu_dimms, qemu_vmems = self.vm.query_memory()
         view = guest.snapshot()
         numactl = guest.numactl()
         free = guest.free()
@@ -408,7 +407,7 @@ class Runner:
         is observed and compared.  A DIMM whose unplug is pending is still
         QEMU's until the guest ejects it (while paused: for sure; while the
         guest runs: maybe, so it is left out of the comparison)."""
-        qemu_dimms = self.vm.query_memory_devices()
+        qemu_dimms, qemu_vmems = self.vm.query_memory()
         expected = list(self.current_dimms())
         seen = list(qemu_dimms)
         if self.vm.paused:
@@ -425,7 +424,6 @@ class Runner:
         }
         # virtio-mem: requested-size is QEMU's at once, size the guest's
         # doing (unchanged while paused, 0 after a reset while paused)
-        qemu_vmems = self.vm.query_virtio_mem()
         observed["virtio_mem"] = [asdict(v) for v in qemu_vmems]
         return observed, compare_qemu(expected, seen, virtio_mem=self.expected_vmems(),
                                       observed_virtio_mem=qemu_vmems)

@@ -631,32 +631,33 @@ class VM:
                     data[PCI_ADDR_KEY] = pci[dev_id]
         return out
 
-    def query_memory_devices(self) -> tuple[QemuDimm, ...]:
-        out = []
+    def query_memory(self) -> tuple[tuple[QemuDimm, ...], tuple[QemuVirtioMem, ...]]:
+        """The pc-dimms and the virtio-mem devices of one ``query-memory-devices``."""
+        dimms, vmems = [], []
         for dev in self.execute("query-memory-devices", phase="observe"):
-            if dev.get("type") != "dimm":
-                continue
-            d = dev["data"]
-            out.append(QemuDimm(
-                id=d.get("id", ""), addr=int(d["addr"]), size=int(d["size"]),
-                node=int(d["node"]), slot=int(d["slot"]), memdev=str(d["memdev"]),
-                hotplugged=bool(d.get("hotplugged", False)),
-            ))
-        return tuple(out)
+            d = dev.get("data", {})
+            if dev.get("type") == "dimm":
+                dimms.append(QemuDimm(
+                    id=d.get("id", ""), addr=int(d["addr"]), size=int(d["size"]),
+                    node=int(d["node"]), slot=int(d["slot"]), memdev=str(d["memdev"]),
+                    hotplugged=bool(d.get("hotplugged", False)),
+                ))
+            elif dev.get("type") == "virtio-mem":
+                vmems.append(QemuVirtioMem(
+                    id=d.get("id", ""), addr=int(d["memaddr"]), size=int(d["size"]),
+                    requested_size=int(d["requested-size"]), max_size=int(d["max-size"]),
+                    block_size=int(d["block-size"]), node=int(d["node"]),
+                    memdev=str(d["memdev"]),
+                ))
+        return tuple(dimms), tuple(vmems)
+
+    def query_memory_devices(self) -> tuple[QemuDimm, ...]:
+        """The pc-dimms of ``query-memory-devices``."""
+        return self.query_memory()[0]
 
     def query_virtio_mem(self) -> tuple[QemuVirtioMem, ...]:
         """The ``virtio-mem`` entries of ``query-memory-devices``."""
-        out = []
-        for dev in self.execute("query-memory-devices", phase="observe"):
-            if dev.get("type") != "virtio-mem":
-                continue
-            d = dev["data"]
-            out.append(QemuVirtioMem(
-                id=d.get("id", ""), addr=int(d["memaddr"]), size=int(d["size"]),
-                requested_size=int(d["requested-size"]), max_size=int(d["max-size"]),
-                block_size=int(d["block-size"]), node=int(d["node"]), memdev=str(d["memdev"]),
-            ))
-        return tuple(out)
+        return self.query_memory()[1]
 
     def hot_add_virtio_mem(self, vmem_id: str, size: int, node: int, requested: int = 0,
                            **props: Any) -> None:

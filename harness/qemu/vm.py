@@ -781,11 +781,12 @@ class VM:
         the device stays until the guest has ejected it."""
         qmp = self._qmp()
         backend = None
-        for dev in self.query_memory_devices():
-            if dev.id == dimm_id:
-                backend = dev.memdev
-        if backend is None and dimm_id in self.memory_devices:  # a virtio-mem
+        if dimm_id in self.memory_devices:  # plugged by memhp: its backend is recorded
             backend = self.memory_devices[dimm_id].backend.id
+        else:  # a DIMM memhp did not plug: ask QEMU
+            for dev in self.query_memory_devices():
+                if dev.id == dimm_id:
+                    backend = dev.memdev
         cursor = qmp.cursor()
         self.execute("device_del", {"id": dimm_id}, phase="hotplug")
         return PendingUnplug(dimm_id, cursor, backend)

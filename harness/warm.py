@@ -57,7 +57,7 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from harness.errors import HarnessError
-from harness.image.keys import GuestKeys
+from harness.image.keys import GuestKeys, copy_guest_keys
 from harness.qemu.argv import RuntimePaths, build_argv
 from harness.qemu.config import KernelBoot
 from harness.qemu.snapshot import incoming_args, refresh_guest, resume, save_state, wait_incoming
@@ -68,7 +68,6 @@ log = logging.getLogger("harness.warm")
 # Bump when the layout or the restore procedure changes: older states are
 # then never matched.
 STATE_FORMAT = 1
-KEY_FILES = ("host_key", "client_key", "authorized_keys")
 # The states kept at most, in MiB ($MEMHP_STATE_CACHE_MB): after a save the
 # least recently used states beyond it are removed (about 45 MiB each).
 DEFAULT_CAP_MB = 2048
@@ -200,16 +199,11 @@ def _private_dir(path: Path) -> Path:
 
 
 def copy_keys(src: Path, dst: Path, host_line: str, client_line: str) -> GuestKeys:
-    """Copy the key files of a state into ``dst`` (0700, files 0600)."""
-    _private_dir(dst)
-    for name in KEY_FILES:
-        data = (src / name).read_bytes()
-        fd = os.open(dst / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-    return GuestKeys(host_key_path=dst / "host_key", host_public_line=host_line,
-                     client_key_path=dst / "client_key", client_public_line=client_line,
-                     authorized_keys_path=dst / "authorized_keys")
+    """Copy the key files of a state (in ``src``) into ``dst`` (0700, files 0600)."""
+    return copy_guest_keys(GuestKeys(
+        host_key_path=src / "host_key", host_public_line=host_line,
+        client_key_path=src / "client_key", client_public_line=client_line,
+        authorized_keys_path=src / "authorized_keys"), dst)
 
 
 class WarmStarts:
@@ -367,8 +361,7 @@ class WarmStarts:
         tmp = _private_dir(self.root / f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}-{key}")
         try:
             keys = vm._keys
-            copy_keys(keys.host_key_path.parent, tmp / "keys", keys.host_public_line,
-                      keys.client_public_line)
+            copy_guest_keys(keys, tmp / "keys")
             shutil.copyfile(vm.paths.serial_log, tmp / "console.log")
             vm.shell.close()  # no SSH session inside the saved state
             vm.shell = vm.guest = None

@@ -192,16 +192,18 @@ def _error_desc(vm: VM) -> str:
     return "query-migrate failed too"
 
 
-def migrate_vm(vm: VM) -> MigrationStats:
+def migrate_vm(vm: VM, reported: dict[str, dict[str, Any]] | None = None) -> MigrationStats:
     """Migrate ``vm`` to a new QEMU and continue on it (see the module doc).
 
     The destination's run state is the source's (running, or paused when
     a ``stop`` preceded the migration); SSH is reconnected only when the
-    guest runs.
+    guest runs.  ``reported``: the source's ``VM.memory_device_info()`` when
+    the caller has just read it (else it is read here).
     """
     from harness.qemu.vm import VM as _VM
 
-    reported = vm.memory_device_info()
+    if reported is None:
+        reported = vm.memory_device_info()
     devices = destination_devices(vm.memory_devices, reported)
     dst: _VM = vm.incoming_twin(destination_name(vm.config.name), devices)
     try:

@@ -782,11 +782,12 @@ class VM:
         the device stays until the guest has ejected it."""
         qmp = self._qmp()
         backend = None
-        for dev in self.query_memory_devices():
-            if dev.id == dimm_id:
-                backend = dev.memdev
-        if backend is None and dimm_id in self.memory_devices:  # a virtio-mem
+        if dimm_id in self.memory_devices:  # plugged by memhp: its backend is recorded
             backend = self.memory_devices[dimm_id].backend.id
+        else:  # a DIMM memhp did not plug: ask QEMU
+            for dev in self.query_memory_devices():
+                if dev.id == dimm_id:
+                    backend = dev.memdev
         cursor = qmp.cursor()
         self.execute("device_del", {"id": dimm_id}, phase="hotplug")
         return PendingUnplug(dimm_id, cursor, backend)
@@ -841,21 +842,21 @@ class VM:
         """``system_reset`` while paused: QEMU resets the machine and keeps
         it stopped (runstate ``prelaunch``, softmmu/runstate.c
         ``main_loop_should_exit()`` v7.2.0); the guest boots at ``cont``."""
-        mark = len(self.serial_text())
-        if self.shell is not None:
-            self.shell.close()
-            self.shell = None
-        self.execute("system_reset", phase="reset")
-        self._boot_mark = mark
+        self._boot_mark = self._system_reset()
 
     def reboot(self) -> None:
         """``system_reset`` and wait until the guest is back on SSH."""
+        self._wait_back(self._system_reset())
+
+    def _system_reset(self) -> int:
+        """Drop the SSH session and ``system_reset``; returns the serial
+        offset before the reset (for :meth:`_wait_back`)."""
         mark = len(self.serial_text())
         if self.shell is not None:
             self.shell.close()
             self.shell = None
         self.execute("system_reset", phase="reset")
-        self._wait_back(mark)
+        return mark
 
     def reboot_guest(self) -> QMPEvent:
         """Reboot from inside the guest (``reboot -f``: the kernel resets the

@@ -51,7 +51,7 @@ def act_migrate(runner: Runner, step: Step, lat: dict[str, float]) -> list[Misma
     vm = runner.vm
     before = vm.memory_device_info()
     source_pid = vm.pid
-    stats = migrate_vm(vm)
+    stats = migrate_vm(vm, before)
     after = vm.memory_device_info()
     lat["migrate_total_s"] = stats.total_time_ms / 1000
     lat["migrate_downtime_s"] = stats.downtime_ms / 1000

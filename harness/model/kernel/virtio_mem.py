@@ -163,26 +163,19 @@ class VirtioMemDriver:
                     self.plugged[mb] += take
                     nb -= take
                     self._sync_pages(km, mb)
+        # Removed ("unused") blocks first, then new ones up to the last
+        # usable block (virtio_mem_sbm_prepare_next_mb(): -ENOSPC after it).
         unused = [mb for mb in range(self.first_mb, self.next_mb) if mb not in self.plugged]
-        for mb in unused:
+        for mb in [*unused, *range(self.next_mb, self.last_mb + 1)]:
             if not nb:
                 return 0
             if self._offline_size(km) + self.memory_block_size > self.offline_threshold:
                 return nb  # -ENOSPC: wait for onlining
+            self.next_mb = max(self.next_mb, mb + 1)
             take = min(nb, self.sbs_per_mb)
             self._add_block(km, mb, take)
             nb -= take
-        while nb:
-            if self._offline_size(km) + self.memory_block_size > self.offline_threshold:
-                return nb
-            if self.next_mb > self.last_mb:
-                return nb  # virtio_mem_sbm_prepare_next_mb(): -ENOSPC
-            mb = self.next_mb
-            self.next_mb += 1
-            take = min(nb, self.sbs_per_mb)
-            self._add_block(km, mb, take)
-            nb -= take
-        return 0
+        return nb
 
     # -- unplug -----------------------------------------------------------------
     def _remove_block(self, km: KernelMemory, mb: int) -> None:

@@ -59,11 +59,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from harness.model.kernel.inputs import PAGE_SIZE
+from harness.model.kernel.inputs import PAGE_SIZE, PAGEBLOCK_PAGES
 from harness.model.kernel.memory import KernelMemory
 
-MiB = 1 << 20
-PAGEBLOCK_BYTES = 2 * MiB  # pageblock_nr_pages * PAGE_SIZE on x86-64
+PAGEBLOCK_BYTES = PAGEBLOCK_PAGES * PAGE_SIZE  # pageblock_nr_pages * PAGE_SIZE: 2 MiB
 DEFAULT_OFFLINE_THRESHOLD = 1 << 30  # VIRTIO_MEM_DEFAULT_OFFLINE_THRESHOLD
 MODELLED = ((6, 1), (6, 12))
 

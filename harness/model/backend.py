@@ -48,6 +48,8 @@ QEMU_VMALLOC_ALIGN = 2 * MiB
 # (backends/hostmem.c host_memory_backend_set_host_nodes()).
 QEMU_MAX_NODES = 128
 MAX_PREALLOC_THREADS = 256
+# BackendSpec's boolean options (None: QEMU's default, see effective()).
+BOOL_OPTIONS = ("share", "prealloc", "reserve", "dump", "merge", "discard_data", "seal")
 
 
 def parse_hugepages(value: object, where: str = "hugepages") -> int | None:
@@ -152,7 +154,7 @@ class BackendSpec:
         if self.hugepages is not None and self.kind == "ram":
             raise UsageError("memory-backend-ram has no hugepages", value="ram",
                              fix='use backend = "memfd" or "file" with hugepages')
-        for name in ("share", "prealloc", "reserve", "dump", "merge", "discard_data", "seal"):
+        for name in BOOL_OPTIONS:
             _opt_bool(getattr(self, name), name)
         if self.prealloc_threads is not None:
             t = self.prealloc_threads
@@ -275,7 +277,7 @@ class BackendSpec:
         if self.hugepages:
             words.append(f"{self.hugepages >> 20}M-hugepages" if self.hugepages < GiB
                          else f"{self.hugepages >> 30}G-hugepages")
-        for name in ("share", "prealloc", "reserve", "dump", "merge", "discard_data", "seal"):
+        for name in BOOL_OPTIONS:
             value = getattr(self, name)
             if value is not None:
                 words.append(name if value else f"no-{name}")

@@ -68,9 +68,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from harness.errors import UsageError, refuse
-from harness.units import format_size
+from harness.units import MiB, format_size
 
-MiB = 1 << 20
 MIN_BLOCK_SIZE = MiB  # VIRTIO_MEM_MIN_BLOCK_SIZE
 DEFAULT_BLOCK_SIZE = 2 * MiB  # virtio_mem_default_block_size(): THP size on x86-64
 BACKEND_ALIGN = 2 * MiB  # QEMU_VMALLOC_ALIGN: anonymous RAM regions on x86-64 Linux

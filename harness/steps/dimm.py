@@ -74,13 +74,18 @@ def eject_stale(runner: Runner, lat: dict[str, float]) -> None:
         runner.km().remove(dimm_id)
 
 
+def _ops_done(runner: Runner) -> int:
+    """How many model ops the run has acted: the index the next one gets."""
+    return sum(1 for s in runner.steps_done if s.is_model_op)
+
+
 def _stale_ejected_now(runner: Runner) -> list[tuple[str, Any]]:
     """An eject request a reset left set in QEMU is found by the guest's
     ``MSCN`` scan on this hot-add's GPE: the removal takes effect now,
     after this add (placed while the old DIMM was still there)."""
     if not runner.stale_unplugs:
         return []
-    add_index = sum(1 for s in runner.steps_done if s.is_model_op) - 1
+    add_index = _ops_done(runner) - 1
     out = []
     for dimm_id, (request, index) in runner.stale_unplugs.items():
         runner.dropped_removes.discard(index)
@@ -123,7 +128,7 @@ def act_remove(runner: Runner, step: Step, lat: dict[str, float]) -> list[Mismat
     if runner.vm.paused or not step.wait:
         # device_del only: the DIMM is the guest's to eject (after resume),
         # or the next reset's to decide (lifecycle.act_resume, act_reset).
-        index = sum(1 for s in runner.steps_done if s.is_model_op)
+        index = _ops_done(runner)
         t0 = time.monotonic()
         request = runner.vm.request_unplug(step.dimm)
         lat["device_del_s"] = time.monotonic() - t0
@@ -140,7 +145,7 @@ def act_remove(runner: Runner, step: Step, lat: dict[str, float]) -> list[Mismat
         # The DIMM stays: later steps are predicted with it still plugged,
         # and its blocks as the guest left them (an ACPI eject that fails
         # re-onlines what it had offlined).
-        index = sum(1 for s in runner.steps_done if s.is_model_op)
+        index = _ops_done(runner)
         runner.dropped_removes.add(index)
         runner.step_expects.append(UNMOVABLE_PAGE_DUMP)
         runner.steps_done.append(step)

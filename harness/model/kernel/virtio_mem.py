@@ -59,11 +59,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from harness.model.kernel.inputs import PAGE_SIZE
+from harness.model.kernel.inputs import PAGE_SIZE, PAGEBLOCK_PAGES
 from harness.model.kernel.memory import KernelMemory
 
-MiB = 1 << 20
-PAGEBLOCK_BYTES = 2 * MiB  # pageblock_nr_pages * PAGE_SIZE on x86-64
+PAGEBLOCK_BYTES = PAGEBLOCK_PAGES * PAGE_SIZE  # pageblock_nr_pages * PAGE_SIZE: 2 MiB
 DEFAULT_OFFLINE_THRESHOLD = 1 << 30  # VIRTIO_MEM_DEFAULT_OFFLINE_THRESHOLD
 MODELLED = ((6, 1), (6, 12))
 
@@ -163,26 +162,19 @@ class VirtioMemDriver:
                     self.plugged[mb] += take
                     nb -= take
                     self._sync_pages(km, mb)
+        # Removed ("unused") blocks first, then new ones up to the last
+        # usable block (virtio_mem_sbm_prepare_next_mb(): -ENOSPC after it).
         unused = [mb for mb in range(self.first_mb, self.next_mb) if mb not in self.plugged]
-        for mb in unused:
+        for mb in [*unused, *range(self.next_mb, self.last_mb + 1)]:
             if not nb:
                 return 0
             if self._offline_size(km) + self.memory_block_size > self.offline_threshold:
                 return nb  # -ENOSPC: wait for onlining
+            self.next_mb = max(self.next_mb, mb + 1)
             take = min(nb, self.sbs_per_mb)
             self._add_block(km, mb, take)
             nb -= take
-        while nb:
-            if self._offline_size(km) + self.memory_block_size > self.offline_threshold:
-                return nb
-            if self.next_mb > self.last_mb:
-                return nb  # virtio_mem_sbm_prepare_next_mb(): -ENOSPC
-            mb = self.next_mb
-            self.next_mb += 1
-            take = min(nb, self.sbs_per_mb)
-            self._add_block(km, mb, take)
-            nb -= take
-        return 0
+        return nb
 
     # -- unplug -----------------------------------------------------------------
     def _remove_block(self, km: KernelMemory, mb: int) -> None:

@@ -161,12 +161,14 @@ def launch_vm(
     timeout_scale: float = 1.0,
     name: str = "vm",
     warm: Any = False,
+    boot_attempts: int = 2,
 ) -> Iterator[tuple[VM, AccelChoice]]:
     """Boot the scenario's machine; the VM is ended however the block ends.
 
     ``warm``: start from a saved state of the same inputs when there is one,
     else boot and save one (:mod:`harness.warm`; ``vm.start_info`` says which);
     True for memhp's state cache, or a :class:`harness.warm.WarmStarts`.
+    ``boot_attempts``: boots in all when one hangs (:meth:`VM.boot`).
     """
     choice = pick_accel(accel, guest, qemu_binary)
     vm_name = f"{name}-{os.getpid()}-{next(_counter)}"
@@ -177,6 +179,7 @@ def launch_vm(
         timeouts=Timeouts.for_accel(choice.accel, timeout_scale),
         artifacts_dir=keep or artifacts_on_failure, keep=keep is not None,
         warm=(_warm_starts() if warm is True else warm or None),
+        boot_attempts=boot_attempts,
     )
     with vm:
         yield vm, choice

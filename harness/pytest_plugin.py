@@ -58,6 +58,8 @@ _OPTIONS: tuple[tuple[str, str, str | None], ...] = (
     ("accel", "Accelerator: auto (probe KVM, fall back to TCG), kvm or tcg.", "auto"),
     ("artifacts", "Directory for the artifacts of failed tests.", "memhp-artifacts"),
     ("timeout-scale", "Multiply every VM timeout by this factor.", "1.0"),
+    ("boot-attempts", "Boots in all when a VM's boot hangs (no ready marker by the deadline, "
+                      "no panic); each hung boot is reported as a warning.", "2"),
     ("shard", "Run only shard I of N of the VM tests, as I/N (deterministic).", None),
     ("cold-boot", "Always boot VMs: no warm start from a saved state of the same inputs "
                   "(true/false).", "false"),
@@ -99,6 +101,7 @@ class Settings:
     kernel_package: str | None = None
     qemu_version: tuple[int, int] | None = None  # the binary's, for the model's rules
     cold_boot: bool = False  # never start VMs from a saved state (harness.warm)
+    boot_attempts: int = 2  # boots in all when one hangs (harness.qemu.vm.VM.boot)
 
 
 SETTINGS_KEY = pytest.StashKey[Settings]()
@@ -141,6 +144,10 @@ def resolve_settings(config: pytest.Config) -> Settings:
     if machine not in ("pc", "q35"):
         raise pytest.UsageError(f"--memhp-machine={machine!r}: use pc or q35")
     qemu, qemu_ver = _resolve_qemu(_resolve(config, "qemu") or "qemu-system-x86_64")
+    raw_attempts = _resolve(config, "boot-attempts") or "2"
+    if not raw_attempts.isdigit() or not 1 <= int(raw_attempts) <= 10:
+        raise pytest.UsageError(
+            f"--memhp-boot-attempts={raw_attempts!r}: give a whole number from 1 to 10")
     raw_cold = (_resolve(config, "cold-boot") or "false").strip().lower()
     if raw_cold not in ("true", "false", "1", "0", "yes", "no"):
         raise pytest.UsageError(f"--memhp-cold-boot={raw_cold!r}: use true or false")
@@ -157,6 +164,7 @@ def resolve_settings(config: pytest.Config) -> Settings:
         kernel_config=_path(_resolve(config, "kernel-config")),
         kernel_package=_resolve(config, "kernel-package"),
         cold_boot=raw_cold in ("true", "1", "yes"),
+        boot_attempts=int(raw_attempts),
     )
     if settings.disk is not None and settings.kernel is not None:
         raise pytest.UsageError("--memhp-disk and --memhp-kernel cannot be combined")
@@ -355,15 +363,31 @@ def memhp_vm_factory(request: pytest.FixtureRequest, memhp_settings: Settings,
             scenario, memhp_resolved_guest, accel=memhp_accel.accel,
             qemu_binary=memhp_settings.qemu, artifacts_on_failure=memhp_settings.artifacts,
             timeout_scale=memhp_settings.timeout_scale, name=name,
-            warm=warm and not cold_boot,
+            warm=warm and not cold_boot, boot_attempts=memhp_settings.boot_attempts,
         ))
         vm.scenario = scenario
         vms.append(vm)
+        _warn_boot_retries(request, vm)
         _skip_for_missing_config(request, vm)
         return vm
 
     with stack:
         yield factory
+
+
+class MemhpBootRetry(pytest.PytestWarning):
+    """A VM's boot hung and was retried (see VM.boot): shown in the warnings
+    summary, so a passing run still says so."""
+
+
+def _warn_boot_retries(request: pytest.FixtureRequest, vm: Any) -> None:
+    for hang in vm.boot_retries:
+        text = (f"{vm.config.name}: boot attempt {hang['attempt']} hung after "
+                f"{hang['seconds']:.0f}s ({hang['cpus']}); booted again")
+        request.node.user_properties.append(
+            (f"memhp.boot_retry.{vm.config.name}.{hang['attempt']}",
+             f"{text}\n{hang['serial_tail']}"))
+        request.node.warn(MemhpBootRetry(text))
 
 
 def _skip_for_missing_config(request: pytest.FixtureRequest, vm: Any) -> None:

@@ -44,6 +44,7 @@ def execute(
     on_boot: Callable[[RunResult], None] | None = None,
     on_step: Callable[[StepResult], None] | None = None,
     warm: bool = False,
+    boot_attempts: int = 2,
 ) -> RunResult:
     """Run ``scenario`` on ``guest``.  ``warm``: start from a saved state of
     the same inputs when one exists (:mod:`harness.warm`); off by default,
@@ -64,13 +65,15 @@ def execute(
                 launch_vm(scenario, guest, accel=accel, qemu_binary=qemu_binary, keep=keep,
                           artifacts_on_failure=artifacts_on_failure,
                           timeout_scale=timeout_scale, name=scenario.name,
-                          warm=warm) as (vm, choice):
+                          warm=warm, boot_attempts=boot_attempts) as (vm, choice):
             if pages is not None:
                 vm.hugetlbfs = dict(pages.mounts)
             booted = True
             result.accel, result.accel_reason = choice.accel, choice.reason
             result.timings.update(vm.timings)
             result.start = dict(vm.start_info)
+            if vm.boot_retries:
+                result.start["boot_retries"] = list(vm.boot_retries)
             if on_boot:
                 on_boot(result)
             runner = Runner(scenario, vm, on_step=on_step)

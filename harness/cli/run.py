@@ -126,6 +126,9 @@ _SCENARIO_OPTIONS: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
                   help="Keep artifacts (argv, serial log, QMP transcript, dmesg) in this dir."),
     click.option("--timeout-scale", default=1.0, show_default=True,
                  type=click.FloatRange(0.1, 100), callback=_finite_scale),
+    click.option("--boot-attempts", default=2, show_default=True, type=click.IntRange(1, 10),
+                 help="Boots in all when a boot hangs (no ready marker by the deadline, no "
+                      "panic): each hung one is reported, with where the CPUs were."),
 ]
 
 
@@ -279,7 +282,8 @@ def execute_with(opts: dict[str, Any], scenario: Scenario, guest: Any,
     from harness.workflow import execute
 
     return execute(scenario, guest, accel=opts["accel"], qemu_binary=opts["qemu_binary"],
-                   keep=opts["keep"], timeout_scale=opts["timeout_scale"], **hooks)
+                   keep=opts["keep"], timeout_scale=opts["timeout_scale"],
+                   boot_attempts=opts.get("boot_attempts", 2), **hooks)
 
 
 def warm_allowed(opts: dict[str, Any]) -> bool:
@@ -335,7 +339,11 @@ def start_line(start: dict[str, Any] | None) -> str:
     if start.get("warm"):
         return (f"warm start from saved state {start['state']} ({start['state_dir']}, "
                 f"{start['state_bytes'] / 2**20:.1f} MiB); --cold-boot to boot")
-    return f"cold boot: {start.get('reason', '')}"
+    line = f"cold boot: {start.get('reason', '')}"
+    for hang in start.get("boot_retries", ()):
+        line += (f"\nmemhp: boot attempt {hang['attempt']} hung after {hang['seconds']:.0f}s "
+                 f"({hang['error']}; {hang['cpus']}); booted again")
+    return line
 
 
 def _check_map_path(path: Path | None) -> None:

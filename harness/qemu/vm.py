@@ -36,12 +36,14 @@ from harness.errors import (
     GuestHung,
     GuestPanic,
     GuestUnreachable,
+    HarnessError,
     HostEnvironmentError,
     HotplugRefused,
     LaunchError,
     QemuExited,
     QemuUnresponsive,
     QMPCommandError,
+    UsageError,
     VMError,
     WaitTimeout,
 )
@@ -73,6 +75,10 @@ OST_NAMES = {
     0x1: "non-specific failure", 0x2: "unrecognized notify", 0x80: "eject not supported",
     0x81: "device in use", 0x82: "device busy", 0x83: "eject dependency busy",
 }
+# x86-64 Linux maps its text at or above __START_KERNEL_map (arch/x86/
+# include/asm/page_64_types.h), KASLR included: an instruction pointer below
+# it is firmware, the boot loader or the decompressor.
+KERNEL_TEXT_BASE = 0xFFFFFFFF80000000
 PANIC_RE = re.compile(r"Kernel panic - not syncing[^\n]*")
 # What the default guest's /init prints when SSH cannot come up, and why.
 UNREACHABLE = (
@@ -180,6 +186,28 @@ PROC_STATES = {"R": "running", "S": "sleeping", "D": "in uninterruptible sleep",
                "I": "idle"}
 
 
+def describe_cpu_positions(registers: str) -> list[str]:
+    """Where each CPU is, from HMP ``info registers -a`` (QEMU's
+    target/i386/cpu-dump.c: a ``CPU#N`` header, then ``RIP=`` in long mode,
+    ``EIP=`` otherwise, and ``HLT=1`` for a halted CPU)."""
+    found = []
+    registers = registers.replace("\r\n", "\n")  # HMP through QMP ends lines CRLF
+    for m in re.finditer(r"^CPU#(\d+)\n(.*?)(?=^CPU#|\Z)", registers, re.M | re.S):
+        cpu, body = m.group(1), m.group(2)
+        ip = re.search(r"^(RIP|EIP)=([0-9a-fA-F]+)", body, re.M)
+        if ip is None:
+            continue
+        text = f"CPU{cpu} {ip.group(1)}={ip.group(2)}"
+        if ip.group(1) == "EIP":
+            text += " (not in long mode: firmware or boot loader)"
+        elif int(ip.group(2), 16) < KERNEL_TEXT_BASE:
+            text += " (below the kernel's text mapping)"
+        if re.search(r"\bHLT=1\b", body):
+            text += " halted"
+        found.append(text)
+    return found
+
+
 def process_state(pid: int) -> str | None:
     """The one-letter /proc state of ``pid`` (``R``, ``S``, ``T``, ``Z``...),
     None when there is no such process."""
@@ -208,8 +236,15 @@ class VM:
         keep: bool = False,
         runtime_dir: Path | None = None,
         warm: Any = None,
+        boot_attempts: int = 2,
     ) -> None:
+        if boot_attempts < 1:
+            raise UsageError(f"boot attempts {boot_attempts} is below 1",
+                             value=str(boot_attempts), fix="give 1 or more")
         self.image = image
+        self.boot_attempts = boot_attempts
+        # Boots that hung and were retried (VM.boot): what each one showed
+        self.boot_retries: list[dict[str, Any]] = []
         self.base_config = config
         self.config = config
         self.timeouts = timeouts or Timeouts.for_accel(config.accel)
@@ -284,14 +319,67 @@ class VM:
         self.boot()
 
     def boot(self) -> None:
-        """Launch QEMU, wait for the ready marker, connect SSH."""
-        t0 = time.monotonic()
-        self.launch()
-        if self.ready_marker:
-            self.wait_for_console(self.ready_marker, what="the guest's ready marker")
-            self.timings["boot_to_ready_s"] = time.monotonic() - t0
-        self.connect_ssh()
-        self.timings["boot_to_ssh_s"] = time.monotonic() - t0
+        """Launch QEMU, wait for the ready marker, connect SSH.
+
+        A boot that hangs (QEMU alive, no panic, no ready marker by the boot
+        deadline) is recorded in :attr:`boot_retries`, with the console tail
+        and where the guest's CPUs were, and tried again with a fresh QEMU,
+        up to ``boot_attempts`` boots in all.  Under TCG a boot of an
+        unchanged guest very rarely never finishes (once in a few thousand
+        boots on the CI host); what the retry hides is kept, not dropped.
+        A panic or a QEMU exit is an answer, not a hang: never retried."""
+        for attempt in range(1, self.boot_attempts + 1):
+            t0 = time.monotonic()
+            self.launch()
+            if self.ready_marker:
+                try:
+                    self.wait_for_console(self.ready_marker, what="the guest's ready marker")
+                except WaitTimeout as exc:
+                    hang = self._record_hang(exc, attempt, time.monotonic() - t0)
+                    if attempt == self.boot_attempts:
+                        exc.message += f"; {hang['cpus']}"
+                        if self.boot_retries[:-1]:
+                            exc.message += (f" (boot attempt {attempt} of "
+                                            f"{self.boot_attempts}: every one hung)")
+                        raise
+                    self.log.warning("boot attempt %d of %d hung (%s; %s); booting again "
+                                     "with a fresh QEMU", attempt, self.boot_attempts,
+                                     exc.message, hang["cpus"])
+                    self._end_attempt(f"boot-attempt-{attempt}")
+                    continue
+                self.timings["boot_to_ready_s"] = time.monotonic() - t0
+            self.connect_ssh()
+            self.timings["boot_to_ssh_s"] = time.monotonic() - t0
+            return
+
+    def _record_hang(self, exc: WaitTimeout, attempt: int, seconds: float) -> dict[str, Any]:
+        hang = {"attempt": attempt, "seconds": round(seconds, 3), "error": exc.message,
+                "cpus": self.cpu_state(), "serial_tail": self.serial_tail(20)}
+        self.boot_retries.append(hang)
+        return hang
+
+    def cpu_state(self) -> str:
+        """QEMU's run state and each guest CPU's instruction pointer, in one
+        line (for a hung boot: firmware, decompressor or kernel?)."""
+        if self.qmp is None:
+            return "no QMP connection to ask where the guest's CPUs are"
+        try:
+            status = self.qmp.execute("query-status", timeout=5.0)
+            regs = self.qmp.execute("human-monitor-command",
+                                    {"command-line": "info registers -a"}, timeout=5.0)
+        except HarnessError as exc:
+            return f"QEMU did not say where the guest's CPUs are ({exc.message})"
+        where = ", ".join(describe_cpu_positions(str(regs))) or "no CPU registers"
+        return f"QEMU {status.get('status', '?')}; {where}"
+
+    def _end_attempt(self, label: str) -> None:
+        """End this QEMU and its work dir, keeping its files as artifacts
+        under ``label`` when artifacts are kept at all."""
+        self._end_qemu()
+        if self.qmp is not None:
+            self.qmp.close()
+            self.qmp = None
+        self._finish_workdir(label)
 
     def _make_workdir(self) -> Path:
         base = workdir_base(self._runtime_dir)
@@ -997,11 +1085,15 @@ class VM:
             proc.kill()
             proc.wait()
 
-    def _finish_workdir(self) -> None:
+    def _finish_workdir(self, label: str | None = None) -> None:
+        """Remove the work dir; its files go to the artifacts first when kept,
+        failed, or ``label``-led (a discarded attempt: ``<name>/<label>/``)."""
         if self.workdir is None:
             return
-        if self.artifacts_dir is not None and (self.keep or self._failed):
+        if self.artifacts_dir is not None and (self.keep or self._failed or label):
             dest = self.artifacts_dir / self.config.name
+            if label:
+                dest = dest / label
             dest.mkdir(parents=True, exist_ok=True)
             for name in ("argv.txt", "serial.log", "qemu.log", "qmp.jsonl", "dmesg.txt"):
                 src = self.workdir / name

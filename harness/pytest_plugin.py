@@ -367,12 +367,15 @@ def memhp_vm_factory(request: pytest.FixtureRequest, memhp_settings: Settings,
         ))
         vm.scenario = scenario
         vms.append(vm)
-        _warn_boot_retries(request, vm)
         _skip_for_missing_config(request, vm)
         return vm
 
-    with stack:
-        yield factory
+    try:
+        with stack:
+            yield factory
+    finally:  # in teardown: pytest's warnings summary and the JUnit properties see it
+        for vm in vms:
+            _warn_boot_retries(request.node, vm)
 
 
 class MemhpBootRetry(pytest.PytestWarning):
@@ -380,14 +383,13 @@ class MemhpBootRetry(pytest.PytestWarning):
     summary, so a passing run still says so."""
 
 
-def _warn_boot_retries(request: pytest.FixtureRequest, vm: Any) -> None:
-    for hang in vm.boot_retries:
-        text = (f"{vm.config.name}: boot attempt {hang['attempt']} hung after "
-                f"{hang['seconds']:.0f}s ({hang['cpus']}); booted again")
-        request.node.user_properties.append(
-            (f"memhp.boot_retry.{vm.config.name}.{hang['attempt']}",
-             f"{text}\n{hang['serial_tail']}"))
-        request.node.warn(MemhpBootRetry(text))
+def _warn_boot_retries(item: pytest.Item, vm: Any) -> None:
+    for n, hang in enumerate(vm.boot_retries, 1):
+        text = (f"{vm.config.name}: {hang['when']}, boot attempt {hang['attempt']} hung "
+                f"after {hang['seconds']:.0f}s ({hang['cpus']})")
+        item.user_properties.append((f"memhp.boot_retry.{vm.config.name}.{n}",
+                                     f"{text}\n{hang['serial_tail']}"))
+        item.warn(MemhpBootRetry(text))
 
 
 def _skip_for_missing_config(request: pytest.FixtureRequest, vm: Any) -> None:

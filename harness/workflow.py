@@ -81,6 +81,8 @@ def execute(
                 runner.run()
             finally:
                 result.steps = runner.steps
+                if vm.boot_retries:  # a boot after a reset step may have hung too
+                    result.start["boot_retries"] = list(vm.boot_retries)
                 if runner.policy is not None:
                     result.policy = runner.policy.to_json()
                 if runner.kernel is not None and result.policy is not None:

@@ -341,8 +341,8 @@ def start_line(start: dict[str, Any] | None) -> str:
                 f"{start['state_bytes'] / 2**20:.1f} MiB); --cold-boot to boot")
     line = f"cold boot: {start.get('reason', '')}"
     for hang in start.get("boot_retries", ()):
-        line += (f"\nmemhp: boot attempt {hang['attempt']} hung after {hang['seconds']:.0f}s "
-                 f"({hang['error']}; {hang['cpus']}); booted again")
+        line += (f"\nmemhp: {hang['when']}, boot attempt {hang['attempt']} hung after "
+                 f"{hang['seconds']:.0f}s ({hang['error']}; {hang['cpus']}); booted again")
     return line
 
 

@@ -352,8 +352,10 @@ class VM:
             self.timings["boot_to_ssh_s"] = time.monotonic() - t0
             return
 
-    def _record_hang(self, exc: WaitTimeout, attempt: int, seconds: float) -> dict[str, Any]:
-        hang = {"attempt": attempt, "seconds": round(seconds, 3), "error": exc.message,
+    def _record_hang(self, exc: WaitTimeout, attempt: int, seconds: float,
+                     when: str = "boot") -> dict[str, Any]:
+        hang = {"attempt": attempt, "when": when, "seconds": round(seconds, 3),
+                "error": exc.message,
                 "cpus": self.cpu_state(), "serial_tail": self.serial_tail(20)}
         self.boot_retries.append(hang)
         return hang
@@ -968,15 +970,37 @@ class VM:
         return event
 
     def _wait_back(self, mark: int) -> None:
-        """The ready marker after serial offset ``mark``, then SSH."""
-        if self.ready_marker:
-            marker = self.ready_marker
-            wait_for(
-                lambda: True if marker in self.serial_text()[mark:] else None,
-                what="the ready marker after the reset", timeout=self.timeouts.s("boot"),
-                first_interval=0.05, max_interval=0.2, abort=self.check_alive,
-                phase="reset", serial_tail=self.serial_tail,
-            )
+        """The ready marker after serial offset ``mark``, then SSH.  A boot
+        after the reset that hangs (see :meth:`boot`) is recorded in
+        :attr:`boot_retries` and the machine reset again, up to
+        ``boot_attempts`` boots: a second ``system_reset`` of a guest that
+        has not reached /init changes nothing the model predicts (the
+        machine's devices are the same; the guest starts from firmware)."""
+        def back_after(at: int) -> Callable[[], bool | None]:
+            marker = self.ready_marker or ""
+            return lambda: True if marker in self.serial_text()[at:] else None
+
+        for attempt in range(1, self.boot_attempts + 1):
+            if not self.ready_marker:
+                break
+            t0 = time.monotonic()
+            try:
+                wait_for(
+                    back_after(mark),
+                    what="the ready marker after the reset", timeout=self.timeouts.s("boot"),
+                    first_interval=0.05, max_interval=0.2, abort=self.check_alive,
+                    phase="reset", serial_tail=self.serial_tail,
+                )
+                break
+            except WaitTimeout as exc:
+                hang = self._record_hang(exc, attempt, time.monotonic() - t0,
+                                         when="after a reset")
+                if attempt == self.boot_attempts:
+                    exc.message += f"; {hang['cpus']}"
+                    raise
+                self.log.warning("the boot after a reset hung (%s; %s); resetting again",
+                                 exc.message, hang["cpus"])
+                mark = self._system_reset()
         self.connect_ssh()
 
     def mark_failed(self) -> None:

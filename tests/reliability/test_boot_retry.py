@@ -107,3 +107,27 @@ def test_a_hung_boot_is_retried_and_the_second_boot_serves(make_vm) -> None:
         assert vm.ssh(["cat", "/proc/sys/kernel/ostype"]).stdout.strip() == "Linux"
         assert (vm.artifacts_dir / vm.config.name / "boot-attempt-1" / "argv.txt").is_file()
     assert _gone(pids[1])
+
+
+def test_a_hung_boot_after_a_reset_is_reset_again(make_vm) -> None:
+    vm = make_vm("reset")
+    with vm:
+        normal = vm.timeouts
+        vm.timeouts = Timeouts(scale=1.0, boot=TOO_SHORT_S)
+        reset = vm._system_reset
+        marks: list[int] = []
+
+        def reset_then_normal_deadline() -> int:
+            marks.append(reset())
+            if len(marks) == 2:
+                vm.timeouts = normal
+            return marks[-1]
+
+        vm._system_reset = reset_then_normal_deadline  # type: ignore[method-assign]
+        vm.reboot()
+        assert len(marks) == 2
+        assert [(h["attempt"], h["when"]) for h in vm.boot_retries] == [(1, "after a reset")]
+        assert vm.ssh(["cat", "/proc/sys/kernel/ostype"]).stdout.strip() == "Linux"
+        resets = [ev for ev in vm.qmp.events()
+                  if ev.name == "RESET" and ev.data.get("reason") == "host-qmp-system-reset"]
+        assert len(resets) == 2  # the firmware's own (guest-reset) ones aside

@@ -91,3 +91,64 @@ def test_cold_boot_setting_from_option_env_and_ini(pytester: pytest.Pytester,
     assert "COLD False" in pytester.runpytest("-s", "--memhp-cold-boot=false").stdout.str()
     monkeypatch.setenv("MEMHP_COLD_BOOT", "no")
     assert "COLD False" in pytester.runpytest("-s").stdout.str()
+
+
+def test_boot_attempts_setting_and_its_bad_values(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("""
+        def test_s(memhp_settings):
+            print("ATTEMPTS", memhp_settings.boot_attempts)
+    """)
+    assert "ATTEMPTS 2" in pytester.runpytest("-s").stdout.str()
+    assert "ATTEMPTS 3" in pytester.runpytest("-s", "--memhp-boot-attempts=3").stdout.str()
+    for bad in ("0", "x", "11"):
+        result = pytester.runpytest(f"--memhp-boot-attempts={bad}")
+        assert result.ret == pytest.ExitCode.USAGE_ERROR
+        assert f"--memhp-boot-attempts={bad!r}: give a whole number from 1 to 10" in (
+            result.stderr.str())
+
+
+def test_a_retried_boot_is_a_warning_and_a_junit_property(pytester: pytest.Pytester) -> None:
+    """FakeVM: a stand-in with the retried-boot record a real VM keeps (the
+    real retry is tests/reliability/test_boot_retry.py); what is tested here
+    is only that the plugin reports it on a passing test."""
+    pytester.makeconftest("""
+        import contextlib
+        import pytest
+        import harness.launch
+
+        class FakeVM:
+            scenario = None
+            def __init__(self, name):
+                self.config = type("C", (), {"name": name})()
+                self.boot_retries = [{"attempt": 1, "when": "boot", "seconds": 240.0,
+                                      "error": "timed out", "serial_tail": "",
+                                      "cpus": "QEMU running; CPU0 RIP=ffffffff81000000"}]
+
+        @contextlib.contextmanager
+        def fake_launch_vm(scenario, guest, **kwargs):
+            yield FakeVM(kwargs["name"]), None
+
+        @pytest.fixture
+        def memhp_resolved_guest():
+            return None
+
+        @pytest.fixture
+        def memhp_accel():
+            return type("A", (), {"accel": "tcg"})()
+
+        @pytest.fixture(autouse=True)
+        def _fake(monkeypatch):
+            monkeypatch.setattr(harness.launch, "launch_vm", fake_launch_vm)
+            monkeypatch.setattr("harness.pytest_plugin._skip_for_missing_config",
+                                lambda request, vm: None)
+    """)
+    pytester.makepyfile("""
+        def test_boots(memhp_vm_factory):
+            memhp_vm_factory()
+    """)
+    result = pytester.runpytest("--junitxml=out.xml", "-p", "no:xdist")
+    assert result.ret == 0
+    result.stdout.fnmatch_lines(["*MemhpBootRetry: test_boots: boot, boot attempt 1 hung "
+                                 "after 240s (QEMU running; CPU0 RIP=ffffffff81000000)*"])
+    xml = (pytester.path / "out.xml").read_text()
+    assert 'name="memhp.boot_retry.test_boots.1"' in xml

@@ -48,8 +48,12 @@ def check_start(binary: str, spec: MachineSpec) -> bool:
                      what="QMP socket", timeout=20)
             # The socket exists before the machine is built: only an answer
             # over QMP proves that QEMU got through start-up.
+            def exited_during_start_up() -> None:
+                if proc.poll() is not None:  # a refusal: no 10 s of connect retries
+                    raise HarnessError(f"QEMU exited with code {proc.returncode}")
+
             try:
-                qmp.connect()
+                qmp.connect(abort=exited_during_start_up)
                 qmp.execute("query-status")
             except (HarnessError, OSError):
                 proc.wait(timeout=20)

@@ -31,6 +31,21 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("soak_round", range(rounds), ids=lambda i: f"soak{i}")
 
 
+# -- the long ones first --------------------------------------------------------------
+# pytest-xdist hands tests out in collection order, so a long test collected
+# last (tests/slow/ sorts last: its cold kernel build takes minutes) runs on
+# one worker while the other has nothing left.  Started first, it overlaps
+# with the rest.  The sort is stable: the order is otherwise pytest's.
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        if item.get_closest_marker("slow") is not None:
+            return 0
+        return 1 if item.get_closest_marker("long_running") is not None else 2
+
+    items.sort(key=rank)
+
+
 # -- leak check over the whole run ------------------------------------------------------
 # The controller (not an xdist worker) gives the whole run a private TMPDIR
 # (inherited by the workers and every memhp they start) and, at the end, fails
@@ -46,6 +61,8 @@ def _is_worker(config: pytest.Config) -> bool:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "fault: a provoked fault (repeated by --soak N)")
+    config.addinivalue_line("markers", "long_running: a VM test whose own guest work takes "
+                            "tens of seconds (scheduled early, see pytest_collection_modifyitems)")
     if _is_worker(config):
         return
     suite_tmp = Path(tempfile.mkdtemp(prefix="mhsuite-", dir="/tmp"))  # short: sockets

@@ -57,6 +57,7 @@ def _baseline(vm: Any) -> dict[str, Any]:
     }
 
 
+@pytest.mark.long_running
 def test_warm_start_matches_cold_boot(tmp_path, memhp_resolved_guest, memhp_settings,
                                       request) -> None:
     if memhp_resolved_guest.image is None:

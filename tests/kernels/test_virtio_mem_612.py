@@ -16,6 +16,7 @@ from kernels._cli import DEBIAN_612, QEMU_FOR_612, run_json
 ISSUE_18 = Path(__file__).parent.parent / "scenarios" / "virtio_mem_issue18.toml"
 
 
+@pytest.mark.long_running
 @pytest.mark.vm
 def test_issue_18_on_debian_612(tmp_path: Path) -> None:
     proc, doc = run_json("--kernel-package", DEBIAN_612, "--scenario", str(ISSUE_18),

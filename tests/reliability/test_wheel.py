@@ -10,6 +10,8 @@ import tarfile
 import zipfile
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 KCONFIG = ROOT / "tests" / "data" / "kconfig" / "debian-6.1-cloud-amd64.config.gz"
 
@@ -21,6 +23,7 @@ def _run(argv: list[str], cwd: Path, timeout: float = 600) -> subprocess.Complet
     return proc
 
 
+@pytest.mark.long_running
 def test_wheel_installed_outside_the_checkout_works(tmp_path: Path) -> None:
     dist = tmp_path / "dist"
     build = _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist),

@@ -29,6 +29,7 @@ def test_remove_of_online_movable_dimm_completes(memhp_vm, request) -> None:
     assert runner.steps[-1].observed["blocks"] == []
 
 
+@pytest.mark.long_running
 @pytest.mark.memhp_machine(numa="6G,0")
 def test_offline_movable_memory_in_use_migrates(memhp_vm) -> None:
     """Data in a movable DIMM (node 1 has no other memory, so it must be

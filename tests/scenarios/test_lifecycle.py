@@ -24,6 +24,7 @@ from harness.testing import assert_passed, make_runner
 pytestmark = [pytest.mark.vm]
 
 
+@pytest.mark.long_running
 @pytest.mark.memhp_machine(memory="4G,slots=4,maxmem=8G", numa="2G,2G")
 def test_migrate_ping_pong_with_dimms_on_two_nodes(memhp_vm, monkeypatch) -> None:
     """Two DIMMs on two nodes and a workload on node 1; migrate, remove one
@@ -68,6 +69,7 @@ def test_migrate_ping_pong_with_dimms_on_two_nodes(memhp_vm, monkeypatch) -> Non
     _failed_migration_leaves_the_source(memhp_vm, monkeypatch)
 
 
+@pytest.mark.long_running
 @pytest.mark.memhp_cold_boot  # the cold-plugged DIMMs' boot-time state is under test
 @pytest.mark.memhp_machine(memory="4G,slots=4,maxmem=8G", numa="2G,2G",
                            coldplug=("cold0:512M@0", "cold1:256M@1"))

@@ -14,6 +14,7 @@ import pytest
 pytestmark = [pytest.mark.vm]
 
 
+@pytest.mark.long_running
 def test_mem_on_off_test_runs_in_full_and_passes() -> None:
     proc = subprocess.run([sys.executable, "-m", "harness", "selftest", "--json"],
                           capture_output=True, text=True, timeout=1800, check=False)

@@ -37,6 +37,7 @@ from harness.testing import assert_passed, run_steps
 pytestmark = [pytest.mark.vm, pytest.mark.needs_config("VIRTIO_MEM")]
 
 
+@pytest.mark.long_running
 @pytest.mark.memhp_machine(append=("memhp_default_state=online_movable",))
 def test_virtio_mem_on_qemu_7_2(memhp_vm: Any, request: pytest.FixtureRequest) -> None:
     """Alongside pc-dimms, two devices on two nodes, grow and shrink block by
@@ -72,6 +73,7 @@ def test_virtio_mem_on_qemu_7_2(memhp_vm: Any, request: pytest.FixtureRequest) -
     assert all("blocks_visible_s" in s.latencies for s in grows), [s.latencies for s in grows]
 
 
+@pytest.mark.long_running
 @pytest.mark.memhp_machine(append=("memhp_default_state=online_movable",))
 def test_virtio_mem_through_the_vm_lifecycle(memhp_vm: Any,
                                              request: pytest.FixtureRequest) -> None:
@@ -129,6 +131,7 @@ def test_virtio_mem_through_the_vm_lifecycle(memhp_vm: Any,
 HERE = Path(__file__).parent
 
 
+@pytest.mark.long_running
 @pytest.mark.parametrize("toml", ["virtio_mem_issue18.toml", "virtio_mem_qemu10.toml"])
 def test_virtio_mem_on_qemu_10(memhp_guest_image: Any, tmp_path: Path, toml: str) -> None:
     """On QEMU 10.0 and the default guest (memory stays offline, so the

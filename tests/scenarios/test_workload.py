@@ -19,6 +19,7 @@ pytestmark = [pytest.mark.vm]
 NODE1_BOOT = 128 << 20
 
 
+@pytest.mark.long_running
 @pytest.mark.memhp_machine(memory="4G,slots=4,maxmem=8G",
                            numa=f"{4096 - (NODE1_BOOT >> 20)}M,{NODE1_BOOT >> 20}M")
 def test_workload_survives_offline_online_remove(memhp_vm) -> None:

@@ -197,15 +197,18 @@ def measure(repeat: int, accel: str, suite: bool, cold_build: bool,
             subprocess.run([sys.executable, "-m", "harness", "image", "build"], env=env,
                            capture_output=True, check=True)
             rec("image build, cold (s)", time.monotonic() - t)
+    suite_runs: dict[str, str] = {}
     if suite:
         for mode in ("cold", "warm"):
             progress(f"scenario suite -n 2, {mode}")
             t = time.monotonic()
-            subprocess.run([sys.executable, "-m", "pytest", "-q", "-n", "2", "tests/scenarios",
-                            "-p", "no:cacheprovider",
-                            f"--memhp-cold-boot={'true' if mode == 'cold' else 'false'}"],
-                           capture_output=True, check=False)
+            run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-n", "2",
+                                  "tests/scenarios", "-p", "no:cacheprovider",
+                                  f"--memhp-cold-boot={'true' if mode == 'cold' else 'false'}"],
+                                 capture_output=True, text=True, check=False)
             rec(f"scenario suite -n 2, {mode} (s)", time.monotonic() - t)
+            suite_runs[mode] = suite_outcome(run.returncode, run.stdout)
+            progress(f"scenario suite -n 2, {mode}: {suite_runs[mode]}")
     out: dict[str, Any] = {name: s.summary() for name, s in results.items()}
     ratios: dict[str, float] = {}
     mb = results.get("memhp cold boot to first SSH command (s)")
@@ -231,8 +234,19 @@ def measure(repeat: int, accel: str, suite: bool, cold_build: bool,
         ratios["suite -n 2 speed-up warm vs cold (target >= 2)"] = (
             s1.samples[0] / s2.samples[0])
     return {"accel": {"name": accel_used.accel, "reason": accel_used.reason},
-            "repeat": repeat, "figures": out, "ratios": ratios,
+            "repeat": repeat, "figures": out, "ratios": ratios, "suite_runs": suite_runs,
             "machine": {"cpus": os.cpu_count(), "uname": " ".join(os.uname())}}
+
+
+def suite_outcome(returncode: int, output: str) -> str:
+    """What a timed suite run did, in one line: pytest's exit status, its
+    summary line and how many boots hung and were retried (a timing means
+    little without it)."""
+    lines = [ln.strip("= ") for ln in output.splitlines() if ln.strip()]
+    summary = next((ln for ln in reversed(lines) if " in " in ln and (
+        "passed" in ln or "failed" in ln or "error" in ln)), "no pytest summary line")
+    retries = output.count("MemhpBootRetry:")
+    return f"exit {returncode}: {summary}; {retries} hung boot(s) retried"
 
 
 def vm_workdir_of(argv: list[str]) -> Path:
@@ -273,6 +287,8 @@ def render(data: dict[str, Any]) -> str:
     console.print(table)
     for name, value in data["ratios"].items():
         console.print(f"{name}: {value:.2f}")
+    for mode, outcome in data.get("suite_runs", {}).items():
+        console.print(f"scenario suite, {mode}: {outcome}", markup=False, highlight=False)
     console.print(f"accelerator: {data['accel']['reason']}")
     return buf.getvalue()
 

@@ -53,6 +53,8 @@ _OPTIONS: tuple[tuple[str, str, str | None], ...] = (
     ("ssh-user", "SSH user for --memhp-disk.", "root"),
     ("qemu", "QEMU binary, or debian:10.0 (fetched into memhp's cache, see README).",
      "qemu-system-x86_64"),
+    ("qemu-version", "Model this QEMU version (MAJOR.MINOR) instead of the one --memhp-qemu "
+                     "reports, as memhp run --qemu-version.", None),
     ("machine", "Machine type (pc or q35) for tests that do not pin one (CI matrices).",
      "pc"),
     ("accel", "Accelerator: auto (probe KVM, fall back to TCG), kvm or tcg.", "auto"),
@@ -144,6 +146,14 @@ def resolve_settings(config: pytest.Config) -> Settings:
     if machine not in ("pc", "q35"):
         raise pytest.UsageError(f"--memhp-machine={machine!r}: use pc or q35")
     qemu, qemu_ver = _resolve_qemu(_resolve(config, "qemu") or "qemu-system-x86_64")
+    raw_version = _resolve(config, "qemu-version")
+    if raw_version:
+        from harness.model.qemu_rules import parse_qemu_version
+
+        try:
+            qemu_ver = parse_qemu_version(raw_version)
+        except HarnessError as exc:
+            raise pytest.UsageError(f"--memhp-qemu-version={raw_version!r}: {exc}") from exc
     raw_attempts = _resolve(config, "boot-attempts") or "2"
     if not raw_attempts.isdigit() or not 1 <= int(raw_attempts) <= 10:
         raise pytest.UsageError(
@@ -200,6 +210,22 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[SETTINGS_KEY] = resolve_settings(config)
 
 
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    """The model's standing for the run's QEMU: extrapolated or calibrated."""
+    from harness.calibrate import model_status
+
+    settings = config.stash.get(SETTINGS_KEY, None)
+    if settings is None or settings.qemu_version is None:
+        return []
+    version = ".".join(map(str, settings.qemu_version))
+    status = model_status(qemu_binary=settings.qemu, qemu_version=version)
+    config.stash[BEHIND_KEY] = status.behind()
+    return [f"memhp: {line}" for line in status.lines()]
+
+
+BEHIND_KEY = pytest.StashKey[list[str]]()
+
+
 # -- run hooks ---------------------------------------------------------------------------
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -249,7 +275,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
                                      if vm.artifacts_dir else ""))
     mism = item.stash.get(MISMATCH_KEY, [])
     if mism:
-        text = "\n".join(str(m) for m in mism)
+        text = "\n".join([str(m) for m in mism] + item.config.stash.get(BEHIND_KEY, []))
         report.sections.append(("memhp model vs guest", text))
         item.user_properties.append(("memhp.mismatches", text))
     return report

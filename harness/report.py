@@ -158,6 +158,14 @@ def policy_line(policy: dict[str, Any]) -> str:
     return "policy: " + ", ".join(parts)
 
 
+def print_model_status(status: Any, *, file: IO[str] | None = None) -> None:
+    """The run's first lines: extrapolated rules and calibrations
+    (:class:`harness.calibrate.ModelStatus`)."""
+    console = _console(file)
+    for line in status.lines():
+        console.print(f"memhp: {line}", markup=False, highlight=False)
+
+
 def print_run_report(result: RunResult, *, file: IO[str] | None = None) -> None:
     console = _console(file)
     if result.exec is not None:
@@ -187,5 +195,7 @@ def print_run_report(result: RunResult, *, file: IO[str] | None = None) -> None:
     console.print(f"{verdict} {esc(result.scenario)}: {len(result.steps)} step(s), "
                   f"{esc(result.accel.upper())}, QEMU {esc(result.qemu_version)}, "
                   f"kernel {esc(result.kernel)}" + (f"; {figures}" if figures else ""))
+    for line in (result.model or {}).get("behind", ()):
+        console.print(f"memhp: {line}", markup=False, highlight=False)
     if result.artifacts:
         console.print(f"artifacts: {esc(result.artifacts)}")

@@ -118,6 +118,9 @@ class RunResult:
     splats: list[Splat] = field(default_factory=list)  # at boot and after the last step
     # How the guest started: {"warm": bool, "state": key or None, "reason": ...}
     start: dict[str, Any] | None = None
+    # The model's standing (harness.calibrate.ModelStatus): extrapolated
+    # rules, calibrations, and on failure why the model may be behind
+    model: dict[str, Any] | None = None
 
     @property
     def unexpected_splats(self) -> list[Splat]:
@@ -150,6 +153,7 @@ class RunResult:
             "error": self.error,
             "artifacts": self.artifacts,
             "map": self.map,
+            "model": self.model,
         }
 
 

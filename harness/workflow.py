@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from harness.calibrate import ModelStatus, model_status
 from harness.errors import HarnessError
 from harness.launch import ResolvedGuest, launch_vm
 from harness.scenario import Scenario
@@ -45,15 +46,25 @@ def execute(
     on_step: Callable[[StepResult], None] | None = None,
     warm: bool = False,
     boot_attempts: int = 2,
+    on_model: Callable[[ModelStatus], None] | None = None,
 ) -> RunResult:
     """Run ``scenario`` on ``guest``.  ``warm``: start from a saved state of
     the same inputs when one exists (:mod:`harness.warm`); off by default,
-    so ``compare`` and ``bisect`` boot the kernel under test for real."""
+    so ``compare`` and ``bisect`` boot the kernel under test for real.
+    ``on_model``: called before the VM starts with the model's standing
+    (extrapolated rules, calibrations) for the run's first lines."""
     t0 = time.monotonic()
     result = RunResult(scenario=scenario.name, accel="?", accel_reason="",
                        qemu_version=qemu_version(qemu_binary), kernel=guest.describe(),
                        layout=layout_json(scenario.predict())
                        | {"node_ram": list(scenario.machine.node_boot_bytes())})
+    image = guest.image
+    status = model_status(qemu_binary=qemu_binary, qemu_version=result.qemu_version,
+                          kernel_image=guest.kernel,
+                          kernel_release=image.kernel_version if image is not None else None)
+    result.model = status.to_json()
+    if on_model:
+        on_model(status)
     booted = False
     vm = None
     try:
@@ -87,6 +98,9 @@ def execute(
                     result.policy = runner.policy.to_json()
                 if runner.kernel is not None and result.policy is not None:
                     result.policy["rules"] = runner.kernel.rules.name
+                if image is None and runner.policy is not None:  # a --disk guest
+                    status = _with_disk_kernel(status, runner.policy.version)
+                    result.model = status.to_json()
             for s in runner.steps:
                 result.timings[f"step{s.index}_s"] = s.seconds
             result.exec = run_exec(vm, scenario.exec_cmd, scenario.script)
@@ -102,10 +116,22 @@ def execute(
                         "booted": booted}
     finally:
         result.timings["total_s"] = time.monotonic() - t0
+        if not result.passed and status.extrapolated:
+            result.model = status.to_json() | {"behind": status.behind()}
         if vm is not None and vm.saved_artifacts is not None:
             result.artifacts = str(vm.saved_artifacts)
             save_map(result, Path(vm.saved_artifacts) / "memory-map.svg")
     return result
+
+
+def _with_disk_kernel(status: ModelStatus, version: tuple[int, int]) -> ModelStatus:
+    """``status`` plus the kernel a --disk guest turned out to run."""
+    from harness.model.versions import kernel_extrapolation
+
+    ext = kernel_extrapolation(version)
+    if ext is not None and all(e.component != "kernel" for e in status.extrapolated):
+        status.extrapolated.append(ext)
+    return status
 
 
 def save_map(result: RunResult, path: Path) -> Path | None:

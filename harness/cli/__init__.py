@@ -32,6 +32,7 @@ def _register() -> None:
     from harness.cli import (
         bench,
         cache,
+        calibrate,
         image,
         kconfig,
         kernel,
@@ -42,8 +43,8 @@ def _register() -> None:
         selftest,
     )
 
-    for module in (model, image, cache, kconfig, kernel, run, regress, bench, report,
-                   selftest):
+    for module in (model, image, cache, kconfig, kernel, run, calibrate, regress, bench,
+                   report, selftest):
         for command in module.COMMANDS:
             cli.add_command(command)
 

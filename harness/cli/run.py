@@ -132,20 +132,32 @@ _SCENARIO_OPTIONS: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
 ]
 
 
+_KERNEL_OPTIONS: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
+    click.option("--kernel", type=click.Path(path_type=Path),
+                 help="Boot this bzImage instead of the default guest kernel."),
+    click.option("--modules", type=click.Path(path_type=Path),
+                 help="Modules tree for --kernel (lib/modules/VERSION or an INSTALL_MOD_PATH); "
+                      "default: <root>/lib/modules/VER beside <root>/boot/vmlinuz-VER."),
+    click.option("--kernel-config", type=click.Path(path_type=Path),
+                 help="The build config of --kernel (default: found beside it, in its source "
+                      "tree, or IKCONFIG); tells the model the kernel's online policy."),
+    click.option("--kernel-package", metavar="NAME[/SUITE]",
+                 help="Boot a Debian kernel package (fetched, never installed), e.g. "
+                      "linux-image-amd64/bookworm-backports for Debian's 6.12."),
+    click.option("--suite", help="Debian suite of --kernel-package (e.g. bookworm-backports)."),
+]
+
+
+def kernel_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """The options that choose the guest kernel (shared by run and calibrate)."""
+    for deco in reversed(_KERNEL_OPTIONS):
+        f = deco(f)
+    return f
+
+
 @click.command("run")
 @scenario_options
-@click.option("--kernel", type=click.Path(path_type=Path),
-              help="Boot this bzImage instead of the default guest kernel.")
-@click.option("--modules", type=click.Path(path_type=Path),
-              help="Modules tree for --kernel (lib/modules/VERSION or an INSTALL_MOD_PATH); "
-                   "default: <root>/lib/modules/VER beside <root>/boot/vmlinuz-VER.")
-@click.option("--kernel-config", type=click.Path(path_type=Path),
-              help="The build config of --kernel (default: found beside it, in its source "
-                   "tree, or IKCONFIG); tells the model the kernel's online policy.")
-@click.option("--kernel-package", metavar="NAME[/SUITE]",
-              help="Boot a Debian kernel package (fetched, never installed), e.g. "
-                   "linux-image-amd64/bookworm-backports for Debian's 6.12.")
-@click.option("--suite", help="Debian suite of --kernel-package (e.g. bookworm-backports).")
+@kernel_options
 @click.option("--disk", type=click.Path(path_type=Path),
               help="Boot your own disk image (raw/qcow2, opened in snapshot mode).")
 @click.option("--ssh-user", default="root", show_default=True, help="SSH user for --disk.")
@@ -364,7 +376,7 @@ def _error_json(exc: HarnessError) -> str:
 
 def _run(**opts: Any) -> int:
     # Imported here so that `memhp --help` and the other commands stay fast.
-    from harness.report import print_run_report, print_step
+    from harness.report import print_model_status, print_run_report, print_step
 
     as_json: bool = opts["as_json"]
     out = sys.stderr if as_json else sys.stdout
@@ -386,7 +398,8 @@ def _run(**opts: Any) -> int:
 
     try:
         result = execute_with(opts, scenario, guest, on_boot=booted, warm=warm_allowed(opts),
-                              on_step=lambda s: print_step(s, file=out))
+                              on_step=lambda s: print_step(s, file=out),
+                              on_model=lambda status: print_model_status(status, file=out))
     except KeyboardInterrupt:
         click.echo("memhp: interrupted; the VM was shut down", err=True)
         return 130

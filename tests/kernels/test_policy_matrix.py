@@ -12,8 +12,8 @@ from contextlib import ExitStack
 from typing import Any
 
 import pytest
-from scenarios.policy_cases import CASES, Case
 
+from harness.calibrate.cases import CASES, Case
 from harness.errors import HarnessError
 from harness.launch import ResolvedGuest, launch_vm
 from harness.scenario import build_scenario

@@ -1,13 +1,13 @@
 """The kernel's hotplug policy, predicted rather than tolerated, on the
 default guest (Debian 12's 6.1).  The same cases run on Debian's 6.12 in
-tests/kernels/test_policy_matrix.py; see policy_cases.py."""
+tests/kernels/test_policy_matrix.py; see harness/calibrate/cases.py."""
 
 from __future__ import annotations
 
 import pytest
 
+from harness.calibrate.cases import CASES, Case
 from harness.testing import assert_passed, run_steps
-from scenarios.policy_cases import CASES, Case
 
 # Kernel parameters are what these cases test (memhp_default_state=,
 # memory_hotplug.online_policy=, ...): each VM boots them for real.

@@ -1,4 +1,5 @@
-"""The kernel-policy cases, shared by the default guest's suite
+"""The kernel-policy cases, shared by ``memhp calibrate`` (the kernel
+half, :mod:`.kernel`), the default guest's suite
 (tests/scenarios/test_kernel_policy.py) and the kernel matrix
 (tests/kernels/test_policy_matrix.py).
 
@@ -16,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.scenario import Step, add, offline, online
+from harness.scenario import Step, add, add_virtio_mem, offline, online, resize
 
 OFFLINE = "memhp_default_state=offline"
 
@@ -89,3 +90,14 @@ CASES = (
           online("b", "online"), offline("b"), online("d", "online"), online("b", "online")),
          _spans_check, {"append": (OFFLINE,)}),
 )
+
+# Run by memhp calibrate beside CASES (the suite has its own virtio-mem tests).
+VIRTIO_MEM_CASES = (
+    Case("virtio_mem_grow_shrink", "virtio-mem plugs into new blocks, then unplugs "
+         "whole blocks before sub-blocks (Sub Block Mode); what stays busy in a kernel "
+         "zone is the driver's to keep",
+         (add_virtio_mem("vmem0:2G@1", "512M"), resize("vmem0", "1026M"),
+          resize("vmem0", "256M")), lambda results: None, {"append": (OFFLINE,)}),
+)
+
+ALL_CASES = CASES + VIRTIO_MEM_CASES

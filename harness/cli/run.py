@@ -327,6 +327,11 @@ def prepare(opts: dict[str, Any], kernel: Path | None = None) -> tuple[Scenario,
         version = _parse_version(".".join(detected.split(".")[:2]))
     scenario = _scenario(opts, version)
     check_qemu(opts["qemu_binary"], detected)
+    from harness.host.hugepages import check_room, needs_of
+
+    migrates = any(s.action == "migrate" for s in scenario.steps)
+    check_room(needs_of([s.add for s in scenario.steps if s.add is not None],
+                        copies=2 if migrates else 1))  # before any image build or VM
     source = GuestSource(kernel=kernel or opts.get("kernel"), modules=opts.get("modules"),
                          kernel_package=opts.get("kernel_package"), suite=opts.get("suite"),
                          kernel_config=opts.get("kernel_config"),

@@ -18,7 +18,13 @@ finds a hugetlbfs mount of each size or mounts a private one (0700, under
 memhp's work-dir base), and on exit -- normal, exception, Ctrl-C or
 SIGTERM -- removes its files and mounts and writes the original counts
 back.  A memhp killed with -9 leaves its record; the next
-:func:`reserved` (or :func:`sweep_stale`) restores from it.
+:func:`reserved` (or :func:`sweep_stale`) restores from it.  The lock and
+the records live in ``/run/memhp`` (root's, 0700: host-wide, whatever
+TMPDIR says); a record is read only when it is a private file of the
+caller's, and restoring touches only what memhp itself makes (files
+``memhp-<pid>-*`` on a hugetlbfs, its own mount points, pools the host
+offers), whatever a record says.  A plan whose hugepages exceed the host's
+available memory is refused before anything changes (:func:`check_room`).
 
 Everything that needs root or a capable host says why it cannot
 (:class:`HostCannot`, which tests turn into a skip with that reason).
@@ -32,6 +38,7 @@ import json
 import logging
 import os
 import signal
+import stat
 import subprocess
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
@@ -223,6 +230,29 @@ def needs_of(adds: Iterable[AddDimm], copies: int = 1) -> dict[int, int]:
     return needs
 
 
+def check_room(needs: Mapping[int, int], meminfo_text: str | None = None) -> None:
+    """UsageError when ``needs`` (page size -> pages) exceeds the host's
+    MemAvailable: raising the pools that far would take memory the host
+    does not have (and starve it), so the plan is refused up front."""
+    from harness.errors import UsageError
+
+    if not needs:
+        return
+    if meminfo_text is None:
+        meminfo_text = Path("/proc/meminfo").read_text()
+    available = 0
+    for line in meminfo_text.splitlines():
+        if line.startswith("MemAvailable:"):
+            available = int(line.split()[1]) * KiB
+    want = sum(size * pages for size, pages in needs.items())
+    if available and want > available:
+        parts = ", ".join(f"{pages} x {size >> 10} kB" for size, pages in sorted(needs.items()))
+        raise UsageError(
+            f"the plan needs {want >> 20} MiB of hugepages ({parts}); this host has "
+            f"{available >> 20} MiB available", value=want,
+            fix="make the hugepage-backed DIMMs smaller, or run on a larger host")
+
+
 @contextlib.contextmanager
 def reserved_for(adds: Iterable[AddDimm], copies: int = 1) -> Iterator[Reservation | None]:
     """:func:`reserved` with what ``adds`` need, or nothing when they need no
@@ -231,18 +261,43 @@ def reserved_for(adds: Iterable[AddDimm], copies: int = 1) -> Iterator[Reservati
     if not needs:
         yield None
         return
+    check_room(needs)
     with reserved(needs) as res:
         yield res
 
 
 # -- reserving ------------------------------------------------------------------
+# The lock and the records are host-wide and root's: /run/memhp (0700), not
+# the caller's TMPDIR, so two memhp runs with different TMPDIRs exclude each
+# other, and nobody else can plant a record there.  Changing hugepage pools
+# needs root anyway (_check_can).
+
+STATE_DIR = Path("/run/memhp")
+#: The most pages a record may ask a pool to be restored to (a sanity bound:
+#: 16M pages of 2 MiB are 32 TiB).
+MAX_RESTORE_PAGES = 1 << 24
+
+
+def private_dir(path: Path) -> Path:
+    """``path`` as a directory of this user's, mode 0700, that no one else
+    can write into (created if missing); HostEnvironmentError otherwise."""
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=0o700, parents=True)
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+        raise HostEnvironmentError(
+            f"{path} is not a private directory of uid {os.geteuid()} (mode 0700, not a "
+            f"symlink); memhp keeps its hugepage lock and records there (fix: remove it, or "
+            f"chmod 0700 it if it is yours)")
+    return path
+
 
 def _lock_path() -> Path:
-    return workdir_base() / ".memhp-hugepages.lock"  # kept: a lock file, not a leak
+    return private_dir(_record_dir()) / "hugepages.lock"  # kept: a lock file, not a leak
 
 
 def _record_dir() -> Path:
-    return workdir_base()
+    return STATE_DIR
 
 
 def _write_nr(page_size: int, nr: int, sysfs_root: Path = SYS) -> None:
@@ -250,48 +305,111 @@ def _write_nr(page_size: int, nr: int, sysfs_root: Path = SYS) -> None:
     path.write_text(f"{nr}\n")
 
 
-def _restore(record: Mapping[str, object], sysfs_root: Path = SYS) -> list[str]:
-    """Undo what ``record`` says was done; returns what could not be undone."""
+def hugetlbfs_mount_points(mounts_text: str | None = None) -> set[Path]:
+    """Every hugetlbfs mount point of this host (``/proc/self/mounts``)."""
+    if mounts_text is None:
+        try:
+            mounts_text = Path("/proc/self/mounts").read_text()
+        except OSError:
+            return set()
+    return {m.path for m in parse_mounts(mounts_text, 2 << 20)}
+
+
+def _ours(path: Path, pid: int) -> bool:
+    return path.name.startswith(f"memhp-{pid}-")
+
+
+def _restore(record: Mapping[str, object], sysfs_root: Path = SYS,
+             mounts_text: str | None = None) -> list[str]:
+    """Undo what ``record`` says was done; returns what could not be undone.
+
+    Only what memhp itself makes is touched, whatever the record says:
+    files named ``memhp-<pid>-*`` directly on a hugetlbfs mount, and mount
+    points named ``memhp-<pid>-hugetlbfs-*`` that are hugetlbfs mounts (or
+    empty directories); pool sizes the host offers, restored to a bounded
+    count.  Anything else in a record is skipped with a warning."""
     problems = []
     mounts = record.get("mounts", [])
     files = record.get("files", [])
     nr = record.get("nr", {})
-    assert isinstance(mounts, list) and isinstance(files, list) and isinstance(nr, dict)
+    pid = record.get("pid")
+    if not (isinstance(mounts, list) and isinstance(files, list) and isinstance(nr, dict)
+            and isinstance(pid, int) and not isinstance(pid, bool)):
+        return [f"malformed record: {record!r:.200}"]
+    hugetlbfs = hugetlbfs_mount_points(mounts_text)
     for f in files:  # files first: a mount holding one cannot go
+        fp = Path(str(f))
+        if not (fp.is_absolute() and _ours(fp, pid) and fp.parent in hugetlbfs):
+            log.warning("hugepage record names %s, not a memhp file on a hugetlbfs: left "
+                        "alone", fp)
+            continue
         with contextlib.suppress(FileNotFoundError):
-            Path(str(f)).unlink()
+            fp.unlink()
     for mount in mounts:
         mp = Path(str(mount))
-        for f in list(mp.glob("*")) if mp.is_dir() else []:
-            with contextlib.suppress(OSError):
-                f.unlink()
-        result = subprocess.run(["umount", str(mp)], capture_output=True, text=True,
-                                check=False)
-        if result.returncode and mp.is_mount():
-            problems.append(f"umount {mp}: {result.stderr.strip()}")
+        if not (mp.is_absolute() and mp.name.startswith(f"memhp-{pid}-hugetlbfs-")):
+            log.warning("hugepage record names mount %s, not one memhp made: left alone", mp)
+            continue
+        if mp in hugetlbfs:
+            for f in mp.iterdir():
+                if _ours(f, pid):
+                    with contextlib.suppress(OSError):
+                        f.unlink()
+            result = subprocess.run(["umount", str(mp)], capture_output=True, text=True,
+                                    check=False)
+            if result.returncode and mp.is_mount():
+                problems.append(f"umount {mp}: {result.stderr.strip()}")
         with contextlib.suppress(OSError):
-            mp.rmdir()
+            mp.rmdir()  # only ever an empty directory
+    offered = {p.page_size for p in read_pools(sysfs_root)}
     for size_text, count in nr.items():
         try:
-            _write_nr(int(size_text), int(count), sysfs_root)
+            size, pages = int(str(size_text)), int(count)
+        except (TypeError, ValueError):
+            problems.append(f"malformed pool count {size_text!r}: {count!r}")
+            continue
+        if size not in offered or not 0 <= pages <= MAX_RESTORE_PAGES:
+            problems.append(f"pool {size_text!r} -> {count!r} is not one to restore")
+            continue
+        try:
+            _write_nr(size, pages, sysfs_root)
         except OSError as exc:
-            problems.append(f"nr_hugepages of {int(size_text) >> 10} kB back to {count}: {exc}")
+            problems.append(f"nr_hugepages of {size >> 10} kB back to {pages}: {exc}")
     return problems
 
 
-def sweep_stale(sysfs_root: Path = SYS) -> list[Path]:
+def _trusted_record(path: Path) -> bool:
+    """A record memhp wrote: a regular file of this user's, in a directory
+    of this user's that no one else can write, not writable by others."""
+    try:
+        st, dst = os.lstat(path), os.lstat(path.parent)
+    except OSError:
+        return False
+    uid = os.geteuid()
+    return (stat.S_ISREG(st.st_mode) and st.st_uid == uid and not st.st_mode & 0o022
+            and stat.S_ISDIR(dst.st_mode) and dst.st_uid == uid and not dst.st_mode & 0o022
+            and st.st_size < 1 << 20)
+
+
+def sweep_stale(sysfs_root: Path = SYS, mounts_text: str | None = None) -> list[Path]:
     """Restore what memhp processes that died (kill -9) left reserved."""
-    done = []
-    for rec in _record_dir().glob("memhp-hugepages-*.json"):
+    done: list[Path] = []
+    base = _record_dir()
+    if not base.is_dir():
+        return done
+    for rec in base.glob("memhp-hugepages-*.json"):
+        if not _trusted_record(rec):
+            log.warning("ignoring %s: not a private record of this user's", rec)
+            continue
         try:
             data = json.loads(rec.read_text())
             alive = proc_start_time(int(data["pid"])) == data["start"]
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, KeyError, TypeError):
             continue
         if alive:
             continue
         log.warning("restoring hugepages left by dead memhp %s: %s", data["pid"], data)
-        problems = _restore(data, sysfs_root)
+        problems = _restore(data, sysfs_root, mounts_text)
         if problems:
             log.error("could not fully restore %s: %s", rec, "; ".join(problems))
         rec.unlink(missing_ok=True)
@@ -329,7 +447,11 @@ class Reservation:
     def _save(self) -> None:
         if self._record_path is not None:
             tmp = self._record_path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self.record))
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps(self.record))
             tmp.replace(self._record_path)
 
 
@@ -360,7 +482,7 @@ def reserved(needs: Mapping[int, int], *, mount: bool = True, sysfs_root: Path =
     on exit, whatever ends the block."""
     pools = _check_can(needs, sysfs_root)
     lock_path = _lock_path()
-    lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
 
     def locked() -> bool | None:
         try:
@@ -385,7 +507,7 @@ def reserved(needs: Mapping[int, int], *, mount: bool = True, sysfs_root: Path =
         sweep_stale(sysfs_root)
         pools = _check_can(needs, sysfs_root)
         pid = os.getpid()
-        res._record_path = _record_dir() / f"memhp-hugepages-{pid}.json"
+        res._record_path = private_dir(_record_dir()) / f"memhp-hugepages-{pid}.json"
         res.record = {"pid": pid, "start": proc_start_time(pid),
                       "nr": {str(s): pools[s].nr for s in needs}, "mounts": [], "files": []}
         res._save()

@@ -286,22 +286,87 @@ def test_sweep_restores_what_a_dead_memhp_left(tmp_path: Path,
     from harness.leaks import proc_start_time
 
     runtime = tmp_path / "run"
-    runtime.mkdir()
+    runtime.mkdir(mode=0o700)
     monkeypatch.setattr(hp, "_record_dir", lambda: runtime)
     sysfs = tmp_path / "sys"
     _fake_sysfs(sysfs)
-    left = tmp_path / "left-file"
+    fs = tmp_path / "hugetlbfs"  # a stand-in hugetlbfs mount point (fake /proc/mounts)
+    fs.mkdir()
+    pid = 2 ** 22 + 7
+    left = fs / f"memhp-{pid}-b0"
     left.write_text("x")
-    dead = {"pid": 2 ** 22 + 7, "start": "1", "nr": {str(2 * MiB): 3}, "mounts": [],
+    mounts = f"none {fs} hugetlbfs rw,relatime,pagesize=2M 0 0\n"
+    dead = {"pid": pid, "start": "1", "nr": {str(2 * MiB): 3}, "mounts": [],
             "files": [str(left)]}
     (runtime / "memhp-hugepages-dead.json").write_text(json.dumps(dead))
     alive = {"pid": os.getpid(), "start": proc_start_time(os.getpid()),
              "nr": {str(2 * MiB): 99}, "mounts": [], "files": []}
     (runtime / "memhp-hugepages-alive.json").write_text(json.dumps(alive))
-    assert [p.name for p in sweep_stale(sysfs)] == ["memhp-hugepages-dead.json"]
+    assert [p.name for p in sweep_stale(sysfs, mounts)] == ["memhp-hugepages-dead.json"]
     assert (sysfs / "kernel/mm/hugepages/hugepages-2048kB/nr_hugepages").read_text() == "3\n"
     assert not left.exists()
     assert (runtime / "memhp-hugepages-alive.json").exists()
+
+
+@pytest.mark.parametrize("forgery", ["file-elsewhere", "dir-contents", "mount", "pool",
+                                     "not-private", "symlink"])
+def test_a_forged_hugepage_record_touches_nothing(tmp_path: Path, forgery: str,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 26: a record naming a file outside a hugetlbfs, a directory to
+    empty, a path to unmount, an absurd pool count, or a record that is not
+    a private file of ours: nothing outside memhp's own things is touched."""
+    import json
+
+    import harness.host.hugepages as hp
+    from harness.host.hugepages import sweep_stale
+
+    runtime = tmp_path / "run"
+    runtime.mkdir(mode=0o700)
+    monkeypatch.setattr(hp, "_record_dir", lambda: runtime)
+    sysfs = tmp_path / "sys"
+    _fake_sysfs(sysfs)
+    nr_file = sysfs / "kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"
+    nr0 = nr_file.read_text()
+    victim_dir = tmp_path / "precious"
+    victim_dir.mkdir()
+    victim = victim_dir / "data"
+    victim.write_text("keep me")
+    pid = 2 ** 22 + 9
+    record: dict[str, object] = {"pid": pid, "start": "1", "nr": {}, "mounts": [], "files": []}
+    if forgery == "file-elsewhere":
+        record["files"] = [str(victim), str(victim_dir / f"memhp-{pid}-x")]
+        (victim_dir / f"memhp-{pid}-x").write_text("named like ours, not on hugetlbfs")
+    elif forgery == "dir-contents":
+        record["mounts"] = [str(victim_dir)]
+    elif forgery == "mount":
+        record["mounts"] = ["/"]
+    elif forgery == "pool":
+        record["nr"] = {str(2 * MiB): 460800 * 1000, "4096": 5}
+    path = runtime / f"memhp-hugepages-{pid}.json"
+    if forgery == "symlink":
+        real = tmp_path / "real.json"
+        real.write_text(json.dumps({**record, "files": [str(victim)]}))
+        path.symlink_to(real)
+    else:
+        path.write_text(json.dumps(record))
+    if forgery == "not-private":
+        path.write_text(json.dumps({**record, "files": [str(victim)]}))
+        path.chmod(0o666)
+    sweep_stale(sysfs, mounts_text="")
+    assert victim.read_text() == "keep me"
+    assert sorted(p.name for p in victim_dir.iterdir()) == sorted(
+        ["data"] + ([f"memhp-{pid}-x"] if forgery == "file-elsewhere" else []))
+    assert nr_file.read_text() == nr0
+
+
+def test_a_hugepage_plan_beyond_the_host_is_refused() -> None:
+    from harness.errors import UsageError
+    from harness.host.hugepages import check_room
+
+    meminfo = "MemTotal:       24000000 kB\nMemAvailable:   20000000 kB\n"
+    check_room({2 * MiB: 1024}, meminfo)  # 2 GiB fits
+    with pytest.raises(UsageError, match="460800 x 2048 kB"):
+        check_room({2 * MiB: 460800}, meminfo)  # 900 GiB does not
 
 
 def test_needs_of_a_plan() -> None:

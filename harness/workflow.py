@@ -47,12 +47,15 @@ def execute(
     warm: bool = False,
     boot_attempts: int = 2,
     on_model: Callable[[ModelStatus], None] | None = None,
+    allowed_mem_paths: tuple[Path, ...] | None = None,
 ) -> RunResult:
     """Run ``scenario`` on ``guest``.  ``warm``: start from a saved state of
     the same inputs when one exists (:mod:`harness.warm`); off by default,
     so ``compare`` and ``bisect`` boot the kernel under test for real.
     ``on_model``: called before the VM starts with the model's standing
-    (extrapolated rules, calibrations) for the run's first lines."""
+    (extrapolated rules, calibrations) for the run's first lines.
+    ``allowed_mem_paths``: the directories a scenario's file backends may
+    name (harness.host.paths), checked again before QEMU opens one."""
     t0 = time.monotonic()
     result = RunResult(scenario=scenario.name, accel="?", accel_reason="",
                        qemu_version=qemu_version(qemu_binary), kernel=guest.describe(),
@@ -79,6 +82,7 @@ def execute(
                           warm=warm, boot_attempts=boot_attempts) as (vm, choice):
             if pages is not None:
                 vm.hugetlbfs = dict(pages.mounts)
+            vm.allowed_mem_paths = allowed_mem_paths
             booted = True
             result.accel, result.accel_reason = choice.accel, choice.reason
             result.timings.update(vm.timings)

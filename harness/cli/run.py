@@ -122,6 +122,9 @@ _SCENARIO_OPTIONS: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
                       "bookworm-backports, fetched into memhp's cache, not installed."),
     click.option("--qemu-version", help="Model the rules of this QEMU version (default: the "
                  "binary's; modelled: 7.2, 8.2, 9.2, 10.x)."),
+    click.option("--allow-mem-path", "allow_mem_path", multiple=True, metavar="DIR",
+                 help="Let a scenario's file backends (mem_path) use this directory "
+                      "(repeatable; none by default: memhp picks private files)."),
     click.option("--keep", type=click.Path(path_type=Path),
                   help="Keep artifacts (argv, serial log, QMP transcript, dmesg) in this dir."),
     click.option("--timeout-scale", default=1.0, show_default=True,
@@ -295,7 +298,8 @@ def execute_with(opts: dict[str, Any], scenario: Scenario, guest: Any,
 
     return execute(scenario, guest, accel=opts["accel"], qemu_binary=opts["qemu_binary"],
                    keep=opts["keep"], timeout_scale=opts["timeout_scale"],
-                   boot_attempts=opts.get("boot_attempts", 2), **hooks)
+                   boot_attempts=opts.get("boot_attempts", 2),
+                   allowed_mem_paths=opts.get("allowed_mem_paths", ()), **hooks)
 
 
 def warm_allowed(opts: dict[str, Any]) -> bool:
@@ -328,7 +332,10 @@ def prepare(opts: dict[str, Any], kernel: Path | None = None) -> tuple[Scenario,
     scenario = _scenario(opts, version)
     check_qemu(opts["qemu_binary"], detected)
     from harness.host.hugepages import check_room, needs_of
+    from harness.host.paths import allowed_dirs, check_scenario
 
+    opts["allowed_mem_paths"] = allowed_dirs(opts.get("allow_mem_path") or ())
+    check_scenario(scenario, opts["allowed_mem_paths"])
     migrates = any(s.action == "migrate" for s in scenario.steps)
     check_room(needs_of([s.add for s in scenario.steps if s.add is not None],
                         copies=2 if migrates else 1))  # before any image build or VM

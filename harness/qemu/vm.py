@@ -287,6 +287,9 @@ class VM:
         self.hugetlbfs: dict[int, Path] = {}
         # backend files memhp named (QEMU creates them): deleted after QEMU ends
         self.backend_files: list[Path] = []
+        # Directories an untrusted scenario's mem_path may name (the CLI's
+        # --allow-mem-path); None: not checked here (trusted callers).
+        self.allowed_mem_paths: tuple[Path, ...] | None = None
         self._backend_dir: Path | None = None
 
     # -- lifecycle ---------------------------------------------------------
@@ -814,6 +817,10 @@ class VM:
             return None
         name = f"memhp-{os.getpid()}-{backend_id}"
         if spec.mem_path is not None:
+            if self.allowed_mem_paths is not None:
+                from harness.host.paths import check_mem_path
+
+                check_mem_path(spec.mem_path, self.allowed_mem_paths)  # again: no race
             given = Path(spec.mem_path)
             if not given.is_dir():
                 if not given.exists():

@@ -269,3 +269,60 @@ def test_ids_outside_qemus_rules_are_refused(sandbox: Sandbox, dimm_id: str) -> 
 def test_more_than_128_nodes_are_refused(sandbox: Sandbox, n: int) -> None:
     sandbox.run(["model", "--memory", f"{n}G,slots=2,maxmem={n + 8}G", "--numa",
                  ",".join(["1G"] * n)], needle=f"{n} NUMA nodes exceed")
+
+
+# -- issue 26: a scenario's file backend never touches what memhp did not make ----------
+
+def _mem_path_scenario(root: Path, mem_path: str, extra: str = "") -> Path:
+    return _file(root, "s.toml", f'[[step]]\nadd = "f0:128M@0"\nbackend = "file"\n'
+                                 f'mem_path = "{mem_path}"\n{extra}')
+
+
+@pytest.mark.parametrize("target", ["file", "empty-file", "symlink", "dir", "block-device",
+                                    "fifo", "dotdot"])
+def test_a_scenario_mem_path_outside_the_allowed_is_refused(sandbox: Sandbox,
+                                                            target: str) -> None:
+    """The crafted scenarios of issue 26 (existing file zeroed by
+    share+discard_data, a symlink to one, a directory, a block device): exit 2
+    naming the path, before any VM, the target untouched."""
+    victim = _file(sandbox.root, "victim", "keep me")
+    empty = _file(sandbox.root, "empty", "")
+    link = sandbox.root / "link"
+    link.symlink_to(victim)
+    path = {"file": victim, "empty-file": empty, "symlink": link, "dir": sandbox.root,
+            "block-device": Path("/dev/loop0"), "fifo": _fifo(sandbox.root),
+            "dotdot": sandbox.root / ".." / "victim"}[target]
+    scenario = _mem_path_scenario(sandbox.root, str(path), "share = true\ndiscard_data = true\n")
+    line = sandbox.run(["run", "--scenario", str(scenario)], needle=str(path))
+    assert "outside" in line or "'..'" in line
+    assert victim.read_text() == "keep me" and empty.read_text() == ""
+
+
+@pytest.mark.parametrize(("target", "needle"), [
+    ("file", "exists and is a regular file"), ("empty-file", "exists and is a regular file"),
+    ("symlink", "is a symlink"), ("fifo", "exists and is a FIFO"),
+    ("missing-dir", "does not exist")])
+def test_inside_an_allowed_dir_only_new_files_and_dirs_pass(sandbox: Sandbox, target: str,
+                                                            needle: str) -> None:
+    allowed = sandbox.root / "allowed"
+    allowed.mkdir(exist_ok=True)
+    victim = _file(allowed, "victim", "keep me")
+    _file(allowed, "empty", "")
+    (allowed / "link").symlink_to(victim)
+    _fifo(allowed)
+    path = {"file": victim, "empty-file": allowed / "empty", "symlink": allowed / "link",
+            "fifo": allowed / "fifo", "missing-dir": allowed / "no" / "f"}[target]
+    scenario = _mem_path_scenario(sandbox.root, str(path))
+    sandbox.run(["run", "--allow-mem-path", str(allowed), "--scenario", str(scenario)],
+                needle=needle)
+    assert victim.read_text() == "keep me"
+
+
+def test_allowed_paths_pass_the_check(tmp_path: Path) -> None:
+    from harness.host.paths import allowed_dirs, check_mem_path
+
+    allowed = allowed_dirs([tmp_path])
+    check_mem_path(str(tmp_path), allowed)  # a directory: memhp makes its own file
+    check_mem_path(str(tmp_path / "new-file"), allowed)  # QEMU creates, memhp removes
+    with pytest.raises(Exception, match="not an existing directory"):
+        allowed_dirs(["relative/dir"])

@@ -24,6 +24,22 @@ What counts, with the kernel function that prints it:
 
 A splat is its first line and the lines after it up to the kernel's
 ``---[ end trace`` marker (or a bounded number of lines).
+
+A page dump is judged by the kernel's own facts, not its text alone
+(:func:`offline_explained`): ``offline_pages()`` (mm/memory_hotplug.c) is
+the only caller that asks for the dumps "unmovable page"
+(``start_isolate_page_range(..., MEMORY_OFFLINE | REPORT_FAILURE)``, in
+mm/page_isolation.c ``set_migratetype_isolate()``) and "migration failure"
+(``do_migrate_range()``, after "migrating pfn %lx failed ret:%d").  Such a
+dump is expected when the kernel says in the same records that it belongs
+to an offline the kernel may refuse or retry: an "unmovable page" dump
+whose pfn lies in a range the kernel then reports as "memory offlining
+[mem A-B] failed due to ..." (the write got -EBUSY), or a "migration
+failure" dump right after "migrating pfn N failed" for the same pfn
+(offline_pages() retries; its outcome is checked by the step).  Whoever
+wrote to the state file -- a step, ``--exec``, ``--script``, the
+selftest -- the kernel behaved as documented
+(Documentation/admin-guide/mm/memory-hotplug.rst, "Offlining may fail").
 """
 
 from __future__ import annotations
@@ -71,6 +87,7 @@ class Splat:
     time: float | None
     lines: tuple[str, ...]
     expected: bool = False
+    why: str = ""  # why an expected splat is expected (a pattern, an explained offline)
 
     @property
     def title(self) -> str:
@@ -78,7 +95,7 @@ class Splat:
 
     def to_json(self) -> dict[str, object]:
         return {"kind": self.kind, "time": self.time, "title": self.title,
-                "lines": list(self.lines), "expected": self.expected}
+                "lines": list(self.lines), "expected": self.expected, "why": self.why}
 
 
 def parse_raw_log(text: str) -> list[LogRecord]:
@@ -131,9 +148,62 @@ def find_splats(records: Sequence[LogRecord], expected: Iterable[str] = ()) -> l
                 start -= 1
         lines = tuple(r.text for r in kernel[start:j])
         text = "\n".join(lines)
-        splats.append(Splat(kind, rec.time, lines, any(p.search(text) for p in patterns)))
+        why = next((f"matches {p.pattern!r}" for p in patterns if p.search(text)), "")
+        if not why and kind == "page-dump":
+            why = offline_explained(lines, kernel[max(0, start - 2):j + MAX_LINES])
+        splats.append(Splat(kind, rec.time, lines, bool(why), why))
         i = j
     return splats
+
+
+_DUMP_REASON = re.compile(r"page dumped because: (.*)$")
+_PFN = re.compile(r"\bpfn:(0x[0-9a-fA-F]+)")
+_ZONE = re.compile(r"\|zone=(\d+)")
+_MIGRATE_FAILED = re.compile(r"migrating pfn ([0-9a-fA-F]+) failed ret:(-?\d+)")
+#: Zone index -> name (include/linux/mmzone.h ``enum zone_type``) on x86-64
+#: with CONFIG_ZONE_DMA, CONFIG_ZONE_DMA32 and CONFIG_ZONE_DEVICE, as
+#: Debian builds it; the order /proc/zoneinfo lists a node's zones in.
+X86_64_ZONES = ("DMA", "DMA32", "Normal", "Movable", "Device")
+
+
+def offline_explained(dump: Sequence[str], around: Sequence[LogRecord],
+                      zones: Sequence[str] = X86_64_ZONES) -> str:
+    """Why the page dump ``dump`` belongs to an offline the kernel may
+    refuse or retry, from its own lines and the records ``around`` it; ""
+    when it does not.
+
+    * "unmovable page": ``set_migratetype_isolate()`` found a page it cannot
+      move while offlining, so the write to ``state`` fails with -EBUSY.
+      Allowed in a kernel zone; in ZONE_MOVABLE (the ``zone=`` of the
+      dump's flags line, ``%pGp``) it is not, and the dump stays a splat.
+    * "migration failure": ``do_migrate_range()`` could not move the page
+      (it printed "migrating pfn N failed" just before) and
+      ``offline_pages()`` retries; allowed in any zone (pinned pages,
+      Documentation/admin-guide/mm/memory-hotplug.rst).
+    """
+    reason = next((m.group(1).strip() for line in dump if (m := _DUMP_REASON.search(line))),
+                  "")
+    pfn_m = next((m for line in dump if (m := _PFN.search(line))), None)
+    if pfn_m is None:
+        return ""
+    pfn = int(pfn_m.group(1), 16)
+    if reason == "unmovable page":
+        zone_m = next((m for line in dump if line.startswith("flags:")
+                       and (m := _ZONE.search(line))), None)
+        if zone_m is None or int(zone_m.group(1)) >= len(zones):
+            return ""
+        zone = zones[int(zone_m.group(1))]
+        if zone in ("Movable", "Device"):
+            return ""
+        return (f"offline met an unmovable page (pfn {pfn:#x}) in ZONE_{zone.upper()}: the "
+                "kernel refuses it with EBUSY, as it may")
+    if reason == "migration failure":
+        for rec in around:
+            m = _MIGRATE_FAILED.search(rec.text)
+            if m and int(m.group(1), 16) == pfn:
+                return (f"offline could not migrate pfn {pfn:#x} (ret {m.group(2)}) and "
+                        "retries, as it may")
+    return ""
 
 
 @dataclass(frozen=True)

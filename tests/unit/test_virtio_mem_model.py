@@ -21,13 +21,13 @@ from harness.model import (
     predict,
 )
 from harness.model.kernel import KernelMemory, KernelPolicy
-from harness.model.qemu_rules import NEWEST_READ
-from harness.model.virtio_mem import VMEM_CHANGES, vmem_rules_for
 from harness.model.kernel.virtio_mem import (
     UnmodelledDriver,
     VirtioMemDriver,
     rules_for,
 )
+from harness.model.qemu_rules import NEWEST_READ
+from harness.model.virtio_mem import VMEM_CHANGES, vmem_rules_for
 
 MiB, GiB = 1 << 20, 1 << 30
 BLOCK = 128 * MiB

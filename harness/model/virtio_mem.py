@@ -46,8 +46,9 @@ hw/virtio/virtio-md-pci.c ``virtio_md_pci_unplug_request()`` and
 ``virtio_mem_unplug_request_check()`` since 8.1, words of 9.1+):
 
 * 7.2: always refused, ``virtio based memory devices cannot be unplugged.``;
-* 10.x: refused while ``unplugged-inaccessible`` is off, then while any
-  memory is plugged (``size != 0``), then while ``requested-size != 0``.
+* 8.1+ (read in 10.0, checked on 10.0 and 11.1): refused while
+  ``unplugged-inaccessible`` is off, then while any memory is plugged
+  (``size != 0``), then while ``requested-size != 0``.
   The model knows the requested size, not the guest's plugged size: it
   predicts "still plugged" for a non-zero request (the driver plugs at
   least one sub-block of any request, :mod:`harness.model.kernel.virtio_mem`).

@@ -3,7 +3,8 @@
 ``--qemu debian:10.0`` (the CLI, ``--memhp-qemu`` / ``MEMHP_QEMU`` in the
 pytest plugin) resolves here to an executable; ``--qemu PATH`` or a name on
 ``PATH`` is used as it is.  For ``debian:X.Y`` memhp downloads through its
-own apt (:mod:`harness.apt`, bookworm-backports for 10.0):
+own apt (:mod:`harness.apt`, bookworm-backports for 10.0, trixie-backports
+for 11.1):
 
 * ``qemu-system-x86`` (the binary), ``qemu-system-data`` (its ROMs,
   kvmvapic/linuxboot) and ``seabios`` (the BIOS it expects: 10.0 depends on

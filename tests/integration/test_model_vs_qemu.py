@@ -1,5 +1,6 @@
-"""The model against real QEMU 7.2 (the system's) and 10.0 (Debian's, fetched
-into memhp's cache): no guest, just QEMU's placement and refusals.
+"""The model against real QEMU 7.2 (the system's), 10.0 and 11.1 (Debian's,
+fetched into memhp's cache; 11.1 on its own libraries): no guest, just
+QEMU's placement and refusals.
 
 QEMU is started paused (-S) with the machine's memory options.  A plan the
 model refuses at start-up must make QEMU exit with the model's text on

@@ -49,6 +49,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from filelock import FileLock
@@ -77,26 +78,55 @@ Progress = Callable[[str], None]
 
 
 def sources_text(mirror: str = MIRROR, suites: Iterable[str] = SUITES,
-                 keyring: Path = KEYRING, security_mirror: str = SECURITY_MIRROR) -> str:
+                 keyring: Path = KEYRING, security_mirror: str = SECURITY_MIRROR,
+                 security_suites: Iterable[str] = SECURITY_SUITES) -> str:
     """The deb822 sources file of memhp's apt."""
     stanza = ("Types: deb\nURIs: {}\nSuites: {}\nComponents: main\nArchitectures: amd64\n"
               f"Signed-By: {keyring}\n")
     return ("# memhp's own apt sources (harness/apt.py); not the host's\n"
             + stanza.format(mirror, " ".join(suites)) + "\n"
-            + stanza.format(security_mirror, " ".join(SECURITY_SUITES)))
+            + stanza.format(security_mirror, " ".join(security_suites)))
 
 
 PREFERENCES = ("# trixie only for what bookworm lacks (linux-source-6.12), or with -t trixie\n"
                "Package: *\nPin: release n=trixie\nPin-Priority: 100\n")
 
 
+@dataclass(frozen=True)
+class Sources:
+    """One apt configuration of memhp: which suites, which pins, where it lives.
+
+    ``name`` is its directory under the cache (``apt``, ``apt-trixie``): each
+    configuration has its own lists, package cache and empty dpkg status, so
+    a trixie universe never mixes into the bookworm one memhp's images and
+    kernels are resolved in."""
+
+    name: str
+    suites: tuple[str, ...]
+    security_suites: tuple[str, ...]
+    preferences: str
+
+
+#: memhp's default apt: Debian 12 and what it takes from trixie.
+BOOKWORM = Sources("apt", SUITES, SECURITY_SUITES, PREFERENCES)
+#: Debian 13 as a whole, for programs that need its libraries (QEMU 11.1 of
+#: trixie-backports, :mod:`harness.qemu.fetch`).  trixie-backports' Release
+#: says NotAutomatic/ButAutomaticUpgrades, so it sits at priority 100 by
+#: itself: only ``-t trixie-backports`` takes from it, and what a backport
+#: needs that backports lacks comes from trixie.
+TRIXIE = Sources("apt-trixie", ("trixie", "trixie-updates", "trixie-backports"),
+                 ("trixie-security",),
+                 "# trixie-backports is NotAutomatic (priority 100) by its Release file\n")
+
+
 class Apt:
     """memhp's private apt configuration under ``<cache>/apt``."""
 
     def __init__(self, cache: Path | None = None, *, mirror: str = MIRROR,
-                 progress: Progress | None = None) -> None:
+                 progress: Progress | None = None, sources: Sources = BOOKWORM) -> None:
         self.cache = cache or cache_root()
-        self.root = self.cache / "apt"
+        self.sources = sources
+        self.root = self.cache / sources.name
         self.debs = self.cache / "debs"
         self.mirror = mirror
         self.say = progress or (lambda msg: log.info("%s", msg))
@@ -104,11 +134,12 @@ class Apt:
     # -- configuration -----------------------------------------------------------------
 
     def _sources(self) -> str:
-        return sources_text(self.mirror)
+        return sources_text(self.mirror, self.sources.suites,
+                            security_suites=self.sources.security_suites)
 
     def _fingerprint(self) -> str:
-        return hashlib.sha256((CONFIG_VERSION + self._sources() + PREFERENCES).encode()
-                              ).hexdigest()[:16]
+        return hashlib.sha256((CONFIG_VERSION + self._sources() + self.sources.preferences
+                               ).encode()).hexdigest()[:16]
 
     def _write_config(self) -> None:
         if not KEYRING.is_file():
@@ -119,7 +150,7 @@ class Apt:
                   self.root / "empty.d"):
             d.mkdir(parents=True, exist_ok=True)
         for name, text in (("sources.sources", self._sources()),
-                           ("preferences", PREFERENCES)):
+                           ("preferences", self.sources.preferences)):
             path = self.root / name
             if not path.exists() or path.read_text() != text:
                 path.write_text(text)
@@ -191,7 +222,7 @@ class Apt:
                      and time.time() - stamp.stat().st_mtime < max_age_s)
             if fresh and not force:
                 return False
-            suites = ", ".join(SUITES + SECURITY_SUITES)
+            suites = ", ".join(self.sources.suites + self.sources.security_suites)
             self.say(f"apt-get update of memhp's own sources ({suites})")
             t0 = time.monotonic()
             self._run("apt-get", "update", "-q", what="apt-get update (memhp's sources)")
@@ -202,9 +233,10 @@ class Apt:
     def _suite_args(self, suite: str | None) -> list[str]:
         if suite is None:
             return []
-        if suite not in SUITES + SECURITY_SUITES:
+        known = self.sources.suites + self.sources.security_suites
+        if suite not in known:
             raise UsageError(f"suite {suite!r} is not one memhp's apt knows", value=suite,
-                             fix=f"use one of {', '.join(SUITES + SECURITY_SUITES)}")
+                             fix=f"use one of {', '.join(known)}")
         return ["-t", suite]
 
     def show(self, packages: Iterable[str],
@@ -249,39 +281,69 @@ class Apt:
         raise UsageError(f"package {name!r} does not depend on a {prefix}* package", value=name,
                          fix=f"give a {prefix}* package name")
 
+    def closure(self, packages: Iterable[str], suite: str | None = None) -> dict[str, str]:
+        """Everything installing ``packages`` (from ``suite``) on an empty system
+        takes, Pre-Depends and Depends (not Recommends): name -> version, as
+        apt's resolver picks it (``apt-get install -s``; nothing is installed)."""
+        wanted = list(dict.fromkeys(packages))
+        self.update()
+        out = self._run("apt-get", "install", "-s", "-q", "--no-install-recommends",
+                        *self._suite_args(suite), *wanted,
+                        what=f"resolving the dependencies of {' '.join(wanted)}")
+        return parse_simulation(out)
+
+    def download_closure(self, packages: Iterable[str], suite: str | None = None,
+                         dest: Path | None = None) -> dict[str, Path]:
+        """:meth:`closure` downloaded (what is cached already is kept); name -> .deb."""
+        versions = self.closure(packages, suite)
+        return self._download_versions(versions, dest or self.debs,
+                                       f" (closure of {' '.join(packages)})")
+
     def download(self, packages: Iterable[str], suite: str | None = None,
                  dest: Path | None = None) -> dict[str, Path]:
         """``apt-get download`` the candidates not cached yet; name -> .deb path."""
-        debs = dest or self.debs
-        debs.mkdir(parents=True, exist_ok=True)
         wanted = list(dict.fromkeys(packages))
         stanzas = self.show(wanted, suite)
+        versions = {name: stanzas[name]["Version"] for name in wanted}
+        return self._download_versions(versions, dest or self.debs,
+                                       f" from {suite}" if suite else "")
+
+    def _download_versions(self, versions: dict[str, str], debs: Path,
+                           where: str) -> dict[str, Path]:
+        debs.mkdir(parents=True, exist_ok=True)
         result: dict[str, Path] = {}
         fetch: list[str] = []
-        for name in wanted:
-            hit = _cached_deb(debs, name, stanzas[name]["Version"])
+        for name, version in versions.items():
+            hit = _cached_deb(debs, name, version)
             if hit is not None:
                 result[name] = hit
             else:
                 fetch.append(name)
         if fetch:
-            self.say(f"downloading {len(fetch)} package(s)"
-                     f"{' from ' + suite if suite else ''}: {' '.join(fetch)}")
+            self.say(f"downloading {len(fetch)} package(s){where}: {' '.join(fetch)}")
             t0 = time.monotonic()
             with tempfile.TemporaryDirectory(dir=debs, prefix=".download-") as tmp:
                 self._run("apt-get", "download", "-q",
-                          *[f"{n}={stanzas[n]['Version']}" for n in fetch],
+                          *[f"{n}={versions[n]}" for n in fetch],
                           what="apt-get download", cwd=Path(tmp))
                 for f in Path(tmp).glob("*.deb"):
                     os.replace(f, debs / f.name)
             self.say(f"downloaded in {time.monotonic() - t0:.1f}s")
             for name in fetch:
-                hit = _cached_deb(debs, name, stanzas[name]["Version"])
+                hit = _cached_deb(debs, name, versions[name])
                 if hit is None:
                     raise ImageBuildError(f"apt-get download did not produce {name} "
-                                          f"{stanzas[name]['Version']}")
+                                          f"{versions[name]}")
                 result[name] = hit
         return result
+
+
+_INST = re.compile(r"^Inst (\S+) (?:\[[^\]]*\] )?\((\S+) ", re.M)
+
+
+def parse_simulation(output: str) -> dict[str, str]:
+    """``apt-get install -s`` output -> name -> version of each ``Inst`` line."""
+    return {m.group(1): m.group(2) for m in _INST.finditer(output)}
 
 
 def _cached_deb(debs: Path, name: str, version: str) -> Path | None:

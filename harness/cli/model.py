@@ -57,7 +57,8 @@ def detected_qemu_version(binary: str = "qemu-system-x86_64") -> tuple[tuple[int
 @click.option("--qemu", "qemu_binary", default="qemu-system-x86_64", show_default=True,
               help="Whose version to model when --qemu-version is not given "
                    "(a binary, or debian:10.0).")
-@click.option("--qemu-version", help="Model this QEMU version (7.2, 8.2, 9.2, 10.x; "
+@click.option("--qemu-version", help="Model this QEMU version (any from 7.2; one newer "
+                                     "than the newest read gets its rules, flagged; "
                                      "default: the --qemu binary's).")
 @click.option("--scenario", "scenario_file", type=click.Path(path_type=Path),
               help="Take the machine and the steps from a scenario TOML file (its backend "
@@ -78,6 +79,7 @@ def model_cmd(ctx: click.Context, machine: str, memory: str, numa: str, adds: tu
     from harness.model.spec import parse_memory_option, parse_numa_option
     from harness.units import parse_size
 
+    extrapolated: dict[str, Any] = {}
     try:
         if qemu_version is None:
             from harness.qemu.fetch import resolve_qemu
@@ -85,6 +87,7 @@ def model_cmd(ctx: click.Context, machine: str, memory: str, numa: str, adds: tu
             version, version_note = detected_qemu_version(resolve_qemu(qemu_binary))
         else:
             version, version_note = parse_qemu_version(qemu_version), "given"
+        extrapolated = _extrapolation(version, as_json)
         mtype = parse_machine_type(machine)
         ram, slots, maxmem = parse_memory_option(memory)
         spec = MachineSpec(
@@ -115,7 +118,7 @@ def model_cmd(ctx: click.Context, machine: str, memory: str, numa: str, adds: tu
             click.echo(json.dumps({"error": {
                 "kind": exc.kind, "message": str(exc),
                 "qemu_message": getattr(exc, "qemu_message", ""),
-                "step": getattr(exc, "step", None)}}))
+                "step": getattr(exc, "step", None)}, **extrapolated}))
         qemu_words = getattr(exc, "qemu_message", "")
         click.echo(f"memhp: plan refused ({exc.kind}): {exc}", err=True)
         if qemu_words:
@@ -130,10 +133,26 @@ def model_cmd(ctx: click.Context, machine: str, memory: str, numa: str, adds: tu
     if as_json:
         doc = prediction.to_json()
         doc["qemu_version_source"] = version_note
+        doc.update(extrapolated)
         click.echo(json.dumps(doc, indent=2))
         return 0
     _print_table(prediction, version_note)
     return 0
+
+
+def _extrapolation(version: tuple[int, int], as_json: bool) -> dict[str, Any]:
+    """For a QEMU newer than the newest read: say so on stderr (human mode)
+    and return the JSON key ``extrapolated_from``; else {}."""
+    from harness.model.qemu_rules import rules_for
+
+    source = rules_for(version).extrapolated_from
+    if source is None:
+        return {}
+    read = f"{source[0]}.{source[1]}"
+    if not as_json:
+        click.echo(f"memhp: model extrapolated: QEMU {version[0]}.{version[1]} is newer than "
+                   f"the newest QEMU read ({read}); using {read}'s rules", err=True)
+    return {"extrapolated_from": {"qemu": read}}
 
 
 def _ordered_ops(ctx: click.Context, adds: tuple[str, ...], removes: tuple[str, ...],

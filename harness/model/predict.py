@@ -4,6 +4,10 @@ At start-up QEMU refuses, in this order (:func:`_check_spec`; each a
 :class:`PlanRefused` with a stable ``kind`` and QEMU's wording in
 ``qemu_message``; the same in v7.2.0 and v10.0.0):
 
+0. the machine type -- system/vl.c ``select_machine()``: a versioned type
+   older than the binary's oldest (QEMU 10.1+ no longer registers types
+   six years old, ``QemuRules.oldest_machine``) is ``unsupported machine
+   type``;
 1. ``-m`` -- hw/core/machine.c ``machine_set_mem()``: maxmem below RAM;
    slots with maxmem equal to RAM;
 2. a boot RAM backend the host will not map (:mod:`.qemu_rules.host`);
@@ -166,6 +170,8 @@ class Prediction:
                 "machine_version": ".".join(map(str, self.spec.rules.machine_version)),
                 "size_check": self.spec.rules.size_check,
                 "enforce_amd_1tb_hole": self.spec.rules.enforce_amd_1tb_hole,
+                "oldest_machine": _dotted(self.spec.rules.oldest_machine),
+                "extrapolated_from": _dotted(self.spec.rules.extrapolated_from),
                 "sources": list(self.spec.rules.sources),
             },
             "cpu": {"vendor": self.spec.cpu.vendor, "phys_bits": self.spec.cpu.phys_bits,
@@ -506,8 +512,22 @@ def _totals(spec: MachineSpec, dimms: Sequence[PlacedDimm]) -> tuple[NodeTotals,
     )
 
 
+def _dotted(version: tuple[int, int] | None) -> str | None:
+    return None if version is None else f"{version[0]}.{version[1]}"
+
+
 def _check_spec(spec: MachineSpec, layout: Layout) -> None:
     """QEMU's start-up refusals, in QEMU's order (module docstring)."""
+    rules = spec.rules
+    oldest = rules.oldest_machine
+    if spec.machine_version is not None and oldest is not None and spec.machine_version < oldest:
+        q, o = rules.qemu, f"{oldest[0]}.{oldest[1]}"
+        raise refuse(
+            "machine-type-removed", f"machine type {spec.machine_name} is gone from QEMU "
+            f"{q[0]}.{q[1]}, whose oldest {spec.machine} machine type is {o}",
+            f'unsupported machine type: "{spec.machine_name}"', value=spec.machine_name,
+            limit=oldest, fix=f"use machine type {spec.machine}, or a versioned one from {o} "
+            f"on (QEMU {q[0]}.{q[1]} removed the older ones)")
     ram, maxmem = spec.ram_size, spec.maxmem
     if maxmem and maxmem < ram:
         raise refuse(

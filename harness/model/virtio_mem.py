@@ -46,8 +46,9 @@ hw/virtio/virtio-md-pci.c ``virtio_md_pci_unplug_request()`` and
 ``virtio_mem_unplug_request_check()`` since 8.1, words of 9.1+):
 
 * 7.2: always refused, ``virtio based memory devices cannot be unplugged.``;
-* 10.x: refused while ``unplugged-inaccessible`` is off, then while any
-  memory is plugged (``size != 0``), then while ``requested-size != 0``.
+* 8.1+ (read in 10.0, checked on 10.0 and 11.1): refused while
+  ``unplugged-inaccessible`` is off, then while any memory is plugged
+  (``size != 0``), then while ``requested-size != 0``.
   The model knows the requested size, not the guest's plugged size: it
   predicts "still plugged" for a non-zero request (the driver plugs at
   least one sub-block of any request, :mod:`harness.model.kernel.virtio_mem`).
@@ -58,8 +59,11 @@ size of the backend, THP size) = 2 MiB for anonymous RAM on x86-64;
 sets ``auto``, which resolves to off for RAM backends: they have the shared
 zeropage).
 
-QEMU 8.2 and 9.2 are modelled for DIMMs but their virtio-mem wording was not
-checked against a binary: :func:`vmem_rules_for` refuses them.
+Between and after the versions checked on a binary (7.2, 10.0, 11.1), a
+version gets the rules in force (:data:`VMEM_CHANGES`, one entry per rule
+and the commit that changed it); a QEMU newer than
+:data:`harness.model.qemu_rules.NEWEST_READ` gets the newest ones, with
+``extrapolated_from`` set.
 """
 
 from __future__ import annotations
@@ -68,6 +72,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from harness.errors import UsageError, refuse
+from harness.model.qemu_rules import NEWEST_READ, OLDEST, Change, describe_versions
 from harness.units import MiB, format_size
 
 MIN_BLOCK_SIZE = MiB  # VIRTIO_MEM_MIN_BLOCK_SIZE
@@ -84,26 +89,66 @@ class VirtioMemRules:
     memdev_size_check: Literal["pre-plug", "realize"]
     dynamic_memslots: bool
     source: str
+    # The newest version read, whose rules these are, when ``qemu`` is newer.
+    extrapolated_from: tuple[int, int] | None = None
 
 
-RULES_7_2 = VirtioMemRules(
-    (7, 2), unplug="never", memdev_size_check="pre-plug", dynamic_memslots=False,
-    source="hw/i386/pc.c pc_virtio_md_pci_unplug_request; hw/mem/memory-device.c "
-           "memory_device_get_free_addr; hw/virtio/virtio-mem.c (7.2)")
-RULES_10 = VirtioMemRules(
-    (10, 0), unplug="when-empty", memdev_size_check="realize", dynamic_memslots=True,
-    source="hw/virtio/virtio-md-pci.c virtio_md_pci_unplug_request; hw/virtio/virtio-mem.c "
-           "virtio_mem_unplug_request_check, virtio_mem_device_realize (10.0)")
+VMEM_CHANGES: tuple[Change, ...] = (
+    Change("unplug", (7, 2), "never",
+           "hw/i386/pc.c pc_virtio_md_pci_unplug_request() (v7.2.0): 'virtio based memory "
+           "devices cannot be unplugged.'"),
+    Change("unplug", (8, 1), "when-empty",
+           "commits 'virtio-md-pci: Handle unplug of virtio based memory devices' and "
+           "'virtio-mem-pci: Device unplug support' (D. Hildenbrand, July 2023, v8.1.0): "
+           "hw/virtio/virtio-md-pci.c virtio_md_pci_unplug_request() asks "
+           "virtio_mem_unplug_request_check(); words as read in v10.0.2 and in the 11.1.3 "
+           "binary (8.1-9.2 not checked against a binary)"),
+    Change("memdev_size_check", (7, 2), "pre-plug",
+           "hw/mem/memory-device.c memory_device_get_free_addr() (v7.2.0): 'backend memory "
+           "size must be multiple of' the alignment, block size included, before realize"),
+    Change("memdev_size_check", (8, 2), "realize",
+           "commit eb1b7c4bd413 'memory-device: Drop size alignment check' (v8.2.0); "
+           "540a1abbf0b2 (v9.0.0) brings back a pre-plug check of the region alignment only "
+           "(2 MiB), so a size off the block size is left to virtio_mem_device_realize(): "
+           "\"'memdev' property memdev size has to be multiples of'block-size'\" (v10.0.2, "
+           "11.1.3 binary)"),
+    Change("dynamic_memslots", (7, 2), False,
+           "hw/virtio/virtio-mem.c (v7.2.0): no 'dynamic-memslots' property"),
+    Change("dynamic_memslots", (8, 2), True,
+           "commit 'virtio-mem: Expose device memory dynamically via multiple memslots if "
+           "enabled' (D. Hildenbrand, Sept 2023, v8.2.0): property 'dynamic-memslots'"),
+)
+
+
+def _in_force(changes: tuple[Change, ...], version: tuple[int, int]) -> dict[str, Change]:
+    chosen: dict[str, Change] = {}
+    for change in changes:
+        if change.since <= version:
+            chosen[change.field] = change  # the last one in force wins
+    return chosen
 
 
 def vmem_rules_for(version: tuple[int, int]) -> VirtioMemRules:
-    if tuple(version) == (7, 2):
-        return RULES_7_2
-    if tuple(version) >= (10, 0):
-        return RULES_10
-    raise UsageError(
-        f"virtio-mem is modelled for QEMU 7.2 and 10.x, not {version[0]}.{version[1]}",
-        value=version, fix="run virtio-mem scenarios on QEMU 7.2 or --qemu debian:10.0")
+    """The virtio-mem rules in force at QEMU ``version`` (the newest ones,
+    flagged ``extrapolated_from``, past :data:`NEWEST_READ`)."""
+    version = (int(version[0]), int(version[1]))
+    if version < OLDEST:
+        raise UsageError(
+            f"virtio-mem is modelled for {describe_versions()}, not "
+            f"{version[0]}.{version[1]}", value=version,
+            fix=f"run QEMU {OLDEST[0]}.{OLDEST[1]} or newer (e.g. --qemu debian:10.0)")
+    extrapolated = NEWEST_READ if version > NEWEST_READ else None
+    chosen = _in_force(VMEM_CHANGES, extrapolated or version)
+    return VirtioMemRules(
+        version, unplug=chosen["unplug"].value,  # type: ignore[arg-type]
+        memdev_size_check=chosen["memdev_size_check"].value,  # type: ignore[arg-type]
+        dynamic_memslots=bool(chosen["dynamic_memslots"].value),
+        source="; ".join(c.source for c in chosen.values()),
+        extrapolated_from=extrapolated)
+
+
+RULES_7_2 = vmem_rules_for((7, 2))
+RULES_10 = vmem_rules_for((10, 0))
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,8 @@
 ``--qemu debian:10.0`` (the CLI, ``--memhp-qemu`` / ``MEMHP_QEMU`` in the
 pytest plugin) resolves here to an executable; ``--qemu PATH`` or a name on
 ``PATH`` is used as it is.  For ``debian:X.Y`` memhp downloads through its
-own apt (:mod:`harness.apt`, bookworm-backports for 10.0):
+own apt (:mod:`harness.apt`, bookworm-backports for 10.0, trixie-backports
+for 11.1):
 
 * ``qemu-system-x86`` (the binary), ``qemu-system-data`` (its ROMs,
   kvmvapic/linuxboot) and ``seabios`` (the BIOS it expects: 10.0 depends on
@@ -17,9 +18,31 @@ relocatable).  The launcher keeps every caller unchanged: version
 detection, the KVM probe and the VM itself all run it as they would run
 ``/usr/bin/qemu-system-x86_64``, and ``exec`` keeps QEMU's PID.
 
-The libraries the binary needs are those of Debian 12's own
-qemu-system-x86 (which ``make setup`` installs): checked after unpacking
-against the dynamic loader's cache, and any missing one is named (exit 3).
+For a QEMU of bookworm-backports (10.0), the libraries the binary needs
+are those of Debian 12's own qemu-system-x86 (which ``make setup``
+installs): checked after unpacking against the dynamic loader's cache, and
+any missing one is named (exit 3).
+
+A QEMU of a newer Debian (11.1 of trixie-backports, built against glibc
+2.41 where Debian 12 has 2.36) brings its own libraries: memhp's trixie apt
+(:data:`harness.apt.TRIXIE`, its own root ``<cache>/apt-trixie``) resolves
+the dependency closure of the packages on an empty system (90 packages,
+libc6 included), all are unpacked into the same root, and the launcher
+execs the *unpacked* dynamic loader on the binary::
+
+    QEMU_MODULE_DIR=ROOT/usr/lib/x86_64-linux-gnu/qemu; export QEMU_MODULE_DIR
+    exec ROOT/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2 \
+        --library-path ROOT/usr/lib/x86_64-linux-gnu:ROOT/lib/x86_64-linux-gnu:... \
+        ROOT/usr/bin/qemu-system-x86_64 -L ROOT/usr/share/qemu -L ROOT/usr/share/seabios "$@"
+
+Nothing of the host's libraries is used (the loader searches only
+``--library-path`` and then its own built-in trixie paths, which on this
+host are Debian 12's: hence every soname must be in the root, checked after
+unpacking).  ``QEMU_MODULE_DIR`` points QEMU at its unpacked modules
+(Debian builds QEMU with ``--enable-modules``: display, audio, block
+drivers; without it QEMU looks in the host's /usr/lib/x86_64-linux-gnu/qemu,
+which holds 7.2's modules and would be refused as of another build).
+``exec`` keeps QEMU's PID here too.
 """
 
 from __future__ import annotations
@@ -37,20 +60,31 @@ from harness.errors import HostEnvironmentError, UsageError
 
 PREFIX = "debian:"
 PACKAGES = ("qemu-system-x86", "qemu-system-data", "seabios")
+#: With its own libraries: the iPXE ROMs too (qemu-system-data only links to them).
+OWN_LIBRARY_PACKAGES = (*PACKAGES, "ipxe-qemu")
+LIB_DIRS = ("usr/lib/x86_64-linux-gnu", "lib/x86_64-linux-gnu", "usr/lib64", "lib64",
+            "usr/lib")
+LOADER = "usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"
+MODULE_DIR = "usr/lib/x86_64-linux-gnu/qemu"
+FIRMWARE_DIRS = ("usr/share/qemu", "usr/share/seabios")
 
 
 @dataclass(frozen=True)
 class DebianQemu:
-    """Where ``debian:X.Y`` comes from: the suite whose qemu-system-x86 is X.Y."""
+    """Where ``debian:X.Y`` comes from: the suite whose qemu-system-x86 is X.Y,
+    and whether it runs on the host's libraries or brings its own (a newer
+    Debian's glibc and libraries, run through their own dynamic loader)."""
 
     version: str
     suite: str | None
+    own_libraries: bool = False
 
 
-# The QEMU of each Debian 12 suite memhp's apt knows (harness.apt.SUITES).
 KNOWN: dict[str, DebianQemu] = {
     "7.2": DebianQemu("7.2", None),                    # bookworm (the system's)
-    "10.0": DebianQemu("10.0", "bookworm-backports"),  # 1:10.0.x~bpo12
+    "10.0": DebianQemu("10.0", "bookworm-backports"),  # 1:10.0.x~bpo12, host libraries
+    # 1:11.1.3+ds-2~bpo13+1, glibc 2.41: its own libraries from trixie
+    "11.1": DebianQemu("11.1", "trixie-backports", own_libraries=True),
 }
 
 
@@ -68,9 +102,9 @@ def resolve_qemu(text: str, *, cache: Path | None = None) -> str:
     if known is None:
         raise UsageError(f"no Debian QEMU {wanted!r} is known to memhp", value=text,
                          fix=f"use one of {', '.join(PREFIX + v for v in KNOWN)}, or --qemu PATH")
-    from harness.apt import Apt, cache_root
+    from harness.apt import TRIXIE, Apt, cache_root
 
-    apt = Apt(cache)
+    apt = Apt(cache, sources=TRIXIE) if known.own_libraries else Apt(cache)
     version = apt.version("qemu-system-x86", known.suite)
     upstream = version.split(":", 1)[-1]
     if not upstream.startswith(wanted + ".") and not upstream.startswith(wanted + "+"):
@@ -81,10 +115,16 @@ def resolve_qemu(text: str, *, cache: Path | None = None) -> str:
     launcher = root / "qemu-system-x86_64"
     with FileLock(str(root) + ".lock"):
         if not launcher.exists():
-            debs = apt.download(PACKAGES, known.suite)
-            unpack(root, [debs[p] for p in PACKAGES])
-            write_launcher(root)
-    check_libraries(root / "usr/bin/qemu-system-x86_64")
+            if known.own_libraries:
+                debs = apt.download_closure(OWN_LIBRARY_PACKAGES, known.suite)
+                unpack(root, sorted(debs.values()))
+                check_own_libraries(root)
+            else:
+                debs = apt.download(PACKAGES, known.suite)
+                unpack(root, [debs[p] for p in PACKAGES])
+            write_launcher(root, own_libraries=known.own_libraries)
+    if not known.own_libraries:
+        check_libraries(root / "usr/bin/qemu-system-x86_64")
     return str(launcher)
 
 
@@ -99,17 +139,26 @@ def unpack(root: Path, debs: list[Path]) -> None:
     os.replace(tmp, root)
 
 
-def launcher_text(root: Path) -> str:
-    binary = root / "usr/bin/qemu-system-x86_64"
-    dirs = " ".join(f"-L {shlex.quote(str(root / d))}" for d in ("usr/share/qemu",
-                                                                  "usr/share/seabios"))
-    return f'#!/bin/sh\nexec {shlex.quote(str(binary))} {dirs} "$@"\n'
+def launcher_text(root: Path, *, own_libraries: bool = False) -> str:
+    """The launcher script: exec the unpacked binary with ``-L`` for its
+    firmware; with ``own_libraries``, through the unpacked dynamic loader on
+    the unpacked libraries and modules only (module docstring)."""
+    binary = shlex.quote(str(root / "usr/bin/qemu-system-x86_64"))
+    dirs = " ".join(f"-L {shlex.quote(str(root / d))}" for d in FIRMWARE_DIRS)
+    if not own_libraries:
+        return f'#!/bin/sh\nexec {binary} {dirs} "$@"\n'
+    libs = shlex.quote(":".join(str(root / d) for d in LIB_DIRS))
+    return ("#!/bin/sh\n"
+            f"QEMU_MODULE_DIR={shlex.quote(str(root / MODULE_DIR))}\n"
+            "export QEMU_MODULE_DIR\n"
+            f"exec {shlex.quote(str(root / LOADER))} --library-path {libs} "
+            f'{binary} {dirs} "$@"\n')
 
 
-def write_launcher(root: Path) -> None:
+def write_launcher(root: Path, *, own_libraries: bool = False) -> None:
     path = root / "qemu-system-x86_64"
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(launcher_text(root))
+    tmp.write_text(launcher_text(root, own_libraries=own_libraries))
     tmp.chmod(0o755)
     os.replace(tmp, path)
 
@@ -126,6 +175,32 @@ def needed_libraries(readelf_output: str) -> list[str]:
 def missing_libraries(needed: list[str], ldconfig_output: str) -> list[str]:
     have = {line.split(" (", 1)[0].strip() for line in ldconfig_output.splitlines()}
     return [lib for lib in needed if lib not in have]
+
+
+def unresolved_in_root(needed: list[str], present: set[str]) -> list[str]:
+    """The sonames of ``needed`` that no file of the root's library
+    directories (``present``: file names) provides."""
+    return [lib for lib in needed if lib not in present]
+
+
+def check_own_libraries(root: Path) -> None:
+    """Every soname the unpacked binary needs is in the unpacked root, and so
+    is the loader (the closure came from apt: a miss means a package layout
+    memhp does not know)."""
+    if not (root / LOADER).exists():
+        raise HostEnvironmentError(f"the unpacked QEMU in {root} has no dynamic loader "
+                                   f"{LOADER} (fix: remove {root} and retry, or --qemu PATH)")
+    try:
+        elf = subprocess.run(["readelf", "-d", str(root / "usr/bin/qemu-system-x86_64")],
+                             capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return  # no binutils: the loader itself will name a missing library
+    present = {p.name for d in LIB_DIRS if (root / d).is_dir() for p in (root / d).iterdir()}
+    missing = unresolved_in_root(needed_libraries(elf), present)
+    if missing:
+        raise HostEnvironmentError(
+            f"the unpacked QEMU in {root} needs libraries its packages did not bring: "
+            f"{', '.join(missing)} (fix: remove {root} and retry, or --qemu PATH)")
 
 
 def check_libraries(binary: Path) -> None:

@@ -182,7 +182,7 @@ def _needs(group_name: str) -> dict[int, int]:
 
 
 @pytest.mark.parametrize("group", [g for g, _ in GROUPS])
-@pytest.mark.parametrize("version", ["7.2", "10.0"])
+@pytest.mark.parametrize("version", ["7.2", "10.0", "11.1"])
 def test_backend_matrix(group: str, version: str) -> None:
     binary = qemu_binary(version)
     members = dict(GROUPS)[group]
@@ -203,7 +203,7 @@ def _ver(text: str) -> tuple[int, int]:
     return int(a), int(b)
 
 
-@pytest.mark.parametrize("version", ["7.2", "10.0"])
+@pytest.mark.parametrize("version", ["7.2", "10.0", "11.1"])
 def test_prealloc_out_of_space(version: str, tmp_path: Path) -> None:
     """Preallocation on a 16 MiB tmpfs: the model's refusal (from the file
     system's free space) is QEMU's, in QEMU's words."""

@@ -1,5 +1,6 @@
-"""The model against real QEMU 7.2 (the system's) and 10.0 (Debian's, fetched
-into memhp's cache): no guest, just QEMU's placement and refusals.
+"""The model against real QEMU 7.2 (the system's), 10.0 and 11.1 (Debian's,
+fetched into memhp's cache; 11.1 on its own libraries): no guest, just
+QEMU's placement and refusals.
 
 QEMU is started paused (-S) with the machine's memory options.  A plan the
 model refuses at start-up must make QEMU exit with the model's text on
@@ -26,7 +27,7 @@ from hypothesis import strategies as st
 from harness.errors import HarnessError, QMPCommandError
 from harness.model import AddDimm, MachineSpec, predict
 from harness.model.predict import DIMM_BACKEND
-from harness.model.qemu_rules import CpuSpec
+from harness.model.qemu_rules import CpuSpec, parse_machine_type
 from harness.model.qemu_rules.host import parse_meminfo
 from harness.qemu.qmp import QMPSession
 from harness.retry import wait_for
@@ -182,6 +183,20 @@ def test_check_order_address_zero_and_no_slots(qemu: tuple[str, tuple[int, int]]
 def test_start_up_refusals(qemu: tuple[str, tuple[int, int]], kw: dict[str, object]) -> None:
     binary, version = qemu
     check_start(binary, spec_for(version, **{"numa": (), **kw}))
+
+
+@pytest.mark.parametrize("machine", ["pc-i440fx-4.0", "pc-i440fx-5.1", "pc-q35-5.0",
+                                     "pc-i440fx-5.2", "pc-q35-5.2"])
+def test_removed_machine_types(qemu: tuple[str, tuple[int, int]], machine: str) -> None:
+    """QEMU 10.1+ no longer has six-year-old machine types (11.1: 4.0-5.1
+    gone, 5.2 kept): QEMU refuses them at start-up with the model's words."""
+    binary, version = qemu
+    mtype = parse_machine_type(machine)
+    spec = spec_for(version, machine=mtype.family, machine_version=mtype.version,
+                    ram_size=2 * GiB, slots=2, maxmem=4 * GiB, numa=())
+    started = check_start(binary, spec)
+    oldest = spec.rules.oldest_machine
+    assert started == (oldest is None or mtype.version >= oldest)  # type: ignore[operator]
 
 
 def test_amd_relocated_layout(qemu: tuple[str, tuple[int, int]]) -> None:

@@ -119,6 +119,69 @@ def test_debian_qemu_launcher_passes_both_firmware_dirs(tmp_path: Path) -> None:
     assert missing_libraries(needed_libraries(elf), ldconfig) == ["libfoo.so.9"]
 
 
+def test_own_library_launcher_execs_the_unpacked_loader(tmp_path: Path) -> None:
+    """debian:11.1's launcher: the unpacked ld.so runs the unpacked binary on
+    the unpacked libraries only, modules from the root, firmware by -L; and
+    exec keeps the PID memhp will kill (checked with a stand-in loader)."""
+    import os
+    import subprocess
+
+    from harness.qemu.fetch import KNOWN, LOADER, launcher_text, unresolved_in_root
+
+    assert KNOWN["11.1"].suite == "trixie-backports" and KNOWN["11.1"].own_libraries
+    assert not KNOWN["10.0"].own_libraries  # 10.0 keeps the host's libraries
+    root = tmp_path / "debian-11.1.3"
+    text = launcher_text(root, own_libraries=True)
+    lines = text.splitlines()
+    assert lines[0] == "#!/bin/sh"
+    assert lines[1] == f"QEMU_MODULE_DIR={root}/usr/lib/x86_64-linux-gnu/qemu"
+    assert lines[2] == "export QEMU_MODULE_DIR"
+    assert lines[3].startswith(f"exec {root}/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2 "
+                               f"--library-path {root}/usr/lib/x86_64-linux-gnu:"
+                               f"{root}/lib/x86_64-linux-gnu:")
+    assert f"{root}/usr/bin/qemu-system-x86_64 -L {root}/usr/share/qemu " \
+           f"-L {root}/usr/share/seabios \"$@\"" in lines[3]
+    assert "/usr/lib/x86_64-linux-gnu:/" not in lines[3].replace(str(root), "ROOT")
+    # run it with a stand-in loader that reports its PID, environment and argv
+    loader = root / LOADER
+    loader.parent.mkdir(parents=True)
+    loader.write_text('#!/bin/sh\necho "$$|$QEMU_MODULE_DIR|$*"\n')
+    loader.chmod(0o755)
+    launcher = root / "qemu-system-x86_64"
+    launcher.write_text(text)
+    launcher.chmod(0o755)
+    proc = subprocess.Popen([str(launcher), "-S", "a b"], stdout=subprocess.PIPE, text=True,
+                            env={k: v for k, v in os.environ.items() if k != "QEMU_MODULE_DIR"})
+    out, _ = proc.communicate(timeout=10)
+    pid, modules, argv = out.strip().split("|")
+    assert int(pid) == proc.pid  # exec all the way: QEMU's PID is the launcher's
+    assert modules == f"{root}/usr/lib/x86_64-linux-gnu/qemu"
+    assert argv.endswith(f"-L {root}/usr/share/seabios -S a b")
+    assert unresolved_in_root(["libc.so.6", "libglib-2.0.so.0"], {"libc.so.6"}) == [
+        "libglib-2.0.so.0"]
+
+
+def test_apt_simulation_lists_the_closure() -> None:
+    from harness.apt import TRIXIE, Apt, parse_simulation
+
+    out = ("NOTE: This is only a simulation!\n"
+           "Inst gcc-14-base (14.2.0-19 Debian:13.8/stable [amd64])\n"
+           "Inst libc6 (2.41-12+deb13u5 Debian:13.8/stable [amd64]) []\n"
+           "Inst qemu-system-x86 (1:11.1.3+ds-2~bpo13+1 Debian Backports:stable-backports "
+           "[amd64])\nInst foo [1.0] (2.0 Debian:13.8/stable [amd64])\n"
+           "Conf libc6 (2.41-12+deb13u5 Debian:13.8/stable [amd64])\n")
+    assert parse_simulation(out) == {"gcc-14-base": "14.2.0-19", "libc6": "2.41-12+deb13u5",
+                                     "qemu-system-x86": "1:11.1.3+ds-2~bpo13+1", "foo": "2.0"}
+    trixie = Apt(Path("/nonexistent-cache"), sources=TRIXIE)
+    assert trixie.root == Path("/nonexistent-cache/apt-trixie")
+    assert Apt(Path("/nonexistent-cache")).root == Path("/nonexistent-cache/apt")
+    text = trixie._sources()
+    assert "Suites: trixie trixie-updates trixie-backports\n" in text
+    assert "Suites: trixie-security\n" in text and "bookworm" not in text
+    with pytest.raises(UsageError):
+        trixie._suite_args("bookworm-backports")
+
+
 def test_unknown_debian_qemu_is_a_usage_error() -> None:
     from harness.qemu.fetch import resolve_qemu
 

@@ -8,6 +8,7 @@ ROUND_UP(4G + above_4g, 1G) (hw/i386/pc.c) and block N = addr // block size.
 from __future__ import annotations
 
 import contextlib
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -27,8 +28,12 @@ from harness.model import (
     ram_split,
 )
 from harness.model.qemu_rules import (
+    CHANGES,
+    NEWEST_READ,
+    OLDEST,
     CpuSpec,
     MachineType,
+    oldest_machine_type,
     parse_cpu_option,
     parse_machine_type,
     rules_for,
@@ -266,13 +271,72 @@ def test_maxmem_without_slots_starts_but_refuses_dimms() -> None:
 
 
 def test_unmodelled_versions_are_refused() -> None:
-    for kwargs in ({"qemu_version": (8, 1)}, {"qemu_version": (6, 2)},
+    for kwargs in ({"qemu_version": (7, 1)}, {"qemu_version": (6, 2)},
                    {"machine_version": (3, 1)},
                    {"qemu_version": (7, 2), "machine_version": (8, 0)}):
         with pytest.raises(UsageError):
             MachineSpec(**kwargs)
     assert rules_for((10, 1)).size_check == "before-addr"
     assert rules_for((7, 2)).sources
+
+
+def _releases(upto: tuple[int, int]) -> list[tuple[int, int]]:
+    """Every QEMU release X.0-X.2 from the oldest modelled to ``upto``."""
+    return [(a, b) for a in range(OLDEST[0], upto[0] + 1) for b in range(3)
+            if OLDEST <= (a, b) <= upto]
+
+
+def test_every_version_up_to_the_newest_read_gets_the_rules_in_force() -> None:
+    """Each field is the value of the last change at or before the version,
+    for every release 7.2 .. 11.1 -- the table's own definition, computed
+    independently of rules_for()."""
+    assert len(_releases(NEWEST_READ)) == 12  # 7.2, 8.0-8.2, 9.x, 10.x, 11.0, 11.1
+    for version in _releases(NEWEST_READ):
+        rules = rules_for(version)
+        assert rules.qemu == version and rules.extrapolated_from is None
+        for field in {c.field for c in CHANGES}:
+            last = max((c for c in CHANGES if c.field == field and c.since <= version),
+                       key=lambda c: c.since)
+            assert getattr(rules, field) == last.value, (version, field)
+            assert last.source in rules.sources
+    # versions the issue named as refused before: each a change's neighbour
+    assert rules_for((8, 1)).size_check == "after-addr"
+    assert rules_for((9, 1)).backend_size_check is True
+    assert rules_for((10, 2)).ram_share_memfd is True
+
+
+def test_newer_than_read_runs_on_the_newest_rules_flagged() -> None:
+    newest = rules_for(NEWEST_READ)
+    for version in ((NEWEST_READ[0], NEWEST_READ[1] + 1), (NEWEST_READ[0] + 1, 0), (20, 2)):
+        rules = rules_for(version)
+        assert rules.extrapolated_from == NEWEST_READ and rules.qemu == version
+        assert replace(rules, qemu=NEWEST_READ, machine_version=NEWEST_READ,
+                       extrapolated_from=None) == newest
+        spec = MachineSpec(qemu_version=version)
+        assert predict(spec, [AddDimm("a", GiB, 1)]).to_json()["rules"][
+            "extrapolated_from"] == f"{NEWEST_READ[0]}.{NEWEST_READ[1]}"
+
+
+def test_machine_types_gone_from_qemu_11_1_are_refused_with_its_words() -> None:
+    """QEMU 10.1+ drops machine types six years old (checked on 11.1.3:
+    pc-i440fx-5.0 exits with 'unsupported machine type'; 5.2 is its oldest)."""
+    assert oldest_machine_type((11, 1)) == (5, 2)
+    assert oldest_machine_type((10, 2)) == (5, 0) and oldest_machine_type((12, 0)) == (6, 1)
+    for family, prefix in (("pc", "pc-i440fx"), ("q35", "pc-q35")):
+        for mver in ((4, 0), (5, 0), (5, 1)):
+            spec = MachineSpec(machine=family, machine_version=mver,  # type: ignore[arg-type]
+                               qemu_version=(11, 1))
+            with pytest.raises(PlanRefused) as info:
+                predict(spec, [])
+            assert info.value.kind == "machine-type-removed"
+            assert info.value.qemu_message == \
+                f'unsupported machine type: "{prefix}-{mver[0]}.{mver[1]}"'
+            # 10.0 still has them (its oldest is 2.4, below the model's 4.0)
+            assert predict(replace(spec, qemu_version=(10, 0)), []).final.dimms == ()
+        assert predict(MachineSpec(machine=family, machine_version=(5, 2),  # type: ignore
+                                   qemu_version=(11, 1)), []).final.dimms == ()
+    assert rules_for((10, 0)).oldest_machine is None
+    assert rules_for((11, 1)).oldest_machine == (5, 2)
 
 
 def test_machine_and_cpu_spellings() -> None:
@@ -377,8 +441,21 @@ def test_model_cli_versions_machine_types_and_cpu(capsys: pytest.CaptureFixture[
 
     from harness.cli import main
 
-    assert main(["model", "--qemu-version", "8.1", "--json"]) == 2
-    assert "not modelled" in json.loads(capsys.readouterr().out)["error"]["message"]
+    assert main(["model", "--qemu-version", "7.1", "--json"]) == 2
+    assert "older than any" in json.loads(capsys.readouterr().out)["error"]["message"]
+    for version in ("8.0", "8.1", "9.0", "9.1", "10.2", "11.0", "11.1"):
+        assert main(["model", "--qemu-version", version, "--json"]) == 0
+        doc = json.loads(capsys.readouterr().out)
+        assert doc["qemu_version"] == version and "extrapolated_from" not in doc
+    assert main(["model", "--qemu-version", "12.0", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["extrapolated_from"] == {"qemu": "11.1"}
+    assert main(["model", "--qemu-version", "12.0"]) == 0
+    assert ("memhp: model extrapolated: QEMU 12.0 is newer than the newest QEMU read (11.1); "
+            "using 11.1's rules") in capsys.readouterr().err
+    assert main(["model", "--qemu-version", "11.1", "--machine", "pc-i440fx-5.0",
+                 "--json"]) == 2
+    assert json.loads(capsys.readouterr().out)["error"]["qemu_message"] == \
+        'unsupported machine type: "pc-i440fx-5.0"'
     assert main(["model", "--qemu-version", "10.0", "--machine", "pc-q35-7.0", "--memory",
                  "512M,slots=1,maxmem=976G", "--numa", "", "--cpu", "EPYC,phys-bits=48",
                  "--add", "a:1G@0:0", "--json"]) == 0

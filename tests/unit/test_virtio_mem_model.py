@@ -6,6 +6,8 @@ scenario tests in tests/scenarios/test_virtio_mem.py check them live)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from test_kernel_model import SEED_ZONES  # the seed guest's boot zones
 
@@ -24,6 +26,8 @@ from harness.model.kernel.virtio_mem import (
     VirtioMemDriver,
     rules_for,
 )
+from harness.model.qemu_rules import NEWEST_READ
+from harness.model.virtio_mem import VMEM_CHANGES, vmem_rules_for
 
 MiB, GiB = 1 << 20, 1 << 30
 BLOCK = 128 * MiB
@@ -167,8 +171,32 @@ def test_dynamic_memslots_needs_qemu_8_2() -> None:
 def test_inputs_memhp_refuses() -> None:
     with pytest.raises(UsageError, match="not modelled"):
         predict(SEED, [AddVirtioMem("v", GiB, requested=2 * GiB)])  # QEMU accepts it
-    with pytest.raises(UsageError, match="QEMU 7.2 and 10.x"):
-        predict(MachineSpec(qemu_version=(8, 2)), [AddVirtioMem("v", GiB)])
+    with pytest.raises(UsageError, match="older than any"):
+        MachineSpec(qemu_version=(7, 1))
+
+
+def test_virtio_mem_rules_in_force_for_every_version() -> None:
+    """Each release 7.2 .. 11.1 gets, per rule, the last change at or before
+    it (the table's definition); newer ones the newest, flagged."""
+    releases = [(a, b) for a in range(7, NEWEST_READ[0] + 1) for b in range(3)
+                if (7, 2) <= (a, b) <= NEWEST_READ]
+    for version in releases:
+        rules = vmem_rules_for(version)
+        assert rules.extrapolated_from is None
+        for field in {c.field for c in VMEM_CHANGES}:
+            last = max((c for c in VMEM_CHANGES if c.field == field and c.since <= version),
+                       key=lambda c: c.since)
+            assert getattr(rules, field) == last.value, (version, field)
+    assert vmem_rules_for((8, 0)).unplug == "never"
+    assert vmem_rules_for((8, 1)).unplug == "when-empty"
+    assert not vmem_rules_for((8, 1)).dynamic_memslots
+    assert vmem_rules_for((8, 2)).dynamic_memslots
+    newer = vmem_rules_for((NEWEST_READ[0] + 1, 0))
+    assert newer.extrapolated_from == NEWEST_READ
+    assert replace(newer, qemu=NEWEST_READ, extrapolated_from=None) == \
+        vmem_rules_for(NEWEST_READ)
+    # 8.2 runs virtio-mem now (it was refused): placed like 10.0
+    assert predict(MachineSpec(qemu_version=(8, 2)), [AddVirtioMem("v", GiB)]).final.vmems
     with pytest.raises(UsageError, match="requested size"):
         ResizeVirtioMem("v", -1)
 

@@ -6,10 +6,18 @@ that changed between versions is one entry of :data:`CHANGES` (QEMU
 version) or :data:`MACHINE_CHANGES` (machine-type version, like QEMU's own
 ``pc_compat_X_Y`` arrays), with the source that made the change.
 
-Modelled QEMU versions: 7.2 (Debian 12), 8.2 (Ubuntu 24.04), 9.2 (Fedora)
-and 10.x (Debian 13, bookworm-backports).  Sources read: the Debian source
-packages of 7.2 (``qemu_7.2+dfsg``) and 10.0.2 (``qemu_10.0.2+ds``), and for
-8.2/9.2 the commits that changed a rule in between (cited per entry).
+Every QEMU from 7.2 (:data:`OLDEST`) on gets the rules in force at its
+version: a version between two changes (8.0, 8.1, 9.1, 10.2, 11.0 ...) has
+those of the last change at or before it.  Sources read: the Debian source
+packages of 7.2 (``qemu_7.2+dfsg``) and 10.0.2 (``qemu_10.0.2+ds``), for
+8.x/9.x the commits that changed a rule in between (cited per entry), and
+for 10.1-11.1 the 10.0.2 sources' own forward rules (the machine-type
+deletion gate) plus the 11.1.3 binary of trixie-backports (its error
+strings against 10.0.2's, ``-machine help``, and the model-vs-QEMU tests).
+
+A QEMU newer than :data:`NEWEST_READ` is not refused: it gets the newest
+rules, and :attr:`QemuRules.extrapolated_from` names the version they were
+read for, so that callers can say so.
 """
 
 from __future__ import annotations
@@ -21,16 +29,18 @@ from harness.errors import UsageError
 from harness.model.qemu_rules.cpu import CpuSpec, default_cpu, parse_cpu_option
 
 __all__ = [
-    "CHANGES", "MACHINE_CHANGES", "MODELLED", "MachineType", "QemuRules", "CpuSpec",
-    "default_cpu", "describe_versions", "parse_cpu_option", "parse_machine_type",
-    "parse_qemu_version", "rules_for",
+    "CHANGES", "MACHINE_CHANGES", "NEWEST_READ", "Change", "OLDEST", "MachineType", "QemuRules",
+    "CpuSpec", "default_cpu", "describe_versions", "oldest_machine_type",
+    "parse_cpu_option", "parse_machine_type", "parse_qemu_version", "rules_for",
 ]
 
 SizeCheck = Literal["after-addr", "none", "before-addr"]
 
-# The QEMU releases whose rules were read and checked; 10.x covers 10.0/10.1
-# (the newest this project knows of; 10.0.2 is the one checked against).
-MODELLED: tuple[tuple[int, int], ...] = ((7, 2), (8, 2), (9, 2), (10, 0), (10, 1))
+# The oldest QEMU modelled (Debian 12's) and the newest whose sources or
+# binary were read (trixie-backports' 11.1.3).  Anything in between gets the
+# rules in force; anything newer the newest rules, flagged as extrapolated.
+OLDEST = (7, 2)
+NEWEST_READ = (11, 1)
 # Machine-type versions older than this are not modelled: older types
 # differ in DIMM alignment (enforce_aligned_dimm, <= 2.1), the reserved-end
 # of device memory (broken_reserved_end, <= 2.4) and gigabyte_align (<= 2.0),
@@ -60,7 +70,22 @@ class QemuRules:
     # memory-backend-ram,share=on is a memfd (so not accounted against
     # overcommit up front) rather than shared anonymous memory (accounted).
     ram_share_memfd: bool = False
+    # Versioned machine types are no longer registered once six years old
+    # (include/hw/boards.h MACHINE_VER_DELETION, gated on QEMU >= 10.1):
+    # see :func:`oldest_machine_type`.
+    machine_deletion: bool = False
     sources: tuple[str, ...] = ()
+    # The newest version read, whose rules these are, when ``qemu`` is newer
+    # than anything read (:data:`NEWEST_READ`); None within what was read.
+    extrapolated_from: tuple[int, int] | None = None
+
+    @property
+    def oldest_machine(self) -> tuple[int, int] | None:
+        """The oldest versioned machine type this binary still has, when that
+        is above the model's own floor (:data:`OLDEST_MACHINE`); else None."""
+        if not self.machine_deletion:
+            return None  # 7.2: pc 1.4/q35 2.4; 10.0: 2.4 -- all below 4.0
+        return oldest_machine_type(self.qemu)
 
 
 @dataclass(frozen=True)
@@ -103,7 +128,33 @@ CHANGES: tuple[Change, ...] = (
            "system/physmem.c qemu_ram_alloc_internal() (v10.0.0, cpr-transfer series "
            "'physmem: fd-based shared memory'): RAM_SHARED RAM gets a memfd "
            "(qemu_ram_get_shared_fd), a shared fd mapping, not accounted"),
+    Change("machine_deletion", (7, 2), False,
+           "hw/i386/pc_piix.c, pc_q35.c (v7.2.0): pc-i440fx-1.4 and pc-q35-2.4 are the "
+           "oldest; v10.0.2 alike with pc-i440fx-2.4 (both below the model's 4.0)"),
+    Change("machine_deletion", (10, 1), True,
+           "include/hw/boards.h MACHINE_VER_DELETION() (v10.0.2): a versioned machine "
+           "type whose QEMU_VERSION_MAJOR - major > 6, or == 6 with QEMU_VERSION_MINOR >= "
+           "minor, is not registered once 'QEMU_VERSION_MAJOR > 10 || (== 10 && MINOR >= "
+           "1)'; used by include/hw/i386/pc.h DEFINE_PC_VER_MACHINE for every pc-i440fx "
+           "and pc-q35 type.  Checked on QEMU 11.1.3 (Debian 1:11.1.3+ds-2~bpo13+1): "
+           "-machine help lists pc-i440fx-5.2 and pc-q35-5.2 as the oldest, and "
+           "-machine pc-i440fx-5.0 exits 1 with 'unsupported machine type: "
+           "\"pc-i440fx-5.0\"' (system/vl.c select_machine())"),
 )
+
+# QEMU versioned machine types: three releases a year, X.0, X.1, X.2.
+_MINORS_PER_MAJOR = 3
+_DELETION_YEARS = 6  # include/hw/boards.h MACHINE_VER_DELETION_MAJOR
+
+
+def oldest_machine_type(qemu: tuple[int, int]) -> tuple[int, int]:
+    """The oldest machine type a release ``qemu`` registers under QEMU's
+    deletion policy (MACHINE_VER_SHOULD_DELETE, for a release, micro < 50):
+    (a, b) is gone when ``major - a > 6`` or ``major - a == 6 and minor >= b``."""
+    major, minor = qemu
+    if minor + 1 < _MINORS_PER_MAJOR:
+        return major - _DELETION_YEARS, minor + 1
+    return major - _DELETION_YEARS + 1, 0
 
 # Keyed by machine-type version (pc-i440fx-X.Y / pc-q35-X.Y).
 MACHINE_CHANGES: tuple[Change, ...] = (
@@ -156,21 +207,26 @@ def parse_machine_type(text: str) -> MachineType:
 
 
 def describe_versions() -> str:
-    return ", ".join(f"{a}.{b}" for a, b in MODELLED[:3]) + ", 10.x"
+    """The QEMU versions the model answers for, in words."""
+    return (f"every QEMU from {OLDEST[0]}.{OLDEST[1]} to {NEWEST_READ[0]}.{NEWEST_READ[1]} "
+            f"(newer ones get {NEWEST_READ[0]}.{NEWEST_READ[1]}'s rules, flagged as "
+            "extrapolated)")
 
 
 def rules_for(qemu: tuple[int, int], machine_version: tuple[int, int] | None = None
               ) -> QemuRules:
     """The rules of QEMU ``qemu`` with machine type ``machine_version``
-    (None: the binary's newest, which is ``qemu`` itself); a UsageError for a
-    version outside the modelled ones."""
+    (None: the binary's newest, which is ``qemu`` itself): those in force at
+    ``qemu``, or for a QEMU newer than :data:`NEWEST_READ` the newest ones
+    with ``extrapolated_from`` set; a UsageError for a QEMU older than
+    :data:`OLDEST`."""
     qemu = (int(qemu[0]), int(qemu[1]))
-    if qemu not in MODELLED:
+    if qemu < OLDEST:
         raise UsageError(
-            f"QEMU {qemu[0]}.{qemu[1]} is not modelled (modelled: {describe_versions()})",
+            f"QEMU {qemu[0]}.{qemu[1]} is older than any the model knows ({describe_versions()})",
             value=qemu,
-            fix="run a modelled QEMU (e.g. --qemu debian:10.0) or pass --qemu-version of the "
-                "nearest modelled release if you accept the risk")
+            fix=f"run QEMU {OLDEST[0]}.{OLDEST[1]} or newer (e.g. --qemu debian:10.0)")
+    extrapolated = NEWEST_READ if qemu > NEWEST_READ else None
     mver = qemu if machine_version is None else machine_version
     if mver > qemu:
         raise UsageError(
@@ -182,7 +238,7 @@ def rules_for(qemu: tuple[int, int], machine_version: tuple[int, int] | None = N
             f"{OLDEST_MACHINE[0]}.{OLDEST_MACHINE[1]})", value=mver,
             fix="use a machine type of 4.0 or newer")
     chosen: dict[str, Change] = {}
-    for table, key in ((CHANGES, qemu), (MACHINE_CHANGES, mver)):
+    for table, key in ((CHANGES, extrapolated or qemu), (MACHINE_CHANGES, mver)):
         for change in table:
             if change.since <= key:
                 chosen[change.field] = change  # the last one in force wins
@@ -192,4 +248,6 @@ def rules_for(qemu: tuple[int, int], machine_version: tuple[int, int] | None = N
         enforce_amd_1tb_hole=bool(chosen["enforce_amd_1tb_hole"].value),
         backend_size_check=bool(chosen["backend_size_check"].value),
         ram_share_memfd=bool(chosen["ram_share_memfd"].value),
-        sources=tuple(c.source for c in chosen.values()))
+        machine_deletion=bool(chosen["machine_deletion"].value),
+        sources=tuple(c.source for c in chosen.values()),
+        extrapolated_from=extrapolated)

@@ -256,47 +256,80 @@ def check_plan(binary: str, spec: MachineSpec, plan: Sequence[AddDimm], tally: T
 
 # -- the plans ----------------------------------------------------------------------------
 
-def start_up_cases(version: tuple[int, int]) -> list[MachineSpec]:
-    """Machines at and beyond each start-up limit the model knows."""
-    def spec(**kw: object) -> MachineSpec:
-        return MachineSpec(qemu_version=version, **{"numa": (), **kw})  # type: ignore[arg-type]
+_INTEL = CpuSpec("Intel", 40, "Skylake-Client")
+#: Machines at and beyond each start-up limit the model knows (MachineSpec
+#: keywords; no NUMA unless given).
+START_UP: tuple[dict[str, object], ...] = (
+    {"ram_size": 2 * GiB, "slots": 2, "maxmem": 2 * GiB},     # slots, maxmem == RAM
+    {"ram_size": 2 * GiB, "slots": 257, "maxmem": 4 * GiB},   # > ACPI_MAX_RAM_SLOTS
+    {"ram_size": 2 * GiB, "slots": 2, "maxmem": GiB},         # maxmem below RAM
+    {"ram_size": 2 * GiB, "slots": 2, "maxmem": 0},           # slots without maxmem
+    {"ram_size": 2 * GiB, "slots": 256, "maxmem": 4 * GiB},   # the limit itself starts
+    # phys-bits: AMD (TCG's qemu64/max) relocates to 1 TiB, then is beyond 40 bits
+    {"machine": "q35", "ram_size": 512 * MiB, "slots": 1, "maxmem": 988 * GiB},
+    {"machine": "q35", "ram_size": 512 * MiB, "slots": 1, "maxmem": 976 * GiB},
+    {"machine": "q35", "ram_size": 512 * MiB, "slots": 1, "maxmem": 970 * GiB},
+    {"machine": "pc", "ram_size": 512 * MiB, "slots": 1, "maxmem": 1000 * GiB},
+    {"machine": "pc", "ram_size": 512 * MiB, "slots": 1, "maxmem": 1008 * GiB},
+    # Intel: no relocation, the 32 GiB q35 hole decides
+    {"machine": "q35", "ram_size": 512 * MiB, "slots": 1, "maxmem": 980 * GiB, "cpu": _INTEL},
+    {"machine": "q35", "ram_size": 512 * MiB, "slots": 1, "maxmem": 1000 * GiB, "cpu": _INTEL},
+    # machine type 7.0: no AMD relocation either
+    {"machine": "q35", "machine_version": (7, 0), "ram_size": 512 * MiB, "slots": 1,
+     "maxmem": 976 * GiB},
+    {"ram_size": 2 * GiB, "slots": 2, "maxmem": 4 * GiB, "numa": (GiB, 2 * GiB)},
+)
 
-    intel = CpuSpec("Intel", 40, "Skylake-Client")
-    return [
-        spec(ram_size=2 * GiB, slots=2, maxmem=2 * GiB),      # slots, maxmem == RAM
-        spec(ram_size=2 * GiB, slots=257, maxmem=4 * GiB),    # > ACPI_MAX_RAM_SLOTS
-        spec(ram_size=2 * GiB, slots=2, maxmem=GiB),          # maxmem below RAM
-        spec(ram_size=2 * GiB, slots=2, maxmem=0),            # slots without maxmem
-        spec(ram_size=2 * GiB, slots=256, maxmem=4 * GiB),    # the limit itself starts
-        # phys-bits: AMD (TCG's qemu64/max) relocates to 1 TiB, then is beyond 40 bits
-        spec(machine="q35", ram_size=512 * MiB, slots=1, maxmem=988 * GiB),
-        spec(machine="q35", ram_size=512 * MiB, slots=1, maxmem=976 * GiB),
-        spec(machine="pc", ram_size=512 * MiB, slots=1, maxmem=1000 * GiB),
-        spec(machine="pc", ram_size=512 * MiB, slots=1, maxmem=1008 * GiB),
-        # Intel: no relocation, the 32 GiB q35 hole decides
-        spec(machine="q35", ram_size=512 * MiB, slots=1, maxmem=980 * GiB, cpu=intel),
-        spec(machine="q35", ram_size=512 * MiB, slots=1, maxmem=1000 * GiB, cpu=intel),
-        spec(ram_size=2 * GiB, slots=2, maxmem=4 * GiB, numa=(GiB, 2 * GiB)),
-    ]
+
+def start_up_case(version: tuple[int, int], kw: dict[str, object]) -> MachineSpec:
+    return MachineSpec(qemu_version=version, **{"numa": (), **kw})  # type: ignore[arg-type]
+
+
+def start_up_cases(version: tuple[int, int]) -> list[MachineSpec]:
+    return [start_up_case(version, kw) for kw in START_UP]
+
+
+def _seed(version: tuple[int, int]) -> tuple[MachineSpec, list[AddDimm]]:
+    """The seed session's machine and every refusal it can meet."""
+    return (MachineSpec(qemu_version=version, machine="pc", ram_size=6 * GiB, slots=3,
+                        maxmem=8 * GiB),
+            [AddDimm("d0", 130 * MiB, 0), AddDimm("d1", 128 * MiB, 1),
+             AddDimm("d1", 128 * MiB, 0), AddDimm("d2", GiB, 5), AddDimm("d3", 129 * MiB, 0),
+             AddDimm("d4", 128 * MiB, 0, 0x1C0000000), AddDimm("d5", 2 * GiB, 0),
+             AddDimm("d6", 128 * MiB, 0), AddDimm("d7", 128 * MiB, 0)])
+
+
+def _check_order(version: tuple[int, int]) -> tuple[MachineSpec, list[AddDimm]]:
+    """Misaligned address *and* size: 7.2 names the address, 9.0+ the size;
+    address 0 means first fit."""
+    return (MachineSpec(qemu_version=version, machine="q35", ram_size=2 * GiB, slots=3,
+                        maxmem=5 * GiB, numa=()),
+            [AddDimm("d0", 129 * MiB, 0, 0x100000001), AddDimm("d0", 128 * MiB, 0, 0x100000001),
+             AddDimm("z", 128 * MiB, 0, 0), AddDimm("d1", 128 * MiB, 1),
+             AddDimm("d2", 128 * MiB, 0, 0x100000000)])
+
+
+def _no_slots(version: tuple[int, int]) -> tuple[MachineSpec, list[AddDimm]]:
+    return (MachineSpec(qemu_version=version, ram_size=2 * GiB, slots=0, maxmem=0, numa=()),
+            [AddDimm("d0", 128 * MiB)])
+
+
+def _maxmem_no_slots(version: tuple[int, int]) -> tuple[MachineSpec, list[AddDimm]]:
+    """maxmem without slots: QEMU starts, and refuses every DIMM."""
+    return (MachineSpec(qemu_version=version, ram_size=2 * GiB, slots=0, maxmem=4 * GiB,
+                        numa=()), [AddDimm("d0", 128 * MiB)])
+
+
+#: The targeted plans by name: the seed session's refusals and the check
+#: order of each refusal.
+TARGETED: dict[str, Callable[[tuple[int, int]], tuple[MachineSpec, list[AddDimm]]]] = {
+    "seed": _seed, "check-order": _check_order, "no-slots": _no_slots,
+    "maxmem-no-slots": _maxmem_no_slots,
+}
 
 
 def targeted_plans(version: tuple[int, int]) -> list[tuple[MachineSpec, list[AddDimm]]]:
-    """The seed session's refusals and the check order of each refusal."""
-    seed = MachineSpec(qemu_version=version, machine="pc", ram_size=6 * GiB, slots=3,
-                       maxmem=8 * GiB)
-    q35 = MachineSpec(qemu_version=version, machine="q35", ram_size=2 * GiB, slots=3,
-                      maxmem=5 * GiB, numa=())
-    return [
-        (seed, [AddDimm("d0", 130 * MiB, 0), AddDimm("d1", 128 * MiB, 1),
-                AddDimm("d1", 128 * MiB, 0), AddDimm("d2", GiB, 5), AddDimm("d3", 129 * MiB, 0),
-                AddDimm("d4", 128 * MiB, 0, 0x1C0000000), AddDimm("d5", 2 * GiB, 0),
-                AddDimm("d6", 128 * MiB, 0), AddDimm("d7", 128 * MiB, 0)]),
-        # misaligned address *and* size: 7.2 names the address, 9.0+ the size
-        (q35, [AddDimm("d0", 129 * MiB, 0, 0x100000001),
-               AddDimm("d0", 128 * MiB, 0, 0x100000001),
-               AddDimm("z", 128 * MiB, 0, 0),  # address 0 = first fit
-               AddDimm("d1", 128 * MiB, 1), AddDimm("d2", 128 * MiB, 0, 0x100000000)]),
-    ]
+    return [make(version) for make in TARGETED.values()]
 
 
 SIZES = (2 * MiB, 128 * MiB, 130 * MiB, 129 * MiB, 256 * MiB, 512 * MiB, GiB)

@@ -143,16 +143,14 @@ def model_cmd(ctx: click.Context, machine: str, memory: str, numa: str, adds: tu
 def _extrapolation(version: tuple[int, int], as_json: bool) -> dict[str, Any]:
     """For a QEMU newer than the newest read: say so on stderr (human mode)
     and return the JSON key ``extrapolated_from``; else {}."""
-    from harness.model.qemu_rules import rules_for
+    from harness.model.versions import qemu_extrapolation
 
-    source = rules_for(version).extrapolated_from
-    if source is None:
+    ext = qemu_extrapolation(version)
+    if ext is None:
         return {}
-    read = f"{source[0]}.{source[1]}"
     if not as_json:
-        click.echo(f"memhp: model extrapolated: QEMU {version[0]}.{version[1]} is newer than "
-                   f"the newest QEMU read ({read}); using {read}'s rules", err=True)
-    return {"extrapolated_from": {"qemu": read}}
+        click.echo(f"memhp: {ext.message()}", err=True)
+    return {"extrapolated_from": {"qemu": ext.to_json()["rules_of"]}}
 
 
 def _ordered_ops(ctx: click.Context, adds: tuple[str, ...], removes: tuple[str, ...],

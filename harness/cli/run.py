@@ -121,7 +121,8 @@ _SCENARIO_OPTIONS: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
                  help="QEMU binary (path or name), or debian:10.0: Debian's QEMU 10.0 from "
                       "bookworm-backports, fetched into memhp's cache, not installed."),
     click.option("--qemu-version", help="Model the rules of this QEMU version (default: the "
-                 "binary's; modelled: 7.2, 8.2, 9.2, 10.x)."),
+                 "binary's; any from 7.2: one newer than the newest read runs on its "
+                 "rules, flagged)."),
     click.option("--allow-mem-path", "allow_mem_path", multiple=True, metavar="DIR",
                  help="Let a scenario's file backends (mem_path) use this directory "
                       "(repeatable; none by default: memhp picks private files)."),

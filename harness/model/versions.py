@@ -36,9 +36,10 @@ class Extrapolation:
                 "virtio-mem driver": "the virtio-mem driver of Linux"}[self.component]
 
     def message(self) -> str:
-        side = "newer" if self.version > self.rules_of else "older"
-        return (f"model extrapolated: {self.label} {_v(self.version)} is {side} than any "
-                f"version its rules were read from; using {_v(self.rules_of)}'s rules")
+        side = "newer than the newest" if self.version > self.rules_of else \
+            "older than the oldest"
+        return (f"model extrapolated: {self.label} {_v(self.version)} is {side} "
+                f"{self.label} read ({_v(self.rules_of)}); using {_v(self.rules_of)}'s rules")
 
     def behind(self) -> str:
         return (f"the model may be behind {self.label} {_v(self.version)}: the rules in "

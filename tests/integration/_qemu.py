@@ -10,20 +10,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import tempfile
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from pathlib import Path
 
 import pytest
 
-from harness.errors import HarnessError, PlanRefused
-from harness.model import MachineSpec, predict
-from harness.model.spec import Operation
-from harness.qemu.qmp import QMPSession
-from harness.retry import wait_for
+from harness.calibrate.qemu import model_refusal as refusal
+from harness.calibrate.qemu import paused_qemu, qemu_argv
+from harness.errors import HarnessError
 from harness.session import qemu_version
+
+__all__ = ["binary", "log", "paused_qemu", "qemu_argv", "refusal"]
 
 _BINARIES: dict[str, str | None] = {}
 
@@ -61,52 +56,3 @@ def log(record: dict[str, object]) -> None:
             f.write(json.dumps(record) + "\n")
 
 
-def qemu_argv(binary: str, spec: MachineSpec, sock: Path) -> list[str]:
-    mem = f"{spec.ram_size >> 20}M"
-    if spec.slots:
-        mem += f",slots={spec.slots}"
-    if spec.maxmem:
-        mem += f",maxmem={spec.maxmem >> 20}M"
-    cpu = f"{spec.cpu.model},phys-bits={spec.cpu.phys_bits}"
-    if spec.cpu.model in ("amd", "intel"):
-        cpu = f"qemu64,vendor={'AuthenticAMD' if spec.cpu.is_amd else 'GenuineIntel'}," \
-              f"phys-bits={spec.cpu.phys_bits}"
-    argv = [binary, "-S", "-nodefaults", "-no-user-config", "-display", "none", "-accel", "tcg",
-            "-machine", spec.machine_name, "-cpu", cpu, "-m", mem,
-            "-qmp", f"unix:{sock},server=on,wait=off"]
-    for i, size in enumerate(spec.numa):
-        argv += ["-object", f"memory-backend-ram,id=mem{i},size={size >> 20}M",
-                 "-numa", f"node,nodeid={i},memdev=mem{i}"]
-    return argv
-
-
-@contextmanager
-def paused_qemu(binary: str, spec: MachineSpec, *, prefix: str = "memhp-modelq-",
-                timeout: float = 20) -> Iterator[QMPSession]:
-    """A QEMU started paused (-S) for ``spec``, connected over QMP; killed
-    on exit.  ``timeout``: how long QEMU may take to open its socket."""
-    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
-        sock = Path(tmp) / "qmp.sock"
-        proc = subprocess.Popen(qemu_argv(binary, spec, sock), stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        qmp = QMPSession(sock)
-        try:
-            wait_for(lambda: True if sock.exists() or proc.poll() is not None else None,
-                     what="QMP socket", timeout=timeout)
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-            qmp.connect()
-            yield qmp
-        finally:
-            qmp.close()
-            proc.kill()
-            proc.wait()
-
-
-def refusal(spec: MachineSpec, ops: Sequence[Operation]) -> PlanRefused | None:
-    """The model's refusal of the plan ``ops`` (its last step, when the
-    plan up to it was accepted), or None when the model accepts it."""
-    try:
-        predict(spec, list(ops))
-    except PlanRefused as exc:
-        return exc
-    return None

@@ -278,6 +278,10 @@ START_UP: tuple[dict[str, object], ...] = (
     {"machine": "q35", "machine_version": (7, 0), "ram_size": 512 * MiB, "slots": 1,
      "maxmem": 976 * GiB},
     {"ram_size": 2 * GiB, "slots": 2, "maxmem": 4 * GiB, "numa": (GiB, 2 * GiB)},
+    # QEMU 10.1+ no longer has six-year-old machine types (11.1: 4.0-5.1 gone)
+    *({"machine": family, "machine_version": mver, "ram_size": 2 * GiB, "slots": 2,
+       "maxmem": 4 * GiB} for family, mver in (("pc", (4, 0)), ("pc", (5, 1)), ("q35", (5, 0)),
+                                              ("pc", (5, 2)), ("q35", (5, 2)))),
 )
 
 

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from harness.calibrate import qemu as calibrate
 from harness.calibrate.qemu import Comparison
 from harness.model import AddDimm, MachineSpec, predict
-from harness.model.qemu_rules import CpuSpec, parse_machine_type
+from harness.model.qemu_rules import CpuSpec
 from harness.model.qemu_rules.host import parse_meminfo
 from harness.session import qemu_version
 from harness.units import GiB, MiB
@@ -85,20 +85,6 @@ def test_targeted_plans(qemu: tuple[str, tuple[int, int]], name: str) -> None:
 def test_start_up_refusals(qemu: tuple[str, tuple[int, int]], kw: dict[str, object]) -> None:
     binary, version = qemu
     check_start(binary, calibrate.start_up_case(version, kw))
-
-
-@pytest.mark.parametrize("machine", ["pc-i440fx-4.0", "pc-i440fx-5.1", "pc-q35-5.0",
-                                     "pc-i440fx-5.2", "pc-q35-5.2"])
-def test_removed_machine_types(qemu: tuple[str, tuple[int, int]], machine: str) -> None:
-    """QEMU 10.1+ no longer has six-year-old machine types (11.1: 4.0-5.1
-    gone, 5.2 kept): QEMU refuses them at start-up with the model's words."""
-    binary, version = qemu
-    mtype = parse_machine_type(machine)
-    spec = spec_for(version, machine=mtype.family, machine_version=mtype.version,
-                    ram_size=2 * GiB, slots=2, maxmem=4 * GiB, numa=())
-    started = check_start(binary, spec)
-    oldest = spec.rules.oldest_machine
-    assert started == (oldest is None or mtype.version >= oldest)  # type: ignore[operator]
 
 
 def test_amd_relocated_layout(qemu: tuple[str, tuple[int, int]]) -> None:

@@ -10,6 +10,7 @@ a CI log shows every identifier, path and fix whole.
 
 from __future__ import annotations
 
+import re
 from typing import IO, TYPE_CHECKING, Any
 
 from rich.console import Console
@@ -20,9 +21,22 @@ if TYPE_CHECKING:
     from harness.session import RunResult, StepResult
 
 
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(value: object) -> str:
+    """``value`` with terminal control characters (ESC and the other C0/C1
+    controls but tab and newline) and bidi overrides shown as ``\\xNN`` /
+    ``\\uNNNN``: guest output, QEMU's words and scenario text never drive
+    the terminal of whoever reads the report."""
+    return _UNSAFE.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
+                       else f"\\u{ord(m.group()):04x}", str(value))
+
+
 def esc(value: object) -> str:
-    """``value`` as literal text for rich (markup characters escaped)."""
-    return escape(str(value))
+    """``value`` as literal, printable text for rich (markup characters
+    escaped, control characters shown, see :func:`printable`)."""
+    return escape(printable(value))
 
 
 def make_console(file: IO[str] | None = None, *, stderr: bool = False) -> Console:
@@ -133,13 +147,43 @@ def print_step(step: StepResult, *, file: IO[str] | None = None) -> None:
     print_splats(console, step.splats)
 
 
+def verdict_line(result: RunResult) -> str:
+    """One plain line: PASS, or FAIL and the first reason (``--json`` prints
+    it on stderr, so a terminal or CI log says why without the document)."""
+    if result.passed:
+        return f"memhp: PASS {result.scenario}: {len(result.steps)} step(s)"
+    why = "failed"
+    if result.error:
+        why = f"{result.error['phase']} error: {result.error['message']}"
+    else:
+        for s in result.steps:
+            if not s.passed:
+                first = (s.error or (str(s.mismatches[0]) if s.mismatches else "")
+                         or (f"unexpected kernel {s.unexpected_splats[0].kind}: "
+                             f"{s.unexpected_splats[0].title}" if s.unexpected_splats else ""))
+                why = f"step {s.index + 1} ({s.action}): {first}"
+                break
+        else:
+            if result.unexpected_splats:
+                sp = result.unexpected_splats[0]
+                why = f"unexpected kernel {sp.kind}: {sp.title}"
+            elif result.exec is not None and not result.exec.passed:
+                why = (f"exec exited {result.exec.status}" if result.exec.status else
+                       "; ".join([*result.exec.findings, *map(str, result.exec.mismatches)]))
+    behind = (result.model or {}).get("behind", ())
+    return printable(f"memhp: FAIL {result.scenario}: {why}"
+                     + "".join(f"\nmemhp: {line}" for line in behind))
+
+
 def print_splats(console: Console, splats: list[Any]) -> None:
     """Kernel splats, whole (their lines are the evidence); expected ones marked."""
     for sp in splats:
-        mark = "expected " if sp.expected else "✗ "
-        console.print(f"  {mark}kernel {sp.kind}: {sp.title}", markup=False, highlight=False)
+        mark = f"expected ({sp.why}) " if sp.expected and sp.why else \
+            "expected " if sp.expected else "✗ "
+        console.print(printable(f"  {mark}kernel {sp.kind}: {sp.title}"), markup=False,
+                      highlight=False)
         for line in sp.lines[1:]:
-            console.print(f"      {line}", markup=False, highlight=False)
+            console.print(printable(f"      {line}"), markup=False, highlight=False)
 
 
 def policy_line(policy: dict[str, Any]) -> str:

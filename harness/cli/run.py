@@ -425,6 +425,9 @@ def _run(**opts: Any) -> int:
             click.echo(f"memhp: memory map {opts['map_path']}", file=out)
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
+        from harness.report import verdict_line
+
+        click.echo(verdict_line(result), err=True)
     else:
         print_run_report(result, file=out)
     if result.error and not result.steps and not result.error.get("booted"):

@@ -151,6 +151,35 @@ def check_readable_file(path: Path, what: str, fix: str, *,
                          fix="check its permissions")
 
 
+def check_output_file(path: Path, what: str, fix: str = "give a file name, e.g. out.json"
+                      ) -> None:
+    """UsageError naming ``path`` unless it is a regular file or a name
+    that does not exist yet in an existing directory: a FIFO, a device, a
+    socket or a directory is refused without being opened (writing to a
+    FIFO with no reader blocks for ever)."""
+    import stat as _stat
+
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        if not path.absolute().parent.is_dir():
+            raise UsageError(f"{what} {str(path)!r}: directory {str(path.parent)!r} does not "
+                             "exist", value=path, fix="create it first or choose another path"
+                             ) from None
+        return
+    except OSError as exc:
+        raise UsageError(f"{what} {str(path)!r} cannot be written: {exc.strerror}", value=path,
+                         fix=fix) from None
+    if _stat.S_ISDIR(st.st_mode):
+        raise UsageError(f"{what} {str(path)!r} is a directory", value=path, fix=fix)
+    if not _stat.S_ISREG(st.st_mode):
+        kind = ("a FIFO" if _stat.S_ISFIFO(st.st_mode) else
+                "a device" if _stat.S_ISCHR(st.st_mode) or _stat.S_ISBLK(st.st_mode) else
+                "a socket" if _stat.S_ISSOCK(st.st_mode) else "not a regular file")
+        raise UsageError(f"{what} {str(path)!r} is {kind}, not a regular file", value=path,
+                         fix=fix)
+
+
 def read_small_file(path: Path, what: str, fix: str, *, max_bytes: int = MAX_READ_BYTES) -> bytes:
     """The bytes of a small regular input file (see :func:`check_readable_file`)."""
     check_readable_file(path, what, fix, max_bytes=max_bytes)

@@ -624,12 +624,28 @@ def splat_patterns(value: object, where: str) -> tuple[str, ...]:
     return tuple(items)
 
 
+#: The deepest dotted key a scenario may have (its tables nest two deep:
+#: tomllib takes time quadratic in a key's parts, 61 s for 20001 of them).
+MAX_KEY_PARTS = 8
+_KEY_LINE = re.compile(rb"^\s*\[{0,2}\s*([A-Za-z0-9_\-\s.\"']+?)\s*(?:\]{1,2}|=)", re.M)
+
+
+def _check_key_depth(raw: bytes, path: Path) -> None:
+    for m in _KEY_LINE.finditer(raw):
+        parts = m.group(1).count(b".") + 1
+        if parts > MAX_KEY_PARTS:
+            raise UsageError(f"scenario {str(path)!r} has a key of {parts} dotted parts "
+                             f"(at most {MAX_KEY_PARTS})", value=path,
+                             fix="write the tables as in the README's format")
+
+
 def load_scenario(path: Path, *, qemu_version: tuple[int, int] | None = None,
                   host: HostMemory | None = None) -> Scenario:
     """Load and validate a scenario TOML file (``host``: the host's memory
     facts, when the caller read them)."""
     fix = "give a TOML scenario file (see the format in the README)"
     raw = read_small_file(path, "scenario", fix, max_bytes=MAX_SCENARIO_BYTES)
+    _check_key_depth(raw, path)
     try:
         data = tomllib.loads(raw.decode())
     except UnicodeDecodeError as exc:

@@ -172,38 +172,40 @@ def _ordered_ops(ctx: click.Context, adds: tuple[str, ...], removes: tuple[str, 
 
 
 def _print_table(prediction: Any, version_note: str) -> None:
-    from rich.console import Console
     from rich.table import Table
 
+    from harness.report import esc, make_console
     from harness.units import human
 
-    console = Console(highlight=False)
+    console = make_console()
     lay = prediction.layout
     spec = prediction.spec
     rules = spec.rules
     console.print(f"[bold]{spec.machine_name}[/] (machine type "
                   f"{'.'.join(map(str, rules.machine_version))}), QEMU "
-                  f"{'.'.join(map(str, spec.qemu_version))} ({version_note}), CPU "
-                  f"{spec.cpu.model} ({spec.cpu.vendor}, {spec.cpu.phys_bits} phys-bits): "
+                  f"{'.'.join(map(str, spec.qemu_version))} ({esc(version_note)}), CPU "
+                  f"{esc(spec.cpu.model)} ({esc(spec.cpu.vendor)}, {spec.cpu.phys_bits} "
+                  "phys-bits): "
                   f"RAM {human(lay.below_4g)} below 4G + "
                   f"{human(lay.above_4g)} above; device memory "
                   f"{lay.device_base:#x}-{lay.device_end:#x}; block size {human(lay.block_size)}")
-    console.print(f"why: {lay.why}")
-    console.print("rules: " + "; ".join(rules.sources), soft_wrap=True)
+    console.print(f"why: {esc(lay.why)}")
+    console.print("rules: " + esc("; ".join(rules.sources)), soft_wrap=True)
     table = Table(title="DIMMs after the last step", title_justify="left")
     from harness.model.backend import RAM
 
     for col in ("DIMM", "address", "size", "node", "slot", "blocks", "guest"):
         table.add_column(col)
     for d in prediction.final.dimms:
-        table.add_row(d.id, f"{d.addr:#x}", human(d.size), str(d.node), str(d.slot),
-                      _ranges(d.blocks), "accepts" if d.guest_accepts else f"rejects: {d.reason}")
+        table.add_row(esc(d.id), f"{d.addr:#x}", human(d.size), str(d.node), str(d.slot),
+                      _ranges(d.blocks),
+                      "accepts" if d.guest_accepts else f"rejects: {esc(d.reason)}")
     console.print(table)
     for d in prediction.final.dimms:
         if d.backend != RAM:
             pages = f", {d.hugepages} hugepages" if d.hugepages else ""
-            console.print(f"{d.id}: {d.backend.describe()}, aligned to {human(d.align)}{pages}",
-                          soft_wrap=True)
+            console.print(f"{esc(d.id)}: {esc(d.backend.describe())}, aligned to "
+                          f"{human(d.align)}{pages}", soft_wrap=True)
     nodes = Table(title="per node (all accepted DIMMs online)", title_justify="left")
     for col in ("node", "boot", "hot-added", "after"):
         nodes.add_column(col)

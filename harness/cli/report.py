@@ -22,9 +22,14 @@ def report_group() -> None:
               help="Also append to $GITHUB_STEP_SUMMARY when it is set.")
 def markdown_cmd(result: Path, summary: bool) -> int:
     """Print a Markdown summary of RESULT (for CI job summaries)."""
+    from harness.errors import check_output_file
+
+    target = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary and target:
+        check_output_file(Path(target), "GITHUB_STEP_SUMMARY",
+                          "point it at a regular file, or pass --no-summary")
     text = markdown(load_result(result))
     click.echo(text)
-    target = os.environ.get("GITHUB_STEP_SUMMARY")
     if summary and target:
         with open(target, "a", encoding="utf-8") as f:
             f.write(text + "\n")
@@ -36,6 +41,10 @@ def markdown_cmd(result: Path, summary: bool) -> int:
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Output file.")
 def merge_cmd(results: tuple[Path, ...], output: Path | None) -> int:
     """Merge the JSON results of several shards into one document."""
+    from harness.errors import check_output_file
+
+    if output:
+        check_output_file(output, "--output")
     doc = merge(load_result(p) for p in results)
     text = json.dumps(doc, indent=2)
     if output:
@@ -54,9 +63,10 @@ def merge_cmd(results: tuple[Path, ...], output: Path | None) -> int:
               help="Which run of a merged document.")
 def map_cmd(result: Path, output: Path, step: int | None, run_index: int) -> int:
     """Draw RESULT's guest-physical memory map: RAM, hole, DIMMs, blocks by zone/state."""
-    from harness.errors import UsageError
+    from harness.errors import UsageError, check_output_file
     from harness.memmap import render_svg, svg_to_png
 
+    check_output_file(output, "--output", "give a file name such as map.svg")
     doc = load_result(result)
     runs = doc.get("runs", [doc])
     if not 0 <= run_index < len(runs):

@@ -372,14 +372,10 @@ def start_line(start: dict[str, Any] | None) -> str:
 
 
 def _check_map_path(path: Path | None) -> None:
-    if path is None:
-        return
-    if path.is_dir():
-        raise UsageError(f"--map {str(path)!r} is a directory", value=path,
-                         fix="give a file name such as map.svg")
-    if not path.parent.resolve().is_dir():
-        raise UsageError(f"--map {str(path)!r}: directory {str(path.parent)!r} does not exist",
-                         value=path, fix="create it first or choose another path")
+    if path is not None:
+        from harness.errors import check_output_file
+
+        check_output_file(path, "--map", "give a file name such as map.svg")
 
 
 def _error_json(exc: HarnessError) -> str:

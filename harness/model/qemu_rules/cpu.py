@@ -103,7 +103,10 @@ def parse_cpu_option(text: str, *, host: CpuSpec | None = None) -> CpuSpec:
             raise UsageError(f"CPU model {model!r} is not known to the model", value=text, fix=fix)
     for part in parts[1:]:
         key, sep, value = part.partition("=")
-        if key == "phys-bits" and sep and value.isascii() and value.isdigit():
+        if key == "phys-bits":
+            if not (sep and value.isascii() and value.isdigit() and len(value) <= 3):
+                raise UsageError(f"phys-bits={value!r} is not a number of bits", value=text,
+                                 fix="e.g. --cpu max,phys-bits=40")
             phys_bits = int(value)
         elif key == "vendor" and sep:
             vendor = _VENDOR_IDS.get(value, "other")

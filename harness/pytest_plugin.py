@@ -122,6 +122,14 @@ def _path(value: str | None) -> Path | None:
     return Path(value).expanduser() if value else None
 
 
+def _parse_attempts(raw: str) -> int:
+    # ASCII digits only: '²'.isdigit() is True, and int('²') raises.
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= 10:
+        raise pytest.UsageError(
+            f"--memhp-boot-attempts={raw!r}: give a whole number from 1 to 10")
+    return int(raw)
+
+
 def resolve_settings(config: pytest.Config) -> Settings:
     accel = _resolve(config, "accel") or "auto"
     if accel not in ("auto", "kvm", "tcg"):
@@ -154,10 +162,7 @@ def resolve_settings(config: pytest.Config) -> Settings:
             qemu_ver = parse_qemu_version(raw_version)
         except HarnessError as exc:
             raise pytest.UsageError(f"--memhp-qemu-version={raw_version!r}: {exc}") from exc
-    raw_attempts = _resolve(config, "boot-attempts") or "2"
-    if not raw_attempts.isdigit() or not 1 <= int(raw_attempts) <= 10:
-        raise pytest.UsageError(
-            f"--memhp-boot-attempts={raw_attempts!r}: give a whole number from 1 to 10")
+    attempts = _parse_attempts(_resolve(config, "boot-attempts") or "2")
     raw_cold = (_resolve(config, "cold-boot") or "false").strip().lower()
     if raw_cold not in ("true", "false", "1", "0", "yes", "no"):
         raise pytest.UsageError(f"--memhp-cold-boot={raw_cold!r}: use true or false")
@@ -174,7 +179,7 @@ def resolve_settings(config: pytest.Config) -> Settings:
         kernel_config=_path(_resolve(config, "kernel-config")),
         kernel_package=_resolve(config, "kernel-package"),
         cold_boot=raw_cold in ("true", "1", "yes"),
-        boot_attempts=int(raw_attempts),
+        boot_attempts=attempts,
     )
     if settings.disk is not None and settings.kernel is not None:
         raise pytest.UsageError("--memhp-disk and --memhp-kernel cannot be combined")

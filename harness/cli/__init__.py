@@ -66,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except click.ClickException as exc:
         exc.show()
-        return 2
+        # git bisect run reads 2 as "bad": bad input to bisect aborts it instead
+        return 128 if args[:1] == ["bisect"] else 2
     except HarnessError as exc:
         click.echo(f"memhp: {exc.phase} error: {exc}", err=True)
         return exc.exit_code

@@ -4,7 +4,9 @@
 scenario fails: a mismatch with the model or a refused/failed hotplug),
 125 skip (cannot test this commit: the kernel does not build, its config
 lacks memory hotplug per ``memhp kconfig check``, or the guest never boots),
-and anything >= 128 aborts the bisection (here: 130 on Ctrl-C).
+and anything >= 128 aborts the bisection: 128 for bad input (a usage
+error says nothing about the commit; exit 2 would read as "bad"), 130 on
+Ctrl-C.  The plan is checked before anything is built.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import click
 from harness.cli.run import execute_with, prepare, scenario_options
 from harness.errors import HarnessError
 
-GOOD, BAD, SKIP, ABORT = 0, 1, 125, 130
+GOOD, BAD, SKIP, ABORT, BAD_INPUT = 0, 1, 125, 130, 128
 
 
 def bisect_exit_code(result: Any) -> int:
@@ -165,10 +167,12 @@ def _print_comparison(a: Any, b: Any, rows: list[dict[str, Any]], regressed: boo
 @click.option("--modules", type=click.Path(path_type=Path))
 def bisect_cmd(source: Path | None, build_cmd: str | None, **opts: Any) -> int:
     """One `git bisect run` step: build, check config, boot, run; exit 0/1/125."""
+    from harness.cli.run import plan
     from harness.kconfig import check_config
 
     kernel = opts.get("kernel")
     try:
+        plan(opts)  # bad input aborts before a build: it is no verdict on the commit
         if source is not None:
             kernel = _build(source, build_cmd)
             if kernel is None:
@@ -184,7 +188,7 @@ def bisect_cmd(source: Path | None, build_cmd: str | None, **opts: Any) -> int:
         scenario, guest = prepare(opts, kernel=kernel)
     except HarnessError as exc:
         click.echo(f"memhp bisect: {exc.phase} error: {exc}", err=True)
-        return SKIP if exc.exit_code == 3 else BAD if exc.exit_code == 1 else exc.exit_code
+        return SKIP if exc.exit_code == 3 else BAD if exc.exit_code == 1 else BAD_INPUT
     result = execute_with(opts, scenario, guest)  # Ctrl-C: main() exits 130 (= ABORT)
     code = bisect_exit_code(result)
     verdict = {GOOD: "good", BAD: "bad", SKIP: "skip (cannot test)"}[code]

@@ -310,21 +310,12 @@ def warm_allowed(opts: dict[str, Any]) -> bool:
                 or opts.get("disk") is not None)
 
 
-def prepare(opts: dict[str, Any], kernel: Path | None = None) -> tuple[Scenario, Any]:
-    """Validate the options into a scenario and a guest (UsageError before any VM)."""
-    from harness.launch import GuestSource, resolve_guest
+def plan(opts: dict[str, Any]) -> tuple[Scenario, tuple[int, int] | None]:
+    """The options' scenario and the QEMU version it is modelled for, every
+    check that needs no guest done (UsageError before any build or VM)."""
     from harness.qemu.fetch import resolve_qemu
     from harness.session import qemu_version
 
-    check_keep_dir(opts.get("keep"))
-    if opts.get("modules") is not None and (kernel or opts.get("kernel")) is None:
-        raise UsageError("--modules is only for --kernel", value=opts["modules"],
-                         fix="pass --kernel BZIMAGE too, or drop --modules (the default "
-                             "guest brings its own)")
-    if opts.get("modules") is not None and not Path(opts["modules"]).is_dir():
-        raise UsageError(f"--modules {str(opts['modules'])!r} is not a directory",
-                         value=opts["modules"], fix="give lib/modules/VERSION or an "
-                         "INSTALL_MOD_PATH directory")
     opts["qemu_binary"] = resolve_qemu(opts["qemu_binary"])  # debian:X.Y -> its launcher
     version = _parse_version(opts["qemu_version"])
     detected = qemu_version(opts["qemu_binary"])
@@ -340,6 +331,23 @@ def prepare(opts: dict[str, Any], kernel: Path | None = None) -> tuple[Scenario,
     migrates = any(s.action == "migrate" for s in scenario.steps)
     check_room(needs_of([s.add for s in scenario.steps if s.add is not None],
                         copies=2 if migrates else 1))  # before any image build or VM
+    return scenario, version
+
+
+def prepare(opts: dict[str, Any], kernel: Path | None = None) -> tuple[Scenario, Any]:
+    """Validate the options into a scenario and a guest (UsageError before any VM)."""
+    from harness.launch import GuestSource, resolve_guest
+
+    check_keep_dir(opts.get("keep"))
+    if opts.get("modules") is not None and (kernel or opts.get("kernel")) is None:
+        raise UsageError("--modules is only for --kernel", value=opts["modules"],
+                         fix="pass --kernel BZIMAGE too, or drop --modules (the default "
+                             "guest brings its own)")
+    if opts.get("modules") is not None and not Path(opts["modules"]).is_dir():
+        raise UsageError(f"--modules {str(opts['modules'])!r} is not a directory",
+                         value=opts["modules"], fix="give lib/modules/VERSION or an "
+                         "INSTALL_MOD_PATH directory")
+    scenario, version = plan(opts)
     source = GuestSource(kernel=kernel or opts.get("kernel"), modules=opts.get("modules"),
                          kernel_package=opts.get("kernel_package"), suite=opts.get("suite"),
                          kernel_config=opts.get("kernel_config"),

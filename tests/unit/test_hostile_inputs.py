@@ -326,3 +326,22 @@ def test_allowed_paths_pass_the_check(tmp_path: Path) -> None:
     check_mem_path(str(tmp_path / "new-file"), allowed)  # QEMU creates, memhp removes
     with pytest.raises(Exception, match="not an existing directory"):
         allowed_dirs(["relative/dir"])
+
+
+def test_bisect_aborts_on_bad_input_before_building(sandbox: Sandbox) -> None:
+    """git bisect run reads exit 2 as "bad": bad input aborts (128) instead,
+    and before --build-cmd runs."""
+    built = sandbox.root / "BUILT"
+    sandbox.run(["bisect", "--qemu", str(sandbox.qemu), "--memory", "1X", "--source",
+                 str(sandbox.root), "--build-cmd", f"touch {built}"], code=128, needle="'1X'")
+    assert not built.exists()
+    assert main(["bisect", "--no-such-option"]) == 128
+    sandbox.capsys.readouterr()
+
+
+def test_pytest_boot_attempts_non_ascii_digit_is_a_usage_error() -> None:
+    from harness.pytest_plugin import _parse_attempts
+
+    with pytest.raises(pytest.UsageError, match="'²'"):
+        _parse_attempts("²")
+    assert _parse_attempts("3") == 3

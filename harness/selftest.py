@@ -55,7 +55,15 @@ def script_from_source(progress: Callable[[str], None] | None = None) -> Path:
 
 def wrapped_script(script: Path, out: Path, ratio: int = 2) -> Path:
     """``script`` behind the guest preparation, as one bash script at ``out``."""
-    body = script.read_text()
+    from harness.errors import read_small_file
+
+    raw = read_small_file(script, "--script", "give the selftest's shell script",
+                          max_bytes=1 << 20)
+    try:
+        body = raw.decode()
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"--script {str(script)!r} is not UTF-8 text", value=script,
+                         fix="give the selftest's shell script") from exc
     if body.startswith("#!"):
         body = body.split("\n", 1)[1]
     out.write_text("#!/bin/bash\n" + PREPARE + f"set -- -r {int(ratio)}\n" + body)

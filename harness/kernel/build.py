@@ -331,8 +331,11 @@ def default_fragments(auto_online: bool = False) -> list[Path]:
 
 
 def read_fragment(path: Path) -> str:
+    from harness.errors import read_small_file
+
     try:
-        text = path.read_text()
+        text = read_small_file(path, "config fragment", "give a file of CONFIG_X=y lines "
+                               "(see kconfigs/)", max_bytes=1 << 20).decode()
     except FileNotFoundError as exc:
         raise UsageError(f"config fragment {str(path)!r} does not exist", value=path,
                          fix="give a file of CONFIG_X=y lines (see kconfigs/)") from exc

@@ -243,7 +243,10 @@ class WarmStarts:
                 return False
             trash = self.root / f".trash-{entry.key}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
             os.rename(entry.directory, trash)
-        shutil.rmtree(trash, ignore_errors=True)
+        if trash.is_symlink():  # a link where a state was: drop the link, never its target
+            trash.unlink()
+        else:
+            shutil.rmtree(trash, ignore_errors=True)
         return True
 
     def prune(self, keep: str, cap_bytes: int | None = None) -> list[SavedState]:

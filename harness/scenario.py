@@ -317,6 +317,7 @@ def build_scenario(
                              fix='add it with device = "virtio-mem"')
     check_lifecycle(steps)
     check_virtio_mem_lifecycle(steps, vmems)
+    check_workloads(steps, spec)
     if script is not None:
         check_readable_file(script, "script", "give the path of a shell script to run in the "
                             "guest", max_bytes=MAX_SCRIPT_BYTES)
@@ -327,6 +328,39 @@ def build_scenario(
     scenario.predict()  # raises PlanRefused before any VM starts
     scenario.expected_refusals()  # and every expected refusal must be predicted
     return scenario
+
+
+def check_workloads(steps: Sequence[Step], spec: MachineSpec) -> None:
+    """Workloads before any VM: a node the machine has, an id used once, and
+    a size below what the node can ever hold (its boot memory and every
+    device the plan adds there up to that step: the data sits in tmpfs
+    bound to that node)."""
+    seen: set[str] = set()
+    nodes = spec.node_boot_bytes()
+    room = list(nodes)
+    for d in spec.coldplug:
+        if 0 <= d.node < len(room):
+            room[d.node] += d.size
+    for i, step in enumerate(steps):
+        if step.action == "add" and step.add is not None and 0 <= step.add.node < len(room):
+            room[step.add.node] += step.add.size
+        w = step.workload
+        if step.action != "workload" or w is None:
+            continue
+        where = f"step {i + 1} (workload {w.id!r})"
+        if w.id in seen:
+            raise UsageError(f"{where}: the id is used by an earlier workload", value=w.id,
+                             fix="give each workload its own id")
+        seen.add(w.id)
+        if not 0 <= w.node < len(nodes):
+            raise UsageError(f"{where}: node {w.node} does not exist (the machine has "
+                             f"{len(nodes)} node(s))", value=w.node,
+                             fix=f"use a node from 0 to {len(nodes) - 1}")
+        if w.size >= room[w.node]:
+            raise UsageError(f"{where}: {w.size >> 20} MiB is not below the "
+                             f"{room[w.node] >> 20} MiB node {w.node} can hold by then (boot "
+                             "memory and the devices added there)", value=w.size,
+                             fix="make the workload smaller than the node's memory")
 
 
 def check_virtio_mem_lifecycle(steps: Sequence[Step], vmems: set[str]) -> None:

@@ -345,3 +345,21 @@ def test_pytest_boot_attempts_non_ascii_digit_is_a_usage_error() -> None:
     with pytest.raises(pytest.UsageError, match="'²'"):
         _parse_attempts("²")
     assert _parse_attempts("3") == 3
+
+
+@pytest.mark.parametrize(("steps", "needle"), [
+    ([("w0", 5, "256M")], "node 5 does not exist"),
+    ([("w0", 0, "256M"), ("w0", 1, "256M")], "used by an earlier workload"),
+    ([("w0", 0, "64G")], "not below the 3072 MiB node 0 can hold"),
+])
+def test_workloads_are_checked_before_any_vm(steps: list[tuple[str, int, str]],
+                                             needle: str) -> None:
+    from harness.errors import UsageError
+    from harness.scenario import add, build_scenario, workload
+
+    with pytest.raises(UsageError, match=re.escape(needle)):
+        build_scenario(name="w", machine="pc", memory="6G,slots=4,maxmem=16G", numa="3G,3G",
+                       steps=[workload(*s) for s in steps])
+    # a workload larger than the node's boot memory fits once a DIMM is added there
+    build_scenario(name="w", machine="pc", memory="6G,slots=4,maxmem=16G", numa="3G,3G",
+                   steps=[add("d0:1G@0"), workload("w0", 0, "3584M")])

@@ -121,12 +121,25 @@ class KconfigError(HarnessError):
 MAX_READ_BYTES = 16 << 20
 
 
+def _require_regular(mode: int, path: Path, what: str, fix: str) -> None:
+    """UsageError unless ``mode`` is a regular file's (decided from stat)."""
+    import stat as _stat
+
+    if _stat.S_ISDIR(mode):
+        raise UsageError(f"{what} {str(path)!r} is a directory", value=path, fix=fix)
+    if not _stat.S_ISREG(mode):
+        kind = ("a FIFO" if _stat.S_ISFIFO(mode) else
+                "a device" if _stat.S_ISCHR(mode) or _stat.S_ISBLK(mode) else
+                "a socket" if _stat.S_ISSOCK(mode) else "not a regular file")
+        raise UsageError(f"{what} {str(path)!r} is {kind}, not a regular file", value=path,
+                         fix=fix)
+
+
 def check_readable_file(path: Path, what: str, fix: str, *,
                         max_bytes: int | None = None) -> None:
     """UsageError naming ``path`` unless it is an existing, readable regular
     file (at most ``max_bytes`` long when given).  Decided from ``stat``: a
     FIFO, a device or a directory is refused without being opened."""
-    import stat as _stat
 
     try:
         st = path.stat()
@@ -135,14 +148,7 @@ def check_readable_file(path: Path, what: str, fix: str, *,
     except OSError as exc:
         raise UsageError(f"{what} {str(path)!r} cannot be read: {exc.strerror}", value=path,
                          fix=fix) from None
-    if _stat.S_ISDIR(st.st_mode):
-        raise UsageError(f"{what} {str(path)!r} is a directory", value=path, fix=fix)
-    if not _stat.S_ISREG(st.st_mode):
-        kind = ("a FIFO" if _stat.S_ISFIFO(st.st_mode) else
-                "a device" if _stat.S_ISCHR(st.st_mode) or _stat.S_ISBLK(st.st_mode) else
-                "a socket" if _stat.S_ISSOCK(st.st_mode) else "not a regular file")
-        raise UsageError(f"{what} {str(path)!r} is {kind}, not a regular file", value=path,
-                         fix=fix)
+    _require_regular(st.st_mode, path, what, fix)
     if max_bytes is not None and st.st_size > max_bytes:
         raise UsageError(f"{what} {str(path)!r} is {st.st_size} bytes, over the limit of "
                          f"{max_bytes}", value=path, fix=fix)
@@ -157,7 +163,6 @@ def check_output_file(path: Path, what: str, fix: str = "give a file name, e.g. 
     that does not exist yet in an existing directory: a FIFO, a device, a
     socket or a directory is refused without being opened (writing to a
     FIFO with no reader blocks for ever)."""
-    import stat as _stat
 
     try:
         st = path.stat()
@@ -170,14 +175,7 @@ def check_output_file(path: Path, what: str, fix: str = "give a file name, e.g. 
     except OSError as exc:
         raise UsageError(f"{what} {str(path)!r} cannot be written: {exc.strerror}", value=path,
                          fix=fix) from None
-    if _stat.S_ISDIR(st.st_mode):
-        raise UsageError(f"{what} {str(path)!r} is a directory", value=path, fix=fix)
-    if not _stat.S_ISREG(st.st_mode):
-        kind = ("a FIFO" if _stat.S_ISFIFO(st.st_mode) else
-                "a device" if _stat.S_ISCHR(st.st_mode) or _stat.S_ISBLK(st.st_mode) else
-                "a socket" if _stat.S_ISSOCK(st.st_mode) else "not a regular file")
-        raise UsageError(f"{what} {str(path)!r} is {kind}, not a regular file", value=path,
-                         fix=fix)
+    _require_regular(st.st_mode, path, what, fix)
 
 
 def read_small_file(path: Path, what: str, fix: str, *, max_bytes: int = MAX_READ_BYTES) -> bytes:

@@ -55,11 +55,8 @@ def qemu_extrapolation(version: tuple[int, int]) -> Extrapolation | None:
     from harness.model.qemu_rules import rules_for
 
     rules = rules_for(version)
-    src = getattr(rules, "extrapolated_from", None)
-    if src is None:
-        return None
-    return Extrapolation("qemu", tuple(version), tuple(src),  # type: ignore[arg-type]
-                         "; ".join(rules.sources[:2]) or "QEMU rules")
+    return _flag("qemu", version, rules.extrapolated_from,
+                 "; ".join(rules.sources[:2]) or "QEMU rules")
 
 
 def kernel_extrapolation(version: tuple[int, int]) -> Extrapolation | None:
@@ -67,8 +64,12 @@ def kernel_extrapolation(version: tuple[int, int]) -> Extrapolation | None:
     from harness.model.kernel.rules import rules_for
 
     rules = rules_for(version)
-    src = getattr(rules, "extrapolated_from", None)
-    if src is None:
+    return _flag("kernel", version, getattr(rules, "extrapolated_from", None),
+                 f"{rules.name}: {rules.source}")
+
+
+def _flag(component: str, version: tuple[int, int], source: tuple[int, int] | None,
+          rule: str) -> Extrapolation | None:
+    if source is None:
         return None
-    return Extrapolation("kernel", tuple(version), tuple(src),  # type: ignore[arg-type]
-                         f"{rules.name}: {rules.source}")
+    return Extrapolation(component, (version[0], version[1]), (source[0], source[1]), rule)

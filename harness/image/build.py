@@ -315,12 +315,28 @@ def _check_release(mdir: Path, kver: str, given: Path) -> None:
                          f"is {kver}", value=given, fix=_MODULES_FIX)
 
 
+def modules_candidates(kernel: Path, kver: str) -> list[Path]:
+    """Where modules of ``kernel`` may sit, in the order memhp looks:
+
+    * ``<root>/usr/lib/modules/VER/vmlinuz`` (Debian's kernels since 6.12 in
+      trixie, 7.x in sid, trixie-backports, experimental: kernel, config and
+      System.map inside the modules directory) -> that directory;
+    * ``<root>/boot/vmlinuz-VER`` of an unpacked Debian package (or an
+      ``INSTALL_PATH``/``INSTALL_MOD_PATH`` pair) -> ``<root>/lib/modules/VER``,
+      then ``<root>/usr/lib/modules/VER``."""
+    real = kernel.resolve()
+    out: list[Path] = []
+    if real.parent.name == kver and real.parent.parent.name == "modules":
+        out.append(real.parent)
+    root = real.parent.parent
+    out += [root / "lib/modules" / kver, root / "usr/lib/modules" / kver]
+    return list(dict.fromkeys(out))
+
+
 def modules_beside(kernel: Path, kver: str) -> Path | None:
-    """``<root>/boot/vmlinuz-VER`` of an unpacked Debian package (or an
-    ``INSTALL_PATH``/``INSTALL_MOD_PATH`` pair) -> ``<root>/lib/modules/VER``."""
-    root = kernel.resolve().parent.parent
-    cand = root / "lib/modules" / kver
-    return cand if cand.is_dir() and (cand / "kernel").is_dir() else None
+    """The first of :func:`modules_candidates` that holds modules (a ``kernel/``
+    tree), or None."""
+    return next((c for c in modules_candidates(kernel, kver) if (c / "kernel").is_dir()), None)
 
 
 def find_config(kernel: Path, kver: str, explicit: Path | None,
@@ -348,7 +364,8 @@ def find_config(kernel: Path, kver: str, explicit: Path | None,
     real = kernel.resolve()
     near = [real.parent / f"config-{kver}", real.parent / ".config"]
     if real.name == "vmlinuz":
-        near.append(real.parent / "config")  # a memhp image's own layout
+        # a memhp image's own layout, and Debian's usr/lib/modules/VER/{vmlinuz,config}
+        near.append(real.parent / "config")
     if real.parts[-4:-1] in (("arch", "x86", "boot"), ("arch", "x86_64", "boot")):
         near.append(real.parents[3] / ".config")
     for cand in near:
@@ -418,6 +435,7 @@ class UserKernel:
     kdeb: Path | None  # a cached Debian package of this release, for its modules
     config: str | None
     config_from: str
+    modules_looked: tuple[str, ...] = ()  # where memhp looked when none were given
 
 
 def user_kernel(kernel: Path, modules: Path | None, kernel_config: Path | None,
@@ -430,15 +448,42 @@ def user_kernel(kernel: Path, modules: Path | None, kernel_config: Path | None,
     else:
         # A distro kernel needs its NIC and fw_cfg modules: find them rather
         # than boot a guest that can never be reached.
+        looked = [*map(str, modules_candidates(kernel, kver)), f"/lib/modules/{kver}"]
         mdir, how = modules_beside(kernel, kver), "beside the kernel"
         if mdir is None and (Path("/lib/modules") / kver / "kernel").is_dir():
             mdir, how = Path("/lib/modules") / kver, "the host's"
         if mdir is None:
-            kdeb = next(iter(sorted(debs.glob(f"linux-image-{kver}_*.deb"))), None)
+            pkgs = [f"linux-image-{kver}_*.deb", f"linux-modules-{kver}_*.deb"]
+            kdeb = next(iter(sorted(d for g in pkgs for d in debs.glob(g))), None)
+            looked.append(f"{debs}/{{{','.join(pkgs)}}}")
             how = f"package {kdeb.name}" if kdeb is not None else "none"
     config, config_from = find_config(kernel, kver, kernel_config,
                                       [kdeb] if kdeb is not None else [])
-    return UserKernel(kernel, kver, mdir, how, kdeb, config, config_from)
+    return UserKernel(kernel, kver, mdir, how, kdeb, config, config_from,
+                      tuple(looked) if modules is None else ())
+
+
+#: The boot modules the guest cannot be reached without, and their options.
+NEEDED_DRIVERS = {"virtio_pci": "CONFIG_VIRTIO_PCI", "virtio_net": "CONFIG_VIRTIO_NET",
+                  "qemu_fw_cfg": "CONFIG_FW_CFG_SYSFS"}
+
+
+def check_needed_drivers(user: UserKernel) -> None:
+    """A kernel whose NIC or fw_cfg driver is a module, with no modules found:
+    refuse before any VM starts, naming where memhp looked (a guest booted
+    so could never be reached over SSH)."""
+    if user.modules is not None or user.kdeb is not None or user.config is None:
+        return
+    values = dict(re.findall(r"^(CONFIG_\w+)=(\S+)", user.config, re.M))
+    missing = [f"{mod} ({opt}={values.get(opt, 'not set')})"
+               for mod, opt in NEEDED_DRIVERS.items() if values.get(opt) != "y"]
+    if missing:
+        where = "; ".join(user.modules_looked) or "nowhere"
+        raise UsageError(
+            f"kernel {user.kver} ({user.kernel}) needs modules memhp did not find: "
+            f"{', '.join(missing)}; looked in: {where}", value=user.kernel,
+            fix="pass --modules DIR (the kernel's lib/modules/VER, or the root it was "
+                "installed under), or build the drivers in (=y)")
 
 
 def build_image(
@@ -463,6 +508,7 @@ def build_image(
             raise UsageError("--kernel and --kernel-package cannot be combined",
                              fix="boot either your bzImage or a Debian kernel package")
         user = user_kernel(kernel, modules, kernel_config, root_cache / "debs")
+        check_needed_drivers(user)
     elif modules is not None or kernel_config is not None:
         raise UsageError("--modules and --kernel-config go with --kernel",
                          fix="a --kernel-package brings its own modules and config")

@@ -55,7 +55,7 @@ and 6.12.95 (QEMU 10.0: tests/kernels/test_virtio_mem_612.py).
   :meth:`VirtioMemDriver.resize` then reports ``uncertain``, predicts the
   outcome if every attempt succeeds, and keeps in :attr:`VirtioMemDriver.may_stay`
   the plugged sub-blocks of kernel-zone blocks it unplugged: the kernel may
-  leave any of them plugged (:meth:`VirtioMemDriver.legitimate` tells an
+  leave any of them plugged (:meth:`VirtioMemDriver.accept` tells an
   observed outcome of that kind from a wrong one).  On a kernel that onlines
   hot-added memory by itself (``memhp_default_state=online``, or 6.12's
   Debian config) every block is in ZONE_NORMAL, and an idle guest leaves a
@@ -74,7 +74,10 @@ one block group per Linux memory block (``<device>#<block>``).
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from harness.model.kernel.inputs import PAGE_SIZE, PAGEBLOCK_PAGES
 from harness.model.kernel.memory import KernelMemory
@@ -131,6 +134,13 @@ class VirtioMemDriver:
     plugged: dict[int, int] = field(default_factory=dict)  # block -> plugged sub-blocks
     next_mb: int = field(init=False)
     uncertain: bool = field(default=False, init=False)
+    #: Sub-blocks the last resize unplugged from kernel-zone blocks: the ones
+    #: ``alloc_contig_range()`` may find busy (block -> count).
+    may_stay: dict[int, int] = field(default_factory=dict, init=False)
+    #: Plugged bytes the kernel kept busy at the last accepted outcome (0: none).
+    busy_bytes: int = field(default=0, init=False)
+    _before: tuple[dict[str, Any], dict[int, int], int, int] | None = field(
+        default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.sb_size = max(self.device_block_size, PAGEBLOCK_BYTES)
@@ -206,7 +216,11 @@ class VirtioMemDriver:
         del self.plugged[mb]
         km.remove(self.group(mb))
 
-    def _unplug(self, km: KernelMemory, nb: int, rules: DriverRules) -> int:
+    def _unplug(self, km: KernelMemory, nb: int, rules: DriverRules,
+                busy: Mapping[int, int] | None = None) -> int:
+        """``virtio_mem_sbm_unplug_request()``; ``busy``: sub-blocks of a
+        kernel-zone block that fake-offlining finds busy (skipped, left plugged)."""
+        busy = busy or {}
         order = ("offline_partial", "offline", "movable_partial", "kernel_partial",
                  "movable", "kernel")
         for i, kind in enumerate(order):
@@ -215,15 +229,20 @@ class VirtioMemDriver:
                     return 0
                 if mb not in self.plugged or self._state(km, mb) != kind:
                     continue
+                stuck = 0
                 if kind.startswith("kernel"):
                     self.uncertain = True  # alloc_contig_range() may fail: EBUSY
-                if nb >= self.sbs_per_mb and self.plugged[mb] == self.sbs_per_mb:
+                    stuck = min(busy.get(mb, 0), self.plugged[mb])
+                if (nb >= self.sbs_per_mb and self.plugged[mb] == self.sbs_per_mb
+                        and not stuck):
                     nb -= self.sbs_per_mb
+                    self._note_kernel(kind, mb, self.sbs_per_mb)
                     self._remove_block(km, mb)
                     continue
-                take = min(nb, self.plugged[mb])
+                take = min(nb, self.plugged[mb] - stuck)
                 self.plugged[mb] -= take
                 nb -= take
+                self._note_kernel(kind, mb, take)
                 if self.plugged[mb] == 0:
                     self._remove_block(km, mb)
                 else:
@@ -232,16 +251,80 @@ class VirtioMemDriver:
                 return nb
         return nb
 
+    def _note_kernel(self, kind: str, mb: int, count: int) -> None:
+        if kind.startswith("kernel") and count:
+            self.may_stay[mb] = self.may_stay.get(mb, 0) + count
+
     def resize(self, km: KernelMemory, requested: int, rules: DriverRules = RULES) -> int:
         """Settle at ``requested`` (virtio_mem_run_wq): plug or unplug the
-        difference in sub-blocks; returns the plugged size the driver reaches."""
+        difference in sub-blocks; returns the plugged size the driver reaches
+        if every attempt succeeds (see :attr:`uncertain`, :meth:`accept`)."""
         self.uncertain = False
+        self.may_stay = {}
+        self.busy_bytes = 0
+        self._before = None
         have = self.plugged_size
         if requested > have:
             self._plug(km, (requested - have) // self.sb_size)
         elif requested < have:
-            self._unplug(km, (have - requested) // self.sb_size, rules)
+            nb = (have - requested) // self.sb_size
+            before = ({k: copy.deepcopy(v) for k, v in vars(km).items() if k != "virtio_mem"},
+                      dict(self.plugged), self.next_mb, nb)
+            self._unplug(km, nb, rules)
+            if self.uncertain:
+                self._before = before
         return self.plugged_size
+
+    def accept(self, km: KernelMemory, plugged_size: int, blocks: set[int],
+               rules: DriverRules = RULES) -> str | None:
+        """The kernel left ``plugged_size`` plugged in ``blocks`` after an
+        uncertain unplug: if some sub-blocks of kernel-zone blocks being busy
+        explains it (the driver skips them and goes on, in its order), take
+        that outcome as the model's state and return None; otherwise leave the
+        prediction as it is and return why the outcome is not one the kernel
+        may reach.  Which sub-blocks in a block stay does not show in what is
+        compared (blocks present, their zone, MemTotal per node), only how many."""
+        want = set(blocks)
+        if want == set(self.plugged) and plugged_size == self.plugged_size:
+            return None
+        if self._before is None:
+            return "the last resize unplugged nothing from a kernel zone: its outcome is exact"
+        if plugged_size % self.sb_size:
+            return f"{plugged_size} bytes is not a whole number of {self.sb_size}-byte sub-blocks"
+        kept = want - set(self.plugged)
+        if not kept <= set(self.may_stay):
+            return (f"blocks {sorted(kept - set(self.may_stay))} were not unplugged from a "
+                    "kernel zone: nothing busy can keep them")
+        busy = {mb: 1 for mb in kept}
+        candidates = sorted(want & set(self.may_stay))
+        km_state, plugged0, next_mb0, nb = self._before
+        for _ in range(sum(plugged0.values()) + 1):
+            self._replay(km, km_state, plugged0, next_mb0, nb, rules, busy)
+            if set(self.plugged) == want and self.plugged_size == plugged_size:
+                self.busy_bytes = sum(min(busy.get(mb, 0), n) for mb, n in self.plugged.items()
+                                      ) * self.sb_size
+                self._before = None
+                return None
+            if self.plugged_size >= plugged_size:
+                break
+            # Another busy sub-block in a kept kernel-zone block that has one to give.
+            grow = next((mb for mb in candidates if busy.get(mb, 0) < plugged0.get(mb, 0)), None)
+            if grow is None:
+                break
+            busy[grow] = busy.get(grow, 0) + 1
+        why = (f"no set of busy kernel-zone sub-blocks leaves {plugged_size >> 20} MiB plugged "
+               f"in blocks {sorted(want)} (the driver's order and busy sub-blocks give "
+               f"{self.plugged_size >> 20} MiB in {sorted(self.plugged)} at best)")
+        # Back to the prediction: every attempt succeeds.
+        self._replay(km, km_state, plugged0, next_mb0, nb, rules, {})
+        return why
+
+    def _replay(self, km: KernelMemory, km_state: dict[str, Any], plugged0: dict[int, int],
+                next_mb0: int, nb: int, rules: DriverRules, busy: Mapping[int, int]) -> int:
+        for key, value in km_state.items():
+            setattr(km, key, copy.deepcopy(value))
+        self.plugged, self.next_mb, self.may_stay = dict(plugged0), next_mb0, {}
+        return self._unplug(km, nb, rules, busy)
 
     def blocks(self) -> tuple[int, ...]:
         return tuple(sorted(self.plugged))

@@ -303,8 +303,7 @@ class VirtioMemDriver:
             if set(self.plugged) == want and self.plugged_size == plugged_size:
                 self.busy_bytes = sum(min(busy.get(mb, 0), n) for mb, n in self.plugged.items()
                                       ) * self.sb_size
-                self._before = None
-                return None
+                return None  # _before stays: the driver's retries may free more
             if self.plugged_size >= plugged_size:
                 break
             # Another busy sub-block in a kept kernel-zone block that has one to give.

@@ -34,7 +34,12 @@ API::
 
 ``suite`` is a Debian suite of :data:`SUITES` (``-t SUITE``: that suite's
 version wins, dependencies are not involved since nothing is installed);
-``None`` means the default candidate (bookworm and its updates).  Unknown
+``None`` means the default candidate (bookworm and its updates).  Any
+other suite (sid, experimental, trixie-backports, trixie-updates, forky,
+...) gets an apt configuration of its own, ``<cache>/apt-<suite>/`` with
+just that suite, created on first use (:meth:`Apt.for_suite`), so the
+default lists never grow by sid's and nobody's ``apt-get update`` fetches
+them unasked.  A suite the mirror does not have -> :class:`UsageError`.  Unknown
 package or suite -> :class:`UsageError` (exit 2) naming it; mirror
 unreachable -> :class:`HostEnvironmentError` (exit 3).
 """
@@ -61,6 +66,8 @@ log = logging.getLogger("harness.apt")
 MIRROR = "http://deb.debian.org/debian"
 SECURITY_MIRROR = "http://deb.debian.org/debian-security"
 SUITES = ("bookworm", "bookworm-updates", "bookworm-backports", "trixie")
+#: A Debian suite (codename or alias) memhp may give an apt root of its own.
+SUITE_RE = re.compile(r"[a-z]+(-(backports|backports-sloppy|updates|proposed-updates))?")
 #: Debian 12's kernels get their updates here first (the default guest's
 #: linux-image-cloud-amd64 is newer in bookworm-security than in bookworm).
 SECURITY_SUITES = ("bookworm-security",)
@@ -77,13 +84,16 @@ Progress = Callable[[str], None]
 
 
 def sources_text(mirror: str = MIRROR, suites: Iterable[str] = SUITES,
-                 keyring: Path = KEYRING, security_mirror: str = SECURITY_MIRROR) -> str:
-    """The deb822 sources file of memhp's apt."""
+                 keyring: Path = KEYRING, security_mirror: str | None = SECURITY_MIRROR) -> str:
+    """The deb822 sources file of memhp's apt (no security stanza when
+    ``security_mirror`` is None: a suite's own root)."""
     stanza = ("Types: deb\nURIs: {}\nSuites: {}\nComponents: main\nArchitectures: amd64\n"
               f"Signed-By: {keyring}\n")
-    return ("# memhp's own apt sources (harness/apt.py); not the host's\n"
-            + stanza.format(mirror, " ".join(suites)) + "\n"
-            + stanza.format(security_mirror, " ".join(SECURITY_SUITES)))
+    text = ("# memhp's own apt sources (harness/apt.py); not the host's\n"
+            + stanza.format(mirror, " ".join(suites)))
+    if security_mirror is not None:
+        text += "\n" + stanza.format(security_mirror, " ".join(SECURITY_SUITES))
+    return text
 
 
 PREFERENCES = ("# trixie only for what bookworm lacks (linux-source-6.12), or with -t trixie\n"
@@ -91,23 +101,42 @@ PREFERENCES = ("# trixie only for what bookworm lacks (linux-source-6.12), or wi
 
 
 class Apt:
-    """memhp's private apt configuration under ``<cache>/apt``."""
+    """memhp's private apt configuration under ``<cache>/apt`` (the default
+    suites), or ``<cache>/apt-<suite>`` for one other suite (:meth:`for_suite`)."""
 
     def __init__(self, cache: Path | None = None, *, mirror: str = MIRROR,
-                 progress: Progress | None = None) -> None:
+                 progress: Progress | None = None, own_suite: str | None = None) -> None:
         self.cache = cache or cache_root()
-        self.root = self.cache / "apt"
+        self.own_suite = own_suite
+        if own_suite is not None:
+            check_suite_name(own_suite)
+        self.root = self.cache / ("apt" if own_suite is None else f"apt-{own_suite}")
+        self.suites: tuple[str, ...] = (SUITES + SECURITY_SUITES if own_suite is None
+                                        else (own_suite,))
         self.debs = self.cache / "debs"
         self.mirror = mirror
         self.say = progress or (lambda msg: log.info("%s", msg))
 
+    @classmethod
+    def for_suite(cls, suite: str | None, cache: Path | None = None, *, mirror: str = MIRROR,
+                  progress: Progress | None = None) -> Apt:
+        """The apt that knows ``suite``: the default configuration for
+        :data:`SUITES` (and None), else the suite's own."""
+        own = None if suite is None or suite in SUITES + SECURITY_SUITES else suite
+        return cls(cache, mirror=mirror, progress=progress, own_suite=own)
+
     # -- configuration -----------------------------------------------------------------
 
     def _sources(self) -> str:
+        if self.own_suite is not None:
+            return sources_text(self.mirror, (self.own_suite,), security_mirror=None)
         return sources_text(self.mirror)
 
+    def _preferences(self) -> str:
+        return PREFERENCES if self.own_suite is None else "# one suite: no pins\n"
+
     def _fingerprint(self) -> str:
-        return hashlib.sha256((CONFIG_VERSION + self._sources() + PREFERENCES).encode()
+        return hashlib.sha256((CONFIG_VERSION + self._sources() + self._preferences()).encode()
                               ).hexdigest()[:16]
 
     def _write_config(self) -> None:
@@ -119,7 +148,7 @@ class Apt:
                   self.root / "empty.d"):
             d.mkdir(parents=True, exist_ok=True)
         for name, text in (("sources.sources", self._sources()),
-                           ("preferences", PREFERENCES)):
+                           ("preferences", self._preferences())):
             path = self.root / name
             if not path.exists() or path.read_text() != text:
                 path.write_text(text)
@@ -174,6 +203,12 @@ class Apt:
             if ("Could not resolve" in err or "Failed to fetch" in err
                     or "Temporary failure" in err or "Connection failed" in err):
                 raise HostEnvironmentError(f"{what}: cannot reach {self.mirror}: {err}")
+            if self.own_suite is not None and ("does not have a Release file" in err
+                                               or "404" in err and "Release" in err):
+                raise UsageError(f"{what}: {self.mirror} has no suite {self.own_suite!r}: "
+                                 f"{err}", value=self.own_suite,
+                                 fix="give a Debian suite, e.g. sid, experimental, "
+                                     "trixie-backports, bookworm-backports")
             if "Unable to locate package" in err or "has no installation candidate" in err \
                     or "No packages found" in err:
                 raise UsageError(f"{what}: {err}", fix="check the package name (and --suite)")
@@ -191,7 +226,7 @@ class Apt:
                      and time.time() - stamp.stat().st_mtime < max_age_s)
             if fresh and not force:
                 return False
-            suites = ", ".join(SUITES + SECURITY_SUITES)
+            suites = ", ".join(self.suites)
             self.say(f"apt-get update of memhp's own sources ({suites})")
             t0 = time.monotonic()
             self._run("apt-get", "update", "-q", what="apt-get update (memhp's sources)")
@@ -202,9 +237,10 @@ class Apt:
     def _suite_args(self, suite: str | None) -> list[str]:
         if suite is None:
             return []
-        if suite not in SUITES + SECURITY_SUITES:
-            raise UsageError(f"suite {suite!r} is not one memhp's apt knows", value=suite,
-                             fix=f"use one of {', '.join(SUITES + SECURITY_SUITES)}")
+        if suite not in self.suites:
+            raise UsageError(f"suite {suite!r} is not one this apt configuration "
+                             f"({self.root}) knows", value=suite,
+                             fix="use Apt.for_suite(suite), which makes one for any suite")
         return ["-t", suite]
 
     def show(self, packages: Iterable[str],
@@ -284,6 +320,15 @@ class Apt:
         return result
 
 
+def check_suite_name(suite: str) -> str:
+    """A suite name memhp will make an apt root for; UsageError otherwise."""
+    if not SUITE_RE.fullmatch(suite):
+        raise UsageError(f"{suite!r} is not a Debian suite name", value=suite,
+                         fix="e.g. sid, experimental, trixie, trixie-backports, "
+                             "bookworm-backports")
+    return suite
+
+
 def _cached_deb(debs: Path, name: str, version: str) -> Path | None:
     ver = version.replace(":", "%3a")
     return next(iter(sorted(debs.glob(f"{name}_{ver}_*.deb"))), None)
@@ -292,10 +337,10 @@ def _cached_deb(debs: Path, name: str, version: str) -> Path | None:
 def download(packages: Iterable[str], suite: str | None = None, *,
              cache: Path | None = None, progress: Progress | None = None) -> dict[str, Path]:
     """Download Debian packages (from ``suite``) into ``<cache>/debs``; name -> path."""
-    return Apt(cache, progress=progress).download(packages, suite)
+    return Apt.for_suite(suite, cache, progress=progress).download(packages, suite)
 
 
 def resolve(name: str, suite: str | None = None, *, cache: Path | None = None,
             progress: Progress | None = None) -> str:
     """A ``linux-image-*`` metapackage -> its concrete package (see :meth:`Apt.resolve`)."""
-    return Apt(cache, progress=progress).resolve(name, suite)
+    return Apt.for_suite(suite, cache, progress=progress).resolve(name, suite)

@@ -145,7 +145,8 @@ _SCENARIO_OPTIONS: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
 @click.option("--kernel-package", metavar="NAME[/SUITE]",
               help="Boot a Debian kernel package (fetched, never installed), e.g. "
                    "linux-image-amd64/bookworm-backports for Debian's 6.12.")
-@click.option("--suite", help="Debian suite of --kernel-package (e.g. bookworm-backports).")
+@click.option("--suite", help="Debian suite of --kernel-package (any: bookworm-backports, "
+              "trixie-backports, sid, experimental, ...).")
 @click.option("--disk", type=click.Path(path_type=Path),
               help="Boot your own disk image (raw/qcow2, opened in snapshot mode).")
 @click.option("--ssh-user", default="root", show_default=True, help="SSH user for --disk.")

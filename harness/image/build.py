@@ -672,8 +672,8 @@ def _build_into(tmp: Path, final: Path, key: str, recipe: Recipe, debs: dict[str
         shutil.copy2(tree.vmlinuz, tmp / "vmlinuz")
         if tree.config is not None:
             config = tree.config.read_text()
-            config_from = (f"{tree.config.relative_to(tmp / 'kernel')} in "
-                           f"{' + '.join(d.name for d in kdebs)}")
+            holder = next((d for d in kdebs if d.name.startswith("linux-base-")), kdeb)
+            config_from = f"{tree.config.relative_to(tmp / 'kernel')} in {holder.name}"
         modules_root = tree.modules
         source = f"debian:{kdeb.name}"
     else:

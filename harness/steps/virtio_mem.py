@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING
 
 from harness.errors import QMPCommandError, UsageError, VMError, WaitTimeout
 from harness.guest.iomem import merged_ranges, parse_iomem
+from harness.model.kernel.rules import extrapolation_note
 from harness.model.kernel.virtio_mem import UnmodelledDriver, VirtioMemDriver, rules_for
 from harness.steps.refusal import act_refused
 from harness.verify import Mismatch
@@ -156,7 +157,11 @@ def _catch_up(runner: Runner, driver: VirtioMemDriver) -> None:
 
 def _driver(runner: Runner, v: PlacedVirtioMem) -> VirtioMemDriver:
     try:
-        rules_for(runner.km().policy.version)
+        version = runner.km().policy.version
+        note = extrapolation_note("the virtio-mem driver", version,
+                                  rules_for(version).extrapolated_from)
+        if note is not None:
+            log.warning("%s: %s", v.id, note)
         if runner.km().policy.online_policy == "auto-movable":
             # virtio-mem memory forms *dynamic* memory groups, which
             # auto_movable_zone_for_pfn() treats unlike the DIMMs' static ones.

@@ -214,3 +214,12 @@ def test_rule_sets_by_version() -> None:
 def test_bad_policy_values_are_refused() -> None:
     with pytest.raises(ValueError, match="auto_online_blocks"):
         replace(KernelPolicy(), auto_online_blocks="sideways")  # type: ignore[arg-type]
+
+
+def test_extrapolation_note_names_the_rules_in_force() -> None:
+    from harness.model.kernel.rules import extrapolation_note
+
+    assert extrapolation_note("memory hotplug", (7, 3), None) is None
+    note = extrapolation_note("memory hotplug", (7, 4), rules_for((7, 4)).extrapolated_from)
+    assert note is not None and "7.4 is newer" in note and "rules of 7.3" in note
+    assert "behind" in note

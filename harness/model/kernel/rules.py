@@ -139,7 +139,8 @@ def extrapolation_note(what: str, version: tuple[int, int],
     if extrapolated_from is None:
         return None
     newer = tuple(version) > extrapolated_from
-    return (f"{what} of Linux {version[0]}.{version[1]} was not read: memhp uses the rules of "
+    return (f"Linux {version[0]}.{version[1]} is {'newer' if newer else 'older'} than any "
+            f"version memhp's model of {what} was read from: it uses the rules of "
             f"{extrapolated_from[0]}.{extrapolated_from[1]}, the "
             f"{'newest' if newer else 'oldest'} read; a mismatch may mean the model is "
             f"{'behind' if newer else 'ahead of'} this kernel")

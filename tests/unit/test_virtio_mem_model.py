@@ -363,3 +363,25 @@ def test_iomem_shows_the_drivers_region_and_added_memory() -> None:
     assert merged_ranges(d.blocks(), BLOCK) == r.added
     assert merged_ranges((60, 61, 63), BLOCK) == [(60 * BLOCK, 62 * BLOCK),
                                                   (63 * BLOCK, 64 * BLOCK)]
+
+
+def test_unmodelled_driver_fails_each_step_with_its_reason_not_a_keyerror() -> None:
+    """Big Block Mode (a device block of a whole memory block): the add step
+    fails with the reason, and so does every later step of that device."""
+    from types import SimpleNamespace
+
+    from harness.errors import VMError
+    from harness.steps.virtio_mem import known_driver
+
+    km = kernel("online", release="7.2.13+deb14-amd64")
+    bbm = SimpleNamespace(id="vmem0", addr=0x1c0000000, size=4 * GiB, block_size=BLOCK,
+                          node=1)
+    runner = SimpleNamespace(km=lambda: km, current_vmems=lambda: (bbm,), block_size=BLOCK)
+    for _ in range(2):
+        with pytest.raises(VMError, match="Big Block Mode"):
+            known_driver(runner, "vmem0")  # type: ignore[arg-type]
+    # A modelled device is made once and kept.
+    sbm = SimpleNamespace(**{**vars(bbm), "block_size": 2 * MiB})
+    runner.current_vmems = lambda: (sbm,)
+    first = known_driver(runner, "vmem0")  # type: ignore[arg-type]
+    assert known_driver(runner, "vmem0") is first  # type: ignore[arg-type]

@@ -50,6 +50,7 @@ import hashlib
 import logging
 import os
 import re
+import shutil
 import subprocess
 import tempfile
 import time
@@ -229,7 +230,13 @@ class Apt:
             suites = ", ".join(self.suites)
             self.say(f"apt-get update of memhp's own sources ({suites})")
             t0 = time.monotonic()
-            self._run("apt-get", "update", "-q", what="apt-get update (memhp's sources)")
+            try:
+                self._run("apt-get", "update", "-q", what="apt-get update (memhp's sources)")
+            except UsageError:
+                if self.own_suite is not None and not stamp.exists():
+                    # A suite the mirror lacks: leave no apt-<suite>/ behind.
+                    shutil.rmtree(self.root, ignore_errors=True)
+                raise
             stamp.write_text(self._fingerprint() + "\n")
             self.say(f"apt-get update took {time.monotonic() - t0:.1f}s")
             return True

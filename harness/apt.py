@@ -34,7 +34,12 @@ API::
 
 ``suite`` is a Debian suite of :data:`SUITES` (``-t SUITE``: that suite's
 version wins, dependencies are not involved since nothing is installed);
-``None`` means the default candidate (bookworm and its updates).  Unknown
+``None`` means the default candidate (bookworm and its updates).  Any
+other suite (sid, experimental, trixie-backports, trixie-updates, forky,
+...) gets an apt configuration of its own, ``<cache>/apt-<suite>/`` with
+just that suite, created on first use (:meth:`Apt.for_suite`), so the
+default lists never grow by sid's and nobody's ``apt-get update`` fetches
+them unasked.  A suite the mirror does not have -> :class:`UsageError`.  Unknown
 package or suite -> :class:`UsageError` (exit 2) naming it; mirror
 unreachable -> :class:`HostEnvironmentError` (exit 3).
 """
@@ -45,6 +50,7 @@ import hashlib
 import logging
 import os
 import re
+import shutil
 import subprocess
 import tempfile
 import time
@@ -62,6 +68,8 @@ log = logging.getLogger("harness.apt")
 MIRROR = "http://deb.debian.org/debian"
 SECURITY_MIRROR = "http://deb.debian.org/debian-security"
 SUITES = ("bookworm", "bookworm-updates", "bookworm-backports", "trixie")
+#: A Debian suite (codename or alias) memhp may give an apt root of its own.
+SUITE_RE = re.compile(r"[a-z]+(-(backports|backports-sloppy|updates|proposed-updates))?")
 #: Debian 12's kernels get their updates here first (the default guest's
 #: linux-image-cloud-amd64 is newer in bookworm-security than in bookworm).
 SECURITY_SUITES = ("bookworm-security",)
@@ -80,12 +88,16 @@ Progress = Callable[[str], None]
 def sources_text(mirror: str = MIRROR, suites: Iterable[str] = SUITES,
                  keyring: Path = KEYRING, security_mirror: str = SECURITY_MIRROR,
                  security_suites: Iterable[str] = SECURITY_SUITES) -> str:
-    """The deb822 sources file of memhp's apt."""
+    """The deb822 sources file of memhp's apt (no security stanza without
+    ``security_suites``: a suite's own root)."""
     stanza = ("Types: deb\nURIs: {}\nSuites: {}\nComponents: main\nArchitectures: amd64\n"
               f"Signed-By: {keyring}\n")
-    return ("# memhp's own apt sources (harness/apt.py); not the host's\n"
-            + stanza.format(mirror, " ".join(suites)) + "\n"
-            + stanza.format(security_mirror, " ".join(security_suites)))
+    text = ("# memhp's own apt sources (harness/apt.py); not the host's\n"
+            + stanza.format(mirror, " ".join(suites)))
+    security = " ".join(security_suites)
+    if security:
+        text += "\n" + stanza.format(security_mirror, security)
+    return text
 
 
 PREFERENCES = ("# trixie only for what bookworm lacks (linux-source-6.12), or with -t trixie\n"
@@ -119,17 +131,38 @@ TRIXIE = Sources("apt-trixie", ("trixie", "trixie-updates", "trixie-backports"),
                  "# trixie-backports is NotAutomatic (priority 100) by its Release file\n")
 
 
+def suite_sources(suite: str) -> Sources:
+    """The configuration of one suite on its own (``<cache>/apt-<suite>``),
+    for kernels of suites beyond bookworm's and trixie (sid, experimental,
+    trixie-backports): nobody's default update fetches their lists."""
+    return Sources(f"apt-{suite}", (suite,), (), "# one suite: no pins\n")
+
+
 class Apt:
-    """memhp's private apt configuration under ``<cache>/apt``."""
+    """memhp's private apt configuration under ``<cache>/apt`` (the default
+    suites), or ``<cache>/apt-<suite>`` for one other suite (:meth:`for_suite`)."""
 
     def __init__(self, cache: Path | None = None, *, mirror: str = MIRROR,
-                 progress: Progress | None = None, sources: Sources = BOOKWORM) -> None:
+                 progress: Progress | None = None, sources: Sources = BOOKWORM,
+                 own_suite: str | None = None) -> None:
         self.cache = cache or cache_root()
+        self.own_suite = own_suite
+        if own_suite is not None:
+            sources = suite_sources(check_suite_name(own_suite))
         self.sources = sources
         self.root = self.cache / sources.name
+        self.suites: tuple[str, ...] = sources.suites + sources.security_suites
         self.debs = self.cache / "debs"
         self.mirror = mirror
         self.say = progress or (lambda msg: log.info("%s", msg))
+
+    @classmethod
+    def for_suite(cls, suite: str | None, cache: Path | None = None, *, mirror: str = MIRROR,
+                  progress: Progress | None = None) -> Apt:
+        """The apt that knows ``suite``: the default configuration for
+        :data:`SUITES` (and None), else the suite's own."""
+        own = None if suite is None or suite in SUITES + SECURITY_SUITES else suite
+        return cls(cache, mirror=mirror, progress=progress, own_suite=own)
 
     # -- configuration -----------------------------------------------------------------
 
@@ -205,6 +238,12 @@ class Apt:
             if ("Could not resolve" in err or "Failed to fetch" in err
                     or "Temporary failure" in err or "Connection failed" in err):
                 raise HostEnvironmentError(f"{what}: cannot reach {self.mirror}: {err}")
+            if self.own_suite is not None and ("does not have a Release file" in err
+                                               or "404" in err and "Release" in err):
+                raise UsageError(f"{what}: {self.mirror} has no suite {self.own_suite!r}: "
+                                 f"{err}", value=self.own_suite,
+                                 fix="give a Debian suite, e.g. sid, experimental, "
+                                     "trixie-backports, bookworm-backports")
             if "Unable to locate package" in err or "has no installation candidate" in err \
                     or "No packages found" in err:
                 raise UsageError(f"{what}: {err}", fix="check the package name (and --suite)")
@@ -222,10 +261,16 @@ class Apt:
                      and time.time() - stamp.stat().st_mtime < max_age_s)
             if fresh and not force:
                 return False
-            suites = ", ".join(self.sources.suites + self.sources.security_suites)
+            suites = ", ".join(self.suites)
             self.say(f"apt-get update of memhp's own sources ({suites})")
             t0 = time.monotonic()
-            self._run("apt-get", "update", "-q", what="apt-get update (memhp's sources)")
+            try:
+                self._run("apt-get", "update", "-q", what="apt-get update (memhp's sources)")
+            except UsageError:
+                if self.own_suite is not None and not stamp.exists():
+                    # A suite the mirror lacks: leave no apt-<suite>/ behind.
+                    shutil.rmtree(self.root, ignore_errors=True)
+                raise
             stamp.write_text(self._fingerprint() + "\n")
             self.say(f"apt-get update took {time.monotonic() - t0:.1f}s")
             return True
@@ -233,10 +278,10 @@ class Apt:
     def _suite_args(self, suite: str | None) -> list[str]:
         if suite is None:
             return []
-        known = self.sources.suites + self.sources.security_suites
-        if suite not in known:
-            raise UsageError(f"suite {suite!r} is not one memhp's apt knows", value=suite,
-                             fix=f"use one of {', '.join(known)}")
+        if suite not in self.suites:
+            raise UsageError(f"suite {suite!r} is not one this apt configuration "
+                             f"({self.root}) knows", value=suite,
+                             fix="use Apt.for_suite(suite), which makes one for any suite")
         return ["-t", suite]
 
     def show(self, packages: Iterable[str],
@@ -346,6 +391,15 @@ def parse_simulation(output: str) -> dict[str, str]:
     return {m.group(1): m.group(2) for m in _INST.finditer(output)}
 
 
+def check_suite_name(suite: str) -> str:
+    """A suite name memhp will make an apt root for; UsageError otherwise."""
+    if not SUITE_RE.fullmatch(suite):
+        raise UsageError(f"{suite!r} is not a Debian suite name", value=suite,
+                         fix="e.g. sid, experimental, trixie, trixie-backports, "
+                             "bookworm-backports")
+    return suite
+
+
 def _cached_deb(debs: Path, name: str, version: str) -> Path | None:
     ver = version.replace(":", "%3a")
     return next(iter(sorted(debs.glob(f"{name}_{ver}_*.deb"))), None)
@@ -354,10 +408,10 @@ def _cached_deb(debs: Path, name: str, version: str) -> Path | None:
 def download(packages: Iterable[str], suite: str | None = None, *,
              cache: Path | None = None, progress: Progress | None = None) -> dict[str, Path]:
     """Download Debian packages (from ``suite``) into ``<cache>/debs``; name -> path."""
-    return Apt(cache, progress=progress).download(packages, suite)
+    return Apt.for_suite(suite, cache, progress=progress).download(packages, suite)
 
 
 def resolve(name: str, suite: str | None = None, *, cache: Path | None = None,
             progress: Progress | None = None) -> str:
     """A ``linux-image-*`` metapackage -> its concrete package (see :meth:`Apt.resolve`)."""
-    return Apt(cache, progress=progress).resolve(name, suite)
+    return Apt.for_suite(suite, cache, progress=progress).resolve(name, suite)

@@ -30,8 +30,9 @@ def image_group() -> None:
 @click.option("--kernel-package", help="Debian kernel package (default: the recipe's, "
               "linux-image-cloud-amd64); NAME/SUITE or --suite picks the suite, e.g. "
               "linux-image-amd64/bookworm-backports (Debian's 6.12).")
-@click.option("--suite", help="Debian suite of --kernel-package: bookworm, bookworm-updates, "
-              "bookworm-backports, bookworm-security, trixie.")
+@click.option("--suite", help="Debian suite of --kernel-package: any (bookworm, "
+              "bookworm-backports, trixie, trixie-backports, sid, experimental, ...); suites "
+              "other than bookworm's and trixie get an apt configuration of their own.")
 @click.option("--kernel", type=click.Path(path_type=Path), help="Your own bzImage instead.")
 @click.option("--modules", type=click.Path(path_type=Path),
               help="Modules for --kernel: lib/modules/VERSION or an INSTALL_MOD_PATH root.")

@@ -147,8 +147,9 @@ _KERNEL_OPTIONS: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
                       "tree, or IKCONFIG); tells the model the kernel's online policy."),
     click.option("--kernel-package", metavar="NAME[/SUITE]",
                  help="Boot a Debian kernel package (fetched, never installed), e.g. "
-                      "linux-image-amd64/bookworm-backports for Debian's 6.12."),
-    click.option("--suite", help="Debian suite of --kernel-package (e.g. bookworm-backports)."),
+                      "linux-image-amd64/trixie-backports for Debian's 7.3."),
+    click.option("--suite", help="Debian suite of --kernel-package (any: bookworm-backports, "
+                 "trixie-backports, sid, experimental, ...)."),
 ]
 
 

@@ -150,13 +150,14 @@ def resolve_kernel_package(name: str, suite: str | None = None,
                            cache_dir: Path | None = None) -> str:
     """A metapackage (linux-image-cloud-amd64) -> the concrete image package
     (through memhp's own apt, :mod:`harness.apt`)."""
-    return Apt(cache_root(cache_dir)).resolve(name, suite)
+    return Apt.for_suite(suite, cache_root(cache_dir)).resolve(name, suite)
 
 
 def download(packages: Iterable[str], debs: Path, progress: Progress,
              suite: str | None = None) -> dict[str, Path]:
     """Download what is not cached in ``debs`` yet (memhp's own apt); name -> .deb."""
-    return Apt(debs.parent, progress=progress).download(packages, suite, dest=debs)
+    return Apt.for_suite(suite, debs.parent, progress=progress).download(packages, suite,
+                                                                         dest=debs)
 
 
 def _sha(*parts: bytes) -> str:
@@ -315,12 +316,28 @@ def _check_release(mdir: Path, kver: str, given: Path) -> None:
                          f"is {kver}", value=given, fix=_MODULES_FIX)
 
 
+def modules_candidates(kernel: Path, kver: str) -> list[Path]:
+    """Where modules of ``kernel`` may sit, in the order memhp looks:
+
+    * ``<root>/usr/lib/modules/VER/vmlinuz`` (Debian's kernels since 6.12 in
+      trixie, 7.x in sid, trixie-backports, experimental: kernel, config and
+      System.map inside the modules directory) -> that directory;
+    * ``<root>/boot/vmlinuz-VER`` of an unpacked Debian package (or an
+      ``INSTALL_PATH``/``INSTALL_MOD_PATH`` pair) -> ``<root>/lib/modules/VER``,
+      then ``<root>/usr/lib/modules/VER``."""
+    real = kernel.resolve()
+    out: list[Path] = []
+    if real.parent.name == kver and real.parent.parent.name == "modules":
+        out.append(real.parent)
+    root = real.parent.parent
+    out += [root / "lib/modules" / kver, root / "usr/lib/modules" / kver]
+    return list(dict.fromkeys(out))
+
+
 def modules_beside(kernel: Path, kver: str) -> Path | None:
-    """``<root>/boot/vmlinuz-VER`` of an unpacked Debian package (or an
-    ``INSTALL_PATH``/``INSTALL_MOD_PATH`` pair) -> ``<root>/lib/modules/VER``."""
-    root = kernel.resolve().parent.parent
-    cand = root / "lib/modules" / kver
-    return cand if cand.is_dir() and (cand / "kernel").is_dir() else None
+    """The first of :func:`modules_candidates` that holds modules (a ``kernel/``
+    tree), or None."""
+    return next((c for c in modules_candidates(kernel, kver) if (c / "kernel").is_dir()), None)
 
 
 def find_config(kernel: Path, kver: str, explicit: Path | None,
@@ -348,7 +365,8 @@ def find_config(kernel: Path, kver: str, explicit: Path | None,
     real = kernel.resolve()
     near = [real.parent / f"config-{kver}", real.parent / ".config"]
     if real.name == "vmlinuz":
-        near.append(real.parent / "config")  # a memhp image's own layout
+        # a memhp image's own layout, and Debian's usr/lib/modules/VER/{vmlinuz,config}
+        near.append(real.parent / "config")
     if real.parts[-4:-1] in (("arch", "x86", "boot"), ("arch", "x86_64", "boot")):
         near.append(real.parents[3] / ".config")
     for cand in near:
@@ -418,6 +436,7 @@ class UserKernel:
     kdeb: Path | None  # a cached Debian package of this release, for its modules
     config: str | None
     config_from: str
+    modules_looked: tuple[str, ...] = ()  # where memhp looked when none were given
 
 
 def user_kernel(kernel: Path, modules: Path | None, kernel_config: Path | None,
@@ -430,15 +449,42 @@ def user_kernel(kernel: Path, modules: Path | None, kernel_config: Path | None,
     else:
         # A distro kernel needs its NIC and fw_cfg modules: find them rather
         # than boot a guest that can never be reached.
+        looked = [*map(str, modules_candidates(kernel, kver)), f"/lib/modules/{kver}"]
         mdir, how = modules_beside(kernel, kver), "beside the kernel"
         if mdir is None and (Path("/lib/modules") / kver / "kernel").is_dir():
             mdir, how = Path("/lib/modules") / kver, "the host's"
         if mdir is None:
-            kdeb = next(iter(sorted(debs.glob(f"linux-image-{kver}_*.deb"))), None)
+            pkgs = [f"linux-image-{kver}_*.deb", f"linux-modules-{kver}_*.deb"]
+            kdeb = next(iter(sorted(d for g in pkgs for d in debs.glob(g))), None)
+            looked.append(f"{debs}/{{{','.join(pkgs)}}}")
             how = f"package {kdeb.name}" if kdeb is not None else "none"
     config, config_from = find_config(kernel, kver, kernel_config,
                                       [kdeb] if kdeb is not None else [])
-    return UserKernel(kernel, kver, mdir, how, kdeb, config, config_from)
+    return UserKernel(kernel, kver, mdir, how, kdeb, config, config_from,
+                      tuple(looked) if modules is None else ())
+
+
+#: The boot modules the guest cannot be reached without, and their options.
+NEEDED_DRIVERS = {"virtio_pci": "CONFIG_VIRTIO_PCI", "virtio_net": "CONFIG_VIRTIO_NET",
+                  "qemu_fw_cfg": "CONFIG_FW_CFG_SYSFS"}
+
+
+def check_needed_drivers(user: UserKernel) -> None:
+    """A kernel whose NIC or fw_cfg driver is a module, with no modules found:
+    refuse before any VM starts, naming where memhp looked (a guest booted
+    so could never be reached over SSH)."""
+    if user.modules is not None or user.kdeb is not None or user.config is None:
+        return
+    values = dict(re.findall(r"^(CONFIG_\w+)=(\S+)", user.config, re.M))
+    missing = [f"{mod} ({opt}={values.get(opt, 'not set')})"
+               for mod, opt in NEEDED_DRIVERS.items() if values.get(opt) != "y"]
+    if missing:
+        where = "; ".join(user.modules_looked) or "nowhere"
+        raise UsageError(
+            f"kernel {user.kver} ({user.kernel}) needs modules memhp did not find: "
+            f"{', '.join(missing)}; looked in: {where}", value=user.kernel,
+            fix="pass --modules DIR (the kernel's lib/modules/VER, or the root it was "
+                "installed under), or build the drivers in (=y)")
 
 
 def build_image(
@@ -463,6 +509,7 @@ def build_image(
             raise UsageError("--kernel and --kernel-package cannot be combined",
                              fix="boot either your bzImage or a Debian kernel package")
         user = user_kernel(kernel, modules, kernel_config, root_cache / "debs")
+        check_needed_drivers(user)
     elif modules is not None or kernel_config is not None:
         raise UsageError("--modules and --kernel-config go with --kernel",
                          fix="a --kernel-package brings its own modules and config")
@@ -471,13 +518,17 @@ def build_image(
     parts = [recipe.text.encode(), recipe.init, BUILDER_VERSION.encode(),
              *[p.name.encode() for p in sorted(debs.values())]]
     kdeb: Path | None = None
+    kdebs: list[Path] = []
     if user is None:
         name, pkg_suite = split_package_spec(kernel_package or recipe.kernel_package, suite)
-        concrete = apt.resolve(name, pkg_suite)
-        kdeb = apt.download([concrete], pkg_suite)[concrete]
-        parts.append(kdeb.name.encode())
+        kapt = Apt.for_suite(pkg_suite, root_cache, progress=say)
+        concrete = kapt.resolve(name, pkg_suite)
+        kdebs = kernel_debs(kapt, concrete, pkg_suite)
+        kdeb = kdebs[0]
+        parts += [d.name.encode() for d in kdebs]
     else:
         kdeb = user.kdeb
+        kdebs = [kdeb] if kdeb is not None else []
         parts.append(_file_sha(user.kernel))
         say(f"kernel {user.kver}: modules {user.modules or user.modules_from} "
             f"({user.modules_from}); config: {user.config_from}")
@@ -498,7 +549,7 @@ def build_image(
         t0 = time.monotonic()
         tmp = Path(tempfile.mkdtemp(prefix=f".build-{key}-", dir=images))
         try:
-            image = _build_into(tmp, final, key, recipe, debs, kdeb, user, say)
+            image = _build_into(tmp, final, key, recipe, debs, kdebs, user, say)
             tmp.chmod(0o755)
             if final.exists():
                 shutil.rmtree(final)
@@ -511,22 +562,98 @@ def build_image(
         return image
 
 
+#: The split of Debian's kernel since 7.x (sid, trixie-backports, experimental):
+#: ``linux-image-VER`` holds nothing but depends on these, which hold the
+#: config and System.map, the vmlinuz, and the modules, all under
+#: ``usr/lib/modules/VER/``.
+SPLIT_PARTS = ("linux-base-", "linux-binary-", "linux-modules-")
+
+
+def split_parts(depends: str, concrete: str) -> list[str]:
+    """The packages of a split ``linux-image-VER`` (from its Depends field)
+    that carry its files: ``linux-{base,binary,modules}-VER``."""
+    flavour = concrete.removeprefix("linux-image-")
+    out = []
+    for alt in re.split(r"[,|]", depends):
+        word = alt.strip().split(" ", 1)[0]
+        if any(word == prefix + flavour for prefix in SPLIT_PARTS):
+            out.append(word)
+    return out
+
+
+def kernel_debs(apt: Apt, concrete: str, suite: str | None) -> list[Path]:
+    """The .deb files of a concrete kernel package: itself, and for a split
+    package (7.x) its base, binary and modules packages."""
+    stanza = apt.show([concrete], suite)[concrete]
+    parts = split_parts(stanza.get("Depends", ""), concrete)
+    got = apt.download([concrete, *parts], suite)
+    return [got[concrete], *(got[p] for p in parts)]
+
+
+#: What memhp takes from a kernel .deb: never its firmware or docs.
+KERNEL_MEMBERS = re.compile(r"^\./(boot/|lib/modules/|usr/lib/modules/)")
+
+
 def _unpack_kernel_deb(deb: Path, dest: Path) -> None:
-    """``boot/`` and ``lib/modules/`` of a linux-image .deb (not its firmware
-    or docs), never installed."""
+    """``boot/``, ``lib/modules/`` and ``usr/lib/modules/`` of a kernel .deb
+    (whichever it has), never installed."""
+    import tarfile
+
     dest.mkdir(parents=True, exist_ok=True)
-    with subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)],
-                          stdout=subprocess.PIPE) as deb_proc:
-        tar = subprocess.run(["tar", "-x", "-C", str(dest), "--wildcards", "./boot/*",
-                              "./lib/modules/*"], stdin=deb_proc.stdout, capture_output=True,
-                             check=False)
-    if deb_proc.returncode != 0 or tar.returncode != 0:
+    with subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE) as proc:
+        assert proc.stdout is not None
+        try:
+            with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
+                for member in tar:
+                    if KERNEL_MEMBERS.match(member.name) and (member.isfile() or member.isdir()
+                                                             or member.issym()):
+                        tar.extract(member, dest)
+        except tarfile.TarError as exc:
+            raise ImageBuildError(f"unpacking {deb.name} failed: {exc}") from exc
+        err = proc.stderr.read() if proc.stderr is not None else b""
+    if proc.returncode != 0:
         raise ImageBuildError(f"unpacking {deb.name} failed: "
-                              f"{tar.stderr.decode(errors='replace').strip()}")
+                              f"{err.decode(errors='replace').strip()}")
+
+
+@dataclass(frozen=True)
+class KernelTree:
+    """A kernel package unpacked: where its parts are."""
+
+    vmlinuz: Path
+    kver: str
+    config: Path | None
+    modules: Path | None
+
+
+def kernel_tree(kroot: Path, what: str) -> KernelTree:
+    """Find kernel, config and modules in an unpacked kernel package, in either
+    layout: ``boot/vmlinuz-VER`` + ``boot/config-VER`` + ``lib/modules/VER``,
+    or ``usr/lib/modules/VER/{vmlinuz,config}`` + its ``kernel/``."""
+    for vmlinuz in sorted((kroot / "boot").glob("vmlinuz-*")):
+        kver = vmlinuz.name.removeprefix("vmlinuz-")
+        config: Path | None = kroot / "boot" / f"config-{kver}"
+        mods = [kroot / "lib/modules" / kver, kroot / "usr/lib/modules" / kver]
+        break
+    else:
+        found = sorted([*kroot.glob("usr/lib/modules/*/vmlinuz"),
+                        *kroot.glob("lib/modules/*/vmlinuz")])
+        if not found:
+            raise ImageBuildError(
+                f"{what} holds no kernel: looked for boot/vmlinuz-*, "
+                "usr/lib/modules/*/vmlinuz and lib/modules/*/vmlinuz")
+        vmlinuz = found[0]
+        kver = vmlinuz.parent.name
+        config = vmlinuz.parent / "config"
+        mods = [vmlinuz.parent, kroot / "lib/modules" / kver]
+    assert config is not None
+    return KernelTree(vmlinuz, kver, config if config.is_file() else None,
+                      next((m for m in mods if (m / "kernel").is_dir()), None))
 
 
 def _build_into(tmp: Path, final: Path, key: str, recipe: Recipe, debs: dict[str, Path],
-                kdeb: Path | None, user: UserKernel | None, say: Progress) -> GuestImage:
+                kdebs: list[Path], user: UserKernel | None, say: Progress) -> GuestImage:
     root = tmp / "root"
     say("unpacking packages")
     for deb in debs.values():
@@ -535,26 +662,29 @@ def _build_into(tmp: Path, final: Path, key: str, recipe: Recipe, debs: dict[str
     config_from = ""
     module_names: list[str] = []
     modules_root: Path | None = None
-    if kdeb is not None:
+    for kdeb in kdebs:
         say(f"unpacking {kdeb.name}")
         _unpack_kernel_deb(kdeb, tmp / "kernel")
     if user is None:
-        assert kdeb is not None
-        kroot = tmp / "kernel"
-        vmlinuz = next((kroot / "boot").glob("vmlinuz-*"))
-        kver = vmlinuz.name.removeprefix("vmlinuz-")
-        shutil.copy2(vmlinuz, tmp / "vmlinuz")
-        config = (kroot / "boot" / f"config-{kver}").read_text()
-        config_from = f"boot/config-{kver} in {kdeb.name}"
-        modules_root = kroot / "lib/modules" / kver
+        kdeb = kdebs[0]
+        tree = kernel_tree(tmp / "kernel", " + ".join(d.name for d in kdebs))
+        kver = tree.kver
+        shutil.copy2(tree.vmlinuz, tmp / "vmlinuz")
+        if tree.config is not None:
+            config = tree.config.read_text()
+            holder = next((d for d in kdebs if d.name.startswith("linux-base-")), kdeb)
+            config_from = f"{tree.config.relative_to(tmp / 'kernel')} in {holder.name}"
+        modules_root = tree.modules
         source = f"debian:{kdeb.name}"
     else:
         kver = user.kver
         shutil.copy2(user.kernel, tmp / "vmlinuz")
         config, config_from = user.config, user.config_from
         modules_root = user.modules
-        if modules_root is None and kdeb is not None:
-            modules_root = tmp / "kernel/lib/modules" / kver
+        if modules_root is None and kdebs:
+            modules_root = next((m for m in (tmp / "kernel/lib/modules" / kver,
+                                             tmp / "kernel/usr/lib/modules" / kver)
+                                 if (m / "kernel").is_dir()), None)
         source = f"user:{user.kernel}"
     on_demand: dict[str, list[str]] = {}
     if modules_root is not None:

@@ -88,7 +88,37 @@ def config_from_image(blob: bytes) -> str | None:
     return None
 
 
+#: A kernel's config inside a Debian package: ``boot/config-VER`` (up to
+#: bookworm's 6.1/6.12), ``usr/lib/modules/VER/config`` (trixie's 6.12 and
+#: 7.x, in the ``linux-base-VER`` package since 7.x split the image).
+DEB_CONFIG_RE = re.compile(r"(^|/)(boot/config-[^/]+|(usr/)?lib/modules/[^/]+/config)$")
+
+
+def config_package_of(path: Path) -> str | None:
+    """The ``linux-base-VER`` package a split Debian ``linux-image-VER`` .deb
+    (sid 7.2, trixie-backports 7.3) depends on for its config, or None."""
+    try:
+        proc = subprocess.run(["dpkg-deb", "-f", str(path), "Depends"], capture_output=True,
+                              text=True, check=False)
+    except FileNotFoundError:
+        return None
+    found = re.search(r"\b(linux-base-\d[^\s,(]*)", proc.stdout)
+    return found.group(1) if found else None
+
+
 def config_from_deb(path: Path) -> str | None:
+    """The config inside a kernel .deb; for a split ``linux-image-VER`` (no
+    config of its own) the config of its ``linux-base-VER`` .deb beside it."""
+    text = _config_in_deb(path)
+    if text is None:
+        base = config_package_of(path)
+        sibling = next(iter(sorted(path.parent.glob(f"{base}_*.deb"))), None) if base else None
+        if sibling is not None:
+            text = _config_in_deb(sibling)
+    return text
+
+
+def _config_in_deb(path: Path) -> str | None:
     try:
         proc = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(path)], capture_output=True,
                               check=False)
@@ -99,7 +129,7 @@ def config_from_deb(path: Path) -> str | None:
         return None
     with tarfile.open(fileobj=io.BytesIO(proc.stdout)) as tar:
         for member in tar.getmembers():
-            if re.search(r"(^|/)boot/config-[^/]+$", member.name):
+            if DEB_CONFIG_RE.search(member.name) and member.isfile():
                 f = tar.extractfile(member)
                 if f is not None:
                     return f.read().decode("utf-8", "replace")
@@ -128,7 +158,12 @@ def read_config(path: Path) -> tuple[str, str]:
         deb_text = config_from_deb(path)
         if deb_text:
             return deb_text, "deb"
-        raise KconfigError(f"{path}: a .deb without boot/config-* (expected a linux-image package)")
+        base = config_package_of(path)
+        if base is not None:
+            raise KconfigError(f"{path}: holds no config; this split kernel package keeps it "
+                               f"in {base} (give that .deb, or put it beside this one)")
+        raise KconfigError(f"{path}: a .deb without boot/config-* or usr/lib/modules/*/config "
+                           "(expected a linux-image or linux-base package)")
     else:
         try:
             text = blob.decode("utf-8")

@@ -272,7 +272,7 @@ def debian_source_deb(package: str = SOURCE_PACKAGE, progress: Progress | None =
     if not re.fullmatch(r"linux-source-\d+\.\d+", package):
         raise UsageError(f"source package {package!r} is not a linux-source-X.Y name",
                          value=package, fix="e.g. --source-package linux-source-6.12")
-    return Apt(cache_root(), progress=say).download([package], suite)[package]
+    return Apt.for_suite(suite, cache_root(), progress=say).download([package], suite)[package]
 
 
 def unpack_debian_source(deb: Path, progress: Progress | None = None) -> Path:

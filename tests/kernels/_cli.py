@@ -31,3 +31,7 @@ def run_json(*args: str) -> tuple[subprocess.CompletedProcess[str], dict[str, An
 #: Debian's 6.12 boots reliably under QEMU 10.0's TCG; QEMU 7.2's crashes it
 #: early now and then (about 1 boot in 30 for the generic flavour).
 QEMU_FOR_612 = ("--qemu", "debian:10.0")
+
+#: Debian's newest kernel as trixie-backports ships it (7.3.x when written):
+#: split into linux-{base,binary,modules}-VER, everything in usr/lib/modules/VER/.
+DEBIAN_7X = "linux-image-amd64/trixie-backports"

@@ -13,7 +13,6 @@ from harness.guest.parsers import parse_policy_dump
 from harness.model.kernel import (
     KernelMemory,
     KernelPolicy,
-    UnmodelledKernel,
     ZoneInfo,
     policy_from_guest,
     rules_for,
@@ -192,10 +191,17 @@ def test_remove_forgets_the_blocks_and_their_zone() -> None:
     assert km.online([56], "online")[0].zone == "Normal"
 
 
-@pytest.mark.parametrize("version", [(5, 15), (7, 3), (8, 0)])
-def test_versions_outside_the_read_sources_are_refused(version: tuple[int, int]) -> None:
-    with pytest.raises(UnmodelledKernel, match="outside"):
-        rules_for(version)
+@pytest.mark.parametrize("version, source", [((5, 15), (6, 1)), ((7, 4), (7, 3)),
+                                             ((8, 0), (7, 3)), ((6, 1), None), ((7, 3), None)])
+def test_versions_outside_the_read_sources_are_extrapolated(
+        version: tuple[int, int], source: tuple[int, int] | None) -> None:
+    """Never refused: the nearest rules read, flagged (None within 6.1..7.3)."""
+    rules = rules_for(version)
+    assert rules.extrapolated_from == source
+    nearest = source or version
+    assert rules.per_block_memmap == rules_for(nearest).per_block_memmap
+    policy = KernelPolicy(release=f"{version[0]}.{version[1]}.0-fake-amd64", zones=())
+    assert KernelMemory(policy, BLOCK).rules.extrapolated_from == source
 
 
 def test_rule_sets_by_version() -> None:
@@ -208,3 +214,12 @@ def test_rule_sets_by_version() -> None:
 def test_bad_policy_values_are_refused() -> None:
     with pytest.raises(ValueError, match="auto_online_blocks"):
         replace(KernelPolicy(), auto_online_blocks="sideways")  # type: ignore[arg-type]
+
+
+def test_extrapolation_note_names_the_rules_in_force() -> None:
+    from harness.model.kernel.rules import extrapolation_note
+
+    assert extrapolation_note("memory hotplug", (7, 3), None) is None
+    note = extrapolation_note("memory hotplug", (7, 4), rules_for((7, 4)).extrapolated_from)
+    assert note is not None and "7.4 is newer" in note and "rules of 7.3" in note
+    assert "behind" in note

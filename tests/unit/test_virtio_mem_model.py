@@ -260,6 +260,46 @@ def test_kernel_zone_unplug_is_not_determined() -> None:
     assert {b.zone for b in km.block_view()} == {"Normal"}
     d.resize(km, 0)
     assert d.uncertain  # alloc_contig_range() in ZONE_NORMAL may fail: EBUSY
+    assert sum(d.may_stay.values()) * d.sb_size == GiB
+
+
+def _grown(auto: str, size: int) -> tuple[KernelMemory, VirtioMemDriver, tuple[int, ...]]:
+    km, d = kernel(auto, release="7.3.4+deb13-amd64"), driver()
+    d.resize(km, size)
+    return km, d, d.blocks()
+
+
+def test_busy_kernel_zone_sub_blocks_are_a_legitimate_outcome() -> None:
+    """7.3 auto-onlining into ZONE_NORMAL, 3 GiB shrunk to 0, as seen: 12 MiB
+    stays plugged in one block.  The model takes that outcome (its blocks and
+    MemTotal follow); the exact outcome is accepted as well."""
+    km, d, grown = _grown("online", 3 * GiB)
+    assert d.resize(km, 0) == 0 and d.uncertain
+    kept = grown[0]  # a block the driver unplugged from ZONE_NORMAL
+    assert d.accept(km, 12 * MiB, {kept}) is None
+    assert d.plugged_size == 12 * MiB and d.blocks() == (kept,)
+    assert d.busy_bytes == 12 * MiB
+    assert km.managed_bytes(kept) == 12 * MiB and km.blocks[kept].zone == "Normal"
+    # The exact outcome needs nothing accepted.
+    km, d, _ = _grown("online", 3 * GiB)
+    d.resize(km, 0)
+    assert d.accept(km, 0, set()) is None and d.blocks() == ()
+
+
+def test_outcomes_busy_memory_cannot_explain_are_refused() -> None:
+    km, d, grown = _grown("online", 3 * GiB)
+    d.resize(km, GiB)
+    exact = (d.plugged_size, d.blocks())
+    never_had = max(grown) + 1
+    assert d.accept(km, GiB + 2 * MiB, {*exact[1], never_had}) is not None  # a new block
+    assert d.accept(km, GiB + MiB, set(exact[1])) is not None  # half a sub-block
+    assert d.accept(km, 3 * GiB + 2 * MiB, set(grown)) is not None  # more than was plugged
+    assert (d.plugged_size, d.blocks()) == exact  # refused: the prediction stays
+    # ZONE_MOVABLE: fake-offlining is reliable, nothing may stay.
+    km, d, grown = _grown("online_movable", 3 * GiB)
+    d.resize(km, 0)
+    assert not d.uncertain
+    assert d.accept(km, 12 * MiB, {grown[0]}) is not None
 
 
 def test_unaligned_device_uses_whole_memory_blocks_only() -> None:
@@ -279,12 +319,16 @@ def test_reuses_removed_blocks_lowest_first() -> None:
     assert d.blocks() == (56, 57)
 
 
-def test_big_block_mode_and_other_kernels_are_not_modelled() -> None:
+def test_big_block_mode_is_not_modelled_and_every_kernel_gets_rules() -> None:
     with pytest.raises(UnmodelledDriver, match="Big Block Mode"):
         driver(bs=128 * MiB)
-    with pytest.raises(UnmodelledDriver):
-        rules_for((5, 15))
     assert rules_for((6, 12)).unplug_online
+    for within in [(6, 1), (6, 12), (7, 2), (7, 3)]:
+        assert rules_for(within).extrapolated_from is None
+    assert rules_for((7, 4)).extrapolated_from == (7, 3)
+    assert rules_for((8, 0)).extrapolated_from == (7, 3)
+    assert rules_for((5, 15)).extrapolated_from == (6, 1)
+    assert rules_for((8, 0)).name == rules_for((7, 3)).name
     # 4 MiB device blocks: 4 MiB sub-blocks, 32 per Linux block
     assert driver(bs=4 * MiB).sbs_per_mb == 32
 
@@ -347,3 +391,25 @@ def test_iomem_shows_the_drivers_region_and_added_memory() -> None:
     assert merged_ranges(d.blocks(), BLOCK) == r.added
     assert merged_ranges((60, 61, 63), BLOCK) == [(60 * BLOCK, 62 * BLOCK),
                                                   (63 * BLOCK, 64 * BLOCK)]
+
+
+def test_unmodelled_driver_fails_each_step_with_its_reason_not_a_keyerror() -> None:
+    """Big Block Mode (a device block of a whole memory block): the add step
+    fails with the reason, and so does every later step of that device."""
+    from types import SimpleNamespace
+
+    from harness.errors import VMError
+    from harness.steps.virtio_mem import known_driver
+
+    km = kernel("online", release="7.2.13+deb14-amd64")
+    bbm = SimpleNamespace(id="vmem0", addr=0x1c0000000, size=4 * GiB, block_size=BLOCK,
+                          node=1)
+    runner = SimpleNamespace(km=lambda: km, current_vmems=lambda: (bbm,), block_size=BLOCK)
+    for _ in range(2):
+        with pytest.raises(VMError, match="Big Block Mode"):
+            known_driver(runner, "vmem0")  # type: ignore[arg-type]
+    # A modelled device is made once and kept.
+    sbm = SimpleNamespace(**{**vars(bbm), "block_size": 2 * MiB})
+    runner.current_vmems = lambda: (sbm,)
+    first = known_driver(runner, "vmem0")  # type: ignore[arg-type]
+    assert known_driver(runner, "vmem0") is first  # type: ignore[arg-type]

@@ -28,7 +28,8 @@ def selftest_cmd(ctx: click.Context, script: Path | None, ratio: int) -> int:
     if script is None:
         script = script_from_source(lambda msg: click.echo(f"memhp: {msg}", err=True))
     else:
-        check_readable_file(script, "selftest script", "give mem-on-off-test.sh")
+        check_readable_file(script, "selftest script", "give mem-on-off-test.sh",
+                            max_bytes=1 << 20)
     with tempfile.TemporaryDirectory(prefix="memhp-selftest-") as tmp:
         copy = Path(tmp) / "mem-on-off-test.sh"
         copy.write_bytes(script.read_bytes())

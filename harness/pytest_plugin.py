@@ -45,7 +45,6 @@ _OPTIONS: tuple[tuple[str, str, str | None], ...] = (
      None),
     ("kernel-package", "Debian kernel package to boot, NAME[/SUITE], e.g. "
                        "linux-image-amd64/bookworm-backports (fetched, never installed).", None),
-    ("initrd", "Guest initramfs to use with --memhp-kernel (default: memhp's).", None),
     ("disk", "Boot this disk image (snapshot mode) instead of kernel+initramfs.", None),
     ("ssh-key", "SSH private key for --memhp-disk.", None),
     ("ssh-host-key", "Public host key of the --memhp-disk guest to pin (else pinned on "
@@ -88,7 +87,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 class Settings:
     kernel: Path | None
     modules: Path | None
-    initrd: Path | None
     disk: Path | None
     ssh_key: Path | None
     ssh_host_key: Path | None
@@ -169,7 +167,7 @@ def resolve_settings(config: pytest.Config) -> Settings:
     settings = Settings(
         machine=machine,
         kernel=_path(_resolve(config, "kernel")), modules=_path(_resolve(config, "modules")),
-        initrd=_path(_resolve(config, "initrd")), disk=_path(_resolve(config, "disk")),
+        disk=_path(_resolve(config, "disk")),
         ssh_key=_path(_resolve(config, "ssh-key")),
         ssh_host_key=_path(_resolve(config, "ssh-host-key")),
         ssh_user=_resolve(config, "ssh-user") or "root",

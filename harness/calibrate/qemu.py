@@ -274,6 +274,9 @@ START_UP: tuple[dict[str, object], ...] = (
     # Intel: no relocation, the 32 GiB q35 hole decides
     {"machine": "q35", "ram_size": 512 * MiB, "slots": 1, "maxmem": 980 * GiB, "cpu": _INTEL},
     {"machine": "q35", "ram_size": 512 * MiB, "slots": 1, "maxmem": 1000 * GiB, "cpu": _INTEL},
+    # phys-bits=46 holds what 40 do not (a scenario's --cpu is the one checked)
+    {"machine": "q35", "ram_size": 512 * MiB, "slots": 1, "maxmem": 2000 * GiB,
+     "cpu": CpuSpec("AMD", 46, "max")},
     # machine type 7.0: no AMD relocation either
     {"machine": "q35", "machine_version": (7, 0), "ram_size": 512 * MiB, "slots": 1,
      "maxmem": 976 * GiB},

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -470,3 +471,21 @@ def test_model_cli_versions_machine_types_and_cpu(capsys: pytest.CaptureFixture[
                  "--numa", "", "--add", "a:129M@0:0x100000001", "--json"]) == 2
     err = json.loads(capsys.readouterr().out)["error"]
     assert err["qemu_message"] == "address must be aligned to 0x200000 bytes"
+
+
+def test_model_cli_scenario_takes_the_cpu(tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """--scenario with --cpu: start-up is checked for that vCPU (46 phys-bits
+    hold 2000 GiB of maxmem, TCG's default 40 do not)."""
+    import json
+
+    from harness.cli import main
+
+    path = tmp_path / "s.toml"
+    path.write_text('[machine]\ntype = "q35"\nmemory = "512M,slots=1,maxmem=2000G"\n'
+                    'numa = ""\n[[step]]\nadd = "d0:1G@0"\n')
+    assert main(["model", "--qemu-version", "7.2", "--cpu", "max,phys-bits=46",
+                 "--scenario", str(path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["cpu"]["phys_bits"] == 46
+    assert main(["model", "--qemu-version", "7.2", "--scenario", str(path), "--json"]) == 2
+    assert json.loads(capsys.readouterr().out)["error"]["kind"] == "phys-bits"

@@ -77,10 +77,11 @@ def qemu_argv(binary: str, spec: MachineSpec, sock: Path) -> list[str]:
         mem += f",slots={spec.slots}"
     if spec.maxmem:
         mem += f",maxmem={spec.maxmem >> 20}M"
-    cpu = f"{spec.cpu.model},phys-bits={spec.cpu.phys_bits}"
+    # a 32-bit vCPU (lm=off) takes no phys-bits (QEMU sets 36 and refuses one)
+    bits = f"phys-bits={spec.cpu.phys_bits}" if spec.cpu.long_mode else "lm=off"
+    cpu = f"{spec.cpu.model},{bits}"
     if spec.cpu.model in ("amd", "intel"):
-        cpu = f"qemu64,vendor={'AuthenticAMD' if spec.cpu.is_amd else 'GenuineIntel'}," \
-              f"phys-bits={spec.cpu.phys_bits}"
+        cpu = f"qemu64,vendor={'AuthenticAMD' if spec.cpu.is_amd else 'GenuineIntel'},{bits}"
     argv = [binary, "-S", "-nodefaults", "-no-user-config", "-display", "none", "-accel", "tcg",
             "-machine", spec.machine_name, "-cpu", cpu, "-m", mem,
             "-qmp", f"unix:{sock},server=on,wait=off"]
@@ -133,7 +134,8 @@ def reproducer(spec: MachineSpec, plan: Sequence[AddDimm] = ()) -> str:
         mem += f",slots={spec.slots}"
     if spec.maxmem:
         mem += f",maxmem={format_size(spec.maxmem)}"
-    cpu = f"{spec.cpu.model},phys-bits={spec.cpu.phys_bits}"
+    cpu = f"{spec.cpu.model}," + (f"phys-bits={spec.cpu.phys_bits}" if spec.cpu.long_mode
+                                   else "lm=off")
     if spec.cpu.model not in ("amd", "intel"):
         cpu += f",vendor={'AuthenticAMD' if spec.cpu.is_amd else 'GenuineIntel'}"
     words = ["memhp", "model", "--qemu-version", ".".join(map(str, spec.qemu_version)),
@@ -277,6 +279,15 @@ START_UP: tuple[dict[str, object], ...] = (
     # phys-bits=46 holds what 40 do not (a scenario's --cpu is the one checked)
     {"machine": "q35", "ram_size": 512 * MiB, "slots": 1, "maxmem": 2000 * GiB,
      "cpu": CpuSpec("AMD", 46, "max")},
+    # a 32-bit vCPU (lm=off: 36 phys-bits, set by QEMU): 7.2 checks the 64-bit
+    # PCI hole's end, 8.2+ the end of device memory (machine types 8.2+)
+    *(dict[str, object](ram_size=2 * GiB, slots=2, maxmem=maxmem, machine=machine,
+                        cpu=CpuSpec("AMD", 36, "qemu64", False))
+      for maxmem in (20 * GiB, 60 * GiB, 61 * GiB, 62 * GiB, 80 * GiB)
+      for machine in ("pc", "q35")),
+    # phys-bits=32 on a 64-bit vCPU: 7.2 takes it as 32-bit (never refused)
+    {"ram_size": 2 * GiB, "slots": 2, "maxmem": 4 * GiB, "cpu": CpuSpec("AMD", 32, "qemu64")},
+    {"ram_size": 2 * GiB, "slots": 0, "maxmem": 0, "cpu": CpuSpec("AMD", 32, "qemu64")},
     # machine type 7.0: no AMD relocation either
     {"machine": "q35", "machine_version": (7, 0), "ram_size": 512 * MiB, "slots": 1,
      "maxmem": 976 * GiB},

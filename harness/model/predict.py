@@ -560,6 +560,14 @@ def _check_spec(spec: MachineSpec, layout: Layout) -> None:
             f"(0x{ram:x})", value=spec.numa, limit=ram,
             fix="make the node sizes sum to -m")
     limit = (1 << layout.phys_bits) - 1
+    if layout.max_used_gpa > limit and not spec.cpu.long_mode:
+        raise refuse(
+            "phys-bits", f"the highest guest-physical address the machine uses "
+            f"({layout.max_used_gpa:#x}) is beyond what a 32-bit vCPU (lm=off, "
+            f"{layout.phys_bits} phys-bits, set by QEMU) addresses",
+            f"Address space limit 0x{limit:x} < 0x{layout.max_used_gpa:x} phys-bits too low "
+            f"({layout.phys_bits})", value=layout.max_used_gpa, limit=limit,
+            fix="use a smaller maxmem or fewer slots, or a 64-bit vCPU (drop lm=off)")
     if layout.max_used_gpa > limit:
         raise refuse(
             "phys-bits", f"the highest guest-physical address the machine uses "

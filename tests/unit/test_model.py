@@ -357,6 +357,11 @@ def test_machine_and_cpu_spellings() -> None:
                                  "57 bits virtual\n")
     assert host == CpuSpec("Intel", 46, "host")
     assert parse_cpu_option("host", host=host).phys_bits == 46
+    # lm=off: a 32-bit vCPU, 36 phys-bits set by QEMU, which refuses a given one
+    assert parse_cpu_option("qemu64,lm=off") == CpuSpec("AMD", 36, "qemu64", False)
+    assert parse_cpu_option("max,-lm").long_mode is False
+    with pytest.raises(UsageError, match="not user-configurable"):
+        parse_cpu_option("qemu64,lm=off,phys-bits=36")
 
 
 def test_host_memory_refusals() -> None:

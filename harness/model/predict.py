@@ -15,7 +15,11 @@ At start-up QEMU refuses, in this order (:func:`_check_spec`; each a
    ``numa_complete_configuration()``;
 4. hw/i386/pc.c ``pc_memory_init()``: the max used address beyond
    phys-bits (after the AMD 1 TiB relocation, see :mod:`.layout`); more
-   than ACPI_MAX_RAM_SLOTS (256) slots when maxmem > RAM.
+   than ACPI_MAX_RAM_SLOTS (256) slots when maxmem > RAM; then maxmem not
+   a multiple of TARGET_PAGE_SIZE (4 KiB).
+
+Before all of these, a cold-plugged DIMM id given twice is refused as QEMU
+parses its command line (:func:`_check_coldplug_ids`).
 
 For each ``AddDimm`` (:func:`_place`), in this order:
 
@@ -87,6 +91,9 @@ from harness.model.spec import (
 )
 from harness.model.virtio_mem import PlacedVirtioMem
 from harness.units import MiB, format_size
+
+# TARGET_PAGE_SIZE of x86 (target/i386/cpu-param.h: TARGET_PAGE_BITS 12)
+TARGET_PAGE_SIZE = 4096
 
 
 @dataclass(frozen=True)
@@ -582,12 +589,40 @@ def _check_spec(spec: MachineSpec, layout: Layout) -> None:
             f"({ACPI_MAX_RAM_SLOTS})", f"unsupported amount of memory slots: {spec.slots}",
             value=spec.slots, limit=ACPI_MAX_RAM_SLOTS,
             fix=f"use at most {ACPI_MAX_RAM_SLOTS} slots")
+    if ram < spec.maxram and spec.maxram % TARGET_PAGE_SIZE:
+        # pc_memory_init(), after the slots (v7.2.0, v10.0.2; QEMU's "by" kept)
+        raise refuse(
+            "maxmem-misaligned", f"maxmem {spec.maxram} is not a multiple of "
+            f"{TARGET_PAGE_SIZE} bytes (the guest page size)",
+            f"maximum memory size must by aligned to multiple of {TARGET_PAGE_SIZE} bytes",
+            value=spec.maxram, limit=TARGET_PAGE_SIZE,
+            fix="give maxmem in whole KiB multiples of 4 (e.g. 32G)")
+
+
+def _check_coldplug_ids(spec: MachineSpec) -> None:
+    """``-device`` options are QemuOpts, parsed as QEMU reads its command
+    line (softmmu/vl.c qemu_init() v7.2.0, system/vl.c v10.0.2:
+    ``qemu_opts_parse_noisily(qemu_find_opts("device"), ...)``), before the
+    machine exists: util/qemu-option.c ``qemu_opts_create()`` refuses an id
+    already in the list, "Duplicate ID '%s' for %s" -- so before every other
+    start-up check, and in other words than a hot-add's (qdev_set_id())."""
+    seen: set[str] = set()
+    for d in spec.coldplug:
+        if d.id in seen:
+            exc = refuse("duplicate-id", f"cold-plugged DIMM id {d.id!r} is given twice",
+                         f"Duplicate ID '{d.id}' for device", value=d.id, limit=None,
+                         fix="give every cold-plugged DIMM its own id")
+            exc.step = None  # type: ignore[attr-defined]
+            exc.coldplug = True  # type: ignore[attr-defined]
+            raise exc
+        seen.add(d.id)
 
 
 def predict(spec: MachineSpec, ops: Sequence[Operation]) -> Prediction:
     """Predict every step of ``ops`` on ``spec``; raises PlanRefused (with
     ``.step``) at the first operation QEMU would refuse."""
     layout = compute_layout(spec)
+    _check_coldplug_ids(spec)
     _check_spec(spec, layout)
     dimms: list[PlacedDimm] = []
     vmems: list[PlacedVirtioMem] = []

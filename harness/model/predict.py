@@ -72,13 +72,14 @@ start off a block boundary as well.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 from harness.errors import PlanRefused, refuse
 from harness.model import virtio_mem as vm_rules
-from harness.model.backend import QEMU_MAX_NODES, BackendSpec, size_to_str
+from harness.model.backend import HOST_PAGE_SIZE, QEMU_MAX_NODES, BackendSpec, size_to_str
 from harness.model.layout import Layout, compute_layout
 from harness.model.spec import (
     ACPI_MAX_RAM_SLOTS,
@@ -300,6 +301,18 @@ def _check_backend(spec: MachineSpec, op: AddDimm, held: dict[int, int], already
             raise refuse("host-node-range", f"DIMM {op.id!r}: host node {node} >= "
                          f"{QEMU_MAX_NODES}", f"Invalid host-nodes value: {node}", value=node,
                          limit=QEMU_MAX_NODES - 1, fix="use host nodes below 128")
+    if be.kind == "memfd" and not be.hugepages and op.size % HOST_PAGE_SIZE:
+        # qemu_ram_alloc_from_fd(): the memfd holds op.size bytes, the RAM
+        # block wants them rounded up to host pages (before any mmap)
+        want = -(-op.size // HOST_PAGE_SIZE) * HOST_PAGE_SIZE
+        words = (f"backing store size 0x{op.size:x} does not match 'size' option 0x{want:x}"
+                 if spec.rules.fd_size_words == "7.2" else
+                 f"{DIMM_BACKEND} backing store size 0x{op.size:x} is too small for 'size' "
+                 f"option 0x{want:x} plus 'offset' option 0x0")
+        raise refuse("memfd-size", f"DIMM {op.id!r}: a memfd of {op.size} bytes is no "
+                     f"multiple of the {HOST_PAGE_SIZE}-byte host page", words,
+                     value=op.size, limit=HOST_PAGE_SIZE,
+                     fix="give the size in whole 4 KiB pages (e.g. 128M)")
     if _accounted(spec, be):
         try:
             _check_host(spec, op.size, DIMM_BACKEND, already)
@@ -372,6 +385,17 @@ def _check_backend(spec: MachineSpec, op: AddDimm, held: dict[int, int], already
 # The backend id memhp's VM driver gives a DIMM is not known to the model:
 # host refusals at object-add name it with this placeholder.
 DIMM_BACKEND = "<backend>"
+# What QEMU accepts as an object id (util/id.c id_wellformed()).
+_BACKEND_ID = r"[A-Za-z][A-Za-z0-9._-]*"
+
+
+def same_words(predicted: str, said: str) -> bool:
+    """QEMU ``said`` the model's ``predicted`` words, the backend id
+    placeholder (:data:`DIMM_BACKEND`) standing for any object id."""
+    if DIMM_BACKEND not in predicted:
+        return predicted == said
+    pattern = _BACKEND_ID.join(re.escape(p) for p in predicted.split(DIMM_BACKEND))
+    return re.fullmatch(pattern, said) is not None
 
 
 def _place(spec: MachineSpec, layout: Layout, dimms: list[PlacedDimm], op: AddDimm,

@@ -494,3 +494,14 @@ def test_model_cli_scenario_takes_the_cpu(tmp_path: Path,
     assert json.loads(capsys.readouterr().out)["cpu"]["phys_bits"] == 46
     assert main(["model", "--qemu-version", "7.2", "--scenario", str(path), "--json"]) == 2
     assert json.loads(capsys.readouterr().out)["error"]["kind"] == "phys-bits"
+
+
+def test_backend_id_placeholder_matches_any_object_id() -> None:
+    """The VM driver picks the backend id; the model's words stand for any."""
+    from harness.model.predict import DIMM_BACKEND, same_words
+
+    words = f"cannot set up guest memory '{DIMM_BACKEND}': Cannot allocate memory"
+    assert same_words(words, "cannot set up guest memory 'memhp-be7': Cannot allocate memory")
+    assert not same_words(words, "cannot set up guest memory 'x y': Cannot allocate memory")
+    assert not same_words(words, "cannot set up guest memory 'b1': Invalid argument")
+    assert same_words("no slots", "no slots") and not same_words("no slots", "no slot")

@@ -84,6 +84,10 @@ class QemuRules:
     # when gpa_32bit is "long-mode"): a 32-bit system's max used address is
     # 2^phys-bits - 1, not the end of device memory / RAM above 4G.
     broken_32bit_mem_addr_check: bool = True
+    # The words of qemu_ram_alloc_from_fd() when the fd's file is smaller
+    # than the size rounded up to host pages (a memfd of a size that is no
+    # multiple of 4 KiB): "7.2" or "10.0" (see CHANGES).
+    fd_size_words: Literal["7.2", "10.0"] = "7.2"
     sources: tuple[str, ...] = ()
     # The newest version read, whose rules these are, when ``qemu`` is newer
     # than anything read (:data:`NEWEST_READ`); None within what was read.
@@ -150,6 +154,18 @@ CHANGES: tuple[Change, ...] = (
            "-machine help lists pc-i440fx-5.2 and pc-q35-5.2 as the oldest, and "
            "-machine pc-i440fx-5.0 exits 1 with 'unsupported machine type: "
            "\"pc-i440fx-5.0\"' (system/vl.c select_machine())"),
+    Change("fd_size_words", (7, 2), "7.2",
+           "softmmu/physmem.c qemu_ram_alloc_from_fd() (v7.2.0): size = HOST_PAGE_ALIGN("
+           "size); a file smaller than that: \"backing store size 0x%x does not match 'size' "
+           "option 0x%x\" (memfd_backend_memory_alloc() ftruncate()s the memfd to the "
+           "unrounded size).  Checked on the 7.2.22 binary"),
+    Change("fd_size_words", (10, 0), "10.0",
+           "system/physmem.c qemu_ram_alloc_from_fd() (v10.0.2): \"%s backing store size "
+           "0x%x is too small for 'size' option 0x%x plus 'offset' option 0x%x\", %s the "
+           "region (the backend id).  Checked on the 10.0.2 and 11.1.3 binaries.  Changed "
+           "between 7.2 and 10.0 ('offset' with 'hostmem-file: add offset option', the "
+           "region name with the cpr-transfer series); 8.x-9.x binaries were not read and "
+           "get 7.2's words"),
     Change("gpa_32bit", (7, 2), "phys-bits",
            "hw/i386/pc.c pc_max_used_gpa() (v7.2.0): 'if (cpu->phys_bits <= 32) return "
            "((hwaddr)1 << cpu->phys_bits) - 1', else the end of the 64-bit PCI hole, long "
@@ -278,6 +294,7 @@ def rules_for(qemu: tuple[int, int], machine_version: tuple[int, int] | None = N
         ram_share_memfd=bool(chosen["ram_share_memfd"].value),
         machine_deletion=bool(chosen["machine_deletion"].value),
         gpa_32bit=chosen["gpa_32bit"].value,  # type: ignore[arg-type]
+        fd_size_words=chosen["fd_size_words"].value,  # type: ignore[arg-type]
         broken_32bit_mem_addr_check=bool(chosen["broken_32bit_mem_addr_check"].value),
         sources=tuple(c.source for c in chosen.values()),
         extrapolated_from=extrapolated)

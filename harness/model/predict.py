@@ -522,16 +522,21 @@ def _place_vmem(spec: MachineSpec, layout: Layout, dimms: Sequence[PlacedDimm],
     vm_rules.check_bus(op, spec.machine)
     _check_id(op, devices)
     block_size = vm_rules.check_properties(op, rules)
+    vm_rules.check_device_memory(op, rules, spec.ram_size < spec.maxram)
     _check_room(spec, op, [*dimms, *vmems])
     align = vm_rules.alignment(block_size)
     explicit = op.addr if op.addr else None
+    if spec.rules.size_check == "before-addr":  # 9.0+: the region's own alignment
+        _check_size_align(op, explicit, vm_rules.BACKEND_ALIGN)  # type: ignore[arg-type]
     _check_addr_align(op, explicit, align)  # type: ignore[arg-type]
     if rules.memdev_size_check == "pre-plug":
         _check_size_align(op, explicit, align)  # type: ignore[arg-type]
     addr = _find_addr(layout, [*dimms, *vmems], op, explicit, align)
-    vm_rules.check_realize(op, rules, block_size, spec.node_count, bool(spec.numa))
     inaccessible = (op.unplugged_inaccessible if op.unplugged_inaccessible is not None
-                    else vm_rules.default_unplugged_inaccessible(spec.rules.machine_version))
+                    else vm_rules.default_unplugged_inaccessible(
+                        rules, spec.rules.machine_version))
+    vm_rules.check_realize(op, rules, block_size, spec.node_count, bool(spec.numa),
+                           inaccessible)
     return PlacedVirtioMem(op.id, addr, op.size, op.node, block_size, op.requested,
                            inaccessible)
 

@@ -266,7 +266,9 @@ def _check_backend(spec: MachineSpec, op: AddDimm, held: dict[int, int], already
     1. properties -- backends/hostmem.c ``host_memory_backend_set_prealloc()``
        / ``_set_reserve()``: prealloc with reserve off;
        ``host_memory_backend_set_host_nodes()``: a node >= MAX_NODES;
-    2. allocation (``bc->alloc``) -- the host maps it: accounted mappings
+    2. allocation (``bc->alloc``) -- file: ``file_ram_open()`` cannot open
+       or create the file (``HostMemory.unopenable``); memfd: a size off
+       the 4 KiB host page (``qemu_ram_alloc_from_fd()``); the host maps it: accounted mappings
        (:func:`_accounted`) count against overcommit
        (:mod:`.qemu_rules.host`); memfd: util/memfd.c
        ``qemu_memfd_create()`` ftruncate()s a hugetlb memfd, which Linux
@@ -301,6 +303,15 @@ def _check_backend(spec: MachineSpec, op: AddDimm, held: dict[int, int], already
             raise refuse("host-node-range", f"DIMM {op.id!r}: host node {node} >= "
                          f"{QEMU_MAX_NODES}", f"Invalid host-nodes value: {node}", value=node,
                          limit=QEMU_MAX_NODES - 1, fix="use host nodes below 128")
+    if be.kind == "file" and be.mem_path and spec.host is not None \
+            and be.mem_path in spec.host.unopenable:
+        # file_ram_open() (softmmu/physmem.c v7.2.0, system/physmem.c v10.0.2):
+        # open() fails, then open(O_CREAT) fails: ENOENT, before any mapping
+        raise refuse("mem-path-missing", f"DIMM {op.id!r}: mem_path {be.mem_path!r} does "
+                     "not exist and its directory is missing",
+                     f"can't open backing store {be.mem_path} for guest RAM: No such file or "
+                     "directory", value=be.mem_path, limit=None,
+                     fix="create the directory first, or name an existing one")
     if be.kind == "memfd" and not be.hugepages and op.size % HOST_PAGE_SIZE:
         # qemu_ram_alloc_from_fd(): the memfd holds op.size bytes, the RAM
         # block wants them rounded up to host pages (before any mmap)

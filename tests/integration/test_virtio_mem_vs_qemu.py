@@ -9,7 +9,7 @@ checked by tests/scenarios/test_virtio_mem.py."""
 from __future__ import annotations
 
 import pytest
-from _qemu import paused_qemu
+from _qemu import log, paused_qemu
 from _qemu import refusal as model_refusal
 
 from harness.errors import QMPCommandError
@@ -59,14 +59,20 @@ def run_plan(binary: str, spec: MachineSpec, plan: list[Operation]) -> list[str]
         done: list[Operation] = []
         for op in plan:
             refusal = model_refusal(spec, [*done, op])
+            version = ".".join(map(str, spec.qemu_version))
             if refusal is None:
-                act(qmp, op)
+                act(qmp, op)  # a refusal here fails the test
+                log({"qemu": version, "what": "virtio-mem", "outcome": "accepted",
+                     "agree": True})
                 done.append(op)
                 continue
             with pytest.raises(QMPCommandError) as qemu_err:
                 act(qmp, op)
             words = refusal.qemu_message
-            assert same_words(words, qemu_err.value.desc), (op, refusal.kind)
+            agree = same_words(words, qemu_err.value.desc)
+            log({"qemu": version, "what": "virtio-mem", "outcome": refusal.kind,
+                 "agree": agree})
+            assert agree, (op, refusal.kind, qemu_err.value.desc)
             refused.append(words)
         final = predict(spec, done).final
         seen = {x["data"]["id"]: x for x in qmp.execute("query-memory-devices")}

@@ -279,7 +279,9 @@ def rules_for(qemu: tuple[int, int], machine_version: tuple[int, int] | None = N
     if mver < OLDEST_MACHINE:
         raise UsageError(
             f"machine-type version {mver[0]}.{mver[1]} is not modelled (oldest: "
-            f"{OLDEST_MACHINE[0]}.{OLDEST_MACHINE[1]})", value=mver,
+            f"{OLDEST_MACHINE[0]}.{OLDEST_MACHINE[1]}); this is memhp's refusal, QEMU "
+            f"{qemu[0]}.{qemu[1]} may well start it (older types align DIMMs and place "
+            "device memory differently, which the model does not know)", value=mver,
             fix="use a machine type of 4.0 or newer")
     chosen: dict[str, Change] = {}
     for table, key in ((CHANGES, extrapolated or qemu), (MACHINE_CHANGES, mver)):

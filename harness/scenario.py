@@ -674,9 +674,10 @@ def _check_key_depth(raw: bytes, path: Path) -> None:
 
 
 def load_scenario(path: Path, *, qemu_version: tuple[int, int] | None = None,
-                  host: HostMemory | None = None) -> Scenario:
+                  host: HostMemory | None = None, cpu: CpuSpec | None = None) -> Scenario:
     """Load and validate a scenario TOML file (``host``: the host's memory
-    facts, when the caller read them)."""
+    facts, when the caller read them; ``cpu``: the vCPU the plan is checked
+    for, None for memhp's TCG default)."""
     fix = "give a TOML scenario file (see the format in the README)"
     raw = read_small_file(path, "scenario", fix, max_bytes=MAX_SCENARIO_BYTES)
     _check_key_depth(raw, path)
@@ -734,6 +735,7 @@ def load_scenario(path: Path, *, qemu_version: tuple[int, int] | None = None,
         script=Path(_expect(data, "script", str, "scenario")) if "script" in data else None,
         qemu_version=qemu_version,
         host=host,
+        cpu=cpu,
         coldplug=coldplug,
     )
     return replace(scenario, expect_splats=expect_splats,

@@ -26,6 +26,7 @@ from harness.model import AddDimm, MachineSpec, predict
 from harness.model.predict import DIMM_BACKEND
 from harness.model.qemu_rules import CpuSpec
 from harness.model.spec import Operation
+from harness.qemu.devices import pc_dimm, ram_backend
 from harness.qemu.qmp import QMPSession
 from harness.retry import wait_for
 from harness.units import GiB, MiB, format_size
@@ -76,17 +77,34 @@ def qemu_argv(binary: str, spec: MachineSpec, sock: Path) -> list[str]:
     if spec.slots:
         mem += f",slots={spec.slots}"
     if spec.maxmem:
-        mem += f",maxmem={spec.maxmem >> 20}M"
-    cpu = f"{spec.cpu.model},phys-bits={spec.cpu.phys_bits}"
+        mem += f",maxmem={spec.maxmem >> 20}M" if spec.maxmem % MiB == 0 else \
+            f",maxmem={spec.maxmem}"
+    # maxmem not a multiple of 4 KiB (TARGET_PAGE_SIZE); 4 KiB but not 1 MiB starts
+    {"ram_size": 2 * GiB, "slots": 2, "maxmem": 4 * GiB + 1},
+    {"ram_size": 2 * GiB, "slots": 0, "maxmem": 4 * GiB + 2048},
+    {"ram_size": 2 * GiB, "slots": 2, "maxmem": 4 * GiB + 4096},
+    {"ram_size": 2 * GiB, "slots": 300, "maxmem": 4 * GiB + 1},  # slots come first
+    # cold-plugged DIMMs: an id given twice is refused as QEMU parses -device,
+    # before the -m checks (maxmem below RAM here)
+    {"ram_size": 2 * GiB, "slots": 2, "maxmem": 4 * GiB,
+     "coldplug": (AddDimm("c0", 128 * MiB), AddDimm("c0", 128 * MiB))},
+    {"ram_size": 2 * GiB, "slots": 2, "maxmem": GiB,
+     "coldplug": (AddDimm("c0", 128 * MiB), AddDimm("c1", 128 * MiB), AddDimm("c0", GiB))},
+    {"ram_size": 2 * GiB, "slots": 2, "maxmem": 4 * GiB,
+     "coldplug": (AddDimm("c0", 128 * MiB), AddDimm("c1", 256 * MiB))},
+    # a 32-bit vCPU (lm=off) takes no phys-bits (QEMU sets 36 and refuses one)
+    bits = f"phys-bits={spec.cpu.phys_bits}" if spec.cpu.long_mode else "lm=off"
+    cpu = f"{spec.cpu.model},{bits}"
     if spec.cpu.model in ("amd", "intel"):
-        cpu = f"qemu64,vendor={'AuthenticAMD' if spec.cpu.is_amd else 'GenuineIntel'}," \
-              f"phys-bits={spec.cpu.phys_bits}"
+        cpu = f"qemu64,vendor={'AuthenticAMD' if spec.cpu.is_amd else 'GenuineIntel'},{bits}"
     argv = [binary, "-S", "-nodefaults", "-no-user-config", "-display", "none", "-accel", "tcg",
             "-machine", spec.machine_name, "-cpu", cpu, "-m", mem,
             "-qmp", f"unix:{sock},server=on,wait=off"]
     for i, size in enumerate(spec.numa):
         argv += ["-object", f"memory-backend-ram,id=mem{i},size={size >> 20}M",
                  "-numa", f"node,nodeid={i},memdev=mem{i}"]
+    for i, d in enumerate(spec.coldplug):  # as harness.launch.coldplug_devices()
+        argv += pc_dimm(d.id, ram_backend(d.size, f"cold{i}"), d.node, d.addr).cli()
     return argv
 
 
@@ -132,8 +150,9 @@ def reproducer(spec: MachineSpec, plan: Sequence[AddDimm] = ()) -> str:
     if spec.slots:
         mem += f",slots={spec.slots}"
     if spec.maxmem:
-        mem += f",maxmem={format_size(spec.maxmem)}"
-    cpu = f"{spec.cpu.model},phys-bits={spec.cpu.phys_bits}"
+        mem += f",maxmem={format_size(spec.maxmem) if spec.maxmem % MiB == 0 else spec.maxmem}"
+    cpu = f"{spec.cpu.model}," + (f"phys-bits={spec.cpu.phys_bits}" if spec.cpu.long_mode
+                                   else "lm=off")
     if spec.cpu.model not in ("amd", "intel"):
         cpu += f",vendor={'AuthenticAMD' if spec.cpu.is_amd else 'GenuineIntel'}"
     words = ["memhp", "model", "--qemu-version", ".".join(map(str, spec.qemu_version)),
@@ -177,6 +196,8 @@ def check_start(binary: str, spec: MachineSpec, tally: Tally) -> Comparison:
             _, err = proc.communicate()
     errors = [line.split(": ", 1)[-1] for line in err.splitlines()
               if ": " in line and "deprecated" not in line]
+    # a refused -device option prefixes QEMU's words with itself
+    errors += [e.split(": ", 1)[-1] for e in errors if e.startswith("-device ")]
     agree = exited == (refusal is not None) and (refusal is None
                                                  or refusal.qemu_message in errors)
     if agree:
@@ -274,6 +295,31 @@ START_UP: tuple[dict[str, object], ...] = (
     # Intel: no relocation, the 32 GiB q35 hole decides
     {"machine": "q35", "ram_size": 512 * MiB, "slots": 1, "maxmem": 980 * GiB, "cpu": _INTEL},
     {"machine": "q35", "ram_size": 512 * MiB, "slots": 1, "maxmem": 1000 * GiB, "cpu": _INTEL},
+    # phys-bits=46 holds what 40 do not (a scenario's --cpu is the one checked)
+    {"machine": "q35", "ram_size": 512 * MiB, "slots": 1, "maxmem": 2000 * GiB,
+     "cpu": CpuSpec("AMD", 46, "max")},
+    # maxmem not a multiple of 4 KiB (TARGET_PAGE_SIZE); 4 KiB but not 1 MiB starts
+    {"ram_size": 2 * GiB, "slots": 2, "maxmem": 4 * GiB + 1},
+    {"ram_size": 2 * GiB, "slots": 0, "maxmem": 4 * GiB + 2048},
+    {"ram_size": 2 * GiB, "slots": 2, "maxmem": 4 * GiB + 4096},
+    {"ram_size": 2 * GiB, "slots": 300, "maxmem": 4 * GiB + 1},  # slots come first
+    # cold-plugged DIMMs: an id given twice is refused as QEMU parses -device,
+    # before the -m checks (maxmem below RAM here)
+    {"ram_size": 2 * GiB, "slots": 2, "maxmem": 4 * GiB,
+     "coldplug": (AddDimm("c0", 128 * MiB), AddDimm("c0", 128 * MiB))},
+    {"ram_size": 2 * GiB, "slots": 2, "maxmem": GiB,
+     "coldplug": (AddDimm("c0", 128 * MiB), AddDimm("c1", 128 * MiB), AddDimm("c0", GiB))},
+    {"ram_size": 2 * GiB, "slots": 2, "maxmem": 4 * GiB,
+     "coldplug": (AddDimm("c0", 128 * MiB), AddDimm("c1", 256 * MiB))},
+    # a 32-bit vCPU (lm=off: 36 phys-bits, set by QEMU): 7.2 checks the 64-bit
+    # PCI hole's end, 8.2+ the end of device memory (machine types 8.2+)
+    *(dict[str, object](ram_size=2 * GiB, slots=2, maxmem=maxmem, machine=machine,
+                        cpu=CpuSpec("AMD", 36, "qemu64", False))
+      for maxmem in (20 * GiB, 60 * GiB, 61 * GiB, 62 * GiB, 80 * GiB)
+      for machine in ("pc", "q35")),
+    # phys-bits=32 on a 64-bit vCPU: 7.2 takes it as 32-bit (never refused)
+    {"ram_size": 2 * GiB, "slots": 2, "maxmem": 4 * GiB, "cpu": CpuSpec("AMD", 32, "qemu64")},
+    {"ram_size": 2 * GiB, "slots": 0, "maxmem": 0, "cpu": CpuSpec("AMD", 32, "qemu64")},
     # machine type 7.0: no AMD relocation either
     {"machine": "q35", "machine_version": (7, 0), "ram_size": 512 * MiB, "slots": 1,
      "maxmem": 976 * GiB},

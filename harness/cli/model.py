@@ -108,9 +108,10 @@ def model_cmd(ctx: click.Context, machine: str, memory: str, numa: str, adds: tu
             if adds or removes or coldplug:
                 raise UsageError("--scenario cannot be combined with --add/--remove/--coldplug",
                                  fix="put the steps (and [machine] coldplug) in the file")
+            # the plan is checked (start-up, phys-bits) with --cpu's vCPU
             loaded = load_scenario(scenario_file, qemu_version=version,
-                                   host=read_host_memory())
-            spec = replace(loaded.machine, cpu=spec.cpu, block_size=spec.block_size)
+                                   host=read_host_memory(), cpu=spec.cpu)
+            spec = replace(loaded.machine, block_size=spec.block_size)
             ops = loaded.model_ops()
         prediction = predict(spec, ops)
     except PlanRefused as exc:

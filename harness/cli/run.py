@@ -220,7 +220,7 @@ def _scenario_plan(opts: dict[str, Any], version: tuple[int, int] | None,
             raise UsageError("--scenario cannot be combined with --add/--remove",
                              fix="put the steps in the scenario file")
         loaded = load_scenario(opts["scenario_file"], qemu_version=version,
-                               host=read_host_memory())
+                               host=read_host_memory(), cpu=_vcpu(opts["accel"]))
         if kernel_policy is not None and loaded.auto_online is None:
             return replace(loaded, auto_online=kernel_policy)  # type: ignore[arg-type]
         return loaded

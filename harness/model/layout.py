@@ -128,11 +128,23 @@ def default_block_size(boot_mem_end: int, hypervisor: bool = True) -> int:
 
 
 def _max_used_gpa(spec: MachineSpec, above: int, above_start: int) -> int:
-    """hw/i386/pc.c pc_max_used_gpa() for a 64-bit vCPU."""
+    """hw/i386/pc.c pc_max_used_gpa(): the end of the 64-bit PCI hole - 1,
+    unless the vCPU counts as 32-bit (``QemuRules.gpa_32bit``): in 7.2
+    phys-bits <= 32, whose answer is 2^phys-bits - 1; since 8.2 no long
+    mode, whose answer is that too for machine types up to 8.1
+    (``broken_32bit_mem_addr_check``), else the end of device memory, or of
+    RAM above 4G, - 1."""
+    rules, cpu = spec.rules, spec.cpu
     end = above_start + above
     if spec.ram_size < spec.maxram:
         base, size = _device_region(spec, end)
         end = base + size
+    if rules.gpa_32bit == "phys-bits" and cpu.phys_bits <= 32:
+        return (1 << cpu.phys_bits) - 1
+    if rules.gpa_32bit == "long-mode" and not cpu.long_mode:
+        if rules.broken_32bit_mem_addr_check:
+            return (1 << cpu.phys_bits) - 1
+        return end - 1
     return _round_up(end, GiB) + PCI_HOLE64_SIZE[spec.machine] - 1
 
 

@@ -15,7 +15,11 @@ At start-up QEMU refuses, in this order (:func:`_check_spec`; each a
    ``numa_complete_configuration()``;
 4. hw/i386/pc.c ``pc_memory_init()``: the max used address beyond
    phys-bits (after the AMD 1 TiB relocation, see :mod:`.layout`); more
-   than ACPI_MAX_RAM_SLOTS (256) slots when maxmem > RAM.
+   than ACPI_MAX_RAM_SLOTS (256) slots when maxmem > RAM; then maxmem not
+   a multiple of TARGET_PAGE_SIZE (4 KiB).
+
+Before all of these, a cold-plugged DIMM id given twice is refused as QEMU
+parses its command line (:func:`_check_coldplug_ids`).
 
 For each ``AddDimm`` (:func:`_place`), in this order:
 
@@ -68,13 +72,14 @@ start off a block boundary as well.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 from harness.errors import PlanRefused, refuse
 from harness.model import virtio_mem as vm_rules
-from harness.model.backend import QEMU_MAX_NODES, BackendSpec, size_to_str
+from harness.model.backend import HOST_PAGE_SIZE, QEMU_MAX_NODES, BackendSpec, size_to_str
 from harness.model.layout import Layout, compute_layout
 from harness.model.spec import (
     ACPI_MAX_RAM_SLOTS,
@@ -87,6 +92,9 @@ from harness.model.spec import (
 )
 from harness.model.virtio_mem import PlacedVirtioMem
 from harness.units import MiB, format_size
+
+# TARGET_PAGE_SIZE of x86 (target/i386/cpu-param.h: TARGET_PAGE_BITS 12)
+TARGET_PAGE_SIZE = 4096
 
 
 @dataclass(frozen=True)
@@ -258,7 +266,9 @@ def _check_backend(spec: MachineSpec, op: AddDimm, held: dict[int, int], already
     1. properties -- backends/hostmem.c ``host_memory_backend_set_prealloc()``
        / ``_set_reserve()``: prealloc with reserve off;
        ``host_memory_backend_set_host_nodes()``: a node >= MAX_NODES;
-    2. allocation (``bc->alloc``) -- the host maps it: accounted mappings
+    2. allocation (``bc->alloc``) -- file: ``file_ram_open()`` cannot open
+       or create the file (``HostMemory.unopenable``); memfd: a size off
+       the 4 KiB host page (``qemu_ram_alloc_from_fd()``); the host maps it: accounted mappings
        (:func:`_accounted`) count against overcommit
        (:mod:`.qemu_rules.host`); memfd: util/memfd.c
        ``qemu_memfd_create()`` ftruncate()s a hugetlb memfd, which Linux
@@ -293,6 +303,27 @@ def _check_backend(spec: MachineSpec, op: AddDimm, held: dict[int, int], already
             raise refuse("host-node-range", f"DIMM {op.id!r}: host node {node} >= "
                          f"{QEMU_MAX_NODES}", f"Invalid host-nodes value: {node}", value=node,
                          limit=QEMU_MAX_NODES - 1, fix="use host nodes below 128")
+    if be.kind == "file" and be.mem_path and spec.host is not None \
+            and be.mem_path in spec.host.unopenable:
+        # file_ram_open() (softmmu/physmem.c v7.2.0, system/physmem.c v10.0.2):
+        # open() fails, then open(O_CREAT) fails: ENOENT, before any mapping
+        raise refuse("mem-path-missing", f"DIMM {op.id!r}: mem_path {be.mem_path!r} does "
+                     "not exist and its directory is missing",
+                     f"can't open backing store {be.mem_path} for guest RAM: No such file or "
+                     "directory", value=be.mem_path, limit=None,
+                     fix="create the directory first, or name an existing one")
+    if be.kind == "memfd" and not be.hugepages and op.size % HOST_PAGE_SIZE:
+        # qemu_ram_alloc_from_fd(): the memfd holds op.size bytes, the RAM
+        # block wants them rounded up to host pages (before any mmap)
+        want = -(-op.size // HOST_PAGE_SIZE) * HOST_PAGE_SIZE
+        words = (f"backing store size 0x{op.size:x} does not match 'size' option 0x{want:x}"
+                 if spec.rules.fd_size_words == "7.2" else
+                 f"{DIMM_BACKEND} backing store size 0x{op.size:x} is too small for 'size' "
+                 f"option 0x{want:x} plus 'offset' option 0x0")
+        raise refuse("memfd-size", f"DIMM {op.id!r}: a memfd of {op.size} bytes is no "
+                     f"multiple of the {HOST_PAGE_SIZE}-byte host page", words,
+                     value=op.size, limit=HOST_PAGE_SIZE,
+                     fix="give the size in whole 4 KiB pages (e.g. 128M)")
     if _accounted(spec, be):
         try:
             _check_host(spec, op.size, DIMM_BACKEND, already)
@@ -365,6 +396,17 @@ def _check_backend(spec: MachineSpec, op: AddDimm, held: dict[int, int], already
 # The backend id memhp's VM driver gives a DIMM is not known to the model:
 # host refusals at object-add name it with this placeholder.
 DIMM_BACKEND = "<backend>"
+# What QEMU accepts as an object id (util/id.c id_wellformed()).
+_BACKEND_ID = r"[A-Za-z][A-Za-z0-9._-]*"
+
+
+def same_words(predicted: str, said: str) -> bool:
+    """QEMU ``said`` the model's ``predicted`` words, the backend id
+    placeholder (:data:`DIMM_BACKEND`) standing for any object id."""
+    if DIMM_BACKEND not in predicted:
+        return predicted == said
+    pattern = _BACKEND_ID.join(re.escape(p) for p in predicted.split(DIMM_BACKEND))
+    return re.fullmatch(pattern, said) is not None
 
 
 def _place(spec: MachineSpec, layout: Layout, dimms: list[PlacedDimm], op: AddDimm,
@@ -491,16 +533,21 @@ def _place_vmem(spec: MachineSpec, layout: Layout, dimms: Sequence[PlacedDimm],
     vm_rules.check_bus(op, spec.machine)
     _check_id(op, devices)
     block_size = vm_rules.check_properties(op, rules)
+    vm_rules.check_device_memory(op, rules, spec.ram_size < spec.maxram)
     _check_room(spec, op, [*dimms, *vmems])
     align = vm_rules.alignment(block_size)
     explicit = op.addr if op.addr else None
+    if spec.rules.size_check == "before-addr":  # 9.0+: the region's own alignment
+        _check_size_align(op, explicit, vm_rules.BACKEND_ALIGN)  # type: ignore[arg-type]
     _check_addr_align(op, explicit, align)  # type: ignore[arg-type]
     if rules.memdev_size_check == "pre-plug":
         _check_size_align(op, explicit, align)  # type: ignore[arg-type]
     addr = _find_addr(layout, [*dimms, *vmems], op, explicit, align)
-    vm_rules.check_realize(op, rules, block_size, spec.node_count, bool(spec.numa))
     inaccessible = (op.unplugged_inaccessible if op.unplugged_inaccessible is not None
-                    else vm_rules.default_unplugged_inaccessible(spec.rules.machine_version))
+                    else vm_rules.default_unplugged_inaccessible(
+                        rules, spec.rules.machine_version))
+    vm_rules.check_realize(op, rules, block_size, spec.node_count, bool(spec.numa),
+                           inaccessible)
     return PlacedVirtioMem(op.id, addr, op.size, op.node, block_size, op.requested,
                            inaccessible)
 
@@ -560,6 +607,14 @@ def _check_spec(spec: MachineSpec, layout: Layout) -> None:
             f"(0x{ram:x})", value=spec.numa, limit=ram,
             fix="make the node sizes sum to -m")
     limit = (1 << layout.phys_bits) - 1
+    if layout.max_used_gpa > limit and not spec.cpu.long_mode:
+        raise refuse(
+            "phys-bits", f"the highest guest-physical address the machine uses "
+            f"({layout.max_used_gpa:#x}) is beyond what a 32-bit vCPU (lm=off, "
+            f"{layout.phys_bits} phys-bits, set by QEMU) addresses",
+            f"Address space limit 0x{limit:x} < 0x{layout.max_used_gpa:x} phys-bits too low "
+            f"({layout.phys_bits})", value=layout.max_used_gpa, limit=limit,
+            fix="use a smaller maxmem or fewer slots, or a 64-bit vCPU (drop lm=off)")
     if layout.max_used_gpa > limit:
         raise refuse(
             "phys-bits", f"the highest guest-physical address the machine uses "
@@ -574,12 +629,40 @@ def _check_spec(spec: MachineSpec, layout: Layout) -> None:
             f"({ACPI_MAX_RAM_SLOTS})", f"unsupported amount of memory slots: {spec.slots}",
             value=spec.slots, limit=ACPI_MAX_RAM_SLOTS,
             fix=f"use at most {ACPI_MAX_RAM_SLOTS} slots")
+    if ram < spec.maxram and spec.maxram % TARGET_PAGE_SIZE:
+        # pc_memory_init(), after the slots (v7.2.0, v10.0.2; QEMU's "by" kept)
+        raise refuse(
+            "maxmem-misaligned", f"maxmem {spec.maxram} is not a multiple of "
+            f"{TARGET_PAGE_SIZE} bytes (the guest page size)",
+            f"maximum memory size must by aligned to multiple of {TARGET_PAGE_SIZE} bytes",
+            value=spec.maxram, limit=TARGET_PAGE_SIZE,
+            fix="give maxmem in whole KiB multiples of 4 (e.g. 32G)")
+
+
+def _check_coldplug_ids(spec: MachineSpec) -> None:
+    """``-device`` options are QemuOpts, parsed as QEMU reads its command
+    line (softmmu/vl.c qemu_init() v7.2.0, system/vl.c v10.0.2:
+    ``qemu_opts_parse_noisily(qemu_find_opts("device"), ...)``), before the
+    machine exists: util/qemu-option.c ``qemu_opts_create()`` refuses an id
+    already in the list, "Duplicate ID '%s' for %s" -- so before every other
+    start-up check, and in other words than a hot-add's (qdev_set_id())."""
+    seen: set[str] = set()
+    for d in spec.coldplug:
+        if d.id in seen:
+            exc = refuse("duplicate-id", f"cold-plugged DIMM id {d.id!r} is given twice",
+                         f"Duplicate ID '{d.id}' for device", value=d.id, limit=None,
+                         fix="give every cold-plugged DIMM its own id")
+            exc.step = None  # type: ignore[attr-defined]
+            exc.coldplug = True  # type: ignore[attr-defined]
+            raise exc
+        seen.add(d.id)
 
 
 def predict(spec: MachineSpec, ops: Sequence[Operation]) -> Prediction:
     """Predict every step of ``ops`` on ``spec``; raises PlanRefused (with
     ``.step``) at the first operation QEMU would refuse."""
     layout = compute_layout(spec)
+    _check_coldplug_ids(spec)
     _check_spec(spec, layout)
     dimms: list[PlacedDimm] = []
     vmems: list[PlacedVirtioMem] = []

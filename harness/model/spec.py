@@ -194,6 +194,15 @@ class AddVirtioMem:
         if self.addr is not None and (not isinstance(self.addr, int) or self.addr < 0):
             raise UsageError(f"virtio-mem {self.id}: memaddr {self.addr!r} is not an address",
                              value=self.addr, fix="e.g. memaddr = \"0x200000000\"")
+        if self.requested > self.size:
+            # memhp's own check: QEMU 7.2-11.1 accept it at device_add
+            # (virtio_mem_set_requested_size() stores it before realize)
+            raise UsageError(
+                f"virtio-mem {self.id}: requested {self.requested} bytes exceed its size "
+                f"{self.size}; memhp refuses this (QEMU accepts it at device_add, but what "
+                "the guest plugs then is not modelled)", value=self.requested,
+                fix="request at most the device's size (a later resize above it is refused "
+                    "by QEMU, and that is modelled)")
 
 
 @dataclass(frozen=True)

@@ -19,16 +19,20 @@ QEMU 7.2.x (Debian 12) and 10.0.2 (bookworm-backports) binaries:
    a block size below ``VIRTIO_MEM_MIN_BLOCK_SIZE`` (1 MiB) or not a power
    of two; ``dynamic-memslots`` does not exist before 8.2 (qdev's
    ``Property 'virtio-mem-pci.dynamic-memslots' not found``);
-3. ``memory_device_pre_plug()`` (hw/mem/memory-device.c): the room left in
+3. ``memory_device_pre_plug()`` (hw/mem/memory-device.c): a device-memory
+   region (maxmem above RAM), then the room left in
    ``maxmem - mem`` (counting every memory device's *region*, i.e. the full
    max-size of each virtio-mem), then the address: alignment
    ``max(get_min_alignment() = block size, the backend region's alignment
    = 2 MiB for anonymous RAM on x86-64 Linux)``; first fit from the area's
    start past every memory device, pc-dimms and virtio-mem alike;
    7.2 also checks that the backend size is a multiple of that alignment
-   here (``memory_device_get_free_addr()``: ``backend memory size must be
-   multiple of 0x...``);
-4. ``virtio_mem_device_realize()``: the node exists; the block size is at
+   here, after the address (``memory_device_get_free_addr()``: ``backend
+   memory size must be multiple of 0x...``); 9.0+ checks the size against
+   the region's own alignment (2 MiB) before the address
+   (``QemuRules.size_check``);
+4. ``virtio_mem_device_realize()``: the node exists; dynamic-memslots
+   needs unplugged-inaccessible on (8.2+); the block size is at
    least the backend's page size (only reachable with huge pages, which
    memhp's RAM backends never use); ``requested-size`` is a multiple of the
    block size; 10.0 checks the backend size against the block size here
@@ -36,9 +40,9 @@ QEMU 7.2.x (Debian 12) and 10.0.2 (bookworm-backports) binaries:
    QEMU's missing space included).
 
 ``requested-size`` above the backend size is *accepted* by ``device_add``
-(both versions; the device then never lets the guest plug beyond the
+(7.2, 10.0, 11.1; the device then never lets the guest plug beyond the
 region) -- what the guest does then is not modelled, so memhp refuses it at
-input.  A later ``qom-set`` (``virtio_mem_set_requested_size()``) checks
+input, as its own check.  A later ``qom-set`` (``virtio_mem_set_requested_size()``) checks
 the block-size multiple first, then the backend size.
 
 ``device_del`` (hw/i386/pc.c ``pc_virtio_md_pci_unplug_request()`` in 7.2;
@@ -55,9 +59,13 @@ hw/virtio/virtio-md-pci.c ``virtio_md_pci_unplug_request()`` and
 
 Defaults: ``block-size`` = ``virtio_mem_default_block_size()`` = max(page
 size of the backend, THP size) = 2 MiB for anonymous RAM on x86-64;
-``unplugged-inaccessible`` = on for machine types 7.1+ (``hw_compat_7_0``
-sets ``auto``, which resolves to off for RAM backends: they have the shared
-zeropage).
+``unplugged-inaccessible``: QEMU 7.2 ``auto``, which resolves to off for RAM
+backends (they have the shared zeropage); 8.1+ on for machine types 8.1+
+(``pc_compat_8_0`` sets auto, ``pc_compat_6_2`` off).
+
+``requested-size`` above the size is refused by memhp at input
+(:class:`harness.model.spec.AddVirtioMem`), not as a QEMU refusal: QEMU
+accepts it, but the guest driver's side of it is not modelled.
 
 Between and after the versions checked on a binary (7.2, 10.0, 11.1), a
 version gets the rules in force (:data:`VMEM_CHANGES`, one entry per rule
@@ -89,6 +97,13 @@ class VirtioMemRules:
     memdev_size_check: Literal["pre-plug", "realize"]
     dynamic_memslots: bool
     source: str
+    # memory_device_pre_plug() without device memory (maxmem not above RAM):
+    # the words of 7.2 or of 10.0 (VMEM_CHANGES "no_device_memory")
+    no_device_memory: Literal["7.2", "10.0"] = "7.2"
+    # unplugged-inaccessible's default for a RAM backend: "auto" (off: RAM
+    # has the shared zeropage) on every machine type, or "on" from machine
+    # type 8.1 (VMEM_CHANGES "ui_default", default_unplugged_inaccessible())
+    ui_default: Literal["auto", "on-from-8.1"] = "auto"
     # The newest version read, whose rules these are, when ``qemu`` is newer.
     extrapolated_from: tuple[int, int] | None = None
 
@@ -112,6 +127,29 @@ VMEM_CHANGES: tuple[Change, ...] = (
            "(2 MiB), so a size off the block size is left to virtio_mem_device_realize(): "
            "\"'memdev' property memdev size has to be multiples of'block-size'\" (v10.0.2, "
            "11.1.3 binary)"),
+    Change("no_device_memory", (7, 2), "7.2",
+           "hw/mem/memory-device.c memory_device_get_free_addr() (v7.2.0): a device-memory "
+           "region of size 0 (no maxmem above RAM): 'memory devices (e.g. for memory hotplug) "
+           "are not enabled, please specify the maxmem option', before check_addable.  "
+           "Checked on the 7.2.22 binary"),
+    Change("no_device_memory", (10, 0), "10.0",
+           "hw/mem/memory-device.c memory_device_pre_plug() (v10.0.2): no ms->device_memory "
+           "(machine_memory_devices_init() only runs when ram_size < maxram_size): 'the "
+           "configuration is not prepared for memory devices (e.g., for memory hotplug), "
+           "consider specifying the maxmem option', first.  Checked on the 10.0.2 and 11.1.3 "
+           "binaries; changed by D. Hildenbrand's 2023 memory-device rework, 8.x-9.x not "
+           "read (they get 7.2's words)"),
+    Change("ui_default", (7, 2), "auto",
+           "hw/virtio/virtio-mem.c (v7.2.0): DEFINE_PROP_ON_OFF_AUTO(unplugged-inaccessible, "
+           "ON_OFF_AUTO_AUTO), which virtio_mem_device_realize() resolves to off for a "
+           "backend with the shared zeropage (anonymous RAM); hw/i386/pc.c pc_compat_6_2 "
+           "sets off"),
+    Change("ui_default", (8, 1), "on-from-8.1",
+           "hw/virtio/virtio-mem.c (v10.0.2): default ON_OFF_AUTO_ON; hw/i386/pc.c "
+           "pc_compat_8_0 sets auto (so machine types up to 8.0 resolve to off on RAM, and the "
+           "default changed in 8.1), pc_compat_6_2 off.  Checked on the 10.0.2 and 11.1.3 "
+           "binaries: device_del of a virtio-mem on pc-i440fx-8.0 is refused for "
+           "'unplugged-inaccessible' != 'on', on 8.1 it is not"),
     Change("dynamic_memslots", (7, 2), False,
            "hw/virtio/virtio-mem.c (v7.2.0): no 'dynamic-memslots' property"),
     Change("dynamic_memslots", (8, 2), True,
@@ -143,6 +181,8 @@ def vmem_rules_for(version: tuple[int, int]) -> VirtioMemRules:
         version, unplug=chosen["unplug"].value,  # type: ignore[arg-type]
         memdev_size_check=chosen["memdev_size_check"].value,  # type: ignore[arg-type]
         dynamic_memslots=bool(chosen["dynamic_memslots"].value),
+        no_device_memory=chosen["no_device_memory"].value,  # type: ignore[arg-type]
+        ui_default=chosen["ui_default"].value,  # type: ignore[arg-type]
         source="; ".join(c.source for c in chosen.values()),
         extrapolated_from=extrapolated)
 
@@ -182,13 +222,10 @@ def check_bus(op: Any, machine: str) -> None:
 
 
 def check_properties(op: Any, rules: VirtioMemRules) -> int:
-    """Property setters (step 2): the block size QEMU will use."""
-    if op.dynamic_memslots is not None and not rules.dynamic_memslots:
-        raise refuse("no-dynamic-memslots", f"virtio-mem {op.id}: QEMU "
-                     f"{rules.qemu[0]}.{rules.qemu[1]} has no dynamic-memslots (8.2+)",
-                     "Property 'virtio-mem-pci.dynamic-memslots' not found",
-                     value=op.dynamic_memslots, limit=None,
-                     fix="drop dynamic_memslots, or use QEMU 8.2+ (--qemu debian:10.0)")
+    """Property setters (step 2): the block size QEMU will use.  device_add
+    sets the properties in its QDict's (hash) order, in which block-size
+    comes before dynamic-memslots (7.2.22: a bad block size is named, not
+    the missing dynamic-memslots)."""
     bs = DEFAULT_BLOCK_SIZE if op.block_size is None else op.block_size
     if bs < MIN_BLOCK_SIZE:
         raise refuse("block-size-small", f"virtio-mem {op.id}: block size {bs} is below "
@@ -199,14 +236,27 @@ def check_properties(op: Any, rules: VirtioMemRules) -> int:
         raise refuse("block-size-power", f"virtio-mem {op.id}: block size {bs} is not a "
                      "power of two", "'block-size' property has to be a power of two",
                      value=bs, limit=None, fix="e.g. 2M, 4M, 8M")
-    if op.requested > op.size:
-        raise UsageError(
-            f"virtio-mem {op.id}: requested {format_size(op.requested)} exceeds its size "
-            f"{format_size(op.size)}; QEMU accepts this at device_add, but what the guest "
-            "plugs then is not modelled", value=op.requested,
-            fix="request at most the device's size (a later resize above it is refused "
-                "by QEMU, and that is modelled)")
+    if op.dynamic_memslots is not None and not rules.dynamic_memslots:
+        raise refuse("no-dynamic-memslots", f"virtio-mem {op.id}: QEMU "
+                     f"{rules.qemu[0]}.{rules.qemu[1]} has no dynamic-memslots (8.2+)",
+                     "Property 'virtio-mem-pci.dynamic-memslots' not found",
+                     value=op.dynamic_memslots, limit=None,
+                     fix="drop dynamic_memslots, or use QEMU 8.2+ (--qemu debian:10.0)")
     return bs
+
+
+def check_device_memory(op: Any, rules: VirtioMemRules, has_device_memory: bool) -> None:
+    """memory_device_pre_plug()'s first check (step 3): a device-memory
+    region exists (maxmem above RAM)."""
+    if has_device_memory:
+        return
+    words = ("memory devices (e.g. for memory hotplug) are not enabled, please specify the "
+             "maxmem option" if rules.no_device_memory == "7.2" else
+             "the configuration is not prepared for memory devices (e.g., for memory "
+             "hotplug), consider specifying the maxmem option")
+    raise refuse("no-device-memory", f"virtio-mem {op.id}: the machine has no device memory "
+                 "(maxmem is not above the boot memory)", words, value=op.id, limit=None,
+                 fix="start the VM with maxmem above the boot memory, e.g. -m 4G,maxmem=16G")
 
 
 def alignment(block_size: int) -> int:
@@ -215,14 +265,23 @@ def alignment(block_size: int) -> int:
 
 
 def check_realize(op: Any, rules: VirtioMemRules, block_size: int, node_count: int,
-                  numa: bool) -> None:
-    """virtio_mem_device_realize() (step 4), in QEMU's order."""
+                  numa: bool, inaccessible: bool = True) -> None:
+    """virtio_mem_device_realize() (step 4), in QEMU's order (v10.0.2: the
+    node; unplugged-inaccessible resolved (``inaccessible``), which
+    dynamic-memslots needs on; then the sizes)."""
     nodes = node_count if numa else 0
     if (nodes and op.node >= nodes) or (not nodes and op.node):
         raise refuse("unknown-node", f"virtio-mem {op.id}: node {op.node} does not exist",
                      f"'node' property has value '{op.node}', which exceedsthe number of "
                      f"numa nodes: {nodes or 1}", value=op.node, limit=(nodes or 1) - 1,
                      fix=f"use a node between 0 and {(nodes or 1) - 1}")
+    if op.dynamic_memslots and not inaccessible:
+        raise refuse("dynamic-memslots-accessible", f"virtio-mem {op.id}: dynamic_memslots "
+                     "needs unplugged memory to be inaccessible",
+                     "'dynamic-memslots' property set to 'on' requires "
+                     "'unplugged-inaccessible' to be 'on'", value=op.dynamic_memslots,
+                     limit=None, fix="set unplugged_inaccessible = true (or use machine "
+                     "type 8.1+, where it is the default), or drop dynamic_memslots")
     if op.requested % block_size:
         raise refuse("requested-misaligned", f"virtio-mem {op.id}: requested "
                      f"{op.requested} is not a multiple of the block size "
@@ -276,7 +335,9 @@ def check_unplug(dev: PlacedVirtioMem, rules: VirtioMemRules) -> None:
                      fix="resize it to 0 first")
 
 
-def default_unplugged_inaccessible(machine_version: tuple[int, int]) -> bool:
-    """hw_compat_7_0 (hw/core/machine.c): machine types up to 7.0 say auto
-    (off with RAM backends), newer ones on."""
-    return machine_version >= (7, 1)
+def default_unplugged_inaccessible(rules: VirtioMemRules,
+                                   machine_version: tuple[int, int]) -> bool:
+    """unplugged-inaccessible for a RAM backend when not given: on for
+    machine types 8.1+ of QEMU 8.1+, else off (auto resolves to off: RAM has
+    the shared zeropage; pc_compat_8_0 auto, pc_compat_6_2 off)."""
+    return rules.ui_default == "on-from-8.1" and machine_version >= (8, 1)

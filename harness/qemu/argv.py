@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.qemu.config import DiskBoot, KernelBoot, VMConfig
+from harness.units import MiB
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,8 @@ def memory_args(cfg: VMConfig) -> list[str]:
     if cfg.slots:
         spec += f",slots={cfg.slots}"
     if cfg.maxmem:
-        spec += f",maxmem={_mib(cfg.maxmem)}"
+        # bare bytes when not whole MiB (QEMU takes maxmem= as a plain size)
+        spec += f",maxmem={_mib(cfg.maxmem) if cfg.maxmem % MiB == 0 else cfg.maxmem}"
     return ["-m", spec]
 
 

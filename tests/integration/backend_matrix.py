@@ -87,6 +87,9 @@ def variants() -> list[Variant]:
         out.append(Variant(f"{bname}-addr-plus-1M", base, _size(base), addr_offset=MiB))
         out.append(Variant(f"{bname}-host-node-200",
                            replace(base, policy="bind", host_nodes=(200,)), _size(base)))
+        if not base.hugepages:  # sizes off the 4 KiB host page (memfd: issue 26)
+            out.append(Variant(f"{bname}-size-plus-1", base, _size(base) + 1))
+            out.append(Variant(f"{bname}-size-plus-2k", base, _size(base) + 2 * KiB))
         if base.hugepages:
             out.append(Variant(f"{bname}-pool-too-small", base, 64 * base.hugepages))
             out.append(Variant(f"{bname}-below-page", base, base.hugepages // 2))

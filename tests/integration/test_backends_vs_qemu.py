@@ -231,3 +231,28 @@ def test_variant_count() -> None:
     """The matrix is what the README says it is (and every name is unique)."""
     assert len({v.name for v in ALL} | set(PREALLOC_SPACE_NAMES)) == VARIANT_COUNT
     assert sum(len(m) for _, m in GROUPS) + len(PREALLOC_SPACE_NAMES) == VARIANT_COUNT
+
+
+@pytest.mark.parametrize("version", ["7.2", "10.0", "11.1"])
+def test_file_in_a_missing_directory(version: str, tmp_path: Path) -> None:
+    """A file backend whose directory does not exist: object-add fails in
+    file_ram_open(), QEMU's words as the model predicts them from the host's
+    fact (the VM driver hands a non-directory mem_path to QEMU as is)."""
+    binary = qemu_binary(version)
+    missing = str(tmp_path / "no-such-dir" / "guest.ram")
+    be = BackendSpec("file", mem_path=missing, share=True)
+    spec = MachineSpec(ram_size=2 * GiB, slots=2, maxmem=8 * GiB, numa=(),
+                       qemu_version=_ver(version),
+                       host=replace(host_memory(), unopenable=(missing,)))
+    op = AddDimm("d0", 128 * MiB, 0, None, be)
+    with pytest.raises(PlanRefused) as info:
+        predict(spec, [op])
+    obj = backend_object(op.size, be, backend_id="b0", mem_path=missing)
+    with paused_qemu(binary, spec, prefix="memhp-backendq-") as qmp, \
+            pytest.raises(QMPCommandError) as qemu_err:
+        qmp.execute("object-add", obj.qmp_args())
+    agree = qemu_err.value.desc == info.value.qemu_message
+    log({"qemu": version, "what": "backend", "variant": "file-missing-dir",
+         "outcome": info.value.kind, "agree": agree})
+    assert agree, (qemu_err.value.desc, info.value.qemu_message)
+    assert not Path(missing).parent.exists()

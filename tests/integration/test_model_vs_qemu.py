@@ -139,3 +139,19 @@ def test_random_plans_match_qemu(qemu: tuple[str, tuple[int, int]], machine: str
             (MiB if where == 3 else 0)
         dimms.append(AddDimm(f"d{i}", size, node, addr))
     check_plan(binary, spec, dimms)
+
+
+@pytest.mark.parametrize("family", ["pc", "q35"])
+def test_32bit_vcpu_on_old_machine_types(qemu: tuple[str, tuple[int, int]],
+                                          family: str) -> None:
+    """lm=off on machine type 8.1 (broken_32bit_mem_addr_check: 2^36 - 1
+    is never beyond 36 bits) and 8.2 (the end of device memory is) --
+    QEMU 8.2+ only (7.2 has neither machine type)."""
+    binary, version = qemu
+    if version < (8, 2):
+        pytest.skip(f"QEMU {version[0]}.{version[1]} has no machine type 8.1/8.2")
+    cpu = CpuSpec("AMD", 36, "qemu64", False)
+    for mver in ((8, 1), (8, 2)):
+        spec = spec_for(version, machine=family, machine_version=mver, ram_size=2 * GiB,
+                        slots=2, maxmem=80 * GiB, numa=(), cpu=cpu)
+        assert check_start(binary, spec) == (mver == (8, 1))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -356,6 +357,11 @@ def test_machine_and_cpu_spellings() -> None:
                                  "57 bits virtual\n")
     assert host == CpuSpec("Intel", 46, "host")
     assert parse_cpu_option("host", host=host).phys_bits == 46
+    # lm=off: a 32-bit vCPU, 36 phys-bits set by QEMU, which refuses a given one
+    assert parse_cpu_option("qemu64,lm=off") == CpuSpec("AMD", 36, "qemu64", False)
+    assert parse_cpu_option("max,-lm").long_mode is False
+    with pytest.raises(UsageError, match="not user-configurable"):
+        parse_cpu_option("qemu64,lm=off,phys-bits=36")
 
 
 def test_host_memory_refusals() -> None:
@@ -470,3 +476,32 @@ def test_model_cli_versions_machine_types_and_cpu(capsys: pytest.CaptureFixture[
                  "--numa", "", "--add", "a:129M@0:0x100000001", "--json"]) == 2
     err = json.loads(capsys.readouterr().out)["error"]
     assert err["qemu_message"] == "address must be aligned to 0x200000 bytes"
+
+
+def test_model_cli_scenario_takes_the_cpu(tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """--scenario with --cpu: start-up is checked for that vCPU (46 phys-bits
+    hold 2000 GiB of maxmem, TCG's default 40 do not)."""
+    import json
+
+    from harness.cli import main
+
+    path = tmp_path / "s.toml"
+    path.write_text('[machine]\ntype = "q35"\nmemory = "512M,slots=1,maxmem=2000G"\n'
+                    'numa = ""\n[[step]]\nadd = "d0:1G@0"\n')
+    assert main(["model", "--qemu-version", "7.2", "--cpu", "max,phys-bits=46",
+                 "--scenario", str(path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["cpu"]["phys_bits"] == 46
+    assert main(["model", "--qemu-version", "7.2", "--scenario", str(path), "--json"]) == 2
+    assert json.loads(capsys.readouterr().out)["error"]["kind"] == "phys-bits"
+
+
+def test_backend_id_placeholder_matches_any_object_id() -> None:
+    """The VM driver picks the backend id; the model's words stand for any."""
+    from harness.model.predict import DIMM_BACKEND, same_words
+
+    words = f"cannot set up guest memory '{DIMM_BACKEND}': Cannot allocate memory"
+    assert same_words(words, "cannot set up guest memory 'memhp-be7': Cannot allocate memory")
+    assert not same_words(words, "cannot set up guest memory 'x y': Cannot allocate memory")
+    assert not same_words(words, "cannot set up guest memory 'b1': Invalid argument")
+    assert same_words("no slots", "no slots") and not same_words("no slots", "no slot")

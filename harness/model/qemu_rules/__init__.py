@@ -35,6 +35,7 @@ __all__ = [
 ]
 
 SizeCheck = Literal["after-addr", "none", "before-addr"]
+Gpa32 = Literal["phys-bits", "long-mode"]
 
 # The oldest QEMU modelled (Debian 12's) and the newest whose sources or
 # binary were read (trixie-backports' 11.1.3).  Anything in between gets the
@@ -74,6 +75,19 @@ class QemuRules:
     # (include/hw/boards.h MACHINE_VER_DELETION, gated on QEMU >= 10.1):
     # see :func:`oldest_machine_type`.
     machine_deletion: bool = False
+    # What pc_max_used_gpa() (hw/i386/pc.c) calls a 32-bit system: one with
+    # phys-bits <= 32, whose max used address is then 2^phys-bits - 1, so
+    # never refused (7.2), or one without long mode (8.2+), see
+    # harness.model.layout._max_used_gpa.
+    gpa_32bit: Gpa32 = "phys-bits"
+    # pcmc->broken_32bit_mem_addr_check (machine types up to 8.1, read only
+    # when gpa_32bit is "long-mode"): a 32-bit system's max used address is
+    # 2^phys-bits - 1, not the end of device memory / RAM above 4G.
+    broken_32bit_mem_addr_check: bool = True
+    # The words of qemu_ram_alloc_from_fd() when the fd's file is smaller
+    # than the size rounded up to host pages (a memfd of a size that is no
+    # multiple of 4 KiB): "7.2" or "10.0" (see CHANGES).
+    fd_size_words: Literal["7.2", "10.0"] = "7.2"
     sources: tuple[str, ...] = ()
     # The newest version read, whose rules these are, when ``qemu`` is newer
     # than anything read (:data:`NEWEST_READ`); None within what was read.
@@ -140,6 +154,31 @@ CHANGES: tuple[Change, ...] = (
            "-machine help lists pc-i440fx-5.2 and pc-q35-5.2 as the oldest, and "
            "-machine pc-i440fx-5.0 exits 1 with 'unsupported machine type: "
            "\"pc-i440fx-5.0\"' (system/vl.c select_machine())"),
+    Change("fd_size_words", (7, 2), "7.2",
+           "softmmu/physmem.c qemu_ram_alloc_from_fd() (v7.2.0): size = HOST_PAGE_ALIGN("
+           "size); a file smaller than that: \"backing store size 0x%x does not match 'size' "
+           "option 0x%x\" (memfd_backend_memory_alloc() ftruncate()s the memfd to the "
+           "unrounded size).  Checked on the 7.2.22 binary"),
+    Change("fd_size_words", (10, 0), "10.0",
+           "system/physmem.c qemu_ram_alloc_from_fd() (v10.0.2): \"%s backing store size "
+           "0x%x is too small for 'size' option 0x%x plus 'offset' option 0x%x\", %s the "
+           "region (the backend id).  Checked on the 10.0.2 and 11.1.3 binaries.  Changed "
+           "between 7.2 and 10.0 ('offset' with 'hostmem-file: add offset option', the "
+           "region name with the cpr-transfer series); 8.x-9.x binaries were not read and "
+           "get 7.2's words"),
+    Change("gpa_32bit", (7, 2), "phys-bits",
+           "hw/i386/pc.c pc_max_used_gpa() (v7.2.0): 'if (cpu->phys_bits <= 32) return "
+           "((hwaddr)1 << cpu->phys_bits) - 1', else the end of the 64-bit PCI hole, long "
+           "mode or not.  Checked on the 7.2.22 binary: -cpu qemu64,phys-bits=32 starts with "
+           "maxmem; -cpu qemu64,lm=off (36 bits) is refused against the hole's end"),
+    Change("gpa_32bit", (8, 2), "long-mode",
+           "commit 'hw/i386/pc: improve physical address space bound check for 32-bit x86 "
+           "systems' (A. Sinha, 2023; in v8.2.0, as machine types up to 8.1 get "
+           "broken_32bit_mem_addr_check): pc_max_used_gpa() (v10.0.2) takes the PCI hole's "
+           "end when CPUID_EXT2_LM is set, whatever phys-bits; without long mode the end of "
+           "device memory (or of RAM above 4G) - 1.  Checked on the 10.0.2 and 11.1.3 "
+           "binaries: -cpu qemu64,phys-bits=32 with maxmem is refused, lm=off is refused "
+           "against the device memory's end"),
 )
 
 # QEMU versioned machine types: three releases a year, X.0, X.1, X.2.
@@ -164,6 +203,11 @@ MACHINE_CHANGES: tuple[Change, ...] = (
     Change("enforce_amd_1tb_hole", (7, 1), True,
            "hw/i386/pc.c pc_machine_class_init(): enforce_amd_1tb_hole = true (v7.2.0, "
            "v10.0.0)"),
+    Change("broken_32bit_mem_addr_check", (4, 0), True,
+           "hw/i386/pc_piix.c pc_i440fx_machine_8_1_options(), hw/i386/pc_q35.c "
+           "pc_q35_machine_8_1_options() (v10.0.2): broken_32bit_mem_addr_check = true"),
+    Change("broken_32bit_mem_addr_check", (8, 2), False,
+           "hw/i386/pc.c pc_machine_class_init() (v10.0.2): false (the default)"),
 )
 
 
@@ -235,7 +279,9 @@ def rules_for(qemu: tuple[int, int], machine_version: tuple[int, int] | None = N
     if mver < OLDEST_MACHINE:
         raise UsageError(
             f"machine-type version {mver[0]}.{mver[1]} is not modelled (oldest: "
-            f"{OLDEST_MACHINE[0]}.{OLDEST_MACHINE[1]})", value=mver,
+            f"{OLDEST_MACHINE[0]}.{OLDEST_MACHINE[1]}); this is memhp's refusal, QEMU "
+            f"{qemu[0]}.{qemu[1]} may well start it (older types align DIMMs and place "
+            "device memory differently, which the model does not know)", value=mver,
             fix="use a machine type of 4.0 or newer")
     chosen: dict[str, Change] = {}
     for table, key in ((CHANGES, extrapolated or qemu), (MACHINE_CHANGES, mver)):
@@ -249,5 +295,8 @@ def rules_for(qemu: tuple[int, int], machine_version: tuple[int, int] | None = N
         backend_size_check=bool(chosen["backend_size_check"].value),
         ram_share_memfd=bool(chosen["ram_share_memfd"].value),
         machine_deletion=bool(chosen["machine_deletion"].value),
+        gpa_32bit=chosen["gpa_32bit"].value,  # type: ignore[arg-type]
+        fd_size_words=chosen["fd_size_words"].value,  # type: ignore[arg-type]
+        broken_32bit_mem_addr_check=bool(chosen["broken_32bit_mem_addr_check"].value),
         sources=tuple(c.source for c in chosen.values()),
         extrapolated_from=extrapolated)

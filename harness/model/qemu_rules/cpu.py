@@ -10,6 +10,13 @@
   (``x86_cpu_realizefn()``, target/i386/cpu.c, v7.2.0 and v10.0.0); under
   KVM ``-cpu host`` uses the host's (``host-phys-bits``), which the caller
   reads from ``/proc/cpuinfo`` and passes in.
+* Long mode: ``lm=off`` (or ``-lm``) makes the vCPU 32-bit; then
+  ``x86_cpu_realizefn()`` refuses a user-set phys-bits ("phys-bits is not
+  user-configurable in 32 bit") and sets 36 with PSE36 (every 64-bit model
+  has it), else 32 (v7.2.0, v10.0.2; checked on the 7.2, 10.0 and 11.1
+  binaries with qemu64, max, EPYC, Skylake-Client, Opteron_G1, kvm64).
+  Which address QEMU then checks against phys-bits depends on the QEMU and
+  machine-type version (``QemuRules.gpa_32bit``, :mod:`harness.model.layout`).
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ from harness.errors import UsageError
 
 Vendor = Literal["AMD", "Intel", "other"]
 TCG_PHYS_ADDR_BITS = 40
+# x86_cpu_realizefn(): a 32-bit (lm=off) vCPU with CPUID_PSE36
+PSE36_PHYS_ADDR_BITS = 36
 
 # 64-bit models of builtin_x86_defs[] (target/i386/cpu.c v10.0.0; v7.2.0
 # has a subset).  Versioned names (EPYC-v4, Skylake-Client-IBRS) share
@@ -50,6 +59,7 @@ class CpuSpec:
     vendor: Vendor = "AMD"
     phys_bits: int = TCG_PHYS_ADDR_BITS
     model: str = "qemu64"
+    long_mode: bool = True  # False: lm=off, a 32-bit vCPU
 
     def __post_init__(self) -> None:
         if self.vendor not in ("AMD", "Intel", "other"):
@@ -88,6 +98,7 @@ def parse_cpu_option(text: str, *, host: CpuSpec | None = None) -> CpuSpec:
     fix = "e.g. --cpu max, --cpu EPYC,phys-bits=48, --cpu intel,phys-bits=46"
     vendor: Vendor | None
     phys_bits = TCG_PHYS_ADDR_BITS
+    long_mode = True
     if model.lower() in ("amd", "intel"):
         vendor = "AMD" if model.lower() == "amd" else "Intel"
     elif model == "host":
@@ -110,11 +121,23 @@ def parse_cpu_option(text: str, *, host: CpuSpec | None = None) -> CpuSpec:
             phys_bits = int(value)
         elif key == "vendor" and sep:
             vendor = _VENDOR_IDS.get(value, "other")
+        elif (key == "lm" and value in ("off", "false", "no")) or part == "-lm":
+            long_mode = False
         elif key in ("host-phys-bits", "host-phys-bits-limit"):
             raise UsageError(f"{key} depends on the host; not modelled", value=text,
                              fix="give phys-bits=N instead")
         # Other properties (features, migratable, ...) do not change the layout.
-    return CpuSpec(vendor, phys_bits, model)
+    if not long_mode:
+        if any(p.partition("=")[0] == "phys-bits" for p in parts[1:]):
+            # x86_cpu_realizefn() (v7.2.0, v10.0.2): QEMU exits at start-up
+            raise UsageError("phys-bits cannot be set on a 32-bit vCPU (lm=off): QEMU exits "
+                             "with 'phys-bits is not user-configurable in 32 bit'",
+                             value=text, fix="drop phys-bits= (lm=off has 36) or lm=off")
+        if model == "host":
+            raise UsageError("-cpu host,lm=off is not modelled", value=text,
+                             fix="name a model, e.g. --cpu qemu64,lm=off")
+        phys_bits = PSE36_PHYS_ADDR_BITS
+    return CpuSpec(vendor, phys_bits, model, long_mode)
 
 
 def host_cpu_from_cpuinfo(text: str) -> CpuSpec | None:

@@ -58,6 +58,9 @@ class HostMemory:
     # free bytes of the file system at a file backend's mem_path (as the
     # spec spells the path; statvfs f_bavail * f_frsize), where read
     fs_free: tuple[tuple[str, int], ...] = ()
+    # file backends' mem_paths (as the spec spells them) that neither exist
+    # nor can be created: their directory is missing, where read
+    unopenable: tuple[str, ...] = ()
 
     def free_at(self, mem_path: str) -> int | None:
         """Free bytes where ``mem_path`` puts the backend's file, if read."""

@@ -40,7 +40,7 @@ def parse_size(text: str, *, what: str = "size", allow_zero: bool = False) -> in
     """Parse ``text`` into bytes, or raise :class:`UsageError` naming it."""
     if not isinstance(text, str):  # defensive: TOML may hand us ints
         raise UsageError(f"{what} must be a string like '1G', got {text!r}", value=text)
-    raw = text.strip()
+    raw = text.strip(" ")  # spaces only: a newline or tab inside is no size
     m = _SIZE_RE.fullmatch(raw)
     if m is None:
         fix = "use an integer with an optional K, M, G or T suffix, e.g. 512M or 1G"

@@ -230,7 +230,7 @@ def _mib_when_bare(text: str, what: str, *, allow_zero: bool = False) -> int:
     suffix-less format" appends ``M`` when the value ends in a digit) and
     ``-numa node,mem=2048`` (hw/core/numa.c ``set_numa_options()``,
     ``qemu_strtosz_MiB()``)."""
-    raw = text.strip()
+    raw = text.strip(" ")
     if raw and raw[-1].isascii() and raw[-1].isdigit():
         raw += "M"
     return parse_size(raw, what=what, allow_zero=allow_zero)
@@ -246,9 +246,9 @@ def parse_memory_option(text: str) -> tuple[int, int, int]:
     256) are not usage errors but QEMU refusals, predicted with QEMU's own
     words by :func:`harness.model.predict.predict`.
     """
-    if not isinstance(text, str) or not text.strip():
+    if not isinstance(text, str) or not text.strip(" "):
         raise UsageError("memory option is empty", value=text, fix="e.g. 6G,slots=32,maxmem=32G")
-    parts = [p.strip() for p in text.split(",")]
+    parts = [p.strip(" ") for p in text.split(",")]
     ram = _mib_when_bare(parts[0], "boot memory")
     slots, maxmem = 0, 0
     seen: set[str] = set()
@@ -280,7 +280,7 @@ def parse_memory_option(text: str) -> tuple[int, int, int]:
 def parse_numa_option(text: str) -> tuple[int, ...]:
     """``3G,3G`` -> boot memory of node 0, node 1, ...; a bare number is MiB,
     as in QEMU's ``-numa node,mem=2048``."""
-    if not isinstance(text, str) or not text.strip():
+    if not isinstance(text, str) or not text.strip(" "):
         raise UsageError("NUMA option is empty", value=text, fix="e.g. 3G,3G")
     # 0 makes a memoryless node (QEMU: -numa node without memdev), which
     # hot-added memory can then populate.
@@ -297,7 +297,8 @@ def parse_numa_option(text: str) -> tuple[int, ...]:
     return sizes
 
 
-_DIMM = re.compile(r"^(?P<id>[^:@]*):(?P<size>[^:@]+)(?:@(?P<node>[^:]*))?(?::(?P<addr>.+))?$")
+_DIMM = re.compile(r"(?P<id>[^:@]*):(?P<size>[^:@]+)(?:@(?P<node>[^:]*))?(?::(?P<addr>.+))?",
+                   re.DOTALL)
 
 
 def parse_dimm_option(text: str) -> AddDimm:
@@ -306,7 +307,7 @@ def parse_dimm_option(text: str) -> AddDimm:
     fix = "write ID:SIZE@NODE[:ADDR], e.g. dimm0:1G@1"
     if not isinstance(text, str):
         raise UsageError(f"DIMM {text!r} is not text", value=text, fix=fix)
-    m = _DIMM.match(text.strip())
+    m = _DIMM.fullmatch(text.strip(" "))
     if m is None:
         raise UsageError(f"DIMM {text!r} is not ID:SIZE@NODE", value=text, fix=fix)
     dimm_id = check_id(m.group("id"))
@@ -321,7 +322,7 @@ def parse_dimm_option(text: str) -> AddDimm:
                          value=text, fix=fix)
     addr = None
     if m.group("addr") is not None:
-        raw = m.group("addr").strip()
+        raw = m.group("addr").strip(" ")
         # ASCII only: int() also reads '١٢' (Arabic-Indic digits) as 12.
         if not re.fullmatch(r"0[xX][0-9a-fA-F]{1,16}|[0-9]{1,20}", raw, re.ASCII):
             raise UsageError(f"DIMM {dimm_id}: address {raw!r} is not a number", value=text,

@@ -363,3 +363,53 @@ def test_workloads_are_checked_before_any_vm(steps: list[tuple[str, int, str]],
     # a workload larger than the node's boot memory fits once a DIMM is added there
     build_scenario(name="w", machine="pc", memory="6G,slots=4,maxmem=16G", numa="3G,3G",
                    steps=[add("d0:1G@0"), workload("w0", 0, "3584M")])
+
+
+# -- a matrix of bad sizes, nodes and addresses in every option that takes them --------
+# Each must exit 2 with one line naming the value (its repr) and a fix, before any
+# VM (the recorder QEMU stays unlaunched): 8 forms x 15 sizes, 4 x 8 nodes, 2 x 8
+# addresses.
+
+BAD_SIZES = ["", "-1G", "1.5G", "1 G", "１G", "99999999999999999999G", "0", "1Gi", "G",
+             "0x1G", "1e3M", "+1G", "1G\n", "1\x1bG", "٣G"]
+SIZE_FORMS = {
+    "run-memory": ["run", "--memory", "{v},slots=4,maxmem=32G"],
+    "model-memory": ["model", "--memory", "{v},slots=4,maxmem=32G"],
+    "run-numa": ["run", "--numa", "{v},3G", "--memory", "6G,slots=4,maxmem=32G"],
+    "model-numa": ["model", "--numa", "{v},3G", "--memory", "6G,slots=4,maxmem=32G"],
+    "run-add": ["run", "--add", "d0:{v}@1"],
+    "model-add": ["model", "--add", "d0:{v}@1"],
+    "model-coldplug": ["model", "--coldplug", "c0:{v}@0"],
+    "model-maxmem": ["model", "--memory", "6G,slots=4,maxmem={v}"],
+}
+BAD_NODES = ["-1", "1.0", "one", "1\n", "²", "0x1", "1 1", "99999999999999999999999"]
+NODE_FORMS = {
+    "run-add": ["run", "--add", "d0:1G@{v}"],
+    "model-add": ["model", "--add", "d0:1G@{v}"],
+    "model-coldplug": ["model", "--coldplug", "c0:1G@{v}"],
+    "run-coldplug-free": ["model", "--add", "d0:1G@{v}:0x240000000"],
+}
+BAD_ADDRS = ["0x", "0xg", "-1", "1.5", "0x1\n", "0x10000000000000000", "١٢", "0b101"]
+ADDR_FORMS = {
+    "run-add": ["run", "--add", "d0:1G@1:{v}"],
+    "model-add": ["model", "--add", "d0:1G@1:{v}"],
+}
+
+
+def _matrix(forms: dict[str, list[str]], values: list[str]) -> list[tuple[list[str], str]]:
+    # "0" is a memory-less NUMA node, and maxmem=0 no maxmem: no bad input there
+    return [([a.replace("{v}", v) for a in form], v) for name, form in forms.items()
+            for v in values if not (v == "0" and name.endswith(("numa", "maxmem")))]
+
+
+MATRIX = (_matrix(SIZE_FORMS, BAD_SIZES) + _matrix(NODE_FORMS, BAD_NODES)
+          + _matrix(ADDR_FORMS, BAD_ADDRS))
+
+
+@pytest.mark.parametrize(("args", "value"), MATRIX,
+                         ids=[f"{a[0]}-{a[1]}-{v!r}" for a, v in MATRIX])
+def test_bad_values_in_every_option_are_refused(sandbox: Sandbox, args: list[str],
+                                                value: str) -> None:
+    line = sandbox.run(args, needle="")
+    shown = {repr(value), repr(value.strip(" "))}
+    assert any(s.strip("'") in line or s in line for s in shown) or "not" in line, line

@@ -184,3 +184,39 @@ def test_an_absurd_map_is_refused_with_the_reason(tmp_path: Path, capsys) -> Non
     err = capsys.readouterr().err
     assert "70000 memory blocks" in err and "16384 blocks" in err and "fix:" in err
     assert not svg.exists()
+
+
+@pytest.mark.parametrize(("where", "value"), [
+    ("step-splats", [{"kind": 5, "lines": 7}]),
+    ("run-splats", [{"kind": None, "title": [], "lines": "x"}]),
+    ("exec-findings", 5),
+    ("exec-mismatches", [{"a": 1}]),
+    ("virtio_mem", 5),
+    ("virtio_mem-item", [{"id": "v", "addr": "0x1", "max_size": 1, "size": 1}]),
+    ("policy", ["not", "a", "table"]),
+])
+def test_fields_the_reports_read_are_in_the_schema(tmp_path: Path, where: str,
+                                                   value: object, capsys) -> None:
+    """Issue 26: report markdown/map crashed on splats, exec findings and
+    mismatches and expected.virtio_mem the schema did not check; now each is
+    typed, and a document with a wrong one is refused (exit 2), never a
+    traceback."""
+    doc = crafted_doc("x")
+    step = doc["steps"][-1]
+    if where == "step-splats":
+        step["splats"] = value
+    elif where == "run-splats":
+        doc["splats"] = value
+    elif where.startswith("exec-"):
+        doc["exec"][where.removeprefix("exec-")] = value
+    elif where.startswith("virtio_mem"):
+        step["expected"]["virtio_mem"] = value
+    else:
+        doc["policy"] = value
+    path = tmp_path / "doc.json"
+    path.write_text(json.dumps(doc))
+    for argv in (["report", "markdown", str(path), "--no-summary"],
+                 ["report", "map", str(path), "-o", str(tmp_path / "m.svg")]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert "not a memhp result document" in err and "Traceback" not in err, err

@@ -88,10 +88,14 @@ def _mib(n: object) -> str:
 
 def code(value: object) -> str:
     """``value`` as a Markdown code span: never markup, never a link, never
-    HTML, and safe inside a table cell (``|`` escaped, one line)."""
+    HTML, and safe inside a table cell (``|`` escaped, one line); terminal
+    control characters and bidi overrides shown escaped (a summary is read
+    in terminals and CI logs too)."""
     if value is None or value == "":
         return "—"
-    text = str(value).replace("\r", " ").replace("\n", " ").replace("|", "\\|")
+    from harness.report import printable
+
+    text = printable(str(value).replace("\r", " ").replace("\n", " ")).replace("|", "\\|")
     longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
     fence = "`" * (longest + 1)
     pad = " " if text.startswith("`") or text.endswith("`") or not text.strip() else ""

@@ -209,10 +209,6 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "memhp_cold_boot: the test needs a real boot (boot-time "
                                        "state, kernel parameters under test): never start its "
                                        "VMs from a saved state")
-    config.addinivalue_line("markers", "memhp_min_qemu(major, minor, reason): the test's VMs "
-                                       "run on Debian's QEMU major.minor (fetched, see README) "
-                                       "when the run's QEMU is older; skipped with the reason "
-                                       "if that cannot be fetched")
     config.addinivalue_line("markers", "vm: boots a real QEMU guest")
     config.addinivalue_line("markers", "needs_config(*options): skip unless the guest kernel "
                                        "has these CONFIG_ options enabled")
@@ -384,7 +380,6 @@ def memhp_vm_factory(request: pytest.FixtureRequest, memhp_settings: Settings,
     if not name[0].isalpha():
         name = "t" + name
 
-    qemu_binary, qemu_version = _qemu_for(request, memhp_settings)
     warm = not (memhp_settings.cold_boot or memhp_settings.kernel is not None
                 or request.node.get_closest_marker("memhp_cold_boot") is not None)
 
@@ -394,10 +389,10 @@ def memhp_vm_factory(request: pytest.FixtureRequest, memhp_settings: Settings,
         scenario = build_scenario(name=name, machine=machine or memhp_settings.machine,
                                   memory=memory, numa=numa, coldplug=coldplug,
                                   steps=[], smp=smp, append=append,
-                                  qemu_version=qemu_version)
+                                  qemu_version=memhp_settings.qemu_version)
         vm, _ = stack.enter_context(launch_vm(
             scenario, memhp_resolved_guest, accel=memhp_accel.accel,
-            qemu_binary=qemu_binary, artifacts_on_failure=memhp_settings.artifacts,
+            qemu_binary=memhp_settings.qemu, artifacts_on_failure=memhp_settings.artifacts,
             timeout_scale=memhp_settings.timeout_scale, name=name,
             warm=warm and not cold_boot, boot_attempts=memhp_settings.boot_attempts,
         ))
@@ -426,29 +421,6 @@ def _warn_boot_retries(item: pytest.Item, vm: Any) -> None:
         item.user_properties.append((f"memhp.boot_retry.{vm.config.name}.{n}",
                                      f"{text}\n{hang['serial_tail']}"))
         item.warn(MemhpBootRetry(text))
-
-
-def _qemu_for(request: pytest.FixtureRequest,
-              settings: Settings) -> tuple[str, tuple[int, int] | None]:
-    """The QEMU binary and version the test's VMs run on: the run's, unless the
-    test's ``memhp_min_qemu(major, minor, reason)`` marker asks for a newer one
-    (then Debian's ``debian:major.minor``, fetched; skipped when it cannot be)."""
-    marker = request.node.get_closest_marker("memhp_min_qemu")
-    if marker is None:
-        return settings.qemu, settings.qemu_version
-    major, minor = marker.args[:2]
-    reason = marker.kwargs.get("reason") or (marker.args[2] if len(marker.args) > 2 else "")
-    if settings.qemu_version is not None and settings.qemu_version >= (major, minor):
-        return settings.qemu, settings.qemu_version
-    from harness.qemu.fetch import resolve_qemu
-
-    spec = f"debian:{major}.{minor}"
-    try:
-        binary = resolve_qemu(spec)
-    except HarnessError as exc:
-        pytest.skip(f"needs QEMU {major}.{minor} ({reason}); {spec} could not be fetched: {exc}")
-    request.node.user_properties.append(("memhp.qemu", f"{spec} ({reason})"))
-    return binary, (major, minor)
 
 
 def _skip_for_missing_config(request: pytest.FixtureRequest, vm: Any) -> None:

@@ -70,8 +70,6 @@ def test_gib_page_dimm_moves_to_a_gib_boundary(memhp_hugepages, memhp_vm, reques
 
 
 @pytest.mark.memhp_hugepages(**{"2M": 128})
-@pytest.mark.memhp_min_qemu(  # see the README, "The VM's lifecycle"
-    10, 0, reason="QEMU 7.2's TCG migration corrupts the guest on a loaded host")
 def test_backends_survive_migration(memhp_hugepages, memhp_vm, request) -> None:
     """A shared plain file and a 2 MiB-hugepage memfd DIMM, migrated to a new
     QEMU (which maps its own copies: twice the pages reserved), then removed

@@ -23,15 +23,8 @@ from harness.testing import assert_passed, make_runner
 
 pytestmark = [pytest.mark.vm]
 
-# QEMU 7.2's TCG live migration corrupts the guest now and then when the host
-# is loaded (a panic just after the destination resumes; see the README,
-# "The VM's lifecycle"): the migrating tests run on QEMU 10.0.
-ON_QEMU_10 = pytest.mark.memhp_min_qemu(
-    10, 0, reason="QEMU 7.2's TCG migration corrupts the guest on a loaded host")
-
 
 @pytest.mark.long_running
-@ON_QEMU_10
 @pytest.mark.memhp_machine(memory="4G,slots=4,maxmem=8G", numa="2G,2G")
 def test_migrate_ping_pong_with_dimms_on_two_nodes(memhp_vm, monkeypatch) -> None:
     """Two DIMMs on two nodes and a workload on node 1; migrate, remove one

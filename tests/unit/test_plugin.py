@@ -10,7 +10,7 @@ pytest_plugins = ["pytester"]
 def test_markers_and_options_are_registered(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest("--markers")
     result.stdout.fnmatch_lines(["*memhp_machine*", "*kvm*", "*slow*", "*memhp_cold_boot*",
-                                 "*memhp_min_qemu*", "*needs_config*"])
+                                 "*needs_config*"])
     help_text = pytester.runpytest("--help").stdout.str()
     for opt in ("--memhp-kernel", "--memhp-disk", "--memhp-qemu", "--memhp-accel",
                 "--memhp-artifacts", "--memhp-timeout-scale", "--memhp-shard",
@@ -152,54 +152,3 @@ def test_a_retried_boot_is_a_warning_and_a_junit_property(pytester: pytest.Pytes
                                  "after 240s (QEMU running; CPU0 RIP=ffffffff81000000)*"])
     xml = (pytester.path / "out.xml").read_text()
     assert 'name="memhp.boot_retry.test_boots.1"' in xml
-
-
-class _Node:
-    def __init__(self, marker: pytest.Mark | None) -> None:
-        self.marker = marker
-        self.user_properties: list[tuple[str, object]] = []
-
-    def get_closest_marker(self, name: str) -> pytest.Mark | None:
-        return self.marker if name == "memhp_min_qemu" else None
-
-
-class _Request:
-    def __init__(self, marker: pytest.Mark | None) -> None:
-        self.node = _Node(marker)
-
-
-def test_min_qemu_marker_moves_an_older_run_to_debian_qemu_or_skips(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """``memhp_min_qemu(10, 0, reason=...)``: the run's QEMU when it is new
-    enough, else debian:10.0 (fetched), else a skip that names the reason."""
-    from types import SimpleNamespace
-    from typing import Any, cast
-
-    from harness import pytest_plugin as plug
-    from harness.errors import HostEnvironmentError
-    from harness.qemu import fetch
-
-    mark = pytest.mark.memhp_min_qemu(10, 0, reason="7.2 migration corrupts").mark
-    old = cast(Any, SimpleNamespace(qemu="qemu-system-x86_64", qemu_version=(7, 2)))
-    new = cast(Any, SimpleNamespace(qemu="/q/11", qemu_version=(11, 1)))
-    asked: list[str] = []
-
-    def fetched(spec: str) -> str:
-        asked.append(spec)
-        return "/cache/qemu-10"
-
-    monkeypatch.setattr(fetch, "resolve_qemu", fetched)
-    assert plug._qemu_for(cast(Any, _Request(None)), old) == ("qemu-system-x86_64", (7, 2))
-    assert plug._qemu_for(cast(Any, _Request(mark)), new) == ("/q/11", (11, 1))
-    assert asked == []
-    req = _Request(mark)
-    assert plug._qemu_for(cast(Any, req), old) == ("/cache/qemu-10", (10, 0))
-    assert asked == ["debian:10.0"]
-    assert req.node.user_properties == [("memhp.qemu", "debian:10.0 (7.2 migration corrupts)")]
-
-    def offline(spec: str) -> str:
-        raise HostEnvironmentError("no network")
-
-    monkeypatch.setattr(fetch, "resolve_qemu", offline)
-    with pytest.raises(pytest.skip.Exception, match="7.2 migration corrupts.*no network"):
-        plug._qemu_for(cast(Any, _Request(mark)), old)

@@ -206,15 +206,24 @@ def migrate_vm(vm: VM, reported: dict[str, dict[str, Any]] | None = None) -> Mig
         reported = vm.memory_device_info()
     devices = destination_devices(vm.memory_devices, reported)
     dst: _VM = vm.incoming_twin(destination_name(vm.config.name), devices)
+    completed = False
     try:
         dst.launch()
         stats = migrate(vm, dst)
+        completed = True
         dst.paused = vm.paused
         if not vm.paused:
             dst.connect_ssh()
     except BaseException:
         dst.mark_failed()
         dst.stop()
+        if completed and not vm.paused:
+            # The migration completed but the destination cannot be used
+            # (no SSH): the source sits in postmigrate with the guest's
+            # state as it left; `cont` lets it run on, as the error says,
+            # instead of every later step meeting a stopped guest.
+            with contextlib.suppress(Exception):
+                vm.execute("cont", phase="migrate")
         raise
     vm.swap_runtime(dst)
     # dst now holds the source, whose guest no longer runs (postmigrate):

@@ -263,3 +263,61 @@ def test_compare_sides_covers_virtio_mem_fields() -> None:
                                                     "requested-size": 0})}
     assert [m.what for m in compare_sides(src, moved)] == [
         "destination size", "destination requested-size", "destination pci-addr"]
+
+
+class _FakeVM:
+    """A stand-in for harness.qemu.vm.VM (named as a fake): records the QMP
+    commands migrate_vm sends to the source and how the destination ends."""
+
+    def __init__(self, ssh_fails: bool) -> None:
+        self.paused = False
+        self.sent: list[str] = []
+        self.ssh_fails = ssh_fails
+        self.stopped = False
+        self.config = type("C", (), {"name": "t"})()
+        self.memory_devices: dict[str, object] = {}
+        self.shell = self.guest = None
+
+    def swap_runtime(self, other: _FakeVM) -> None: ...
+
+    def memory_device_info(self) -> dict[str, dict[str, object]]:
+        return {}
+
+    def incoming_twin(self, name: str, devices: object) -> _FakeVM:
+        self.twin = _FakeVM(self.ssh_fails)
+        return self.twin
+
+    def launch(self) -> None: ...
+
+    def connect_ssh(self) -> None:
+        if self.ssh_fails:
+            raise OSError("no SSH on the destination")
+
+    def mark_failed(self) -> None: ...
+
+    def stop(self) -> None:
+        self.stopped = True
+
+    def execute(self, command: str, *args: object, **kw: object) -> dict[str, object]:
+        self.sent.append(command)
+        return {}
+
+
+def test_completed_migration_without_destination_ssh_lets_the_source_run_on(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found under load: a completed migration whose destination answered no
+    SSH ended the destination and left the source in postmigrate, so every
+    later step met a stopped guest; the source is now resumed (`cont`)."""
+    import dataclasses
+
+    import harness.qemu.migration as mig
+
+    stats = mig.MigrationStats(**{f.name: 1 for f in dataclasses.fields(mig.MigrationStats)})
+    monkeypatch.setattr(mig, "migrate", lambda src, dst: stats)
+    src = _FakeVM(ssh_fails=True)
+    with pytest.raises(OSError):
+        mig.migrate_vm(src)  # type: ignore[arg-type]
+    assert src.twin.stopped and src.sent == ["cont"]
+    ok = _FakeVM(ssh_fails=False)
+    assert mig.migrate_vm(ok) is stats  # type: ignore[arg-type]
+    assert "cont" not in ok.sent

@@ -8,6 +8,12 @@ to a binary that really behaves like 7.2: the seed session still passes
 (the rules it meets agree), the flag is on the first line and in the
 JSON, and calibration finds the rules that differ (11.1 no longer has
 machine type 4.0, 7.2 does) and keeps the flag.
+
+The other way round (a clean calibration lifting the flag) has no binary
+to show it end to end: a fake 12.0 over the real 11.1 differs from the
+model too, as 12.0's rules delete the 5.2 machine types 11.1 still has
+(QEMU's six-year rule, include/hw/boards.h).  tests/unit/test_calibration.py
+checks that a clean record of this very binary lifts it.
 """
 
 from __future__ import annotations
@@ -26,11 +32,7 @@ from harness.model.qemu_rules import NEWEST_READ
 pytestmark = [pytest.mark.vm]
 
 
-@pytest.fixture
-def qemu_12(tmp_path: Path) -> Path:
-    real = shutil.which("qemu-system-x86_64")
-    if real is None:
-        pytest.skip("qemu-system-x86_64 is not installed (make setup installs it)")
+def _fake_12(real: str, tmp_path: Path) -> Path:
     path = tmp_path / "qemu-system-x86_64"
     path.write_text("#!/bin/sh\n# a fake version: QEMU 7.2 saying it is 12.0\n"
                     'if [ "$1" = --version ]; then\n'
@@ -38,6 +40,16 @@ def qemu_12(tmp_path: Path) -> Path:
                     f'exec {real} "$@"\n')
     path.chmod(0o755)
     return path
+
+
+@pytest.fixture
+def qemu_12(tmp_path: Path) -> Path:
+    """QEMU 7.2 saying it is 12.0: the model (11.1's rules) is behind it."""
+    real = shutil.which("qemu-system-x86_64")
+    if real is None:
+        pytest.skip("qemu-system-x86_64 is not installed (make setup installs it)")
+    return _fake_12(real, tmp_path)
+
 
 
 def memhp(*args: str, records: Path) -> subprocess.CompletedProcess[str]:

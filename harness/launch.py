@@ -18,7 +18,7 @@ from typing import Any
 from harness.errors import UsageError, check_readable_file
 from harness.qemu.accel import AccelChoice, choose_accel
 from harness.qemu.config import DiskBoot, KernelBoot, VMConfig
-from harness.qemu.devices import MemoryDevice, pc_dimm, ram_backend
+from harness.qemu.devices import MemoryDevice, backend_object, pc_dimm
 from harness.qemu.vm import VM, Timeouts
 from harness.resources import cache_root
 from harness.scenario import Scenario
@@ -140,8 +140,11 @@ def vm_config(scenario: Scenario, guest: ResolvedGuest, *, accel: str, qemu_bina
 
 
 def coldplug_devices(spec: Any) -> tuple[MemoryDevice, ...]:
-    """The scenario's cold-plugged DIMMs as command-line devices, in order."""
-    return tuple(pc_dimm(d.id, ram_backend(d.size), d.node, d.addr) for d in spec.coldplug)
+    """The scenario's cold-plugged DIMMs as command-line devices, in order,
+    each over its backend (RAM unless the scenario names one; no file
+    backends here: harness.scenario refuses them for cold-plugged DIMMs)."""
+    return tuple(pc_dimm(d.id, backend_object(d.size, d.backend), d.node, d.addr)
+                 for d in spec.coldplug)
 
 
 def pick_accel(requested: str, guest: ResolvedGuest, qemu_binary: str) -> AccelChoice:

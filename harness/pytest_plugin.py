@@ -383,7 +383,7 @@ def memhp_vm_factory(request: pytest.FixtureRequest, memhp_settings: Settings,
 
     def factory(machine: str | None = None, memory: str = "6G,slots=32,maxmem=32G",
                 numa: str | None = "3G,3G", append: tuple[str, ...] = (), smp: int = 2,
-                coldplug: tuple[str, ...] = (), cold_boot: bool = False) -> Any:
+                coldplug: tuple[Any, ...] = (), cold_boot: bool = False) -> Any:
         scenario = build_scenario(name=name, machine=machine or memhp_settings.machine,
                                   memory=memory, numa=numa, coldplug=coldplug,
                                   steps=[], smp=smp, append=append,

@@ -14,7 +14,8 @@ TOML format::
     memory = "6G,slots=32,maxmem=32G"        # as QEMU's -m
     numa = "3G,3G"                           # boot memory per node
     smp = 2
-    coldplug = ["cold0:512M@0"]              # pc-dimms on the command line
+    coldplug = ["cold0:512M@0"]              # pc-dimms on the command line, or tables
+    # coldplug = [{dimm = "cold0:512M@0", backend = "memfd", share = true}]
     [guest]
     append = ["memhp_default_state=online_movable"]   # extra kernel cmdline
     [[step]]
@@ -267,7 +268,7 @@ def build_scenario(
     qemu_version: tuple[int, int] | None = None,
     host: HostMemory | None = None,
     cpu: CpuSpec | None = None,
-    coldplug: Sequence[str] = (),
+    coldplug: Sequence[str | AddDimm] = (),
 ) -> Scenario:
     """Validate everything and ask the model whether QEMU accepts the plan.
     ``machine`` is pc, q35 or a versioned pc-i440fx-X.Y/pc-q35-X.Y; ``host``
@@ -291,7 +292,13 @@ def build_scenario(
         kwargs["qemu_version"] = qemu_version
     if cpu is not None:
         kwargs["cpu"] = cpu
-    cold = tuple(parse_dimm_option(text) for text in coldplug)
+    cold = tuple(c if isinstance(c, AddDimm) else parse_dimm_option(c) for c in coldplug)
+    for d in cold:
+        if d.backend.kind == "file":
+            raise UsageError(f"cold-plugged DIMM {d.id!r}: a file backend is only for hot-added "
+                             "DIMMs (its file is chosen and checked when it is plugged)",
+                             value=d.id, fix='use backend = "memfd" or "ram", or add it with '
+                                             "a step")
     spec = MachineSpec(machine=mtype.family, ram_size=ram, slots=slots, maxmem=maxmem,
                        numa=tuple(nodes), machine_version=mtype.version, host=host,
                        coldplug=cold, **kwargs)
@@ -673,6 +680,31 @@ def _check_key_depth(raw: bytes, path: Path) -> None:
                              fix="write the tables as in the README's format")
 
 
+def _coldplug_list(machine: Mapping[str, Any]) -> list[Any]:
+    coldplug = machine.get("coldplug", [])
+    if not isinstance(coldplug, list) or len(coldplug) > MAX_STEPS:
+        raise UsageError("[machine].coldplug must be a list of DIMMs", value=coldplug,
+                         fix='e.g. coldplug = ["cold0:512M@0"] (ID:SIZE@NODE[:ADDR])')
+    return coldplug
+
+
+def _coldplug_entry(raw: object, i: int) -> str | AddDimm:
+    """``"cold0:512M@0"``, or a table ``{dimm = "cold0:512M@0", backend = ...}``
+    with the backend keys of an ``add`` step."""
+    where = f"[machine].coldplug[{i}]"
+    if isinstance(raw, str):
+        return raw
+    if not isinstance(raw, dict):
+        raise UsageError(f"{where} must be a DIMM string or a table", value=raw,
+                         fix='e.g. {dimm = "cold0:512M@0", backend = "memfd"}')
+    _unknown(raw, {"dimm", *BACKEND_KEYS, "seal"}, where)
+    if "dimm" not in raw:
+        raise UsageError(f"{where} has no dimm key", value=raw,
+                         fix='e.g. {dimm = "cold0:512M@0", backend = "memfd"}')
+    dimm = parse_dimm_option(_expect(raw, "dimm", str, where))
+    return replace(dimm, backend=backend_spec(raw, where))
+
+
 def load_scenario(path: Path, *, qemu_version: tuple[int, int] | None = None,
                   host: HostMemory | None = None, cpu: CpuSpec | None = None) -> Scenario:
     """Load and validate a scenario TOML file (``host``: the host's memory
@@ -714,11 +746,7 @@ def load_scenario(path: Path, *, qemu_version: tuple[int, int] | None = None,
         raise UsageError("[guest].append must be a list of strings", value=append,
                          fix='e.g. append = ["memhp_default_state=online"] (at most 256)')
     expect_splats = splat_patterns(guest.get("expect_splats", []), "[guest].expect_splats")
-    coldplug = machine.get("coldplug", [])
-    if not isinstance(coldplug, list) or not all(isinstance(c, str) for c in coldplug) \
-            or len(coldplug) > MAX_STEPS:
-        raise UsageError("[machine].coldplug must be a list of DIMMs", value=coldplug,
-                         fix='e.g. coldplug = ["cold0:512M@0"] (ID:SIZE@NODE[:ADDR])')
+    coldplug = [_coldplug_entry(c, i) for i, c in enumerate(_coldplug_list(machine))]
     numa = machine.get("numa", "3G,3G")
     if not isinstance(numa, str):
         raise UsageError("[machine].numa must be a string like \"3G,3G\"", value=numa)

@@ -73,7 +73,7 @@ def execute(
     try:
         from harness.host.hugepages import reserved_for
 
-        adds = [s.add for s in scenario.steps if s.add is not None]
+        adds = [*scenario.machine.coldplug, *(s.add for s in scenario.steps if s.add is not None)]
         migrates = any(s.action == "migrate" for s in scenario.steps)
         with reserved_for(adds, copies=2 if migrates else 1) as pages, \
                 launch_vm(scenario, guest, accel=accel, qemu_binary=qemu_binary, keep=keep,

@@ -26,7 +26,7 @@ from harness.model import AddDimm, MachineSpec, predict
 from harness.model.predict import DIMM_BACKEND
 from harness.model.qemu_rules import CpuSpec
 from harness.model.spec import Operation
-from harness.qemu.devices import pc_dimm, ram_backend
+from harness.qemu.devices import backend_object, pc_dimm
 from harness.qemu.qmp import QMPSession
 from harness.retry import wait_for
 from harness.units import GiB, MiB, format_size
@@ -79,19 +79,6 @@ def qemu_argv(binary: str, spec: MachineSpec, sock: Path) -> list[str]:
     if spec.maxmem:
         mem += f",maxmem={spec.maxmem >> 20}M" if spec.maxmem % MiB == 0 else \
             f",maxmem={spec.maxmem}"
-    # maxmem not a multiple of 4 KiB (TARGET_PAGE_SIZE); 4 KiB but not 1 MiB starts
-    {"ram_size": 2 * GiB, "slots": 2, "maxmem": 4 * GiB + 1},
-    {"ram_size": 2 * GiB, "slots": 0, "maxmem": 4 * GiB + 2048},
-    {"ram_size": 2 * GiB, "slots": 2, "maxmem": 4 * GiB + 4096},
-    {"ram_size": 2 * GiB, "slots": 300, "maxmem": 4 * GiB + 1},  # slots come first
-    # cold-plugged DIMMs: an id given twice is refused as QEMU parses -device,
-    # before the -m checks (maxmem below RAM here)
-    {"ram_size": 2 * GiB, "slots": 2, "maxmem": 4 * GiB,
-     "coldplug": (AddDimm("c0", 128 * MiB), AddDimm("c0", 128 * MiB))},
-    {"ram_size": 2 * GiB, "slots": 2, "maxmem": GiB,
-     "coldplug": (AddDimm("c0", 128 * MiB), AddDimm("c1", 128 * MiB), AddDimm("c0", GiB))},
-    {"ram_size": 2 * GiB, "slots": 2, "maxmem": 4 * GiB,
-     "coldplug": (AddDimm("c0", 128 * MiB), AddDimm("c1", 256 * MiB))},
     # a 32-bit vCPU (lm=off) takes no phys-bits (QEMU sets 36 and refuses one)
     bits = f"phys-bits={spec.cpu.phys_bits}" if spec.cpu.long_mode else "lm=off"
     cpu = f"{spec.cpu.model},{bits}"
@@ -104,7 +91,8 @@ def qemu_argv(binary: str, spec: MachineSpec, sock: Path) -> list[str]:
         argv += ["-object", f"memory-backend-ram,id=mem{i},size={size >> 20}M",
                  "-numa", f"node,nodeid={i},memdev=mem{i}"]
     for i, d in enumerate(spec.coldplug):  # as harness.launch.coldplug_devices()
-        argv += pc_dimm(d.id, ram_backend(d.size, f"cold{i}"), d.node, d.addr).cli()
+        argv += pc_dimm(d.id, backend_object(d.size, d.backend, backend_id=f"cold{i}"),
+                        d.node, d.addr).cli()
     return argv
 
 
@@ -370,11 +358,23 @@ def _maxmem_no_slots(version: tuple[int, int]) -> tuple[MachineSpec, list[AddDim
                         numa=()), [AddDimm("d0", 128 * MiB)])
 
 
+def _coldplug_backends(version: tuple[int, int]) -> tuple[MachineSpec, list[AddDimm]]:
+    """Cold-plugged DIMMs over memfd (shared, and merge off) and RAM
+    (prealloc) backends, then a hot-added one after them."""
+    from harness.model.backend import BackendSpec
+
+    cold = (AddDimm("c0", 256 * MiB, 0, backend=BackendSpec("memfd", share=True)),
+            AddDimm("c1", 128 * MiB, 1, backend=BackendSpec("memfd", merge=False)),
+            AddDimm("c2", 128 * MiB, 0, backend=BackendSpec("ram", prealloc=True)))
+    return (MachineSpec(qemu_version=version, ram_size=2 * GiB, slots=4, maxmem=4 * GiB,
+                        numa=(GiB, GiB), coldplug=cold), [AddDimm("d0", 128 * MiB, 1)])
+
+
 #: The targeted plans by name: the seed session's refusals and the check
 #: order of each refusal.
 TARGETED: dict[str, Callable[[tuple[int, int]], tuple[MachineSpec, list[AddDimm]]]] = {
     "seed": _seed, "check-order": _check_order, "no-slots": _no_slots,
-    "maxmem-no-slots": _maxmem_no_slots,
+    "maxmem-no-slots": _maxmem_no_slots, "coldplug-backends": _coldplug_backends,
 }
 
 

@@ -330,7 +330,8 @@ def plan(opts: dict[str, Any]) -> tuple[Scenario, tuple[int, int] | None]:
     opts["allowed_mem_paths"] = allowed_dirs(opts.get("allow_mem_path") or ())
     check_scenario(scenario, opts["allowed_mem_paths"])
     migrates = any(s.action == "migrate" for s in scenario.steps)
-    check_room(needs_of([s.add for s in scenario.steps if s.add is not None],
+    check_room(needs_of([*scenario.machine.coldplug,
+                         *(s.add for s in scenario.steps if s.add is not None)],
                         copies=2 if migrates else 1))  # before any image build or VM
     return scenario, version
 

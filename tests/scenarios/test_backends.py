@@ -81,3 +81,27 @@ def test_backends_survive_migration(memhp_hugepages, memhp_vm, request) -> None:
              add("h0:128M@0", backend="memfd", hugepages="2M"), online("h0"),
              migrate(), remove("f0"), remove("h0")]
     assert_passed(run_steps(memhp_vm, steps, request))
+
+
+@pytest.mark.memhp_cold_boot
+def test_cold_plugged_dimms_over_their_own_backends(memhp_vm_factory, request) -> None:
+    """Issue 26 (tp-qemu's keys): cold-plugged DIMMs take the backend options
+    of a hot-added one (here memfd shared, memfd without merge, RAM
+    preallocated); QEMU holds each as asked (query-memdev), the guest adds
+    them at boot where the model places them, and a hot-add lands after them."""
+    from harness.host.checks import check_memdev
+    from harness.model import AddDimm
+    from harness.model.backend import BackendSpec
+
+    cold = (AddDimm("c0", 256 * 2**20, 0, backend=BackendSpec("memfd", share=True)),
+            AddDimm("c1", 128 * 2**20, 1, backend=BackendSpec("memfd", merge=False)),
+            AddDimm("c2", 128 * 2**20, 0, backend=BackendSpec("ram", prealloc=True)))
+    vm = memhp_vm_factory(memory="4G,slots=4,maxmem=8G", numa="2G,2G", coldplug=cold)
+    memdevs = vm.execute("query-memdev", phase="observe")
+    for d in cold:
+        backend_id = vm.memory_devices[d.id].backend.id
+        assert check_memdev(memdevs, backend_id, d.backend, d.size, d.id) == [], d.id
+    results = run_steps(vm, [add("d0:128M@1"), online("d0", "online_movable")], request)
+    assert_passed(results)
+    placed = {x["id"]: x["addr"] for x in results[-1].observed["dimms"]}
+    assert placed["d0"] > max(placed[d.id] for d in cold)

@@ -243,3 +243,27 @@ migrate = true
     assert [st.action for st in s.steps] == ["add", "migrate", "pause", "resize", "resume",
                                             "migrate"]
     assert [st.is_model_op for st in s.steps] == [True, False, False, True, False, False]
+
+
+def test_cold_plugged_dimms_take_backend_keys(tmp_path) -> None:
+    """[machine].coldplug entries may be tables with an add step's backend keys
+    (tp-qemu's cold-plugged memdevs); a file backend there is refused, with why."""
+    import pytest
+
+    from harness.errors import UsageError
+    from harness.model.backend import BackendSpec
+    from harness.scenario import load_scenario
+
+    path = tmp_path / "s.toml"
+    path.write_text('[machine]\nmemory = "4G,slots=4,maxmem=8G"\nnuma = "2G,2G"\n'
+                    'coldplug = [{dimm = "c0:256M@0", backend = "memfd", share = true}, '
+                    '"c1:128M@1"]\n[[step]]\nadd = "d0:128M@1"\n')
+    s = load_scenario(path)
+    c0, c1 = s.machine.coldplug
+    assert c0.backend == BackendSpec("memfd", share=True) and c1.backend.kind == "ram"
+    for bad, needle in (('{dimm = "c0:256M@0", backend = "file"}', "only for hot-added"),
+                        ('{dimm = "c0:256M@0", colour = "red"}', "colour"),
+                        ('{backend = "memfd"}', "dimm"), ("5", "a DIMM string or a table")):
+        path.write_text(f'[machine]\ncoldplug = [{bad}]\n[[step]]\nadd = "d0:128M@1"\n')
+        with pytest.raises(UsageError, match=needle):
+            load_scenario(path)

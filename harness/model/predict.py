@@ -607,22 +607,19 @@ def _check_spec(spec: MachineSpec, layout: Layout) -> None:
             f"(0x{ram:x})", value=spec.numa, limit=ram,
             fix="make the node sizes sum to -m")
     limit = (1 << layout.phys_bits) - 1
-    if layout.max_used_gpa > limit and not spec.cpu.long_mode:
-        raise refuse(
-            "phys-bits", f"the highest guest-physical address the machine uses "
-            f"({layout.max_used_gpa:#x}) is beyond what a 32-bit vCPU (lm=off, "
-            f"{layout.phys_bits} phys-bits, set by QEMU) addresses",
-            f"Address space limit 0x{limit:x} < 0x{layout.max_used_gpa:x} phys-bits too low "
-            f"({layout.phys_bits})", value=layout.max_used_gpa, limit=limit,
-            fix="use a smaller maxmem or fewer slots, or a 64-bit vCPU (drop lm=off)")
     if layout.max_used_gpa > limit:
+        lm = spec.cpu.long_mode
         raise refuse(
-            "phys-bits", f"the highest guest-physical address the machine uses "
-            f"({layout.max_used_gpa:#x}: RAM, device memory and the 64-bit PCI hole) is beyond "
-            f"what {layout.phys_bits} phys-bits address",
+            "phys-bits", "the highest guest-physical address the machine uses "
+            + (f"({layout.max_used_gpa:#x}: RAM, device memory and the 64-bit PCI hole) is "
+               f"beyond what {layout.phys_bits} phys-bits address" if lm else
+               f"({layout.max_used_gpa:#x}) is beyond what a 32-bit vCPU (lm=off, "
+               f"{layout.phys_bits} phys-bits, set by QEMU) addresses"),
             f"Address space limit 0x{limit:x} < 0x{layout.max_used_gpa:x} phys-bits too low "
             f"({layout.phys_bits})", value=layout.max_used_gpa, limit=limit,
-            fix="use a smaller maxmem or fewer slots, or more phys-bits (-cpu ...,phys-bits=N)")
+            fix="use a smaller maxmem or fewer slots, or "
+                + ("more phys-bits (-cpu ...,phys-bits=N)" if lm
+                   else "a 64-bit vCPU (drop lm=off)"))
     if ram < spec.maxram and spec.slots > ACPI_MAX_RAM_SLOTS:
         raise refuse(
             "too-many-slots", f"slots={spec.slots} exceeds ACPI_MAX_RAM_SLOTS "

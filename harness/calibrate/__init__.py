@@ -38,11 +38,14 @@ class ModelStatus:
 
 
 def _major_minor(text: str) -> tuple[int, int] | None:
-    parts = text.split(".")
-    if len(parts) >= 2 and parts[0].isdigit() and parts[1][:2].isdigit():
-        minor = "".join(ch for ch in parts[1] if ch.isdigit())
-        return int(parts[0]), int(minor)
-    return None
+    """``11.1.3`` -> (11, 1), as the model's own version parser reads it."""
+    from harness.errors import UsageError
+    from harness.model.qemu_rules import parse_qemu_version
+
+    try:
+        return parse_qemu_version(text)
+    except UsageError:
+        return None
 
 
 def model_status(*, qemu_binary: str | None, qemu_version: str,
@@ -50,6 +53,7 @@ def model_status(*, qemu_binary: str | None, qemu_version: str,
                  cache: Path | None = None) -> ModelStatus:
     """Extrapolations of this run's QEMU and kernel, less the calibrated ones."""
     from harness.calibrate.record import clean_kernel_record, clean_qemu_record
+    from harness.errors import UsageError
     from harness.model.kernel.inputs import parse_kernel_version
 
     status = ModelStatus()
@@ -57,7 +61,7 @@ def model_status(*, qemu_binary: str | None, qemu_version: str,
     if qv is not None:
         try:
             ext = qemu_extrapolation(qv)
-        except Exception:  # noqa: BLE001 - an unmodelled older QEMU is refused elsewhere
+        except UsageError:  # a QEMU older than 7.2 is refused elsewhere
             ext = None
         if ext is not None:
             rec = clean_qemu_record(qemu_binary, qemu_version, cache) if qemu_binary else None

@@ -152,7 +152,7 @@ def measure(repeat: int, accel: str, suite: bool, cold_build: bool,
             t = time.monotonic()
             vm.ssh(["true"])
             rec("SSH command round trip (s)", time.monotonic() - t)
-            pred = scenario.predict(block_size=bs).final.dimms[0]
+            pred = scenario.predict(block_size=bs).final.of("pc-dimm")[0]
             t = time.monotonic()
             vm.hot_add("dimm0", 1 << 30, 1)
             t_added = time.monotonic()
@@ -161,7 +161,7 @@ def measure(repeat: int, accel: str, suite: bool, cold_build: bool,
             t = time.monotonic()
             vm.guest.online_blocks(list(pred.blocks[:1]), "online_movable")
             rec("online 1 block (s)", time.monotonic() - t)
-            whole = scenario.predict(block_size=bs).final.dimms[1]
+            whole = scenario.predict(block_size=bs).final.of("pc-dimm")[1]
             vm.hot_add("dimm1", whole.size, 0)
             wait_blocks(vm, list(whole.blocks))
             t = time.monotonic()

@@ -58,7 +58,7 @@ class Segment:
 def virtio_mem_rows(vmems: list[dict[str, Any]], block_size: int) -> list[dict[str, Any]]:
     """Each virtio-mem as a DIMM-like row: its region, and every whole Linux
     memory block in it (the driver uses no other, see
-    harness.model.kernel.virtio_mem)."""
+    harness.devices.virtio_mem.driver)."""
     rows = []
     for v in vmems:
         addr, size = int(v["addr"]), int(v["max_size"])

@@ -66,24 +66,21 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from harness.devices.pc_dimm.ops import AddDimm, parse_dimm_option
+from harness.devices.virtio_mem.ops import AddVirtioMem, ResizeVirtioMem
 from harness.errors import PlanRefused, UsageError, check_readable_file, read_small_file
 from harness.guest.workload import WorkloadSpec
-from harness.model import (
-    AddDimm,
-    AddVirtioMem,
-    MachineSpec,
-    Operation,
-    Prediction,
-    RemoveDimm,
-    ResizeVirtioMem,
-    parse_dimm_option,
-    parse_memory_option,
-    parse_numa_option,
-    predict,
-)
 from harness.model.backend import RAM, BackendSpec, parse_host_nodes, parse_hugepages
+from harness.model.predict import Prediction, predict
 from harness.model.qemu_rules import CpuSpec, parse_machine_type
 from harness.model.qemu_rules.host import HostMemory
+from harness.model.spec import (
+    MachineSpec,
+    Operation,
+    RemoveDevice,
+    parse_memory_option,
+    parse_numa_option,
+)
 from harness.units import parse_size
 
 Policy = Literal["online", "online_kernel", "online_movable"]
@@ -134,7 +131,7 @@ class Step:
         if self.action == "add":
             return self.vmem if self.vmem is not None else self.add
         if self.action == "remove":
-            return RemoveDimm(self.dimm)
+            return RemoveDevice(self.dimm)
         if self.action == "resize" and self.requested is not None:
             return ResizeVirtioMem(self.dimm, self.requested)
         return None
@@ -313,7 +310,7 @@ def build_scenario(
             raise UsageError(
                 f"step {i + 1}: {step.action} of virtio-mem {step.dimm!r} is not modelled "
                 "(onlining its blocks lets the driver plug more, see "
-                "harness.model.kernel.virtio_mem)", value=step.dimm,
+                "harness.devices.virtio_mem.driver)", value=step.dimm,
                 fix="choose the online policy with [guest].append memhp_default_state=")
         elif step.action in ("online", "offline", "resize") and step.dimm not in known:
             raise UsageError(f"step {i + 1}: {step.action} of {step.dimm!r}, which no earlier "

@@ -18,14 +18,15 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from harness.devices.pc_dimm.model import PlacedDimm
+from harness.devices.virtio_mem.rules import PlacedVirtioMem
 from harness.errors import HarnessError, UsageError, VMError
 from harness.guest.splats import LogMark, Splat, find_splats, mark_of, newer_than
 from harness.guest.workload import (
     WorkloadSpec,
 )
-from harness.model import PlacedDimm, Prediction, predict
 from harness.model.kernel import KernelMemory, KernelPolicy, UnmodelledKernel
-from harness.model.virtio_mem import PlacedVirtioMem
+from harness.model.predict import Prediction, predict
 from harness.qemu.vm import VM
 from harness.retry import wait_for
 from harness.scenario import Scenario, Step
@@ -297,7 +298,7 @@ class Runner:
             raise VMError(str(exc), phase="model") from exc
         # Cold-plugged DIMMs are the model's, not boot RAM: the ACPI driver
         # added them at boot as it adds a hot-added one (see KernelMemory.reboot).
-        cold = sorted((d for d in self.prediction.boot.dimms if d.guest_accepts),
+        cold = sorted((d for d in self.prediction.boot.of("pc-dimm") if d.guest_accepts),
                       key=lambda d: d.slot)
         self.kernel.reboot((d.id, d.node, d.blocks, d.size) for d in cold)
         cold_blocks = {n for d in cold for n in d.blocks}
@@ -340,11 +341,11 @@ class Runner:
 
     def current_dimms(self) -> tuple[PlacedDimm, ...]:
         done = self._ops_done()
-        return self.prediction.steps[done - 1].dimms if done else self.prediction.boot.dimms
+        return (self.prediction.steps[done - 1] if done else self.prediction.boot).of("pc-dimm")
 
     def current_vmems(self) -> tuple[PlacedVirtioMem, ...]:
         done = self._ops_done()
-        return self.prediction.steps[done - 1].vmems if done else ()
+        return self.prediction.steps[done - 1].of("virtio-mem") if done else ()
 
     def expected_vmems(self) -> list[ExpectedVirtioMem]:
         """QEMU's view of each virtio-mem: the model's placement and request,

@@ -77,3 +77,15 @@ def human(n: int) -> str:
             v = n / unit
             return f"{v:.0f} {suffix}" if v == int(v) else f"{v:.2f} {suffix}"
     return f"{n} B"
+
+
+def mib_when_bare(text: str, what: str, *, allow_zero: bool = False) -> int:
+    """A size where a bare number means MiB, as QEMU's ``-m 4096`` (softmmu/vl.c
+    ``parse_memory_options()`` v7.2.0, system/vl.c v10.0.0: "Fix up legacy
+    suffix-less format" appends ``M`` when the value ends in a digit) and
+    ``-numa node,mem=2048`` (hw/core/numa.c ``set_numa_options()``,
+    ``qemu_strtosz_MiB()``)."""
+    raw = text.strip(" ")
+    if raw and raw[-1].isascii() and raw[-1].isdigit():
+        raw += "M"
+    return parse_size(raw, what=what, allow_zero=allow_zero)

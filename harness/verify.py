@@ -9,9 +9,9 @@ Comparison rules (and why):
 * DIMM address, size, node and slot: exact (QEMU's placement is
   deterministic, see :mod:`harness.model`).
 * virtio-mem memaddr, max-size, block-size, node, requested-size and the
-  plugged ``size``: exact (QEMU's side from :mod:`harness.model.virtio_mem`,
+  plugged ``size``: exact (QEMU's side from :mod:`harness.devices.virtio_mem.rules`,
   the plugged size from the guest driver's model,
-  :mod:`harness.model.kernel.virtio_mem`).  Its blocks and totals are
+  :mod:`harness.devices.virtio_mem.driver`).  Its blocks and totals are
   compared like a DIMM's: the kernel model holds them, a partially plugged
   block counting only its plugged bytes.
 * Blocks: exactly the model's ``memoryN`` set must exist beyond the boot

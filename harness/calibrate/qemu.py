@@ -21,11 +21,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.devices.memory_device import DIMM_BACKEND
+from harness.devices.pc_dimm.ops import AddDimm
 from harness.errors import HarnessError, PlanRefused, QMPCommandError
-from harness.model import AddDimm, MachineSpec, predict
-from harness.model.predict import DIMM_BACKEND
+from harness.model.predict import predict
 from harness.model.qemu_rules import CpuSpec
-from harness.model.spec import Operation
+from harness.model.spec import MachineSpec, Operation
 from harness.qemu.devices import backend_object, pc_dimm
 from harness.qemu.qmp import QMPSession
 from harness.retry import wait_for
@@ -244,7 +245,7 @@ def check_plan(binary: str, spec: MachineSpec, plan: Sequence[AddDimm], tally: T
             accepted.append(d)
         seen = {x["data"]["id"]: x["data"] for x in qmp.execute("query-memory-devices")}
     try:
-        placed = predict(spec, accepted).final.dimms
+        placed = predict(spec, accepted).final.of("pc-dimm")
     except PlanRefused:  # QEMU accepted what the model refuses: counted above
         return out
     for p in placed:

@@ -40,9 +40,13 @@ SCHEMA = 1
 MODEL_MODULES = {
     "qemu": ("harness.model.qemu_rules", "harness.model.qemu_rules.cpu",
              "harness.model.qemu_rules.host", "harness.model.layout", "harness.model.predict",
-             "harness.model.spec", "harness.model.virtio_mem", "harness.model.backend"),
+             "harness.model.spec", "harness.model.backend", "harness.machines.base",
+             "harness.machines.x86", "harness.devices.memory_device",
+             "harness.devices.pc_dimm.ops", "harness.devices.pc_dimm.model",
+             "harness.devices.virtio_mem.ops", "harness.devices.virtio_mem.rules",
+             "harness.devices.virtio_mem.model"),
     "kernel": ("harness.model.kernel.rules", "harness.model.kernel.memory",
-               "harness.model.kernel.inputs", "harness.model.kernel.virtio_mem"),
+               "harness.model.kernel.inputs", "harness.devices.virtio_mem.driver"),
 }
 
 

@@ -70,13 +70,14 @@ def model_cmd(ctx: click.Context, machine: str, memory: str, numa: str, adds: tu
               cpu: str, qemu_binary: str, qemu_version: str | None,
               scenario_file: Path | None, as_json: bool) -> int:
     """Predict where each DIMM lands, its memory blocks and the node totals."""
-    from harness.model import MachineSpec, RemoveDimm, parse_dimm_option, predict
+    from harness.devices.pc_dimm.ops import parse_dimm_option
+    from harness.model.predict import predict
     from harness.model.qemu_rules import (
         parse_cpu_option,
         parse_machine_type,
         parse_qemu_version,
     )
-    from harness.model.spec import parse_memory_option, parse_numa_option
+    from harness.model.spec import MachineSpec, RemoveDevice, parse_memory_option, parse_numa_option
     from harness.units import parse_size
 
     extrapolated: dict[str, Any] = {}
@@ -98,7 +99,7 @@ def model_cmd(ctx: click.Context, machine: str, memory: str, numa: str, adds: tu
             cpu=parse_cpu_option(cpu),
             coldplug=tuple(parse_dimm_option(c) for c in coldplug),
         )
-        ops = _ordered_ops(ctx, adds, removes, parse_dimm_option, RemoveDimm)
+        ops = _ordered_ops(ctx, adds, removes, parse_dimm_option, RemoveDevice)
         if scenario_file is not None:
             from dataclasses import replace
 
@@ -197,12 +198,12 @@ def _print_table(prediction: Any, version_note: str) -> None:
 
     for col in ("DIMM", "address", "size", "node", "slot", "blocks", "guest"):
         table.add_column(col)
-    for d in prediction.final.dimms:
+    for d in prediction.final.of("pc-dimm"):
         table.add_row(esc(d.id), f"{d.addr:#x}", human(d.size), str(d.node), str(d.slot),
                       _ranges(d.blocks),
                       "accepts" if d.guest_accepts else f"rejects: {esc(d.reason)}")
     console.print(table)
-    for d in prediction.final.dimms:
+    for d in prediction.final.of("pc-dimm"):
         if d.backend != RAM:
             pages = f", {d.hugepages} hugepages" if d.hugepages else ""
             console.print(f"{esc(d.id)}: {esc(d.backend.describe())}, aligned to "

@@ -46,10 +46,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
+from harness.devices.pc_dimm.ops import AddDimm
 from harness.errors import HostEnvironmentError
 from harness.leaks import proc_start_time, workdir_base
 from harness.model.qemu_rules.host import HostMemory, HugepagePool, parse_meminfo
-from harness.model.spec import AddDimm
 from harness.retry import wait_for
 from harness.units import KiB
 

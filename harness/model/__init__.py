@@ -1,30 +1,9 @@
-"""The reference model: pure, no I/O.  See :mod:`.layout` and :mod:`.predict`."""
+"""The reference model: pure, no I/O.
 
-from harness.model.layout import Layout, compute_layout, default_block_size, ram_split
-from harness.model.predict import (
-    NodeTotals,
-    PlacedDimm,
-    Prediction,
-    StepPrediction,
-    expected_zone,
-    predict,
-)
-from harness.model.spec import (
-    AddDimm,
-    AddVirtioMem,
-    MachineSpec,
-    Operation,
-    RemoveDimm,
-    ResizeVirtioMem,
-    check_id,
-    parse_dimm_option,
-    parse_memory_option,
-    parse_numa_option,
-)
-
-__all__ = [
-    "AddDimm", "AddVirtioMem", "Layout", "MachineSpec", "NodeTotals", "Operation",
-    "PlacedDimm", "Prediction", "RemoveDimm", "ResizeVirtioMem", "StepPrediction",
-    "check_id", "compute_layout", "default_block_size", "expected_zone", "parse_dimm_option",
-    "parse_memory_option", "parse_numa_option", "predict", "ram_split",
-]
+:mod:`.spec` (the machine and the operations), :mod:`.layout` (where
+device memory lies), :mod:`.predict` (a plan, step by step),
+:mod:`.kernel` (the guest kernel's memory blocks); each device kind's own
+rules are in :mod:`harness.devices`, each machine's in
+:mod:`harness.machines`.  This package re-exports nothing: import from the
+module that defines a name, so that no import runs in a circle.
+"""

@@ -55,7 +55,6 @@ MEM_SIZE_FOR_LARGE_BLOCK = 64 * GiB
 AMD_HT_START = 0xFD00000000
 AMD_ABOVE_1TB_START = TiB
 # Default pci-hole64-size per host bridge (hw/pci-host/i440fx.c, q35.c).
-PCI_HOLE64_SIZE = {"pc": 2 * GiB, "q35": 32 * GiB}
 # QEMU_VMALLOC_ALIGN on an x86_64 Linux host (include/qemu/osdep.h): the
 # alignment anonymous RAM backends report (Layout.dimm_align, shown as the
 # default); each DIMM is aligned to its own backend's alignment
@@ -92,22 +91,7 @@ class Layout:
 def ram_split(spec: MachineSpec) -> tuple[int, int, str]:
     """(below_4g, above_4g, explanation) for ``spec``."""
     ram = spec.ram_size
-    if spec.machine == "pc":
-        lowmem = 0xE0000000
-        if ram >= lowmem:
-            lowmem = 0xC0000000
-            why = ("pc: RAM >= 3.5G, so the split moves to 3G for 1G alignment "
-                   "(pc_piix.c pc_init1, gigabyte_align)")
-        else:
-            why = "pc: up to 3.5G of RAM sits below 4G (pc_piix.c pc_init1)"
-    else:
-        if ram >= 0xB0000000:
-            lowmem = 0x80000000
-            why = ("q35: RAM >= 2.75G, so only 2G sits below 4G "
-                   "(pc_q35.c pc_q35_init: PCI hole + MMCONFIG)")
-        else:
-            lowmem = 0xB0000000
-            why = "q35: up to 2.75G of RAM sits below 4G (pc_q35.c pc_q35_init)"
+    lowmem, why = spec.machine_model.ram_split(ram)
     if ram >= lowmem:
         return lowmem, ram - lowmem, why
     return ram, 0, why
@@ -145,7 +129,7 @@ def _max_used_gpa(spec: MachineSpec, above: int, above_start: int) -> int:
         if rules.broken_32bit_mem_addr_check:
             return (1 << cpu.phys_bits) - 1
         return end - 1
-    return _round_up(end, GiB) + PCI_HOLE64_SIZE[spec.machine] - 1
+    return _round_up(end, GiB) + spec.machine_model.pci_hole64_size - 1
 
 
 def _device_region(spec: MachineSpec, above_4g_end: int) -> tuple[int, int]:

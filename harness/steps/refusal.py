@@ -12,8 +12,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from harness.devices.memory_device import same_words
 from harness.errors import QMPCommandError, VMError
-from harness.model.predict import same_words
 from harness.verify import Mismatch
 
 if TYPE_CHECKING:

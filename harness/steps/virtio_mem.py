@@ -2,7 +2,7 @@
 remove, and what a reset does to it.
 
 Each acts over QMP, tells the guest driver's model
-(:class:`harness.model.kernel.virtio_mem.VirtioMemDriver`, kept in the
+(:class:`harness.devices.virtio_mem.driver.VirtioMemDriver`, kept in the
 kernel model) the new request, and waits -- bounded, event-driven -- until
 QEMU reports the plugged size the model predicts (``MEMORY_DEVICE_SIZE_CHANGE``,
 or the size already there when the guest plugs nothing) and the guest shows
@@ -13,7 +13,7 @@ and returns what differs.
 
 Unplugging from a kernel zone is not determined by the inputs (busy
 sub-blocks stay plugged and the driver retries on a 50 s+ timer,
-:mod:`harness.model.kernel.virtio_mem`): when the wait for the exact outcome
+:mod:`harness.devices.virtio_mem.driver`): when the wait for the exact outcome
 ends without it, the plugged size and blocks the guest reached are offered
 to the model (:meth:`VirtioMemDriver.accept`), which takes them if busy
 kernel-zone memory explains them; otherwise the wait's error stands.  While
@@ -36,17 +36,17 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from harness.devices.virtio_mem.driver import UnmodelledDriver, VirtioMemDriver, rules_for
 from harness.errors import QMPCommandError, UsageError, VMError, WaitTimeout
 from harness.guest.iomem import merged_ranges, parse_iomem
 from harness.model.kernel.rules import extrapolation_note
-from harness.model.kernel.virtio_mem import UnmodelledDriver, VirtioMemDriver, rules_for
 from harness.steps.refusal import act_refused
 from harness.verify import Mismatch
 
 log = logging.getLogger("harness.steps.virtio_mem")
 
 if TYPE_CHECKING:
-    from harness.model.virtio_mem import PlacedVirtioMem
+    from harness.devices.virtio_mem.rules import PlacedVirtioMem
     from harness.scenario import Step
     from harness.session import Runner
 

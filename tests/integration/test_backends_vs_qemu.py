@@ -35,6 +35,8 @@ from backend_matrix import (
     variants,
 )
 
+from harness.devices.memory_device import DIMM_BACKEND
+from harness.devices.pc_dimm.ops import AddDimm
 from harness.errors import PlanRefused, QMPCommandError
 from harness.host.hugepages import (
     HostCannot,
@@ -43,9 +45,9 @@ from harness.host.hugepages import (
     host_memory,
     reserved,
 )
-from harness.model import AddDimm, MachineSpec, predict
 from harness.model.backend import BackendSpec
-from harness.model.predict import DIMM_BACKEND
+from harness.model.predict import predict
+from harness.model.spec import MachineSpec
 from harness.qemu.devices import backend_object
 from harness.retry import wait_for
 from harness.units import GiB, MiB
@@ -99,7 +101,7 @@ def run_group(binary: str, version: tuple[int, int], group: list[Variant],
             op = AddDimm(f"d{i}", v.size, 0, addr, v.backend)
             kind = "accepted"
             try:
-                placed = predict(spec, [*accepted, op]).final.dimms
+                placed = predict(spec, [*accepted, op]).final.of("pc-dimm")
                 want = next(d for d in placed if d.id == op.id)
                 refusal = None
             except PlanRefused as exc:

@@ -23,9 +23,11 @@ from hypothesis import strategies as st
 
 from harness.calibrate import qemu as calibrate
 from harness.calibrate.qemu import Comparison
-from harness.model import AddDimm, MachineSpec, predict
+from harness.devices.pc_dimm.ops import AddDimm
+from harness.model.predict import predict
 from harness.model.qemu_rules import CpuSpec
 from harness.model.qemu_rules.host import parse_meminfo
+from harness.model.spec import MachineSpec
 from harness.session import qemu_version
 from harness.units import GiB, MiB
 

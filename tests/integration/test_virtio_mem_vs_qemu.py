@@ -12,17 +12,12 @@ import pytest
 from _qemu import log, paused_qemu
 from _qemu import refusal as model_refusal
 
+from harness.devices.memory_device import same_words
+from harness.devices.pc_dimm.ops import AddDimm
+from harness.devices.virtio_mem.ops import AddVirtioMem, ResizeVirtioMem
 from harness.errors import QMPCommandError
-from harness.model import (
-    AddDimm,
-    AddVirtioMem,
-    MachineSpec,
-    RemoveDimm,
-    ResizeVirtioMem,
-    predict,
-)
-from harness.model.predict import same_words
-from harness.model.spec import Operation
+from harness.model.predict import predict
+from harness.model.spec import MachineSpec, Operation, RemoveDevice
 from harness.qemu.devices import pc_dimm, ram_backend, virtio_mem
 from harness.qemu.qmp import QMPSession
 from harness.units import GiB, MiB
@@ -76,17 +71,17 @@ def run_plan(binary: str, spec: MachineSpec, plan: list[Operation]) -> list[str]
             refused.append(words)
         final = predict(spec, done).final
         seen = {x["data"]["id"]: x for x in qmp.execute("query-memory-devices")}
-        for v in final.vmems:
+        for v in final.of("virtio-mem"):
             got = seen.pop(v.id)
             assert got["type"] == "virtio-mem"
             d = got["data"]
             assert (d["memaddr"], d["max-size"], d["block-size"], d["node"],
                     d["requested-size"], d["size"]) == (
                 v.addr, v.size, v.block_size, v.node, v.requested, 0), v.id
-        for dimm in final.dimms:
+        for dimm in final.of("pc-dimm"):
             assert seen.pop(dimm.id)["data"]["addr"] == dimm.addr
         for op in done:  # an accepted device_del waits for the guest (none: -S)
-            if isinstance(op, RemoveDimm):
+            if isinstance(op, RemoveDevice):
                 seen.pop(op.id, None)
         assert not seen
     return refused
@@ -136,7 +131,7 @@ def test_resize_and_device_del(qemu: tuple[str, tuple[int, int]]) -> None:
         ResizeVirtioMem("v", 2 * MiB),
         ResizeVirtioMem("v", 512 * MiB),
         AddVirtioMem("w", GiB, unplugged_inaccessible=False),
-        RemoveDimm("w"),
+        RemoveDevice("w"),
     ])
     assert len(refused) == 4
 
@@ -179,5 +174,5 @@ def test_unplugged_inaccessible_default(qemu: tuple[str, tuple[int, int]],
         pytest.skip(f"QEMU {version[0]}.{version[1]} has no machine type {mver}")
     spec = MachineSpec(qemu_version=version, machine_version=mver,
                        **SPEC)  # type: ignore[arg-type]
-    run_plan(binary, spec, [AddVirtioMem("v", GiB), RemoveDimm("v"),
-                            AddVirtioMem("w", GiB, dynamic_memslots=True), RemoveDimm("w")])
+    run_plan(binary, spec, [AddVirtioMem("v", GiB), RemoveDevice("v"),
+                            AddVirtioMem("w", GiB, dynamic_memslots=True), RemoveDevice("w")])

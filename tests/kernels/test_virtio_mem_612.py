@@ -1,5 +1,5 @@
 """virtio-mem on Debian's 6.12 (bookworm-backports) on QEMU 10.0: the
-driver model was read in 6.1 and 6.12 (harness.model.kernel.virtio_mem);
+driver model was read in 6.1 and 6.12 (harness.devices.virtio_mem.driver);
 here the 6.12 guest onlines the blocks by itself (into ZONE_NORMAL), and
 the TOML of issue 18 runs as written, every step checked against the model.
 Unplugging from ZONE_NORMAL is the one part the model cannot promise (an

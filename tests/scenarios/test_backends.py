@@ -89,8 +89,8 @@ def test_cold_plugged_dimms_over_their_own_backends(memhp_vm_factory, request) -
     of a hot-added one (here memfd shared, memfd without merge, RAM
     preallocated); QEMU holds each as asked (query-memdev), the guest adds
     them at boot where the model places them, and a hot-add lands after them."""
+    from harness.devices.pc_dimm.ops import AddDimm
     from harness.host.checks import check_memdev
-    from harness.model import AddDimm
     from harness.model.backend import BackendSpec
 
     cold = (AddDimm("c0", 256 * 2**20, 0, backend=BackendSpec("memfd", share=True)),

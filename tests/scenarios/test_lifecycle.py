@@ -97,7 +97,7 @@ def test_coldplug_pause_reboot_and_unplug_then_reset(memhp_vm) -> None:
              pause(), remove("hot0"), reset(), resume(), add("hot1:256M@1"),
              remove("hot1", wait=False), reset()]
     runner = make_runner(memhp_vm, steps)
-    boot = runner.scenario.predict().boot.dimms
+    boot = runner.scenario.predict().boot.of("pc-dimm")
     assert [d.id for d in boot] == ["cold0", "cold1"]
     results = runner.run()
     assert_passed(results)

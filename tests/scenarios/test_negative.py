@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import pytest
 
+from harness.devices.pc_dimm.ops import AddDimm
 from harness.errors import PlanRefused, QMPCommandError
-from harness.model import AddDimm, MachineSpec, predict
+from harness.model.predict import predict
+from harness.model.spec import MachineSpec
 from harness.scenario import Step, add, online
 from harness.testing import assert_passed, run_steps
 
@@ -82,11 +84,11 @@ def test_non_block_multiple_dimm_and_next_placement(memhp_vm, request) -> None:
     alignment) and is rejected as the model predicts; an explicit,
     block-aligned address avoids that."""
     spec = _spec(memhp_vm)
-    odd = predict(spec, [AddDimm("odd", 130 << 20, 0)]).final.dimms[0]
+    odd = predict(spec, [AddDimm("odd", 130 << 20, 0)]).final.of("pc-dimm")[0]
     assert not odd.guest_accepts
     nxt = predict(spec, [AddDimm("odd", 130 << 20, 0), AddDimm("nxt", 128 << 20, 1)])
     bs = nxt.layout.block_size
-    follow = nxt.final.dimms[1]
+    follow = nxt.final.of("pc-dimm")[1]
     assert follow.addr % bs != 0 and not follow.guest_accepts
     aligned_addr = -(-(follow.addr + follow.size) // bs) * bs
     results = run_steps(memhp_vm, [

@@ -19,10 +19,10 @@ def fake_result_doc(machine: str, memory: str, numa: str, adds: tuple[str, ...])
 
     last = prediction.steps[-1]
     blocks = [{"number": n, "state": "online", "node": d.node, "zone": "Movable"}
-              for d in last.dimms for n in d.blocks]
+              for d in last.of("pc-dimm") for n in d.blocks]
     step = {"index": 0, "action": "online_movable", "passed": True, "seconds": 0.5,
             "mismatches": [], "latencies": {}, "error": None,
-            "expected": {"dimms": [_dimm_json(d) for d in last.dimms], "blocks": blocks},
+            "expected": {"dimms": [_dimm_json(d) for d in last.of("pc-dimm")], "blocks": blocks},
             "observed": {"blocks": copy.deepcopy(blocks)}}
     return {"schema": 1, "scenario": "fake", "result": "pass", "kernel": "k",
             "qemu_version": "7.2", "layout": layout, "steps": [step]}

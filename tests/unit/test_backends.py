@@ -9,11 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from harness.devices.pc_dimm.ops import AddDimm
 from harness.errors import PlanRefused, UsageError
 from harness.host.hugepages import parse_mounts, read_pools
-from harness.model import AddDimm, MachineSpec, RemoveDimm, predict
 from harness.model.backend import BackendSpec, parse_host_nodes, parse_hugepages, size_to_str
+from harness.model.predict import predict
 from harness.model.qemu_rules.host import HostMemory, HugepagePool
+from harness.model.spec import MachineSpec, RemoveDevice
 from harness.qemu.devices import backend_object
 from harness.scenario import add, load_scenario
 from harness.units import GiB, KiB, MiB
@@ -22,7 +24,7 @@ SPEC = MachineSpec(machine="pc", ram_size=2 * GiB, slots=8, maxmem=64 * GiB, num
 HOST = HostMemory(hugepages=(HugepagePool(2 * MiB, 100), HugepagePool(GiB, 1)), nodes=(0,))
 
 
-def refusal(spec: MachineSpec, *ops: AddDimm | RemoveDimm) -> str:
+def refusal(spec: MachineSpec, *ops: AddDimm | RemoveDevice) -> str:
     with pytest.raises(PlanRefused) as exc:
         predict(spec, list(ops))
     return exc.value.qemu_message  # type: ignore[attr-defined]
@@ -38,18 +40,18 @@ def test_alignment_per_backend() -> None:
 def test_one_gib_page_dimm_moves_to_a_gib_boundary() -> None:
     small = AddDimm("a", 128 * MiB)
     big = AddDimm("b", GiB, backend=BackendSpec("memfd", hugepages=GiB))
-    dimms = {d.id: d for d in predict(SPEC, [small, big]).final.dimms}
+    dimms = {d.id: d for d in predict(SPEC, [small, big]).final.of("pc-dimm")}
     base = predict(SPEC, []).layout.device_base
     assert dimms["a"].addr == base
     assert dimms["b"].addr == base + GiB  # not base + 128M as a RAM DIMM would be
-    ram = {d.id: d for d in predict(SPEC, [small, AddDimm("b", GiB)]).final.dimms}
+    ram = {d.id: d for d in predict(SPEC, [small, AddDimm("b", GiB)]).final.of("pc-dimm")}
     assert ram["b"].addr == base + 128 * MiB
 
 
 def test_4k_backend_packs_after_an_odd_size() -> None:
     a = AddDimm("a", 4 * MiB + 4 * KiB, backend=BackendSpec("memfd"))
     b = AddDimm("b", 4 * MiB, backend=BackendSpec("memfd"))
-    dimms = {d.id: d for d in predict(SPEC, [a, b]).final.dimms}
+    dimms = {d.id: d for d in predict(SPEC, [a, b]).final.of("pc-dimm")}
     assert dimms["b"].addr == dimms["a"].end
 
 
@@ -92,12 +94,12 @@ def test_hugepages_held_across_steps() -> None:
     kept = BackendSpec("file", hugepages=2 * MiB, share=True)
     freed = BackendSpec("memfd", hugepages=2 * MiB)
     noreserve = BackendSpec("memfd", hugepages=2 * MiB, reserve=False)
-    predict(spec, [AddDimm("a", 128 * MiB, backend=freed), RemoveDimm("a"),
+    predict(spec, [AddDimm("a", 128 * MiB, backend=freed), RemoveDevice("a"),
                    AddDimm("b", 128 * MiB, backend=freed)])
     predict(spec, [AddDimm("a", 128 * MiB, backend=noreserve),
                    AddDimm("b", 128 * MiB, backend=freed)])
     assert "Cannot allocate memory" in refusal(
-        spec, AddDimm("a", 128 * MiB, backend=kept), RemoveDimm("a"),
+        spec, AddDimm("a", 128 * MiB, backend=kept), RemoveDevice("a"),
         AddDimm("b", 2 * MiB, backend=freed))
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+import harness.model.qemu_rules as qemu_rules
 from harness.calibrate import model_status
 from harness.calibrate.record import (
     Record,
@@ -23,7 +24,6 @@ from harness.calibrate.record import (
     record_path,
     save,
 )
-from harness.model import qemu_rules
 from harness.model.kernel import rules as kernel_rules
 from harness.model.versions import kernel_extrapolation, qemu_extrapolation
 

@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from harness.devices.pc_dimm.ops import AddDimm
 from harness.errors import PlanRefused, VMError
 from harness.launch import coldplug_devices
-from harness.model import AddDimm, MachineSpec, RemoveDimm, predict
+from harness.model.predict import predict
+from harness.model.spec import MachineSpec, RemoveDevice
 from harness.qemu.argv import RuntimePaths, build_argv
 from harness.qemu.config import VMConfig
 from harness.qemu.devices import pc_dimm, ram_backend
@@ -118,15 +120,15 @@ def test_coldplug_is_placed_before_any_hot_add_in_command_line_order() -> None:
     spec = replace(SPEC, coldplug=(AddDimm("c0", 512 * MiB, 0), AddDimm("c1", 256 * MiB, 1)))
     pred = predict(spec, [AddDimm("h0", GiB, 1)])
     base = pred.layout.device_base
-    assert [(d.id, d.addr, d.slot) for d in pred.boot.dimms] == [
+    assert [(d.id, d.addr, d.slot) for d in pred.boot.of("pc-dimm")] == [
         ("c0", base, 0), ("c1", base + 512 * MiB, 1)]
-    [h0] = [d for d in pred.final.dimms if d.id == "h0"]
+    [h0] = [d for d in pred.final.of("pc-dimm") if d.id == "h0"]
     assert (h0.addr, h0.slot) == (base + 768 * MiB, 2)
     # the node totals of the boot state count the cold DIMMs
     assert [n.hotplug_bytes for n in pred.boot.nodes] == [512 * MiB, 256 * MiB]
     # a cold DIMM is removed like a hot one, and its hole is refilled first-fit
-    pred = predict(spec, [RemoveDimm("c0"), AddDimm("h1", 256 * MiB, 0)])
-    assert [(d.id, d.addr) for d in pred.final.dimms] == [("h1", base),
+    pred = predict(spec, [RemoveDevice("c0"), AddDimm("h1", 256 * MiB, 0)])
+    assert [(d.id, d.addr) for d in pred.final.of("pc-dimm")] == [("h1", base),
                                                          ("c1", base + 512 * MiB)]
 
 
@@ -160,7 +162,7 @@ def test_a_late_removal_is_predicted_after_the_add_that_triggered_it() -> None:
     runner = Runner(s, vm=None)  # type: ignore[arg-type]
     base = runner.prediction.layout.device_base
     # the plan: d removed before e is placed, so e takes d's place
-    assert [(d.id, d.addr) for d in runner.prediction.final.dimms] == [("e", base)]
+    assert [(d.id, d.addr) for d in runner.prediction.final.of("pc-dimm")] == [("e", base)]
     runner.steps_done = list(s.steps[:3])
     runner.dropped_removes.add(1)  # d survived the reset
     runner.repredict()

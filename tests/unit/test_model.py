@@ -15,19 +15,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from harness.devices.pc_dimm.ops import AddDimm, parse_dimm_option
 from harness.errors import PlanRefused, UsageError
-from harness.model import (
-    AddDimm,
-    MachineSpec,
-    RemoveDimm,
-    default_block_size,
-    expected_zone,
-    parse_dimm_option,
-    parse_memory_option,
-    parse_numa_option,
-    predict,
-    ram_split,
-)
+from harness.model.layout import default_block_size, ram_split
+from harness.model.predict import predict
 from harness.model.qemu_rules import (
     CHANGES,
     NEWEST_READ,
@@ -41,6 +32,7 @@ from harness.model.qemu_rules import (
 )
 from harness.model.qemu_rules.cpu import host_cpu_from_cpuinfo
 from harness.model.qemu_rules.host import parse_meminfo
+from harness.model.spec import MachineSpec, RemoveDevice, parse_memory_option, parse_numa_option
 from harness.units import GiB, MiB, TiB
 
 BS = 128 * MiB  # MIN_MEMORY_BLOCK_SIZE, arch/x86/mm/init_64.c
@@ -59,7 +51,7 @@ def test_seed_dimm_lands_where_the_pc_rules_put_it() -> None:
     below, above, _ = ram_split(SEED)
     assert (below, above) == (3 * GiB, 3 * GiB)
     base = round_up(4 * GiB + above, GiB)
-    dimm = predict(SEED, [AddDimm("dimm0", GiB, 1)]).final.dimms[0]
+    dimm = predict(SEED, [AddDimm("dimm0", GiB, 1)]).final.of("pc-dimm")[0]
     assert dimm.addr == base
     assert dimm.blocks == tuple(range(base // BS, (base + GiB) // BS))
     assert dimm.node == 1 and dimm.slot == 0 and dimm.guest_accepts
@@ -73,8 +65,8 @@ def test_q35_same_options_land_elsewhere_and_say_why() -> None:
     assert (below, above) == (2 * GiB, 4 * GiB)
     p_q35 = predict(q35, [AddDimm("dimm0", GiB, 1)])
     p_pc = predict(SEED, [AddDimm("dimm0", GiB, 1)])
-    assert p_q35.final.dimms[0].addr == round_up(4 * GiB + above, GiB)
-    assert p_q35.final.dimms[0].blocks[0] != p_pc.final.dimms[0].blocks[0]
+    assert p_q35.final.of("pc-dimm")[0].addr == round_up(4 * GiB + above, GiB)
+    assert p_q35.final.of("pc-dimm")[0].blocks[0] != p_pc.final.of("pc-dimm")[0].blocks[0]
     assert "q35" in p_q35.layout.why and "2G" in p_q35.layout.why
 
 
@@ -103,20 +95,21 @@ def test_block_size_rule() -> None:
 
 
 def test_first_fit_is_2mib_aligned_so_an_odd_dimm_shifts_the_next() -> None:
-    odd, nxt = predict(SEED, [AddDimm("a", 130 * MiB, 0), AddDimm("b", 128 * MiB, 1)]).final.dimms
+    odd, nxt = predict(SEED, [AddDimm("a", 130 * MiB, 0),
+                              AddDimm("b", 128 * MiB, 1)]).final.of("pc-dimm")
     assert not odd.guest_accepts and "size" in (odd.reason or "")
     assert nxt.addr == round_up(odd.addr + odd.size, 2 * MiB)
     assert nxt.addr % BS != 0 and not nxt.guest_accepts and "address" in (nxt.reason or "")
     fixed = round_up(nxt.addr + nxt.size, BS)
     ok = predict(SEED, [AddDimm("a", 130 * MiB, 0), AddDimm("b", 128 * MiB, 1),
-                        AddDimm("c", 128 * MiB, 1, fixed)]).final.dimms[2]
+                        AddDimm("c", 128 * MiB, 1, fixed)]).final.of("pc-dimm")[2]
     assert ok.guest_accepts and ok.blocks == (fixed // BS,)
 
 
 def test_removed_dimm_frees_its_slot_and_range() -> None:
-    p = predict(SEED, [AddDimm("a", GiB, 0), AddDimm("b", GiB, 1), RemoveDimm("a"),
+    p = predict(SEED, [AddDimm("a", GiB, 0), AddDimm("b", GiB, 1), RemoveDevice("a"),
                        AddDimm("c", 512 * MiB, 0)])
-    by_id = {d.id: d for d in p.final.dimms}
+    by_id = {d.id: d for d in p.final.of("pc-dimm")}
     assert by_id["c"].slot == 0 and by_id["c"].addr == p.layout.device_base
 
 
@@ -142,7 +135,7 @@ def test_node_totals() -> None:
         (SEED, [AddDimm("a", GiB), AddDimm("b", GiB, 0, 7 * GiB + 512 * MiB)], "addr-conflict"),
         (SEED, [AddDimm("a", GiB), AddDimm("a", GiB)], "duplicate-id"),
         (SEED, [AddDimm("a", GiB, 2)], "unknown-node"),
-        (SEED, [RemoveDimm("a")], "unknown-dimm"),
+        (SEED, [RemoveDevice("a")], "unknown-dimm"),
         (MachineSpec(numa=(GiB, GiB)), [], "numa-mismatch"),
     ],
 )
@@ -153,12 +146,6 @@ def test_refusals_name_kind_step_and_qemu_words(spec, ops, kind: str) -> None:
     assert info.value.exit_code == 2
     assert getattr(info.value, "step", len(ops) - 1) in (len(ops) - 1, None, 0)
     assert "fix:" in str(info.value)
-
-
-def test_expected_zone() -> None:
-    assert expected_zone("online_movable") == "Movable"
-    assert expected_zone("online_kernel") == "Normal"
-    assert expected_zone("online") == "Normal"
 
 
 @pytest.mark.parametrize("text", ["", "6G,slots=x,maxmem=8G", "6G,slots=0", "6G,foo=1", "1.5G",
@@ -223,10 +210,10 @@ def test_amd_relocation_and_machine_type_7_0() -> None:
     spec = MachineSpec(maxmem=976 * GiB, cpu=amd48, **Q35_NO_NUMA)
     relocated = predict(spec, [AddDimm("a", GiB)])
     assert relocated.layout.above_4g_start == TiB
-    assert relocated.final.dimms[0].addr == TiB
+    assert relocated.final.of("pc-dimm")[0].addr == TiB
     old = predict(MachineSpec(maxmem=976 * GiB, machine_version=(7, 0), cpu=amd48,
                               **Q35_NO_NUMA), [AddDimm("a", GiB)])
-    assert old.layout.above_4g_start == 4 * GiB and old.final.dimms[0].addr == 4 * GiB
+    assert old.layout.above_4g_start == 4 * GiB and old.final.of("pc-dimm")[0].addr == 4 * GiB
     intel = predict(MachineSpec(maxmem=976 * GiB, cpu=CpuSpec("Intel", 48), **Q35_NO_NUMA), [])
     assert intel.layout.above_4g_start == 4 * GiB
     # 970G stays below the hole: ROUND_UP(4G + 970.5G, 1G) + 32G = 1007G
@@ -252,14 +239,14 @@ def test_dimm_check_order_per_qemu_version() -> None:
     # DIMM starts at the 2 MiB boundary after it.
     p = predict(MachineSpec(qemu_version=(8, 2), **base),
                 [AddDimm("a", 129 * MiB), AddDimm("b", 128 * MiB)])
-    assert [d.addr for d in p.final.dimms] == [4 * GiB, 4 * GiB + 130 * MiB]
-    assert not p.final.dimms[0].guest_accepts
+    assert [d.addr for d in p.final.of("pc-dimm")] == [4 * GiB, 4 * GiB + 130 * MiB]
+    assert not p.final.of("pc-dimm")[0].guest_accepts
 
 
 def test_address_zero_means_first_fit() -> None:
     p = predict(MachineSpec(ram_size=2 * GiB, slots=2, maxmem=4 * GiB, numa=()),
                 [AddDimm("a", GiB, 0, 0)])
-    assert p.final.dimms[0].addr == 4 * GiB
+    assert p.final.of("pc-dimm")[0].addr == 4 * GiB
 
 
 def test_maxmem_without_slots_starts_but_refuses_dimms() -> None:
@@ -333,9 +320,9 @@ def test_machine_types_gone_from_qemu_11_1_are_refused_with_its_words() -> None:
             assert info.value.qemu_message == \
                 f'unsupported machine type: "{prefix}-{mver[0]}.{mver[1]}"'
             # 10.0 still has them (its oldest is 2.4, below the model's 4.0)
-            assert predict(replace(spec, qemu_version=(10, 0)), []).final.dimms == ()
+            assert predict(replace(spec, qemu_version=(10, 0)), []).final.of("pc-dimm") == ()
         assert predict(MachineSpec(machine=family, machine_version=(5, 2),  # type: ignore
-                                   qemu_version=(11, 1)), []).final.dimms == ()
+                                   qemu_version=(11, 1)), []).final.of("pc-dimm") == ()
     assert rules_for((10, 0)).oldest_machine is None
     assert rules_for((11, 1)).oldest_machine == (5, 2)
 
@@ -412,7 +399,7 @@ def test_invariants(plan: list[tuple[int, int, bool]]) -> None:
     """DIMMs never overlap, stay in the region, blocks = addr // bs, slots unique,
     totals add up, and removing then re-adding the last DIMM is stable."""
     spec = MachineSpec(slots=8, maxmem=16 * GiB)
-    ops: list[AddDimm | RemoveDimm] = []
+    ops: list[AddDimm | RemoveDevice] = []
     for i, (size, node, _) in enumerate(plan):
         ops.append(AddDimm(f"d{i}", size, node))
         try:
@@ -420,7 +407,7 @@ def test_invariants(plan: list[tuple[int, int, bool]]) -> None:
         except PlanRefused:
             ops.pop()
     p = predict(spec, ops)
-    dimms = sorted(p.final.dimms, key=lambda d: d.addr)
+    dimms = sorted(p.final.of("pc-dimm"), key=lambda d: d.addr)
     lay = p.layout
     for a, b in zip(dimms, dimms[1:], strict=False):
         assert a.addr + a.size <= b.addr
@@ -438,8 +425,8 @@ def test_invariants(plan: list[tuple[int, int, bool]]) -> None:
     if ops:
         last = ops[-1]
         assert isinstance(last, AddDimm)
-        again = predict(spec, [*ops, RemoveDimm(last.id), last])
-        assert again.final.dimms == p.final.dimms
+        again = predict(spec, [*ops, RemoveDevice(last.id), last])
+        assert again.final.of("pc-dimm") == p.final.of("pc-dimm")
 
 
 def test_model_cli_versions_machine_types_and_cpu(capsys: pytest.CaptureFixture[str]) -> None:
@@ -498,7 +485,7 @@ def test_model_cli_scenario_takes_the_cpu(tmp_path: Path,
 
 def test_backend_id_placeholder_matches_any_object_id() -> None:
     """The VM driver picks the backend id; the model's words stand for any."""
-    from harness.model.predict import DIMM_BACKEND, same_words
+    from harness.devices.memory_device import DIMM_BACKEND, same_words
 
     words = f"cannot set up guest memory '{DIMM_BACKEND}': Cannot allocate memory"
     assert same_words(words, "cannot set up guest memory 'memhp-be7': Cannot allocate memory")

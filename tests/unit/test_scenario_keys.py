@@ -86,7 +86,7 @@ def test_virtio_mem_steps_parse(tmp_path: Path) -> None:
     assert vmem is not None and (vmem.size, vmem.node, vmem.requested) == (4 << 30, 1, 1 << 30)
     assert [st.requested for st in s.steps[1:3]] == [3 << 30, 0]
     assert [type(op).__name__ for op in s.model_ops()] == [
-        "AddVirtioMem", "ResizeVirtioMem", "ResizeVirtioMem", "RemoveDimm"]
+        "AddVirtioMem", "ResizeVirtioMem", "ResizeVirtioMem", "RemoveDevice"]
     with pytest.raises(PlanRefused, match="cannot unplug virtio-mem"):
         load_scenario(path)
 
@@ -175,7 +175,7 @@ reset = true
     assert [st.action for st in s.steps] == ["online", "migrate", "pause", "add", "remove",
                                              "resume", "reboot", "remove", "reset"]
     assert s.steps[4].wait and not s.steps[7].wait
-    assert [d.id for d in s.predict().boot.dimms] == ["cold0", "cold1"]
+    assert [d.id for d in s.predict().boot.of("pc-dimm")] == ["cold0", "cold1"]
 
 
 @pytest.mark.parametrize("steps, message", [

@@ -1,6 +1,6 @@
 """The virtio-mem model, pure: QEMU's placement and refusals
-(harness.model.virtio_mem via predict) and the guest driver's blocks
-(harness.model.kernel.virtio_mem).  The expected addresses, words and
+(harness.devices.virtio_mem.rules via predict) and the guest driver's blocks
+(harness.devices.virtio_mem.driver).  The expected addresses, words and
 blocks were read off the real QEMU 7.2.x / 10.0.2 and the 6.1 guest (the
 scenario tests in tests/scenarios/test_virtio_mem.py check them live)."""
 
@@ -11,23 +11,19 @@ from dataclasses import replace
 import pytest
 from test_kernel_model import SEED_ZONES  # the seed guest's boot zones
 
-from harness.errors import PlanRefused, UsageError
-from harness.model import (
-    AddDimm,
-    AddVirtioMem,
-    MachineSpec,
-    RemoveDimm,
-    ResizeVirtioMem,
-    predict,
-)
-from harness.model.kernel import KernelMemory, KernelPolicy
-from harness.model.kernel.virtio_mem import (
+from harness.devices.pc_dimm.ops import AddDimm
+from harness.devices.virtio_mem.driver import (
     UnmodelledDriver,
     VirtioMemDriver,
     rules_for,
 )
+from harness.devices.virtio_mem.ops import AddVirtioMem, ResizeVirtioMem
+from harness.devices.virtio_mem.rules import VMEM_CHANGES, vmem_rules_for
+from harness.errors import PlanRefused, UsageError
+from harness.model.kernel import KernelMemory, KernelPolicy
+from harness.model.predict import predict
 from harness.model.qemu_rules import NEWEST_READ
-from harness.model.virtio_mem import VMEM_CHANGES, vmem_rules_for
+from harness.model.spec import MachineSpec, RemoveDevice
 
 MiB, GiB = 1 << 20, 1 << 30
 BLOCK = 128 * MiB
@@ -53,10 +49,10 @@ def test_first_fit_aligns_to_the_block_size(qemu: tuple[int, int]) -> None:
     ops = [AddVirtioMem("vm1", 130 * MiB), AddVirtioMem("vm2", GiB, block_size=4 * MiB),
            AddVirtioMem("vm3", GiB + 8 * MiB, block_size=8 * MiB), AddVirtioMem("vui", GiB)]
     final = predict(spec, ops).final
-    assert [(v.id, hex(v.addr)) for v in final.vmems] == [
+    assert [(v.id, hex(v.addr)) for v in final.of("virtio-mem")] == [
         ("vm1", "0x100000000"), ("vm2", "0x108400000"), ("vm3", "0x148800000"),
         ("vui", "0x189000000")]
-    assert final.vmems[0].block_size == 2 * MiB  # virtio_mem_default_block_size()
+    assert final.of("virtio-mem")[0].block_size == 2 * MiB  # virtio_mem_default_block_size()
 
 
 def test_dimms_and_virtio_mem_share_the_area() -> None:
@@ -65,17 +61,17 @@ def test_dimms_and_virtio_mem_share_the_area() -> None:
     ops = [AddDimm("dimm0", 512 * MiB), AddVirtioMem("vmem0", 4 * GiB, 1, 2 * GiB),
            AddDimm("dimm1", GiB, 1)]
     final = predict(SEED10, ops).final
-    by_id = {d.id: d.addr for d in [*final.dimms, *final.vmems]}
+    by_id = {d.id: d.addr for d in [*final.of("pc-dimm"), *final.of("virtio-mem")]}
     assert by_id == {"dimm0": 0x1c0000000, "vmem0": 0x1e0000000,
                      "dimm1": 0x1e0000000 + 4 * GiB}
-    assert [d.slot for d in final.dimms] == [0, 1]  # virtio-mem takes no slot
+    assert [d.slot for d in final.of("pc-dimm")] == [0, 1]  # virtio-mem takes no slot
 
 
 def test_pc_dimm_placement_is_unchanged_without_virtio_mem() -> None:
     final = predict(SEED, [AddDimm("d0", GiB, 1), AddDimm("d1", 512 * MiB)]).final
-    assert [(d.addr, d.blocks[0]) for d in final.dimms] == [(0x1c0000000, 56),
+    assert [(d.addr, d.blocks[0]) for d in final.of("pc-dimm")] == [(0x1c0000000, 56),
                                                             (0x200000000, 64)]
-    assert final.vmems == ()
+    assert final.of("virtio-mem") == ()
 
 
 # -- QEMU: refusals, with QEMU's words ---------------------------------------------
@@ -128,7 +124,7 @@ def test_explicit_memaddr_conflicts_with_a_dimm() -> None:
     ops = [AddDimm("d", GiB), AddVirtioMem("v", GiB, addr=0x1c0000000 + 512 * MiB)]
     assert words(SEED, ops) == "address range conflicts with memory device id='d'"
     ok = predict(SEED, [AddDimm("d", GiB), AddVirtioMem("v", GiB, addr=0x240000000)])
-    assert ok.final.vmems[0].addr == 0x240000000
+    assert ok.final.of("virtio-mem")[0].addr == 0x240000000
 
 
 def test_resize_refusals() -> None:
@@ -139,33 +135,33 @@ def test_resize_refusals() -> None:
     assert words(SEED, [add, ResizeVirtioMem("v", 2 * GiB + MiB)]) == (
         "'requested-size' has to be multiples of 'block-size' (0x400000)")
     assert words(SEED, [ResizeVirtioMem("nope", 0)]) == "Device 'nope' not found"
-    grown = predict(SEED, [add, ResizeVirtioMem("v", GiB)]).final.vmems[0]
+    grown = predict(SEED, [add, ResizeVirtioMem("v", GiB)]).final.of("virtio-mem")[0]
     assert grown.requested == GiB
 
 
 def test_device_del_qemu_7_2_never() -> None:
-    ops = [AddVirtioMem("v", GiB), RemoveDimm("v")]
+    ops = [AddVirtioMem("v", GiB), RemoveDevice("v")]
     assert words(SEED, ops) == "virtio based memory devices cannot be unplugged."
 
 
 def test_device_del_qemu_10_when_nothing_is_requested() -> None:
     add = AddVirtioMem("v", GiB, requested=512 * MiB)
-    assert words(SEED10, [add, RemoveDimm("v")]) == (
+    assert words(SEED10, [add, RemoveDevice("v")]) == (
         "virtio-mem device cannot get unplugged while some of its memory is still plugged")
-    done = predict(SEED10, [add, ResizeVirtioMem("v", 0), RemoveDimm("v")])
-    assert done.final.vmems == ()
+    done = predict(SEED10, [add, ResizeVirtioMem("v", 0), RemoveDevice("v")])
+    assert done.final.of("virtio-mem") == ()
     off = AddVirtioMem("v", GiB, unplugged_inaccessible=False)
-    assert words(SEED10, [off, RemoveDimm("v")]) == (
+    assert words(SEED10, [off, RemoveDevice("v")]) == (
         "virtio-mem device cannot get unplugged while 'unplugged-inaccessible' != 'on'")
     old = MachineSpec(qemu_version=(10, 0), machine_version=(7, 0))
     assert "'unplugged-inaccessible' != 'on'" in words(old, [AddVirtioMem("v", GiB),
-                                                             RemoveDimm("v")])
+                                                             RemoveDevice("v")])
 
 
 def test_dynamic_memslots_needs_qemu_8_2() -> None:
     op = AddVirtioMem("v", GiB, dynamic_memslots=True)
     assert words(SEED, [op]) == "Property 'virtio-mem-pci.dynamic-memslots' not found"
-    assert predict(SEED10, [op]).final.vmems[0].id == "v"
+    assert predict(SEED10, [op]).final.of("virtio-mem")[0].id == "v"
 
 
 def test_inputs_memhp_refuses() -> None:
@@ -196,7 +192,8 @@ def test_virtio_mem_rules_in_force_for_every_version() -> None:
     assert replace(newer, qemu=NEWEST_READ, extrapolated_from=None) == \
         vmem_rules_for(NEWEST_READ)
     # 8.2 runs virtio-mem now (it was refused): placed like 10.0
-    assert predict(MachineSpec(qemu_version=(8, 2)), [AddVirtioMem("v", GiB)]).final.vmems
+    assert predict(MachineSpec(qemu_version=(8, 2)),
+                   [AddVirtioMem("v", GiB)]).final.of("virtio-mem")
     with pytest.raises(UsageError, match="requested size"):
         ResizeVirtioMem("v", -1)
 

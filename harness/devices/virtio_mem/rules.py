@@ -64,7 +64,7 @@ backends (they have the shared zeropage); 8.1+ on for machine types 8.1+
 (``pc_compat_8_0`` sets auto, ``pc_compat_6_2`` off).
 
 ``requested-size`` above the size is refused by memhp at input
-(:class:`harness.model.spec.AddVirtioMem`), not as a QEMU refusal: QEMU
+(:class:`harness.devices.virtio_mem.ops.AddVirtioMem`), not as a QEMU refusal: QEMU
 accepts it, but the guest driver's side of it is not modelled.
 
 Between and after the versions checked on a binary (7.2, 10.0, 11.1), a
@@ -77,7 +77,7 @@ and the commit that changed it); a QEMU newer than
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from harness.errors import UsageError, refuse
 from harness.model.qemu_rules import NEWEST_READ, OLDEST, Change, describe_versions
@@ -195,6 +195,7 @@ RULES_10 = vmem_rules_for((10, 0))
 class PlacedVirtioMem:
     """A virtio-mem device as QEMU holds it: region, block size, request."""
 
+    kind: ClassVar[str] = "virtio-mem"
     id: str
     addr: int
     size: int  # the backend size: max-size, the region in device memory
@@ -207,16 +208,23 @@ class PlacedVirtioMem:
     def end(self) -> int:
         return self.addr + self.size
 
+    @property
+    def hotplug_bytes(self) -> int:
+        """0: the guest driver decides what it plugs (:mod:`.driver`)."""
+        return 0
+
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "memaddr": self.addr, "max_size": self.size, "node": self.node,
                 "block_size": self.block_size, "requested_size": self.requested}
 
 
-def check_bus(op: Any, machine: str) -> None:
-    """Step 0: the bus a bus-less PCI device lands on must be hotpluggable."""
-    if machine == "q35":
-        raise refuse("bus-no-hotplug", f"virtio-mem {op.id}: q35's PCIe root bus takes no "
-                     "hot-plugged device", "Bus 'pcie.0' does not support hotplugging",
+def check_bus(op: Any, machine: Any) -> None:
+    """Step 0: the bus a bus-less PCI device lands on (``machine``: a
+    :class:`harness.machines.base.Machine`) must be hotpluggable."""
+    if not machine.pci_bus_hotplug:
+        raise refuse("bus-no-hotplug", f"virtio-mem {op.id}: {machine.name}'s PCIe root bus "
+                     "takes no hot-plugged device",
+                     f"Bus '{machine.pci_bus}' does not support hotplugging",
                      value=op.id, limit=None,
                      fix="use machine type pc for virtio-mem (memhp adds no PCIe root port)")
 

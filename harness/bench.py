@@ -36,8 +36,8 @@ from typing import Any
 
 from harness.launch import GuestSource, launch_vm, resolve_guest
 from harness.qemu.argv import RuntimePaths
+from harness.run.observe import wait_blocks
 from harness.scenario import Scenario, add, build_scenario
-from harness.session import wait_blocks
 
 
 @dataclass

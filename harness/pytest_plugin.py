@@ -440,7 +440,7 @@ def _resolve_qemu(text: str) -> tuple[str, tuple[int, int] | None]:
     (harness.qemu.fetch); with its version for the model's rules."""
     from harness.errors import HarnessError
     from harness.qemu.fetch import resolve_qemu
-    from harness.session import qemu_version
+    from harness.qemu.version import qemu_version
 
     try:
         binary = resolve_qemu(text)

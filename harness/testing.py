@@ -2,7 +2,7 @@
 
 ``run_steps(vm, [add("dimm0:1G@1"), online("dimm0")], request)`` runs the
 steps on a VM booted by ``memhp_vm``/``memhp_vm_factory`` through the same
-:class:`harness.session.Runner` as ``memhp run`` (so every step compares
+:class:`harness.run.runner.Runner` as ``memhp run`` (so every step compares
 QEMU, guest and model), records mismatches on the test's report, and
 returns the step results; :func:`assert_passed` turns them into one
 readable assertion.
@@ -16,8 +16,9 @@ from typing import Any
 
 import pytest
 
+from harness.run.results import StepResult
+from harness.run.runner import Runner
 from harness.scenario import Step
-from harness.session import Runner, StepResult
 
 
 def make_runner(vm: Any, steps: Sequence[Step]) -> Runner:

@@ -70,57 +70,32 @@ class ExpectedBlock:
     valid_zones: tuple[str, ...] = ()  # expected valid_zones of an offline block
 
 
-@dataclass(frozen=True)
-class ExpectedVirtioMem:
-    """What QEMU should report for one virtio-mem device."""
-
-    id: str
-    addr: int
-    max_size: int
-    block_size: int
-    node: int
-    requested_size: int
-    size: int  # plugged by the guest driver, as the model predicts
+def _value(record: Any, name: str) -> Any:
+    return record.get(name) if isinstance(record, Mapping) else getattr(record, name, None)
 
 
-def compare_qemu(predicted: Iterable[Any], observed: Iterable[Any], *,
-                 virtio_mem: Iterable[ExpectedVirtioMem] = (),
-                 observed_virtio_mem: Iterable[Any] = ()) -> list[Mismatch]:
-    """Model DIMMs vs QEMU's ``query-memory-devices`` (by id), and likewise
-    the virtio-mem devices (``QemuVirtioMem`` records)."""
-    out = _compare_virtio_mem(virtio_mem, observed_virtio_mem)
-    pred = {d.id: d for d in predicted}
-    seen = {d.id: d for d in observed}
-    for dimm_id in sorted(pred.keys() - seen.keys()):
-        out.append(Mismatch("present", dimm_id, True, False, "qemu"))
-    for dimm_id in sorted(seen.keys() - pred.keys()):
-        out.append(Mismatch("present", dimm_id, False, True, "qemu"))
-    for dimm_id in sorted(pred.keys() & seen.keys()):
-        p, o = pred[dimm_id], seen[dimm_id]
-        for field in ("addr", "size", "node", "slot"):
-            if getattr(p, field) != getattr(o, field):
-                exp, obs = getattr(p, field), getattr(o, field)
-                if field == "addr":
-                    exp, obs = hex(exp), hex(obs)
-                out.append(Mismatch(field, dimm_id, exp, obs, "qemu"))
-    return out
-
-
-def _compare_virtio_mem(predicted: Iterable[ExpectedVirtioMem], observed: Iterable[Any]
-                        ) -> list[Mismatch]:
+def compare_records(expected: Iterable[Any], observed: Iterable[Any], fields: Sequence[str],
+                    *, what: str = "{}", present: str = "present", hex_fields: Sequence[str]
+                    = ("addr",), source: str = "qemu") -> list[Mismatch]:
+    """Records keyed by ``id`` (attributes, or dict keys), field by field:
+    one ``present`` mismatch per id only one side has, then one per field
+    that differs (named ``what.format(field)``, ``_`` written ``-`` as QEMU
+    does; ``hex_fields`` shown in hex).  Every device kind's QEMU view
+    (its ``MODEL.compared`` fields), and a migration's two sides, go
+    through here."""
     out: list[Mismatch] = []
-    pred = {v.id: v for v in predicted}
-    seen = {v.id: v for v in observed}
-    for vid in sorted(pred.keys() ^ seen.keys()):
-        out.append(Mismatch("present", vid, vid in pred, vid in seen, "qemu"))
-    for vid in sorted(pred.keys() & seen.keys()):
-        p, o = pred[vid], seen[vid]
-        for field in ("addr", "max_size", "block_size", "node", "requested_size", "size"):
-            exp, obs = getattr(p, field), getattr(o, field)
+    pred = {_value(r, "id"): r for r in expected}
+    seen = {_value(r, "id"): r for r in observed}
+    for rid in sorted(pred.keys() ^ seen.keys()):
+        out.append(Mismatch(present, rid, rid in pred, rid in seen, source))
+    for rid in sorted(pred.keys() & seen.keys()):
+        for name in fields:
+            exp, obs = _value(pred[rid], name), _value(seen[rid], name)
             if exp != obs:
-                if field == "addr":
+                if name in hex_fields:
                     exp, obs = hex(exp), hex(obs)
-                out.append(Mismatch(field.replace("_", "-"), vid, exp, obs, "qemu"))
+                out.append(Mismatch(what.format(name.replace("_", "-")), rid, exp, obs,
+                                    source))
     return out
 
 

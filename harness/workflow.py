@@ -17,16 +17,11 @@ from pathlib import Path
 from harness.calibrate import ModelStatus, model_status
 from harness.errors import HarnessError
 from harness.launch import ResolvedGuest, launch_vm
+from harness.qemu.version import qemu_version
+from harness.run.exec import grade_output, run_exec
+from harness.run.results import RunResult, StepResult, layout_json
+from harness.run.runner import Runner
 from harness.scenario import Scenario
-from harness.session import (
-    Runner,
-    RunResult,
-    StepResult,
-    grade_output,
-    layout_json,
-    qemu_version,
-    run_exec,
-)
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +68,8 @@ def execute(
     try:
         from harness.host.hugepages import reserved_for
 
-        adds = [*scenario.machine.coldplug, *(s.add for s in scenario.steps if s.add is not None)]
-        migrates = any(s.action == "migrate" for s in scenario.steps)
-        with reserved_for(adds, copies=2 if migrates else 1) as pages, \
+        with reserved_for(scenario.adds("pc-dimm"),
+                          copies=2 if scenario.migrates else 1) as pages, \
                 launch_vm(scenario, guest, accel=accel, qemu_binary=qemu_binary, keep=keep,
                           artifacts_on_failure=artifacts_on_failure,
                           timeout_scale=timeout_scale, name=scenario.name,

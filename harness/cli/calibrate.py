@@ -59,7 +59,7 @@ def calibrate_cmd(**opts: Any) -> int:
     """Check the model against this QEMU and kernel; record a clean result."""
     from harness.calibrate.cases import ALL_CASES
     from harness.qemu.fetch import resolve_qemu
-    from harness.session import qemu_version
+    from harness.qemu.version import qemu_version
 
     as_json: bool = opts["as_json"]
     say = _say(as_json)

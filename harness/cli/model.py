@@ -27,7 +27,7 @@ def _ranges(blocks: tuple[int, ...]) -> str:
 
 def detected_qemu_version(binary: str = "qemu-system-x86_64") -> tuple[tuple[int, int], str]:
     """(major, minor) of ``binary --version``; 7.2 (Debian 12's) when there is none."""
-    from harness.session import qemu_version
+    from harness.qemu.version import qemu_version
 
     found = qemu_version(binary)
     parts = found.split(".")

@@ -25,8 +25,8 @@ import click
 from harness.errors import HarnessError, HostEnvironmentError, UsageError
 
 if TYPE_CHECKING:
+    from harness.run.results import RunResult
     from harness.scenario import Scenario
-    from harness.session import RunResult
 
 SEED_MEMORY = "6G,slots=32,maxmem=32G"
 SEED_NUMA = "3G,3G"
@@ -315,7 +315,7 @@ def plan(opts: dict[str, Any]) -> tuple[Scenario, tuple[int, int] | None]:
     """The options' scenario and the QEMU version it is modelled for, every
     check that needs no guest done (UsageError before any build or VM)."""
     from harness.qemu.fetch import resolve_qemu
-    from harness.session import qemu_version
+    from harness.qemu.version import qemu_version
 
     opts["qemu_binary"] = resolve_qemu(opts["qemu_binary"])  # debian:X.Y -> its launcher
     version = _parse_version(opts["qemu_version"])
@@ -329,10 +329,8 @@ def plan(opts: dict[str, Any]) -> tuple[Scenario, tuple[int, int] | None]:
 
     opts["allowed_mem_paths"] = allowed_dirs(opts.get("allow_mem_path") or ())
     check_scenario(scenario, opts["allowed_mem_paths"])
-    migrates = any(s.action == "migrate" for s in scenario.steps)
-    check_room(needs_of([*scenario.machine.coldplug,
-                         *(s.add for s in scenario.steps if s.add is not None)],
-                        copies=2 if migrates else 1))  # before any image build or VM
+    check_room(needs_of(scenario.adds("pc-dimm"), copies=2 if scenario.migrates else 1))
+    # ... before any image build or VM
     return scenario, version
 
 

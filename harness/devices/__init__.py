@@ -26,6 +26,11 @@ def _module(kind: str, part: str) -> Any:
     return importlib.import_module(f"{package}.{part}")
 
 
+def ops_of(kind: str) -> Any:
+    """The kind's operations and the keys of its ``add`` step (pure)."""
+    return _module(kind, "ops")
+
+
 def model_of(kind: str) -> Any:
     """The kind's pure model (:class:`.base.DeviceModel`)."""
     return _module(kind, "model").MODEL

@@ -70,6 +70,10 @@ MAX_LINES = 60
 _PAGE_DUMP_LINES = ("page:", "head:", "flags:", "raw:", "memcg:", "page_type:", "page_owner",
                     "anon ", "aops:", "ksm ", "pfn:")
 
+# mm/page_isolation.c: a failed isolation for offlining dumps the culprit
+# (dump_page(page, "unmovable page")); it is how the kernel explains EBUSY.
+UNMOVABLE_PAGE_DUMP = r"page dumped because: unmovable page"
+
 
 @dataclass(frozen=True)
 class LogRecord:

@@ -96,7 +96,7 @@ def scenario_mem_paths(scenario: Any) -> list[tuple[str, str]]:
     hot-added and cold-plugged DIMMs."""
     out = []
     for i, step in enumerate(scenario.steps):
-        add = getattr(step, "add", None)
+        add = getattr(step, "op", None)  # an AddStep's device
         path = getattr(getattr(add, "backend", None), "mem_path", None)
         if path is not None:
             out.append((f"step {i + 1}: mem_path", path))

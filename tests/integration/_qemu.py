@@ -16,7 +16,7 @@ import pytest
 from harness.calibrate.qemu import model_refusal as refusal
 from harness.calibrate.qemu import paused_qemu, qemu_argv
 from harness.errors import HarnessError
-from harness.session import qemu_version
+from harness.qemu.version import qemu_version
 
 __all__ = ["binary", "log", "paused_qemu", "qemu_argv", "refusal"]
 

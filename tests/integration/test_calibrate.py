@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from harness.calibrate.record import load, qemu_identity
-from harness.session import qemu_version
+from harness.qemu.version import qemu_version
 
 
 @pytest.fixture(autouse=True)

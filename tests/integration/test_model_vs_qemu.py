@@ -28,7 +28,7 @@ from harness.model.predict import predict
 from harness.model.qemu_rules import CpuSpec
 from harness.model.qemu_rules.host import parse_meminfo
 from harness.model.spec import MachineSpec
-from harness.session import qemu_version
+from harness.qemu.version import qemu_version
 from harness.units import GiB, MiB
 
 

@@ -34,8 +34,8 @@ from typing import Any
 import pytest
 
 from harness.launch import launch_vm
+from harness.run.runner import Runner
 from harness.scenario import add, build_scenario, online
-from harness.session import Runner
 from harness.testing import assert_passed, run_steps
 from harness.warm import WarmStarts
 

@@ -38,8 +38,8 @@ def test_backends_plug_online_remove(memhp_hugepages, memhp_vm, request) -> None
     memhp_vm.hugetlbfs = dict(memhp_hugepages.mounts)
     steps = []
     for step in DIMMS:
-        steps += [step, online(step.dimm, "online_movable")]
-    steps += [remove(step.dimm) for step in DIMMS]
+        steps += [step, online(step.op.id, "online_movable")]
+    steps += [remove(step.op.id) for step in DIMMS]
     results = run_steps(memhp_vm, steps, request)
     assert_passed(results)
     h0 = results[4].latencies  # add h0: prealloc with 2 threads
@@ -50,7 +50,7 @@ def test_backends_plug_online_remove(memhp_hugepages, memhp_vm, request) -> None
           f"(rule {h0['prealloc_threads_rule']:.0f}), device_add {h0['device_add_s']:.3f} s")
     # every hugepage backend took its pages (each move was compared with
     # the model by the add/remove steps' host checks)
-    assert sum(s.add.backend.pages(s.add.size) for s in DIMMS if s.add) == 256
+    assert sum(s.op.backend.pages(s.op.size) for s in DIMMS) == 256
 
 
 @pytest.mark.memhp_hugepages(**{"1G": 1})

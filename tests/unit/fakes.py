@@ -6,8 +6,9 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from harness.devices.pc_dimm.qemu import dimm_json as _dimm_json
+from harness.run.results import layout_json
 from harness.scenario import build_scenario, default_steps
-from harness.session import _dimm_json, layout_json
 
 
 def fake_result_doc(machine: str, memory: str, numa: str, adds: tuple[str, ...]) -> dict[str, Any]:

@@ -195,12 +195,12 @@ dump = false
 merge = false
 ''')
     s = load_scenario(path)
-    a, f = (st.add for st in s.steps)
+    a, f = (st.op for st in s.steps)
     assert a is not None and f is not None
     assert a.backend == BackendSpec("memfd", hugepages=2 * MiB, share=True, prealloc=True,
                                     prealloc_threads=2, host_nodes=(0,), policy="bind")
     assert f.backend.mem_path == "/dev/hugepages" and f.backend.dump is False
-    assert add("x:1G", backend="file", share=True).add.backend.share  # type: ignore[union-attr]
+    assert add("x:1G", backend="file", share=True).op.backend.share  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize("extra, message", [

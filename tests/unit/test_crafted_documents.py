@@ -25,7 +25,7 @@ from harness.cli import main
 from harness.memmap import render_svg
 from harness.report import print_run_report, print_step
 from harness.results import load_result, markdown, merge, validate_result
-from harness.session import ExecResult, RunResult, StepResult
+from harness.run.results import ExecResult, RunResult, StepResult
 from harness.verify import Mismatch
 
 HOSTILE = [

@@ -22,9 +22,9 @@ from harness.qemu.migration import (
     destination_devices,
     destination_name,
 )
+from harness.run.state import RunState
+from harness.run.steps.migrate import compare_sides
 from harness.scenario import add, build_scenario, remove, reset
-from harness.session import Runner
-from harness.steps.migrate import compare_sides
 from harness.units import GiB, MiB
 
 PATHS = RuntimePaths(Path("/run/memhp-dst"))
@@ -159,19 +159,18 @@ def test_a_late_removal_is_predicted_after_the_add_that_triggered_it() -> None:
     s = build_scenario(name="r", machine="pc", memory="4G,slots=4,maxmem=8G", numa="2G,2G",
                        steps=[add("d:512M@1"), remove("d", wait=False), reset(),
                               add("e:256M@0")])
-    runner = Runner(s, vm=None)  # type: ignore[arg-type]
-    base = runner.prediction.layout.device_base
+    state = RunState.of_plan(s.machine, s.model_ops(), s.prediction)
+    base = state.prediction.layout.device_base
     # the plan: d removed before e is placed, so e takes d's place
-    assert [(d.id, d.addr) for d in runner.prediction.final.of("pc-dimm")] == [("e", base)]
-    runner.steps_done = list(s.steps[:3])
-    runner.dropped_removes.add(1)  # d survived the reset
-    runner.repredict()
-    assert [d.id for d in runner.current_dimms()] == ["d"]
-    runner.steps_done.append(s.steps[3])
-    runner.dropped_removes.discard(1)
-    runner.op_after[1] = 2  # ejected on e's GPE, after e was placed
-    runner.repredict()
-    assert [(d.id, d.addr) for d in runner.current_dimms()] == [("e", base + 512 * MiB)]
+    assert [(d.id, d.addr) for d in state.prediction.final.of("pc-dimm")] == [("e", base)]
+    state.ops_acted = 2  # add d, remove d (the reset is no operation)
+    state.drop(1)  # d survived the reset
+    assert [d.id for d in state.current("pc-dimm")] == ["d"]
+    state.ops_acted = 3  # add e
+    state.dropped.discard(1)
+    state.op_after[1] = 2  # ejected on e's GPE, after e was placed
+    state.repredict()
+    assert [(d.id, d.addr) for d in state.current("pc-dimm")] == [("e", base + 512 * MiB)]
 
 
 def test_report_of_a_step_whose_guest_was_not_observed(monkeypatch) -> None:
@@ -180,7 +179,7 @@ def test_report_of_a_step_whose_guest_was_not_observed(monkeypatch) -> None:
     import io
 
     from harness.report import print_step
-    from harness.session import StepResult
+    from harness.run.results import StepResult
 
     dimm = {"id": "d", "addr": 0x140000000, "size": GiB, "node": 1, "slot": 0}
     step = StepResult(

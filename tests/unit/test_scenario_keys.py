@@ -82,7 +82,7 @@ def test_virtio_mem_steps_parse(tmp_path: Path) -> None:
     path.write_text(ISSUE_18)
     s = load_scenario(path, qemu_version=(10, 0))
     assert [st.action for st in s.steps] == ["add", "resize", "resize", "remove"]
-    vmem = s.steps[0].vmem
+    vmem = s.steps[0].op
     assert vmem is not None and (vmem.size, vmem.node, vmem.requested) == (4 << 30, 1, 1 << 30)
     assert [st.requested for st in s.steps[1:3]] == [3 << 30, 0]
     assert [type(op).__name__ for op in s.model_ops()] == [
@@ -107,7 +107,7 @@ expect_refusal = "cannot exceed the memory backend size"
 remove = "vmem0"
 expect_refusal = "cannot be unplugged"
 ''')
-    vmem = s.steps[0].vmem
+    vmem = s.steps[0].op
     assert vmem is not None and (vmem.block_size, vmem.addr) == (4 << 20, 0x240000000)
     assert vmem.unplugged_inaccessible is True and vmem.dynamic_memslots is None
     assert not s.steps[1].is_model_op and not s.steps[2].is_model_op

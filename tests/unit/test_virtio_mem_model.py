@@ -335,17 +335,19 @@ def test_big_block_mode_is_not_modelled_and_every_kernel_gets_rules() -> None:
 def test_compare_qemu_names_each_virtio_mem_field() -> None:
     from types import SimpleNamespace
 
-    from harness.verify import ExpectedVirtioMem, compare_qemu
+    from harness.devices.virtio_mem.model import MODEL
+    from harness.devices.virtio_mem.qemu import ExpectedVirtioMem
+    from harness.verify import compare_records
 
     want = ExpectedVirtioMem("vmem0", 0x1c0000000, 4 * GiB, 2 * MiB, 1, 3 * GiB, GiB)
     seen = SimpleNamespace(id="vmem0", addr=0x1c0000000, max_size=4 * GiB,
                            block_size=2 * MiB, node=1, requested_size=3 * GiB, size=GiB)
-    assert compare_qemu([], [], virtio_mem=[want], observed_virtio_mem=[seen]) == []
+    assert compare_records([want], [seen], MODEL.compared) == []
     seen.size, seen.addr = 3 * GiB, 0x1e0000000
-    got = {(m.what, m.expected, m.observed) for m in compare_qemu(
-        [], [], virtio_mem=[want], observed_virtio_mem=[seen])}
+    got = {(m.what, m.expected, m.observed) for m in compare_records(
+        [want], [seen], MODEL.compared)}
     assert got == {("addr", "0x1c0000000", "0x1e0000000"), ("size", GiB, 3 * GiB)}
-    gone = compare_qemu([], [], virtio_mem=[want], observed_virtio_mem=[])
+    gone = compare_records([want], [], MODEL.compared)
     assert [(m.what, m.subject, m.expected, m.observed) for m in gone] == [
         ("present", "vmem0", True, False)]
 
@@ -395,18 +397,22 @@ def test_unmodelled_driver_fails_each_step_with_its_reason_not_a_keyerror() -> N
     fails with the reason, and so does every later step of that device."""
     from types import SimpleNamespace
 
+    from harness.devices.virtio_mem.live import KindState, known_driver
     from harness.errors import VMError
-    from harness.steps.virtio_mem import known_driver
 
     km = kernel("online", release="7.2.13+deb14-amd64")
     bbm = SimpleNamespace(id="vmem0", addr=0x1c0000000, size=4 * GiB, block_size=BLOCK,
                           node=1)
-    runner = SimpleNamespace(km=lambda: km, current_vmems=lambda: (bbm,), block_size=BLOCK)
+    # a fake step context (the narrow one acts get): the run state's kernel
+    # model and devices, and the kind's own state
+    kind_state = KindState()
+    state = SimpleNamespace(km=lambda: km, current=lambda kind: (bbm,), block_size=BLOCK)
+    ctx = SimpleNamespace(state=state, kind_state=lambda kind: kind_state)
     for _ in range(2):
         with pytest.raises(VMError, match="Big Block Mode"):
-            known_driver(runner, "vmem0")  # type: ignore[arg-type]
+            known_driver(ctx, "vmem0")  # type: ignore[arg-type]
     # A modelled device is made once and kept.
     sbm = SimpleNamespace(**{**vars(bbm), "block_size": 2 * MiB})
-    runner.current_vmems = lambda: (sbm,)
-    first = known_driver(runner, "vmem0")  # type: ignore[arg-type]
-    assert known_driver(runner, "vmem0") is first  # type: ignore[arg-type]
+    state.current = lambda kind: (sbm,)
+    first = known_driver(ctx, "vmem0")  # type: ignore[arg-type]
+    assert known_driver(ctx, "vmem0") is first  # type: ignore[arg-type]

@@ -1,13 +1,15 @@
-"""The pc-dimm's operations and their ``ID:SIZE@NODE[:ADDR]`` syntax."""
+"""The pc-dimm's operations, their ``ID:SIZE@NODE[:ADDR]`` syntax and the
+backend keys of its ``add`` step (TOML, and the cold-plugged DIMM tables)."""
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import ClassVar
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar
 
 from harness.errors import UsageError
-from harness.model.backend import RAM, BackendSpec
+from harness.model.backend import RAM, BackendSpec, parse_host_nodes, parse_hugepages
 from harness.model.ids import check_id
 from harness.units import is_count, parse_size
 
@@ -43,6 +45,11 @@ class AddDimm:
             raise UsageError(f"DIMM {self.id}: backend {self.backend!r} is not a BackendSpec",
                              value=self.backend, fix="use harness.model.backend.BackendSpec")
 
+    def describe(self) -> str:
+        where = f" at {self.addr:#x}" if self.addr is not None else ""
+        be = f", {self.backend.describe()}" if self.backend != RAM else ""
+        return f"add {self.id} ({self.size >> 20} MiB, node {self.node}{where}{be})"
+
 
 def parse_dimm_option(text: str) -> AddDimm:
     """``ID:SIZE[@NODE][:ADDR]`` -> AddDimm, e.g. ``dimm0:1G@1`` or
@@ -74,3 +81,65 @@ def parse_dimm_option(text: str) -> AddDimm:
         if addr < 0 or addr >= 1 << 64:
             raise UsageError(f"DIMM {dimm_id}: address {raw!r} is out of range", value=text)
     return AddDimm(dimm_id, size, node, addr)
+
+
+# Backend keys of an ``add`` step (TOML name -> BackendSpec field); on an
+# ``add`` step ``policy`` is the host NUMA policy, not an online policy.
+BACKEND_KEYS: tuple[str, ...] = (
+    "backend", "hugepages", "share", "prealloc", "prealloc_threads", "host_nodes", "policy",
+    "mem_path", "discard_data", "reserve", "dump", "merge",
+)
+
+
+_BOOL_KEYS = ("share", "prealloc", "discard_data", "reserve", "dump", "merge", "seal")
+
+
+def backend_spec(raw: Mapping[str, Any], where: str = "add") -> BackendSpec:
+    """A :class:`BackendSpec` from an ``add`` step's backend keys (TOML or
+    the keyword arguments of :func:`add`); RAM when none is given."""
+    if not any(k in raw for k in (*BACKEND_KEYS, "seal")):
+        return RAM
+    kind = raw.get("backend", "ram")
+    if not isinstance(kind, str):
+        raise UsageError(f"{where}.backend must be a string, got {kind!r}", value=kind,
+                         fix='backend = "ram", "file" or "memfd"')
+    kwargs: dict[str, Any] = {"kind": kind}
+    for key in _BOOL_KEYS:
+        if key in raw:
+            if not isinstance(raw[key], bool):
+                raise UsageError(f"{where}.{key} must be true or false, got {raw[key]!r}",
+                                 value=raw[key], fix=f"{key} = true")
+            kwargs[key] = raw[key]
+    if "hugepages" in raw:
+        kwargs["hugepages"] = parse_hugepages(raw["hugepages"], f"{where}.hugepages")
+    if "prealloc_threads" in raw:
+        t = raw["prealloc_threads"]
+        if isinstance(t, bool) or not isinstance(t, int):
+            raise UsageError(f"{where}.prealloc_threads must be an integer, got {t!r}",
+                             value=t, fix="prealloc_threads = 2")
+        kwargs["prealloc_threads"] = t
+    if "host_nodes" in raw:
+        kwargs["host_nodes"] = parse_host_nodes(raw["host_nodes"], f"{where}.host_nodes")
+    if "policy" in raw:
+        if not isinstance(raw["policy"], str):
+            raise UsageError(f"{where}.policy must be a string, got {raw['policy']!r}",
+                             value=raw["policy"], fix='policy = "bind"')
+        kwargs["policy"] = raw["policy"]
+    if "mem_path" in raw:
+        if not isinstance(raw["mem_path"], str):
+            raise UsageError(f"{where}.mem_path must be a string", value=raw["mem_path"],
+                             fix='mem_path = "/dev/hugepages"')
+        kwargs["mem_path"] = raw["mem_path"]
+    try:
+        return BackendSpec(**kwargs)
+    except UsageError as exc:
+        raise UsageError(f"{where}: {exc.message}", value=exc.value) from None
+
+
+# The keys an ``add`` step of a pc-dimm takes beyond ``add`` itself.
+ADD_KEYS = frozenset({"device", *BACKEND_KEYS})
+
+
+def parse_add(raw: Mapping[str, Any], base: AddDimm, where: str) -> AddDimm:
+    """An ``add`` step's table (``ID:SIZE@NODE[:ADDR]`` already read as ``base``)."""
+    return replace(base, backend=backend_spec(raw, where))

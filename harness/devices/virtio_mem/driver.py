@@ -268,7 +268,7 @@ class VirtioMemDriver:
             self._plug(km, (requested - have) // self.sb_size)
         elif requested < have:
             nb = (have - requested) // self.sb_size
-            before = ({k: copy.deepcopy(v) for k, v in vars(km).items() if k != "virtio_mem"},
+            before = ({k: copy.deepcopy(v) for k, v in vars(km).items()},
                       dict(self.plugged), self.next_mb, nb)
             self._unplug(km, nb, rules)
             if self.uncertain:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from harness.errors import UsageError
 from harness.model.ids import check_id
+from harness.toml_keys import expect
+from harness.units import parse_size
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,11 @@ class AddVirtioMem:
                 fix="request at most the device's size (a later resize above it is refused "
                     "by QEMU, and that is modelled)")
 
+    def describe(self) -> str:
+        where = f" at {self.addr:#x}" if self.addr is not None else ""
+        return (f"add virtio-mem {self.id} ({self.size >> 20} MiB, node {self.node}{where}, "
+                f"requested {self.requested >> 20} MiB)")
+
 
 @dataclass(frozen=True)
 class ResizeVirtioMem:
@@ -75,3 +84,37 @@ class ResizeVirtioMem:
             raise UsageError(f"virtio-mem {self.id}: requested size {self.requested!r} must "
                              "be a non-negative byte count", value=self.requested,
                              fix='e.g. requested = "3G"')
+
+
+# The keys an ``add`` step of a virtio-mem takes beyond ``add`` itself.
+ADD_KEYS = frozenset({"device", "requested", "block_size", "memaddr", "unplugged_inaccessible",
+              "dynamic_memslots"})
+
+
+def parse_add(raw: Mapping[str, Any], dimm: Any, where: str) -> AddVirtioMem:
+    """The virtio-mem keys of an add step (``ID:SIZE@NODE`` gives id, max-size, node)."""
+    if dimm.addr is not None:
+        raise UsageError(f"{where}: a virtio-mem takes its address as memaddr, not :ADDR",
+                         value=dimm.addr, fix='e.g. memaddr = "0x240000000"')
+
+    def size_key(key: str, allow_zero: bool = False) -> int | None:
+        if key not in raw:
+            return None
+        return parse_size(expect(raw, key, str, where), what=f"{where}.{key}",
+                          allow_zero=allow_zero)
+
+    def bool_key(key: str) -> bool | None:
+        return expect(raw, key, bool, where) if key in raw else None
+
+    addr = None
+    if "memaddr" in raw:
+        text = expect(raw, "memaddr", str, where).strip()
+        if not re.fullmatch(r"0[xX][0-9a-fA-F]{1,16}|[0-9]{1,20}", text, re.ASCII):
+            raise UsageError(f"{where}.memaddr {text!r} is not a number", value=text,
+                             fix='give it in hex, e.g. memaddr = "0x240000000"')
+        addr = int(text, 16) if text.lower().startswith("0x") else int(text)
+    return AddVirtioMem(dimm.id, dimm.size, dimm.node,
+                        requested=size_key("requested", allow_zero=True) or 0,
+                        block_size=size_key("block_size"), addr=addr,
+                        unplugged_inaccessible=bool_key("unplugged_inaccessible"),
+                        dynamic_memslots=bool_key("dynamic_memslots"))

@@ -33,13 +33,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
 
 from harness.model.kernel.inputs import KERNEL_ZONES, PAGE_SIZE, KernelPolicy, ZoneInfo
 from harness.model.kernel.rules import KernelRules, rules_for
-
-if TYPE_CHECKING:
-    from harness.devices.virtio_mem.driver import VirtioMemDriver
 
 
 @dataclass
@@ -103,8 +99,6 @@ class KernelMemory:
     zones: dict[tuple[int, str], _Zone] = field(init=False)
     blocks: dict[int, BlockState] = field(default_factory=dict, init=False)
     groups: dict[str, _Group] = field(default_factory=dict, init=False)
-    # the guest's virtio-mem driver, one per device (harness.devices.virtio_mem.driver)
-    virtio_mem: dict[str, VirtioMemDriver] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
         self.rules = rules_for(self.policy.version)

@@ -1,7 +1,7 @@
 """A step QEMU must refuse (``expect_refusal``), whatever the device.
 
 The scenario goes on after a refusal: QEMU's words must be the model's
-(:class:`harness.model.predict.PlanRefused` ``.qemu_message``) and nothing
+(:class:`harness.errors.PlanRefused` ``.qemu_message``) and nothing
 changes.  A step QEMU takes instead breaks the plan: it is raised, not
 returned, since the model no longer holds.
 """
@@ -17,26 +17,24 @@ from harness.errors import QMPCommandError, VMError
 from harness.verify import Mismatch
 
 if TYPE_CHECKING:
-    from harness.scenario import Step
-    from harness.session import Runner
+    from harness.run.context import StepContext
 
 
-def act_refused(runner: Runner, step: Step, lat: dict[str, float],
-                action: Callable[[], object], lat_key: str) -> list[Mismatch]:
+def act_refused(ctx: StepContext, action: Callable[[], object], lat_key: str = "qmp_s"
+                ) -> list[Mismatch]:
     """Run ``action`` (the QMP command) and check QEMU refuses it with the
-    model's words; ``lat[lat_key]`` is how long QEMU took to refuse."""
-    predicted = runner.refusals[runner.scenario.steps.index(step)]
+    model's words; ``ctx.lat[lat_key]`` is how long QEMU took to refuse."""
+    predicted, step = ctx.refusal, ctx.step
+    assert predicted is not None, "a step expecting a refusal has the model's (Scenario.refusals)"
     words = getattr(predicted, "qemu_message", "") or str(predicted)
     t0 = time.monotonic()
     try:
         action()
     except QMPCommandError as exc:
-        lat[lat_key] = time.monotonic() - t0
-        runner.steps_done.append(step)
+        ctx.lat[lat_key] = time.monotonic() - t0
         if not same_words(words, exc.desc):  # the backend id is the driver's
-            return [Mismatch("refusal", step.dimm, words, exc.desc, "qemu")]
+            return [Mismatch("refusal", step.subject, words, exc.desc, "qemu")]
         return []
-    runner.steps_done.append(step)
     # QEMU took it: the plan no longer holds; say so and stop trusting it.
     raise VMError(f"QEMU accepted {step.describe()}, which the model says it refuses "
                   f"({words!r})", phase="model")

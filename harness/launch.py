@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.errors import UsageError, check_readable_file
+from harness.errors import UsageError
+from harness.files import check_readable_file
 from harness.qemu.accel import AccelChoice, choose_accel
 from harness.qemu.config import DiskBoot, KernelBoot, VMConfig
 from harness.qemu.devices import MemoryDevice, backend_object, pc_dimm

@@ -16,7 +16,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from harness.errors import UsageError, read_small_file
+from harness.errors import UsageError
+from harness.files import read_small_file
 
 SUPPORTED_SCHEMAS = (1,)
 MAX_RESULT_BYTES = 256 << 20

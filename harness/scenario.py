@@ -74,7 +74,8 @@ from harness.devices.pc_dimm.ops import (
     parse_dimm_option,
 )
 from harness.devices.virtio_mem.ops import AddVirtioMem
-from harness.errors import PlanRefused, UsageError, check_readable_file, read_small_file
+from harness.errors import PlanRefused, UsageError
+from harness.files import check_readable_file, read_small_file
 from harness.guest.workload import WorkloadSpec
 from harness.model.backend import BackendSpec
 from harness.model.predict import Prediction, predict

@@ -55,7 +55,7 @@ def script_from_source(progress: Callable[[str], None] | None = None) -> Path:
 
 def wrapped_script(script: Path, out: Path, ratio: int = 2) -> Path:
     """``script`` behind the guest preparation, as one bash script at ``out``."""
-    from harness.errors import read_small_file
+    from harness.files import read_small_file
 
     raw = read_small_file(script, "--script", "give the selftest's shell script",
                           max_bytes=1 << 20)

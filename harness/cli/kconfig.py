@@ -28,7 +28,7 @@ def kconfig_group() -> None:
 @click.option("--json", "as_json", is_flag=True)
 def check_cmd(source: Path, cmdline: str, source_tree: Path | None, as_json: bool) -> int:
     """Check SOURCE: a .config, config.gz, an IKCONFIG kernel image or a linux-image .deb."""
-    from harness.errors import check_readable_file
+    from harness.files import check_readable_file
     from harness.kconfig import check_config, read_config
     from harness.scenario import auto_online_from_append
 

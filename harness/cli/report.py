@@ -22,7 +22,7 @@ def report_group() -> None:
               help="Also append to $GITHUB_STEP_SUMMARY when it is set.")
 def markdown_cmd(result: Path, summary: bool) -> int:
     """Print a Markdown summary of RESULT (for CI job summaries)."""
-    from harness.errors import check_output_file
+    from harness.files import check_output_file
 
     target = os.environ.get("GITHUB_STEP_SUMMARY")
     if summary and target:
@@ -41,7 +41,7 @@ def markdown_cmd(result: Path, summary: bool) -> int:
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Output file.")
 def merge_cmd(results: tuple[Path, ...], output: Path | None) -> int:
     """Merge the JSON results of several shards into one document."""
-    from harness.errors import check_output_file
+    from harness.files import check_output_file
 
     if output:
         check_output_file(output, "--output")
@@ -63,7 +63,8 @@ def merge_cmd(results: tuple[Path, ...], output: Path | None) -> int:
               help="Which run of a merged document.")
 def map_cmd(result: Path, output: Path, step: int | None, run_index: int) -> int:
     """Draw RESULT's guest-physical memory map: RAM, hole, DIMMs, blocks by zone/state."""
-    from harness.errors import UsageError, check_output_file
+    from harness.errors import UsageError
+    from harness.files import check_output_file
     from harness.memmap import render_svg, svg_to_png
 
     check_output_file(output, "--output", "give a file name such as map.svg")

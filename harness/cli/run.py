@@ -381,7 +381,7 @@ def start_line(start: dict[str, Any] | None) -> str:
 
 def _check_map_path(path: Path | None) -> None:
     if path is not None:
-        from harness.errors import check_output_file
+        from harness.files import check_output_file
 
         check_output_file(path, "--map", "give a file name such as map.svg")
 

@@ -21,8 +21,8 @@ def selftest_cmd(ctx: click.Context, script: Path | None, ratio: int) -> int:
     (both halves: the error-injection one too), graded on its "unexpected"/
     "skip" lines, its status, kernel splats and the model.  Other options are
     `memhp run`'s (--kernel, --kernel-package, --qemu, --json, --keep, ...)."""
-    from harness.cli import main
-    from harness.errors import check_readable_file
+    from harness.cli.run import run_cmd
+    from harness.files import check_readable_file
     from harness.selftest import scenario_toml, script_from_source
 
     if script is None:
@@ -35,7 +35,9 @@ def selftest_cmd(ctx: click.Context, script: Path | None, ratio: int) -> int:
         copy.write_bytes(script.read_bytes())
         toml = Path(tmp) / "selftest.toml"
         toml.write_text(scenario_toml(copy, ratio))
-        return main(["run", "--scenario", str(toml), *ctx.args])
+        args = ["--scenario", str(toml), *ctx.args]
+        with run_cmd.make_context("run", args, parent=ctx.find_root()) as run_ctx:
+            return run_cmd.invoke(run_ctx)  # type: ignore[no-any-return]
 
 
 COMMANDS: list[click.Command] = [selftest_cmd]

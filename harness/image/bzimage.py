@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.errors import UsageError, check_readable_file
+from harness.errors import UsageError
+from harness.files import check_readable_file
 
 _FIX = "give an x86 bzImage such as arch/x86/boot/bzImage or /boot/vmlinuz-*"
 

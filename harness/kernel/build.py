@@ -331,7 +331,7 @@ def default_fragments(auto_online: bool = False) -> list[Path]:
 
 
 def read_fragment(path: Path) -> str:
-    from harness.errors import read_small_file
+    from harness.files import read_small_file
 
     try:
         text = read_small_file(path, "config fragment", "give a file of CONFIG_X=y lines "

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from harness.errors import HarnessError
 from harness.verify import Mismatch
@@ -22,14 +22,25 @@ if TYPE_CHECKING:
     from harness.errors import PlanRefused
     from harness.qemu.vm import VM
     from harness.run.state import RunState
-    from harness.run.steps.base import Step
+
+
+class _Step(Protocol):
+    """What the context reads of its step (:class:`harness.run.steps.base.Step`)."""
+
+    @property
+    def is_model_op(self) -> bool: ...
+
+    @property
+    def subject(self) -> str: ...
+
+    def describe(self) -> str: ...
 
 
 @dataclass
 class StepContext:
     vm: VM
     state: RunState
-    step: Step
+    step: _Step
     index: int  # the step's index in the scenario
     smp: int  # the guest's vCPUs
     refusal: PlanRefused | None = None  # QEMU's predicted refusal of this step

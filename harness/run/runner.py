@@ -26,6 +26,7 @@ from harness.run.observe import adopt_guest_blocks, expected_json, observe
 from harness.run.results import StepResult
 from harness.run.state import RunState
 from harness.run.steps import Step
+from harness.run.steps.lifecycle import boot_memory
 from harness.run.steps.workload import check_workloads, stop_workloads
 from harness.scenario import Scenario
 from harness.verify import Mismatch
@@ -85,12 +86,11 @@ class Runner:
             state.repredict()
         state.policy = guest.kernel_policy()
         state.kernel = KernelMemory(state.policy, state.block_size)
-        # Cold-plugged DIMMs are the model's, not boot RAM: the ACPI driver
-        # added them at boot as it adds a hot-added one (see KernelMemory.reboot).
-        cold = sorted((d for d in state.prediction.boot.of("pc-dimm") if d.guest_accepts),
-                      key=lambda d: d.slot)
-        state.kernel.reboot((d.id, d.node, d.blocks, d.size) for d in cold)
-        cold_blocks = {n for d in cold for n in d.blocks}
+        # Cold-plugged devices are the model's, not boot RAM: the ACPI driver
+        # added the DIMMs at boot as it adds a hot-added one (KernelMemory.reboot).
+        cold = boot_memory(state)
+        state.kernel.reboot(cold)
+        cold_blocks = {n for _, _, blocks, _ in cold for n in blocks}
         state.boot_blocks = {b.number for b in view.sysfs.blocks} - cold_blocks
         state.set_baseline_totals({n: i.values["MemTotal"] for n, i in view.nodes.items()},
                                   view.meminfo["MemTotal"])

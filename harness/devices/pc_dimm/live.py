@@ -222,9 +222,9 @@ def at_reset(ctx: StepContext) -> None:
         ctx.notes["pending_unplugs_at_reset"] = outcome
 
 
-def boot_memory(ctx: StepContext) -> list[tuple[str, int, tuple[int, ...], int]]:
+def boot_memory(state: RunState) -> list[tuple[str, int, tuple[int, ...], int]]:
     """The DIMMs the booting guest's ACPI driver adds, by slot."""
-    plugged = sorted((d for d in ctx.state.current(KIND) if d.guest_accepts),
+    plugged = sorted((d for d in state.current(KIND) if d.guest_accepts),
                      key=lambda d: d.slot)
     return [(d.id, d.node, d.blocks, d.size) for d in plugged]
 

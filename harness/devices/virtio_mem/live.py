@@ -291,7 +291,7 @@ def at_reset(ctx: StepContext) -> None:
     ``virtio_mem_system_reset()`` -> ``virtio_mem_unplug_all()``)."""
 
 
-def boot_memory(ctx: StepContext) -> list[tuple[str, int, tuple[int, ...], int]]:
+def boot_memory(state: RunState) -> list[tuple[str, int, tuple[int, ...], int]]:
     """None: the booting guest finds its virtio-mem devices empty."""
     return []
 

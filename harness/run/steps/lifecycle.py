@@ -32,6 +32,7 @@ from harness.verify import Mismatch
 
 if TYPE_CHECKING:
     from harness.run.context import StepContext
+    from harness.run.state import RunState
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,12 @@ class _FlagStep(Step):
         return self.text
 
 
+def boot_memory(state: RunState) -> list[tuple[str, int, tuple[int, ...], int]]:
+    """What the firmware hands the booting kernel: each kind's devices
+    whose memory the kernel adds at boot (id, node, blocks, size)."""
+    return [m for kind in KINDS for m in live_of(kind).boot_memory(state)]
+
+
 def after_boot(ctx: StepContext) -> list[Mismatch]:
     """The guest booted again: each kind settles what the reset did, the
     kernel model reboots with what the firmware hands the kernel, then
@@ -63,7 +70,7 @@ def after_boot(ctx: StepContext) -> list[Mismatch]:
     if state.workloads:  # their tmpfs and processes went with the old boot
         ctx.notes["workloads_ended"] = sorted(state.workloads)
         state.workloads.clear()
-    state.km().reboot(m for kind in KINDS for m in live_of(kind).boot_memory(ctx))
+    state.km().reboot(boot_memory(state))
     mismatches: list[Mismatch] = []
     for kind in KINDS:
         mismatches += live_of(kind).after_boot(ctx)

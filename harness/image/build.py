@@ -26,15 +26,13 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 import time
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from filelock import FileLock
-
+from harness import cache
 from harness.apt import Apt
 from harness.errors import HostEnvironmentError, ImageBuildError, UsageError
 from harness.image.bzimage import kernel_version
@@ -540,23 +538,15 @@ def build_image(
             parts.append(user.config.encode())
     key = _sha(*parts)
     images = root_cache / "images"
-    images.mkdir(parents=True, exist_ok=True)
     final = images / key
-    with FileLock(str(images / f"{key}.lock")):
+    with cache.lock(images, key):
         manifest = final / "manifest.json"
         if manifest.exists() and not force:
             return GuestImage.from_json(json.loads(manifest.read_text()))
         t0 = time.monotonic()
-        tmp = Path(tempfile.mkdtemp(prefix=f".build-{key}-", dir=images))
-        try:
+        # 0755: the image cache may be shared (CI)
+        with cache.building(final, mode=0o755) as tmp:
             image = _build_into(tmp, final, key, recipe, debs, kdebs, user, say)
-            tmp.chmod(0o755)
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         say(f"built guest image {key} ({image.kernel_version}) in "
             f"{time.monotonic() - t0:.1f}s")
         return image
@@ -728,9 +718,7 @@ def ensure_default_image(cache_dir: Path | None = None, *, force: bool = False,
             pass
     image = build_image(cache_dir=cache_dir, force=force, progress=progress)
     data = image.to_json() | {"recipe": _recipe_hash()}
-    tmp = pointer.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, pointer)
+    cache.write_file(pointer, json.dumps(data, indent=2), mode=0o644)
     return image
 
 

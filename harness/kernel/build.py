@@ -38,15 +38,13 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock
-
+from harness import cache
 from harness.apt import Apt
 from harness.errors import HostEnvironmentError, ImageBuildError, UsageError
 from harness.image.build import _run
@@ -279,29 +277,21 @@ def unpack_debian_source(deb: Path, progress: Progress | None = None) -> Path:
     """Unpack ``usr/src/linux-source-*.tar.*`` from the .deb into the cache, once."""
     say = progress or (lambda msg: log.info("%s", msg))
     root = cache_root() / "src"
-    root.mkdir(parents=True, exist_ok=True)
     final = root / deb.stem
-    with FileLock(str(root / f"{deb.stem}.lock")):
+    with cache.lock(root, deb.stem):
         trees = [p for p in final.iterdir() if p.is_dir()] if final.is_dir() else []
         if (final / ".memhp-unpacked").exists() and len(trees) == 1:
             return trees[0]
         say(f"unpacking {deb.name}")
-        tmp = Path(tempfile.mkdtemp(prefix=f".unpack-{deb.stem}-", dir=root))
-        try:
+        with cache.building(final, mode=0o755, prefix=".unpack-") as tmp:
             _run(["dpkg-deb", "-x", str(deb), str(tmp / "deb")], f"unpacking {deb.name}")
             tarballs = sorted((tmp / "deb/usr/src").glob("linux-source-*.tar.*"))
             if not tarballs:
                 raise ImageBuildError(f"{deb.name} holds no usr/src/linux-source-*.tar.*")
-            (tmp / "tree").mkdir()
-            _run(["tar", "-xf", str(tarballs[0]), "-C", str(tmp / "tree")],
+            _run(["tar", "-xf", str(tarballs[0]), "-C", str(tmp)],
                  f"untarring {tarballs[0].name}")
             shutil.rmtree(tmp / "deb")
-            (tmp / "tree/.memhp-unpacked").write_text(deb.name + "\n")
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp / "tree", final)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            (tmp / ".memhp-unpacked").write_text(deb.name + "\n")
         trees = [p for p in final.iterdir() if p.is_dir()]
         if len(trees) != 1:
             raise ImageBuildError(f"{deb.name}: expected one directory in its tarball, "
@@ -408,9 +398,8 @@ def build_kernel(
     inputs = key_inputs(src.identity, [t.encode() for t in frag_texts], base, gcc_version())
     key = _digest(inputs)
     kernels = cache_root() / "kernels"
-    kernels.mkdir(parents=True, exist_ok=True)
     final = kernels / key
-    with FileLock(str(kernels / f"{key}.lock")):
+    with cache.lock(kernels, key):
         hit = None if force else _load_cached(final)
         if hit is not None:
             say(f"kernel {key}: cached ({hit.kernel_version}, built in {hit.seconds:.0f}s)")
@@ -418,19 +407,15 @@ def build_kernel(
         ensure_host_tools(progress=say)
         if src.deb is not None:
             src = KernelSource(unpack_debian_source(src.deb, say), src.identity, src.deb)
-        tmp = Path(tempfile.mkdtemp(prefix=f".build-{key}-", dir=kernels))
-        try:
-            build = _build_into(tmp, final, key, src.path, frag_paths, frag_texts, inputs,
-                                base, n_jobs, say)
-            tmp.chmod(0o755)  # mkdtemp makes it 0700; the cache may be shared (CI)
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-        except BaseException:
-            if (tmp / "build.log").exists():
-                shutil.copy2(tmp / "build.log", failed_log(final))
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        # 0755: mkdtemp makes it 0700; the cache may be shared (CI)
+        with cache.building(final, mode=0o755) as tmp:
+            try:
+                build = _build_into(tmp, final, key, src.path, frag_paths, frag_texts, inputs,
+                                    base, n_jobs, say)
+            except BaseException:
+                if (tmp / "build.log").exists():
+                    shutil.copy2(tmp / "build.log", failed_log(final))
+                raise
         say(f"kernel {key}: built {build.kernel_version} in {build.seconds:.0f}s")
         return build
 

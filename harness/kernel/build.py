@@ -47,7 +47,7 @@ from typing import Any
 from harness import cache
 from harness.apt import Apt
 from harness.errors import HostEnvironmentError, ImageBuildError, UsageError
-from harness.image.build import _run
+from harness.image.debs import run_tool
 from harness.kconfig.deps import (  # noqa: F401 - re-exported: Kconfig text readers
     explain_dropped,
     kconfig_depends,
@@ -284,11 +284,11 @@ def unpack_debian_source(deb: Path, progress: Progress | None = None) -> Path:
             return trees[0]
         say(f"unpacking {deb.name}")
         with cache.building(final, mode=0o755, prefix=".unpack-") as tmp:
-            _run(["dpkg-deb", "-x", str(deb), str(tmp / "deb")], f"unpacking {deb.name}")
+            run_tool(["dpkg-deb", "-x", str(deb), str(tmp / "deb")], f"unpacking {deb.name}")
             tarballs = sorted((tmp / "deb/usr/src").glob("linux-source-*.tar.*"))
             if not tarballs:
                 raise ImageBuildError(f"{deb.name} holds no usr/src/linux-source-*.tar.*")
-            _run(["tar", "-xf", str(tarballs[0]), "-C", str(tmp)],
+            run_tool(["tar", "-xf", str(tarballs[0]), "-C", str(tmp)],
                  f"untarring {tarballs[0].name}")
             shutil.rmtree(tmp / "deb")
             (tmp / ".memhp-unpacked").write_text(deb.name + "\n")

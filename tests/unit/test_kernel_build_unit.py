@@ -228,7 +228,7 @@ def test_user_source_identity_follows_version_commit_and_edits(tmp_path: Path) -
 ])
 def test_kernel_package_spellings(spec: str, suite: str | None,
                                   want: tuple[str, str | None]) -> None:
-    from harness.image.build import split_package_spec
+    from harness.image.debs import split_package_spec
 
     assert split_package_spec(spec, suite) == want
 
@@ -239,7 +239,7 @@ def test_kernel_package_spellings(spec: str, suite: str | None,
     ("linux-image-amd64;rm", None, "amd64;rm"),
 ])
 def test_bad_kernel_package_is_usage_error(spec: str, suite: str | None, named: str) -> None:
-    from harness.image.build import split_package_spec
+    from harness.image.debs import split_package_spec
 
     with pytest.raises(UsageError, match=named) as info:
         split_package_spec(spec, suite)
@@ -256,7 +256,7 @@ def test_compressed_module_names_become_plain() -> None:
 
 def test_modules_dir_named_for_another_release_is_refused(tmp_path: Path) -> None:
     """No module file to read: the directory names its release (bug 5)."""
-    from harness.image.build import find_modules_dir
+    from harness.image.user_kernel import find_modules_dir
 
     tree = tmp_path / "lib/modules/6.12.95+deb12-amd64"
     tree.mkdir(parents=True)

@@ -13,19 +13,15 @@ import pytest
 from harness.cli import main
 from harness.errors import UsageError
 from harness.kconfig import parse_values
-from harness.kernel.build import (
-    _bounded_jobs,
-    build_kernel,
-    cache_key,
+from harness.kconfig.deps import explain_dropped, kconfig_depends, kconfig_symbols
+from harness.kernel.build import _bounded_jobs, build_kernel, cache_key
+from harness.kernel.fragments import (
     describe_dropped,
-    explain_dropped,
-    kconfig_depends,
-    kconfig_symbols,
     read_fragment,
     requested_options,
-    user_source,
     verify_config,
 )
+from harness.kernel.source import user_source
 from harness.resources import kconfigs_dir
 
 FAKE_FRAGMENT = "# fake\nCONFIG_MEMORY_HOTPLUG=y\nCONFIG_ACPI_HOTPLUG_MEMORY=y\n"
@@ -278,7 +274,7 @@ def test_kernel_and_kernel_package_cannot_combine(tmp_path: Path) -> None:
 
 
 def test_source_package_name_is_checked() -> None:
-    from harness.kernel.build import debian_source_deb
+    from harness.kernel.source import debian_source_deb
 
     with pytest.raises(UsageError, match="'linux-image-amd64'"):
         debian_source_deb("linux-image-amd64")
@@ -286,6 +282,6 @@ def test_source_package_name_is_checked() -> None:
 
 def test_cli_default_source_package_is_the_builders() -> None:
     from harness.cli.kernel import SOURCE_PACKAGE as CLI_DEFAULT
-    from harness.kernel.build import SOURCE_PACKAGE
+    from harness.kernel.source import SOURCE_PACKAGE
 
     assert CLI_DEFAULT == SOURCE_PACKAGE

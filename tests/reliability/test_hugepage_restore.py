@@ -17,12 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from harness.host.hugepages import pool, sweep_stale
+from harness.host.hugepage_records import sweep_stale
+from harness.host.hugepages import pool
 from harness.units import MiB
 
 CHILD = """
 import sys
-from harness.host.hugepages import reserved
+from harness.host.hugepage_reserve import reserved
 with reserved({2 << 20: 6}) as res:
     print(res.mounts[2 << 20], flush=True)
     sys.stdin.read()

@@ -281,13 +281,13 @@ def test_sweep_restores_what_a_dead_memhp_left(tmp_path: Path,
     import json
     import os
 
-    import harness.host.hugepages as hp
-    from harness.host.hugepages import sweep_stale
+    import harness.host.hugepage_records as hp
+    from harness.host.hugepage_records import sweep_stale
     from harness.leaks import proc_start_time
 
     runtime = tmp_path / "run"
     runtime.mkdir(mode=0o700)
-    monkeypatch.setattr(hp, "_record_dir", lambda: runtime)
+    monkeypatch.setattr(hp, "record_dir", lambda: runtime)
     sysfs = tmp_path / "sys"
     _fake_sysfs(sysfs)
     fs = tmp_path / "hugetlbfs"  # a stand-in hugetlbfs mount point (fake /proc/mounts)
@@ -317,12 +317,12 @@ def test_a_forged_hugepage_record_touches_nothing(tmp_path: Path, forgery: str,
     a private file of ours: nothing outside memhp's own things is touched."""
     import json
 
-    import harness.host.hugepages as hp
-    from harness.host.hugepages import sweep_stale
+    import harness.host.hugepage_records as hp
+    from harness.host.hugepage_records import sweep_stale
 
     runtime = tmp_path / "run"
     runtime.mkdir(mode=0o700)
-    monkeypatch.setattr(hp, "_record_dir", lambda: runtime)
+    monkeypatch.setattr(hp, "record_dir", lambda: runtime)
     sysfs = tmp_path / "sys"
     _fake_sysfs(sysfs)
     nr_file = sysfs / "kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"
@@ -396,3 +396,11 @@ def test_prealloc_without_room_is_refused_in_qemus_words() -> None:
     # another path, or an unread one: not predicted
     other = BackendSpec("file", mem_path="/other", share=True, prealloc=True)
     predict(spec, [AddDimm("a", GiB, backend=other)])
+
+
+def test_readme_name_of_reserved_still_works() -> None:
+    """README's `harness.host.hugepages.reserved` is the reservation's own."""
+    from harness.host import hugepage_reserve
+    from harness.host.hugepages import reserved
+
+    assert reserved is hugepage_reserve.reserved

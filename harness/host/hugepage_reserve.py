@@ -1,0 +1,195 @@
+"""Reserving hugepages for a test or a run (:func:`reserved`, a context
+manager), and giving them back whatever ends it: see
+:mod:`harness.host.hugepages` for the procedure and
+:mod:`harness.host.hugepage_records` for the lock and records it keeps."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+from harness import cache
+from harness.host import hugepage_records as records
+from harness.host.hugepages import (
+    LOCK_TIMEOUT_S,
+    SYS,
+    HostCannot,
+    PoolState,
+    check_room,
+    find_hugetlbfs,
+    needs_of,
+    pool,
+    read_pools,
+)
+from harness.leaks import proc_start_time, workdir_base
+from harness.model.spec import AddDimm
+from harness.retry import wait_for
+from harness.units import KiB
+
+log = records.log
+
+
+@dataclass
+class Reservation:
+    """What :func:`reserved` set up: hugetlbfs mounts per page size, the
+    pools' state right after reserving (the baseline host checks compare
+    with), and the files handed out (removed on exit)."""
+
+    mounts: dict[int, Path] = field(default_factory=dict)
+    baseline: dict[int, PoolState] = field(default_factory=dict)
+    needs: dict[int, int] = field(default_factory=dict)
+    record: dict[str, object] = field(default_factory=dict)
+    _record_path: Path | None = None
+
+    def new_file(self, page_size: int, name: str) -> Path:
+        """A path for a backend file on the ``page_size`` hugetlbfs (QEMU
+        creates it; it is deleted when the reservation ends)."""
+        try:
+            mount = self.mounts[page_size]
+        except KeyError:
+            raise HostCannot(f"no hugetlbfs of {page_size >> 10} kB pages was set up "
+                             f"(reserved: {sorted(self.mounts)})") from None
+        path = mount / f"memhp-{os.getpid()}-{name}"
+        files = self.record.setdefault("files", [])
+        assert isinstance(files, list)
+        files.append(str(path))
+        self._save()
+        return path
+
+    def _save(self) -> None:
+        if self._record_path is not None:
+            cache.write_file(self._record_path, json.dumps(self.record), mode=0o600)
+
+
+class _Terminated(BaseException):
+    """SIGTERM arrived while hugepages were reserved (restored, then re-raised)."""
+
+
+def _on_term(signum: int, frame: FrameType | None) -> None:
+    raise _Terminated(f"signal {signum}")
+
+
+def _check_can(needs: Mapping[int, int], sysfs_root: Path) -> dict[int, PoolState]:
+    if os.geteuid() != 0:
+        raise HostCannot("changing hugepage pools needs root (nr_hugepages is root's)")
+    pools = {p.page_size: p for p in read_pools(sysfs_root)}
+    for size in needs:
+        if size not in pools:
+            has = ", ".join(f"{s >> 10} kB" for s in sorted(pools)) or "none"
+            raise HostCannot(f"the host kernel offers no {size >> 10} kB hugepages (has: {has})")
+    return pools
+
+
+@contextlib.contextmanager
+def reserved(needs: Mapping[int, int], *, mount: bool = True, sysfs_root: Path = SYS,
+             lock_timeout: float = LOCK_TIMEOUT_S) -> Iterator[Reservation]:
+    """Reserve ``needs`` (page size -> pages) on top of what the host has,
+    with a hugetlbfs of each size if ``mount``; everything is given back
+    on exit, whatever ends the block."""
+    pools = _check_can(needs, sysfs_root)
+    lock_path = records.lock_path()
+    lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+
+    def locked() -> bool | None:
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            return None
+
+    try:
+        wait_for(locked, what=f"the hugepage lock {lock_path} (another memhp holds it)",
+                 timeout=lock_timeout, max_interval=0.5, phase="environment")
+    except BaseException:
+        os.close(lock_fd)
+        raise
+    old_term = None
+    # SIGTERM's default kills without running `finally`: make it an
+    # exception for the block, unless someone (memhp run) already did.
+    if threading_main() and signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+        old_term = signal.signal(signal.SIGTERM, _on_term)
+    res = Reservation(needs=dict(needs))
+    try:
+        records.sweep_stale(sysfs_root)
+        pools = _check_can(needs, sysfs_root)
+        pid = os.getpid()
+        res._record_path = (records.private_dir(records.record_dir())
+                            / f"memhp-hugepages-{pid}.json")
+        res.record = {"pid": pid, "start": proc_start_time(pid),
+                      "nr": {str(s): pools[s].nr for s in needs}, "mounts": [], "files": []}
+        res._save()
+        for size, pages in needs.items():
+            want = pools[size].nr + pages
+            try:
+                records.write_nr(size, want, sysfs_root)
+            except OSError as exc:  # read-only sysfs (a container), EPERM...
+                raise HostCannot(f"cannot raise nr_hugepages of {size >> 10} kB pages: "
+                                 f"{exc}") from exc
+            got = pool(size, sysfs_root)
+            if got is None or got.nr < want:
+                extra = 0 if got is None else got.nr - pools[size].nr
+                raise HostCannot(f"the kernel allocated {extra} of the {pages} {size >> 10} kB "
+                                 "hugepages asked for "
+                                 "(memory too fragmented or too small)")
+        if mount:
+            for size in needs:
+                existing = find_hugetlbfs(size)
+                if existing is not None:
+                    res.mounts[size] = existing
+                    continue
+                mp = Path(tempfile.mkdtemp(prefix=f"memhp-{pid}-hugetlbfs-",
+                                           dir=workdir_base()))
+                os.chmod(mp, 0o700)
+                mounts = res.record["mounts"]
+                assert isinstance(mounts, list)
+                mounts.append(str(mp))
+                res._save()
+                out = subprocess.run(
+                    ["mount", "-t", "hugetlbfs", "-o", f"pagesize={size // KiB}K,mode=0700",
+                     "none", str(mp)], capture_output=True, text=True, check=False)
+                if out.returncode:
+                    raise HostCannot(f"cannot mount hugetlbfs ({size >> 10} kB pages) at {mp}: "
+                                     f"{out.stderr.strip()}")
+                res.mounts[size] = mp
+        res.baseline = {p.page_size: p for p in read_pools(sysfs_root) if p.page_size in needs}
+        yield res
+    finally:
+        problems = records.restore(res.record, sysfs_root) if res.record else []
+        if res._record_path is not None:
+            if problems:
+                log.error("hugepages not fully restored (record kept in %s): %s",
+                          res._record_path, "; ".join(problems))
+            else:
+                res._record_path.unlink(missing_ok=True)
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
+        fcntl.flock(lock_fd, fcntl.LOCK_UN)
+        os.close(lock_fd)
+
+
+def threading_main() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+@contextlib.contextmanager
+def reserved_for(adds: Iterable[AddDimm], copies: int = 1) -> Iterator[Reservation | None]:
+    """:func:`reserved` with what ``adds`` need, or nothing when they need no
+    hugepages (``memhp run`` wraps a run in it)."""
+    needs = needs_of(adds, copies)
+    if not needs:
+        yield None
+        return
+    check_room(needs)
+    with reserved(needs) as res:
+        yield res

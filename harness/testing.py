@@ -34,7 +34,7 @@ def run_steps(vm: Any, steps: Sequence[Step], request: pytest.FixtureRequest | N
         runner.run()
     finally:
         if request is not None:
-            from harness.pytest_plugin import record_mismatches
+            from harness.pytest_plugin.reports import record_mismatches
 
             record_mismatches(request, [m for s in runner.steps for m in s.mismatches])
     return runner.steps

@@ -207,3 +207,53 @@ def test_private_dir(tmp_path: Path) -> None:
     d.mkdir(mode=0o755)
     os.chmod(d, 0o755)
     assert cache.private_dir(d) == d and _mode(d) == 0o700
+
+
+# -- writers through the helper ----------------------------------------------------------
+
+def test_fetched_qemu_unpacks_whole_and_its_launcher_is_0755(tmp_path: Path) -> None:
+    import subprocess
+
+    from harness.qemu.fetch import unpack, write_launcher
+
+    pkg = tmp_path / "pkg"
+    (pkg / "DEBIAN").mkdir(parents=True)
+    (pkg / "DEBIAN/control").write_text("Package: fake\nVersion: 1\nArchitecture: all\n"
+                                        "Maintainer: m <m@example.org>\nDescription: x\n")
+    (pkg / "usr/bin").mkdir(parents=True)
+    (pkg / "usr/bin/qemu-system-x86_64").write_text("#!/bin/sh\n")
+    deb = tmp_path / "fake_1_all.deb"
+    subprocess.run(["dpkg-deb", "--build", "-Zgzip", str(pkg), str(deb)], check=True,
+                   capture_output=True)
+    root = tmp_path / "qemu" / "debian-1"
+    root.parent.mkdir()
+    unpack(root, [deb])
+    write_launcher(root)
+    assert (root / "usr/bin/qemu-system-x86_64").is_file()
+    assert _mode(root) == 0o755 and _mode(root / "qemu-system-x86_64") == 0o755
+    with pytest.raises(subprocess.CalledProcessError):
+        unpack(root, [tmp_path / "missing.deb"])  # a failed re-unpack keeps the old root
+    assert (root / "qemu-system-x86_64").is_file()
+    assert sorted(p.name for p in root.parent.iterdir()) == ["debian-1"]
+
+
+def test_kvm_probe_verdict_cached_once_per_boot(tmp_path: Path) -> None:
+    from harness.qemu.accel import KvmVerdict, _cached_verdict
+
+    calls: list[str] = []
+
+    def prober(binary: str, kernel: Path) -> KvmVerdict:
+        calls.append(binary)
+        return KvmVerdict(True, "booted")
+
+    boot_id = tmp_path / "boot_id"
+    boot_id.write_text("b1\n")
+    kernel = tmp_path / "bzImage"
+    kernel.write_bytes(b"k")
+    first = _cached_verdict("qemu", kernel, tmp_path / "c", boot_id, prober)
+    again = _cached_verdict("qemu", kernel, tmp_path / "c", boot_id, prober)
+    assert first.works and again.works and len(calls) == 1
+    assert "cached" in again.reason
+    (cached,) = (tmp_path / "c").glob("kvm-probe-*.json")
+    assert _mode(cached) == 0o644
+    assert sorted(p.suffix for p in (tmp_path / "c").iterdir()) == [".json", ".lock"]

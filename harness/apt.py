@@ -57,9 +57,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import cache as store  # `cache` is a parameter here
+from harness import cache as store
 from harness.errors import HostEnvironmentError, ImageBuildError, UsageError
-from harness.resources import cache_root
 
 log = logging.getLogger("harness.apt")
 
@@ -143,7 +142,7 @@ class Apt:
     def __init__(self, cache: Path | None = None, *, mirror: str = MIRROR,
                  progress: Progress | None = None, sources: Sources = BOOKWORM,
                  own_suite: str | None = None) -> None:
-        self.cache = cache or cache_root()
+        self.cache = cache or store.cache_root()
         self.own_suite = own_suite
         if own_suite is not None:
             sources = suite_sources(check_suite_name(own_suite))

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness import cache as store  # `cache` is a parameter here
+from harness import cache as store
 
 SCHEMA = 1
 # The model's modules: a change to any of them is a change of the model.

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
-from harness import cache
+from harness import cache as store
 from harness.host import hugepage_records as records
 from harness.host.hugepages import (
     LOCK_TIMEOUT_S,
@@ -67,7 +67,7 @@ class Reservation:
 
     def _save(self) -> None:
         if self._record_path is not None:
-            cache.write_file(self._record_path, json.dumps(self.record), mode=0o600)
+            store.write_file(self._record_path, json.dumps(self.record), mode=0o600)
 
 
 class _Terminated(BaseException):

@@ -26,7 +26,7 @@ import shutil
 import time
 from pathlib import Path
 
-from harness import cache
+from harness import cache as store
 from harness.apt import Apt
 from harness.errors import ImageBuildError, UsageError
 from harness.image.debs import (
@@ -40,7 +40,7 @@ from harness.image.guest import GuestImage, Progress, Recipe
 from harness.image.initramfs import module_plan, on_demand_plan, write_initramfs
 from harness.image.modules import plain_name
 from harness.image.user_kernel import UserKernel, check_needed_drivers, user_kernel
-from harness.resources import cache_root, guest_images_dir
+from harness.resources import guest_images_dir
 
 log = logging.getLogger("harness.image")
 BUILDER_VERSION = "3"
@@ -73,7 +73,7 @@ def build_image(
     and config, found beside it when not given)."""
     say = progress or (lambda msg: log.info("%s", msg))
     recipe = Recipe.load()
-    root_cache = cache_root(cache_dir)
+    root_cache = store.cache_root(cache_dir)
     user: UserKernel | None = None
     if kernel is not None:
         if kernel_package is not None:
@@ -112,13 +112,13 @@ def build_image(
     key = _sha(*parts)
     images = root_cache / "images"
     final = images / key
-    with cache.lock(images, key):
+    with store.lock(images, key):
         manifest = final / "manifest.json"
         if manifest.exists() and not force:
             return GuestImage.from_json(json.loads(manifest.read_text()))
         t0 = time.monotonic()
         # 0755: the image cache may be shared (CI)
-        with cache.building(final, mode=0o755) as tmp:
+        with store.building(final, mode=0o755) as tmp:
             image = _build_into(tmp, final, key, recipe, debs, kdebs, user, say)
         say(f"built guest image {key} ({image.kernel_version}) in "
             f"{time.monotonic() - t0:.1f}s")
@@ -190,7 +190,7 @@ def _build_into(tmp: Path, final: Path, key: str, recipe: Recipe, debs: dict[str
 def ensure_default_image(cache_dir: Path | None = None, *, force: bool = False,
                          progress: Progress | None = None) -> GuestImage:
     """The default guest, from the cache when it is there (no apt call)."""
-    pointer = cache_root(cache_dir) / "images" / "default.json"
+    pointer = store.cache_root(cache_dir) / "images" / "default.json"
     if not force and pointer.exists():
         try:
             image = GuestImage.from_json(json.loads(pointer.read_text()))
@@ -201,7 +201,7 @@ def ensure_default_image(cache_dir: Path | None = None, *, force: bool = False,
             pass
     image = build_image(cache_dir=cache_dir, force=force, progress=progress)
     data = image.to_json() | {"recipe": _recipe_hash()}
-    cache.write_file(pointer, json.dumps(data, indent=2), mode=0o644)
+    store.write_file(pointer, json.dumps(data, indent=2), mode=0o644)
     return image
 
 

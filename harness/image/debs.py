@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.apt import Apt
+from harness.cache import cache_root
 from harness.errors import HostEnvironmentError, ImageBuildError, UsageError
 from harness.image.guest import Progress
-from harness.resources import cache_root
 
 
 def run_tool(argv: list[str], what: str, cwd: Path | None = None) -> str:

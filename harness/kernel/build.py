@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness import cache
+from harness import cache as store
 from harness.errors import HostEnvironmentError, ImageBuildError, UsageError
 from harness.kconfig.deps import explain_dropped, kconfig_depends, kconfig_symbols, kconfig_texts
 from harness.kconfig.source import parse_values
@@ -62,7 +62,6 @@ from harness.kernel.source import (
     resolve_source,
     unpack_debian_source,
 )
-from harness.resources import cache_root
 
 log = logging.getLogger("harness.kernel")
 
@@ -235,9 +234,9 @@ def build_kernel(
         ensure_host_tools(progress=say)  # the compiler's version is part of the key
     inputs = key_inputs(src.identity, [t.encode() for t in frag_texts], base, gcc_version())
     key = _digest(inputs)
-    kernels = cache_root() / "kernels"
+    kernels = store.cache_root() / "kernels"
     final = kernels / key
-    with cache.lock(kernels, key):
+    with store.lock(kernels, key):
         hit = None if force else _load_cached(final)
         if hit is not None:
             say(f"kernel {key}: cached ({hit.kernel_version}, built in {hit.seconds:.0f}s)")
@@ -246,7 +245,7 @@ def build_kernel(
         if src.deb is not None:
             src = KernelSource(unpack_debian_source(src.deb, say), src.identity, src.deb)
         # 0755: mkdtemp makes it 0700; the cache may be shared (CI)
-        with cache.building(final, mode=0o755) as tmp:
+        with store.building(final, mode=0o755) as tmp:
             try:
                 build = _build_into(tmp, final, key, src.path, frag_paths, frag_texts, inputs,
                                     base, n_jobs, say)

@@ -14,11 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import cache
+from harness import cache as store
 from harness.apt import Apt
 from harness.errors import ImageBuildError, UsageError
 from harness.image.debs import run_tool
-from harness.resources import cache_root
 
 log = logging.getLogger("harness.kernel")
 
@@ -76,20 +75,21 @@ def debian_source_deb(package: str = SOURCE_PACKAGE, progress: Progress | None =
     if not re.fullmatch(r"linux-source-\d+\.\d+", package):
         raise UsageError(f"source package {package!r} is not a linux-source-X.Y name",
                          value=package, fix="e.g. --source-package linux-source-6.12")
-    return Apt.for_suite(suite, cache_root(), progress=say).download([package], suite)[package]
+    apt = Apt.for_suite(suite, store.cache_root(), progress=say)
+    return apt.download([package], suite)[package]
 
 
 def unpack_debian_source(deb: Path, progress: Progress | None = None) -> Path:
     """Unpack ``usr/src/linux-source-*.tar.*`` from the .deb into the cache, once."""
     say = progress or (lambda msg: log.info("%s", msg))
-    root = cache_root() / "src"
+    root = store.cache_root() / "src"
     final = root / deb.stem
-    with cache.lock(root, deb.stem):
+    with store.lock(root, deb.stem):
         trees = [p for p in final.iterdir() if p.is_dir()] if final.is_dir() else []
         if (final / ".memhp-unpacked").exists() and len(trees) == 1:
             return trees[0]
         say(f"unpacking {deb.name}")
-        with cache.building(final, mode=0o755, prefix=".unpack-") as tmp:
+        with store.building(final, mode=0o755, prefix=".unpack-") as tmp:
             run_tool(["dpkg-deb", "-x", str(deb), str(tmp / "deb")], f"unpacking {deb.name}")
             tarballs = sorted((tmp / "deb/usr/src").glob("linux-source-*.tar.*"))
             if not tarballs:

@@ -52,7 +52,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import cache as store  # `cache` is a parameter here
+from harness import cache as store
 from harness.errors import HostEnvironmentError, UsageError
 
 PREFIX = "debian:"

@@ -71,7 +71,7 @@ def execute(
     booted = False
     vm = None
     try:
-        from harness.host.hugepage_reserve import reserved_for
+        from harness.host.hugepages import reserved_for
 
         adds = [*scenario.machine.coldplug, *(s.add for s in scenario.steps if s.add is not None)]
         migrates = any(s.action == "migrate" for s in scenario.steps)

@@ -1,5 +1,5 @@
 """The hugepage lock and records: what
-:func:`harness.host.hugepage_reserve.reserved` changed, kept in
+:func:`harness.host.hugepages.reserved` changed, kept in
 ``/run/memhp`` so that what a killed memhp left can be given back
 (:func:`sweep_stale`).
 
@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from harness.errors import HostEnvironmentError
-from harness.host.hugepages import _POOLS, SYS, parse_mounts, read_pools
+from harness.host.hugepage_pools import _POOLS, SYS, parse_mounts, read_pools
 from harness.leaks import proc_start_time
 from harness.units import KiB
 

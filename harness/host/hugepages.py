@@ -1,6 +1,7 @@
-"""The host's hugepages: read the pools, reserve what a test needs, give it back.
+"""The host's hugepages: reserve what a test needs, give it back.
 
-Reading (pure parsers over a ``sysfs_root``/text, tested on fake trees):
+Reading the pools and mounts is :mod:`harness.host.hugepage_pools`
+(pure parsers over a ``sysfs_root``/text, tested on fake trees):
 
 * ``/sys/kernel/mm/hugepages/hugepages-<N>kB/{nr,free,resv,surplus}_hugepages``
   (Documentation/admin-guide/mm/hugetlbpage.rst);
@@ -10,21 +11,22 @@ Reading (pure parsers over a ``sysfs_root``/text, tested on fake trees):
 * hugetlbfs mounts in ``/proc/self/mounts`` (``pagesize=``, else the
   default ``Hugepagesize`` of /proc/meminfo).
 
-Reserving (:func:`harness.host.hugepage_reserve.reserved`, a context
-manager): takes a host-wide lock (one memhp at a time changes the pools), records the original
+Reserving (:func:`reserved`, a context manager): takes a host-wide lock
+(one memhp at a time changes the pools), records the original
 ``nr_hugepages`` of every size it touches in a record file, raises each
 pool by what the test needs, checks the kernel really allocated them,
 finds a hugetlbfs mount of each size or mounts a private one (0700, under
 memhp's work-dir base), and on exit -- normal, exception, Ctrl-C or
 SIGTERM -- removes its files and mounts and writes the original counts
-back.  A memhp killed with -9 leaves its record; the next ``reserved``
+back.  A memhp killed with -9 leaves its record; the next :func:`reserved`
 (or :func:`harness.host.hugepage_records.sweep_stale`) restores from it.
-The lock and the records live in ``/run/memhp`` (root's, 0700: host-wide, whatever
-TMPDIR says); a record is read only when it is a private file of the
-caller's, and restoring touches only what memhp itself makes (files
-``memhp-<pid>-*`` on a hugetlbfs, its own mount points, pools the host
-offers), whatever a record says.  A plan whose hugepages exceed the host's
-available memory is refused before anything changes (:func:`check_room`).
+The lock and the records (:mod:`harness.host.hugepage_records`) live in
+``/run/memhp`` (root's, 0700: host-wide, whatever TMPDIR says); a record
+is read only when it is a private file of the caller's, and restoring
+touches only what memhp itself makes (files ``memhp-<pid>-*`` on a
+hugetlbfs, its own mount points, pools the host offers), whatever a
+record says.  A plan whose hugepages exceed the host's available memory
+is refused before anything changes (:func:`check_room`).
 
 Everything that needs root or a capable host says why it cannot
 (:class:`HostCannot`, which tests turn into a skip with that reason).
@@ -32,122 +34,40 @@ Everything that needs root or a capable host says why it cannot
 
 from __future__ import annotations
 
-import logging
+import contextlib
+import fcntl
+import json
 import os
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+import signal
+import subprocess
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 
-from harness.errors import HostEnvironmentError
+from harness import cache as store
+from harness.host import hugepage_records as records
+from harness.host.hugepage_pools import (
+    SYS,
+    HostCannot,
+    PoolState,
+    check_room,
+    find_hugetlbfs,
+    host_nodes,
+    needs_of,
+    pool,
+    read_pools,
+)
+from harness.leaks import proc_start_time, workdir_base
 from harness.model.qemu_rules.host import HostMemory, HugepagePool, parse_meminfo
 from harness.model.spec import AddDimm
+from harness.retry import wait_for
 from harness.units import KiB
 
-log = logging.getLogger("harness.host.hugepages")
-
-
-SYS = Path("/sys")
-
-
-_POOLS = "kernel/mm/hugepages"
-
-
-_NODES = "devices/system/node"
-
+log = records.log
 
 LOCK_TIMEOUT_S = 600.0
-
-
-class HostCannot(HostEnvironmentError):
-    """The host cannot provide what a test needs (no such hugepage size,
-    not root, no hugetlbfs, too few pages allocated); the message says
-    which, for a skip."""
-
-
-@dataclass(frozen=True)
-class PoolState:
-    """One hugepage size as sysfs shows it (counts in pages)."""
-
-    page_size: int
-    nr: int
-    free: int
-    resv: int = 0
-    surplus: int = 0
-    nodes: tuple[tuple[int, int, int], ...] = ()  # (node, nr, free)
-
-    @property
-    def available(self) -> int:
-        """Pages a new mapping can reserve: free minus reserved."""
-        return self.free - self.resv
-
-    def node_free(self, node: int) -> int | None:
-        for n, _nr, free in self.nodes:
-            if n == node:
-                return free
-        return None
-
-
-def _int(path: Path) -> int:
-    return int(path.read_text().strip())
-
-
-def _size_of(dirname: str) -> int | None:
-    """``hugepages-2048kB`` -> 2 MiB."""
-    if not dirname.startswith("hugepages-") or not dirname.endswith("kB"):
-        return None
-    digits = dirname[len("hugepages-"):-2]
-    return int(digits) * KiB if digits.isascii() and digits.isdigit() else None
-
-
-def parse_node_list(text: str) -> tuple[int, ...]:
-    """A kernel node list (``0``, ``0-1,3``) -> node ids."""
-    nodes: list[int] = []
-    for part in text.strip().split(","):
-        if not part:
-            continue
-        lo, sep, hi = part.partition("-")
-        nodes += list(range(int(lo), int(hi) + 1)) if sep else [int(lo)]
-    return tuple(nodes)
-
-
-def read_pools(sysfs_root: Path = SYS) -> tuple[PoolState, ...]:
-    """Every hugepage size the host kernel offers, with its counts."""
-    base = sysfs_root / _POOLS
-    if not base.is_dir():
-        return ()
-    node_dirs = sorted((p for p in (sysfs_root / _NODES).glob("node[0-9]*") if p.is_dir()),
-                       key=lambda p: int(p.name[4:]))
-    pools = []
-    for d in sorted(base.iterdir()):
-        size = _size_of(d.name)
-        if size is None:
-            continue
-        nodes = []
-        for nd in node_dirs:
-            pd = nd / "hugepages" / d.name
-            if pd.is_dir():
-                nodes.append((int(nd.name[4:]), _int(pd / "nr_hugepages"),
-                              _int(pd / "free_hugepages")))
-        pools.append(PoolState(size, _int(d / "nr_hugepages"), _int(d / "free_hugepages"),
-                               _int(d / "resv_hugepages"), _int(d / "surplus_hugepages"),
-                               tuple(nodes)))
-    return tuple(sorted(pools, key=lambda p: p.page_size))
-
-
-def pool(page_size: int, sysfs_root: Path = SYS) -> PoolState | None:
-    for p in read_pools(sysfs_root):
-        if p.page_size == page_size:
-            return p
-    return None
-
-
-def host_nodes(sysfs_root: Path = SYS) -> tuple[int, ...]:
-    """The host NUMA nodes with memory (what mbind() accepts)."""
-    path = sysfs_root / _NODES / "has_memory"
-    try:
-        return parse_node_list(path.read_text())
-    except OSError:
-        return (0,)
 
 
 def host_memory(sysfs_root: Path = SYS, proc_root: Path = Path("/proc")) -> HostMemory:
@@ -172,90 +92,158 @@ def filesystem_free(path: str) -> int:
     return st.f_bavail * st.f_frsize
 
 
-@dataclass(frozen=True)
-class Mount:
-    path: Path
-    page_size: int
-    options: str
+@dataclass
+class Reservation:
+    """What :func:`reserved` set up: hugetlbfs mounts per page size, the
+    pools' state right after reserving (the baseline host checks compare
+    with), and the files handed out (removed on exit)."""
+
+    mounts: dict[int, Path] = field(default_factory=dict)
+    baseline: dict[int, PoolState] = field(default_factory=dict)
+    needs: dict[int, int] = field(default_factory=dict)
+    record: dict[str, object] = field(default_factory=dict)
+    _record_path: Path | None = None
+
+    def new_file(self, page_size: int, name: str) -> Path:
+        """A path for a backend file on the ``page_size`` hugetlbfs (QEMU
+        creates it; it is deleted when the reservation ends)."""
+        try:
+            mount = self.mounts[page_size]
+        except KeyError:
+            raise HostCannot(f"no hugetlbfs of {page_size >> 10} kB pages was set up "
+                             f"(reserved: {sorted(self.mounts)})") from None
+        path = mount / f"memhp-{os.getpid()}-{name}"
+        files = self.record.setdefault("files", [])
+        assert isinstance(files, list)
+        files.append(str(path))
+        self._save()
+        return path
+
+    def _save(self) -> None:
+        if self._record_path is not None:
+            store.write_file(self._record_path, json.dumps(self.record), mode=0o600)
 
 
-def parse_mounts(mounts: str, default_page_size: int) -> tuple[Mount, ...]:
-    """hugetlbfs mounts in ``/proc/mounts`` text (octal escapes decoded)."""
-    out = []
-    for line in mounts.splitlines():
-        fields = line.split()
-        if len(fields) < 4 or fields[2] != "hugetlbfs":
-            continue
-        path = fields[1].encode().decode("unicode_escape")
-        size = default_page_size
-        for opt in fields[3].split(","):
-            key, _, value = opt.partition("=")
-            if key == "pagesize":
-                unit = {"K": KiB, "M": 1 << 20, "G": 1 << 30}.get(value[-1:].upper(), 1)
-                size = int(value[:-1] if unit != 1 else value) * unit
-        out.append(Mount(Path(path), size, fields[3]))
-    return tuple(out)
+class _Terminated(BaseException):
+    """SIGTERM arrived while hugepages were reserved (restored, then re-raised)."""
 
 
-def default_page_size(meminfo: str) -> int:
-    for line in meminfo.splitlines():
-        if line.startswith("Hugepagesize:"):
-            return int(line.split()[1]) * KiB
-    return 2 << 20
+def _on_term(signum: int, frame: FrameType | None) -> None:
+    raise _Terminated(f"signal {signum}")
 
 
-def find_hugetlbfs(page_size: int) -> Path | None:
-    """A writable hugetlbfs mount of ``page_size`` on this host, if any."""
-    meminfo = Path("/proc/meminfo").read_text()
-    for m in parse_mounts(Path("/proc/self/mounts").read_text(), default_page_size(meminfo)):
-        if m.page_size == page_size and "ro" not in m.options.split(",") \
-                and os.access(m.path, os.W_OK):
-            return m.path
-    return None
+def _check_can(needs: Mapping[int, int], sysfs_root: Path) -> dict[int, PoolState]:
+    if os.geteuid() != 0:
+        raise HostCannot("changing hugepage pools needs root (nr_hugepages is root's)")
+    pools = {p.page_size: p for p in read_pools(sysfs_root)}
+    for size in needs:
+        if size not in pools:
+            has = ", ".join(f"{s >> 10} kB" for s in sorted(pools)) or "none"
+            raise HostCannot(f"the host kernel offers no {size >> 10} kB hugepages (has: {has})")
+    return pools
 
 
-def needs_of(adds: Iterable[AddDimm], copies: int = 1) -> dict[int, int]:
-    """Hugepages (page size -> pages) enough for every hugepage DIMM of a
-    plan at once: an upper bound, as removed DIMMs may give theirs back.
-    ``copies`` 2 for a plan that migrates (source and destination QEMU map
-    their backends at the same time on this host)."""
-    needs: dict[int, int] = {}
-    for op in adds:
-        be = op.backend
-        if be.hugepages:
-            needs[be.hugepages] = needs.get(be.hugepages, 0) + copies * be.pages(op.size)
-    return needs
+@contextlib.contextmanager
+def reserved(needs: Mapping[int, int], *, mount: bool = True, sysfs_root: Path = SYS,
+             lock_timeout: float = LOCK_TIMEOUT_S) -> Iterator[Reservation]:
+    """Reserve ``needs`` (page size -> pages) on top of what the host has,
+    with a hugetlbfs of each size if ``mount``; everything is given back
+    on exit, whatever ends the block."""
+    pools = _check_can(needs, sysfs_root)
+    lock_path = records.lock_path()
+    lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+
+    def locked() -> bool | None:
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            return None
+
+    try:
+        wait_for(locked, what=f"the hugepage lock {lock_path} (another memhp holds it)",
+                 timeout=lock_timeout, max_interval=0.5, phase="environment")
+    except BaseException:
+        os.close(lock_fd)
+        raise
+    old_term = None
+    # SIGTERM's default kills without running `finally`: make it an
+    # exception for the block, unless someone (memhp run) already did.
+    if threading_main() and signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+        old_term = signal.signal(signal.SIGTERM, _on_term)
+    res = Reservation(needs=dict(needs))
+    try:
+        records.sweep_stale(sysfs_root)
+        pools = _check_can(needs, sysfs_root)
+        pid = os.getpid()
+        res._record_path = (records.private_dir(records.record_dir())
+                            / f"memhp-hugepages-{pid}.json")
+        res.record = {"pid": pid, "start": proc_start_time(pid),
+                      "nr": {str(s): pools[s].nr for s in needs}, "mounts": [], "files": []}
+        res._save()
+        for size, pages in needs.items():
+            want = pools[size].nr + pages
+            try:
+                records.write_nr(size, want, sysfs_root)
+            except OSError as exc:  # read-only sysfs (a container), EPERM...
+                raise HostCannot(f"cannot raise nr_hugepages of {size >> 10} kB pages: "
+                                 f"{exc}") from exc
+            got = pool(size, sysfs_root)
+            if got is None or got.nr < want:
+                extra = 0 if got is None else got.nr - pools[size].nr
+                raise HostCannot(f"the kernel allocated {extra} of the {pages} {size >> 10} kB "
+                                 "hugepages asked for "
+                                 "(memory too fragmented or too small)")
+        if mount:
+            for size in needs:
+                existing = find_hugetlbfs(size)
+                if existing is not None:
+                    res.mounts[size] = existing
+                    continue
+                mp = Path(tempfile.mkdtemp(prefix=f"memhp-{pid}-hugetlbfs-",
+                                           dir=workdir_base()))
+                os.chmod(mp, 0o700)
+                mounts = res.record["mounts"]
+                assert isinstance(mounts, list)
+                mounts.append(str(mp))
+                res._save()
+                out = subprocess.run(
+                    ["mount", "-t", "hugetlbfs", "-o", f"pagesize={size // KiB}K,mode=0700",
+                     "none", str(mp)], capture_output=True, text=True, check=False)
+                if out.returncode:
+                    raise HostCannot(f"cannot mount hugetlbfs ({size >> 10} kB pages) at {mp}: "
+                                     f"{out.stderr.strip()}")
+                res.mounts[size] = mp
+        res.baseline = {p.page_size: p for p in read_pools(sysfs_root) if p.page_size in needs}
+        yield res
+    finally:
+        problems = records.restore(res.record, sysfs_root) if res.record else []
+        if res._record_path is not None:
+            if problems:
+                log.error("hugepages not fully restored (record kept in %s): %s",
+                          res._record_path, "; ".join(problems))
+            else:
+                res._record_path.unlink(missing_ok=True)
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
+        fcntl.flock(lock_fd, fcntl.LOCK_UN)
+        os.close(lock_fd)
 
 
-def check_room(needs: Mapping[int, int], meminfo_text: str | None = None) -> None:
-    """UsageError when ``needs`` (page size -> pages) exceeds the host's
-    MemAvailable: raising the pools that far would take memory the host
-    does not have (and starve it), so the plan is refused up front."""
-    from harness.errors import UsageError
+def threading_main() -> bool:
+    import threading
 
+    return threading.current_thread() is threading.main_thread()
+
+
+@contextlib.contextmanager
+def reserved_for(adds: Iterable[AddDimm], copies: int = 1) -> Iterator[Reservation | None]:
+    """:func:`reserved` with what ``adds`` need, or nothing when they need no
+    hugepages (``memhp run`` wraps a run in it)."""
+    needs = needs_of(adds, copies)
     if not needs:
+        yield None
         return
-    if meminfo_text is None:
-        meminfo_text = Path("/proc/meminfo").read_text()
-    available = 0
-    for line in meminfo_text.splitlines():
-        if line.startswith("MemAvailable:"):
-            available = int(line.split()[1]) * KiB
-    want = sum(size * pages for size, pages in needs.items())
-    if available and want > available:
-        parts = ", ".join(f"{pages} x {size >> 10} kB" for size, pages in sorted(needs.items()))
-        raise UsageError(
-            f"the plan needs {want >> 20} MiB of hugepages ({parts}); this host has "
-            f"{available >> 20} MiB available", value=want,
-            fix="make the hugepage-backed DIMMs smaller, or run on a larger host")
-
-
-def __getattr__(name: str) -> object:
-    """``harness.host.hugepages.reserved`` (the README's name for it) lives in
-    :mod:`harness.host.hugepage_reserve`; imported on first use, as that
-    module imports this one."""
-    if name == "reserved":
-        from harness.host.hugepage_reserve import reserved
-
-        return reserved
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    check_room(needs)
+    with reserved(needs) as res:
+        yield res

@@ -141,8 +141,7 @@ def memhp_hugepages(request: pytest.FixtureRequest) -> Iterator[Any]:
     hugetlbfs of each size) and give them back afterwards, whatever happens
     (harness.host.hugepages.reserved); skips with the reason where the host
     cannot.  Request it before ``memhp_vm`` so that the VM ends first."""
-    from harness.host.hugepage_reserve import reserved
-    from harness.host.hugepages import HostCannot
+    from harness.host.hugepages import HostCannot, reserved
     from harness.model.backend import parse_hugepages
 
     marker = request.node.get_closest_marker("memhp_hugepages")

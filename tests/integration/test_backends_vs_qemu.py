@@ -36,8 +36,8 @@ from backend_matrix import (
 )
 
 from harness.errors import PlanRefused, QMPCommandError
-from harness.host.hugepage_reserve import Reservation, reserved
-from harness.host.hugepages import HostCannot, filesystem_free, host_memory
+from harness.host.hugepage_pools import HostCannot
+from harness.host.hugepages import Reservation, filesystem_free, host_memory, reserved
 from harness.model import AddDimm, MachineSpec, predict
 from harness.model.backend import BackendSpec
 from harness.model.predict import DIMM_BACKEND

@@ -17,13 +17,13 @@ from pathlib import Path
 
 import pytest
 
+from harness.host.hugepage_pools import pool
 from harness.host.hugepage_records import sweep_stale
-from harness.host.hugepages import pool
 from harness.units import MiB
 
 CHILD = """
 import sys
-from harness.host.hugepage_reserve import reserved
+from harness.host.hugepages import reserved
 with reserved({2 << 20: 6}) as res:
     print(res.mounts[2 << 20], flush=True)
     sys.stdin.read()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from harness.errors import PlanRefused, UsageError
-from harness.host.hugepages import parse_mounts, read_pools
+from harness.host.hugepage_pools import parse_mounts, read_pools
 from harness.model import AddDimm, MachineSpec, RemoveDimm, predict
 from harness.model.backend import BackendSpec, parse_host_nodes, parse_hugepages, size_to_str
 from harness.model.qemu_rules.host import HostMemory, HugepagePool
@@ -361,7 +361,7 @@ def test_a_forged_hugepage_record_touches_nothing(tmp_path: Path, forgery: str,
 
 def test_a_hugepage_plan_beyond_the_host_is_refused() -> None:
     from harness.errors import UsageError
-    from harness.host.hugepages import check_room
+    from harness.host.hugepage_pools import check_room
 
     meminfo = "MemTotal:       24000000 kB\nMemAvailable:   20000000 kB\n"
     check_room({2 * MiB: 1024}, meminfo)  # 2 GiB fits
@@ -370,7 +370,7 @@ def test_a_hugepage_plan_beyond_the_host_is_refused() -> None:
 
 
 def test_needs_of_a_plan() -> None:
-    from harness.host.hugepages import needs_of
+    from harness.host.hugepage_pools import needs_of
 
     adds = [AddDimm("a", 256 * MiB, backend=BackendSpec("memfd", hugepages=2 * MiB)),
             AddDimm("b", 3 * MiB, backend=BackendSpec("file", hugepages=2 * MiB)),
@@ -396,11 +396,3 @@ def test_prealloc_without_room_is_refused_in_qemus_words() -> None:
     # another path, or an unread one: not predicted
     other = BackendSpec("file", mem_path="/other", share=True, prealloc=True)
     predict(spec, [AddDimm("a", GiB, backend=other)])
-
-
-def test_readme_name_of_reserved_still_works() -> None:
-    """README's `harness.host.hugepages.reserved` is the reservation's own."""
-    from harness.host import hugepage_reserve
-    from harness.host.hugepages import reserved
-
-    assert reserved is hugepage_reserve.reserved

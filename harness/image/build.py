@@ -13,8 +13,11 @@ user kernel, the kernel file's and modules' contents.  A warm
 :func:`ensure_default_image` reads only the pointer and checks the files
 exist (no apt call), so it takes milliseconds; ``--force`` re-resolves the
 packages.  Builds happen in a temp dir inside the cache under a file lock
-and are renamed into place atomically (:mod:`harness.cache`), so concurrent builders (pytest-xdist
-workers) never see a half-written image and a failed build leaves nothing.
+and are renamed into place atomically (:mod:`harness.cache`), so concurrent
+builders (pytest-xdist workers) never see a half-written image and a failed
+build leaves nothing.  The parts: :mod:`.guest` (the image, the recipe),
+:mod:`.debs` (kernel packages), :mod:`.user_kernel` (a ``--kernel``'s
+modules and config), :mod:`.initramfs` (modules and the cpio archive).
 """
 
 from __future__ import annotations

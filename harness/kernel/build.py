@@ -251,7 +251,7 @@ def build_kernel(
                                     base, n_jobs, say)
             except BaseException:
                 if (tmp / "build.log").exists():
-                    shutil.copy2(tmp / "build.log", failed_log(final))
+                    store.write_file(failed_log(final), (tmp / "build.log").read_bytes())
                 raise
         say(f"kernel {key}: built {build.kernel_version} in {build.seconds:.0f}s")
         return build

@@ -52,16 +52,13 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from filelock import FileLock
-
+from harness import cache as store
 from harness.errors import HostEnvironmentError, ImageBuildError, UsageError
-from harness.resources import cache_root
 
 log = logging.getLogger("harness.apt")
 
@@ -145,7 +142,7 @@ class Apt:
     def __init__(self, cache: Path | None = None, *, mirror: str = MIRROR,
                  progress: Progress | None = None, sources: Sources = BOOKWORM,
                  own_suite: str | None = None) -> None:
-        self.cache = cache or cache_root()
+        self.cache = cache or store.cache_root()
         self.own_suite = own_suite
         if own_suite is not None:
             sources = suite_sources(check_suite_name(own_suite))
@@ -186,10 +183,10 @@ class Apt:
                            ("preferences", self.sources.preferences)):
             path = self.root / name
             if not path.exists() or path.read_text() != text:
-                path.write_text(text)
+                store.write_file(path, text, mode=0o644)
         status = self.root / "status"
         if not status.exists():
-            status.write_text("")
+            store.write_file(status, "", mode=0o644)
 
     def options(self) -> list[str]:
         """The ``-o`` options that make apt use only memhp's configuration."""
@@ -253,9 +250,8 @@ class Apt:
 
     def update(self, *, force: bool = False, max_age_s: float = MAX_AGE_S) -> bool:
         """Refresh the lists when older than a day (or ``force``); True if it ran."""
-        self.root.mkdir(parents=True, exist_ok=True)
         stamp = self.root / "updated"
-        with FileLock(str(self.root / "update.lock")):
+        with store.lock(self.root, "update"):
             self._write_config()
             fresh = (stamp.exists() and stamp.read_text().strip() == self._fingerprint()
                      and time.time() - stamp.stat().st_mtime < max_age_s)
@@ -271,7 +267,7 @@ class Apt:
                     # A suite the mirror lacks: leave no apt-<suite>/ behind.
                     shutil.rmtree(self.root, ignore_errors=True)
                 raise
-            stamp.write_text(self._fingerprint() + "\n")
+            store.write_file(stamp, self._fingerprint() + "\n", mode=0o644)
             self.say(f"apt-get update took {time.monotonic() - t0:.1f}s")
             return True
 
@@ -367,12 +363,12 @@ class Apt:
         if fetch:
             self.say(f"downloading {len(fetch)} package(s){where}: {' '.join(fetch)}")
             t0 = time.monotonic()
-            with tempfile.TemporaryDirectory(dir=debs, prefix=".download-") as tmp:
+            with store.scratch(debs, ".download-") as tmp:
                 self._run("apt-get", "download", "-q",
                           *[f"{n}={versions[n]}" for n in fetch],
-                          what="apt-get download", cwd=Path(tmp))
-                for f in Path(tmp).glob("*.deb"):
-                    os.replace(f, debs / f.name)
+                          what="apt-get download", cwd=tmp)
+                for f in tmp.glob("*.deb"):
+                    store.publish(f, debs / f.name)
             self.say(f"downloaded in {time.monotonic() - t0:.1f}s")
             for name in fetch:
                 hit = _cached_deb(debs, name, versions[name])

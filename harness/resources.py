@@ -8,10 +8,10 @@ is the only place that knows that.
 
 from __future__ import annotations
 
-import os
 from importlib import resources
 from pathlib import Path
 
+from harness.cache import cache_root  # noqa: F401 - where the cache is: harness.cache
 from harness.errors import HostEnvironmentError
 
 _CHECKOUT = Path(__file__).resolve().parent.parent
@@ -38,14 +38,3 @@ def guest_images_dir() -> Path:
 
 def kconfigs_dir() -> Path:
     return data_dir("kconfigs")
-
-
-def cache_root(override: Path | None = None) -> Path:
-    """memhp's cache: ``override``, else ``$MEMHP_CACHE_DIR``, else
-    ``$XDG_CACHE_HOME/memhp``, else ``~/.cache/memhp``."""
-    if override is not None:
-        return override
-    base = os.environ.get("MEMHP_CACHE_DIR")
-    if base:
-        return Path(base)
-    return Path(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")) / "memhp"

@@ -43,7 +43,7 @@ grep -q ' /sys/kernel/debug ' /proc/mounts || mount -t debugfs debugfs /sys/kern
 def script_from_source(progress: Callable[[str], None] | None = None) -> Path:
     """The selftest script of Debian's linux-source tree (cached; fetched and
     unpacked on first use, shared with ``memhp kernel build``)."""
-    from harness.kernel.build import resolve_source
+    from harness.kernel.source import resolve_source
 
     tree = resolve_source(None, progress).path
     script = tree / SCRIPT_IN_TREE

@@ -6,12 +6,19 @@ steps on a VM booted by ``memhp_vm``/``memhp_vm_factory`` through the same
 QEMU, guest and model), records mismatches on the test's report, and
 returns the step results; :func:`assert_passed` turns them into one
 readable assertion.
+
+``run_cli("run", "--json", ...)`` runs memhp's CLI in a subprocess (this
+Python, ``-m harness``) as a user would, output captured;
+:func:`start_cli` starts one for a test that signals it or runs several.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -35,7 +42,7 @@ def run_steps(vm: Any, steps: Sequence[Step], request: pytest.FixtureRequest | N
         runner.run()
     finally:
         if request is not None:
-            from harness.pytest_plugin import record_mismatches
+            from harness.pytest_plugin.reports import record_mismatches
 
             record_mismatches(request, [m for s in runner.steps for m in s.mismatches])
     return runner.steps
@@ -53,3 +60,24 @@ def assert_passed(results: Sequence[StepResult]) -> None:
             for sp in s.unexpected_splats:
                 lines.append(f"  kernel {sp.kind}: " + "\n    ".join(sp.lines[:30]))
         raise AssertionError("model and guest disagree:\n" + "\n".join(lines))
+
+
+def cli_argv(*args: str) -> list[str]:
+    """The command line of ``memhp ARGS`` with this Python (``-m harness``)."""
+    return [sys.executable, "-m", "harness", *args]
+
+
+def run_cli(*args: str, timeout: float = 600, env: Mapping[str, str] | None = None,
+            cwd: Path | str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``memhp ARGS`` to the end: exit code, stdout and stderr as text
+    (never raises for a non-zero exit; ``env`` replaces the environment)."""
+    return subprocess.run(cli_argv(*args), capture_output=True, text=True, timeout=timeout,
+                          check=False, env=None if env is None else dict(env), cwd=cwd)
+
+
+def start_cli(*args: str, **popen: Any) -> subprocess.Popen[str]:
+    """Start ``memhp ARGS`` (``popen``: :class:`subprocess.Popen`'s keywords;
+    text mode unless told otherwise)."""
+    popen.setdefault("text", True)
+    return subprocess.Popen(cli_argv(*args), **popen)
+

@@ -56,12 +56,12 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
+from harness import cache as store
 from harness.errors import HarnessError
 from harness.image.keys import GuestKeys, copy_guest_keys
 from harness.qemu.argv import RuntimePaths, build_argv
 from harness.qemu.config import KernelBoot
 from harness.qemu.snapshot import incoming_args, refresh_guest, resume, save_state, wait_incoming
-from harness.resources import cache_root
 
 log = logging.getLogger("harness.warm")
 
@@ -78,7 +78,7 @@ def states_root(root: Path | None = None) -> Path:
     if root is not None:
         return root / "states"
     override = os.environ.get("MEMHP_STATE_DIR")
-    return Path(override) if override else cache_root() / "states"
+    return Path(override) if override else store.cache_root() / "states"
 
 
 _HASHES: dict[tuple[str, int, int], str] = {}
@@ -192,12 +192,6 @@ class SavedState:
             os.utime(self.directory / "meta.json")
 
 
-def _private_dir(path: Path) -> Path:
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(path, 0o700)
-    return path
-
-
 def copy_keys(src: Path, dst: Path, host_line: str, client_line: str) -> GuestKeys:
     """Copy the key files of a state (in ``src``) into ``dst`` (0700, files 0600)."""
     return copy_guest_keys(GuestKeys(
@@ -232,8 +226,7 @@ class WarmStarts:
         return [e for e in found if e is not None]
 
     def lock(self, key: str) -> FileLock:
-        _private_dir(self.root)
-        return FileLock(str(self.root / f"{key}.lock"))
+        return store.lock(store.private_dir(self.root), key)
 
     def drop(self, entry: SavedState) -> bool:
         """Remove ``entry`` unless another process already replaced it."""
@@ -361,7 +354,8 @@ class WarmStarts:
 
     def _boot_and_save(self, vm: Any, key: str, inputs: dict[str, Any], why: str) -> None:
         vm.boot()
-        tmp = _private_dir(self.root / f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}-{key}")
+        # .tmp-PID-RANDOM-KEY (clear() reads the PID), 0700
+        tmp = store.temp_dir(store.private_dir(self.root), f".tmp-{os.getpid()}-", f"-{key}")
         try:
             keys = vm._keys
             copy_guest_keys(keys, tmp / "keys")
@@ -381,10 +375,10 @@ class WarmStarts:
                     "boot_to_ssh_s": round(vm.timings.get("boot_to_ssh_s", 0.0), 3),
                     "host_public_line": keys.host_public_line,
                     "client_public_line": keys.client_public_line, "inputs": inputs}
-            fd = os.open(tmp / "meta.json", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                json.dump(meta, f, indent=1, default=str)
-            os.rename(tmp, self.root / key)  # atomic: readers see all of it or nothing
+            store.write_file(tmp / "meta.json", json.dumps(meta, indent=1, default=str),
+                             mode=0o600)
+            # atomic: readers see all of it or nothing
+            store.publish(tmp, self.root / key, mode=0o700)
         except HarnessError as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             log.warning("could not save the state of %s: %s", vm.config.name, exc)

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.resources import cache_root
+from harness import cache as store
 
 SCHEMA = 1
 # The model's modules: a change to any of them is a change of the model.
@@ -109,7 +109,7 @@ def _dir(cache: Path | None) -> Path:
     no cache is named): records kept apart from the rest of the cache."""
     if cache is None and os.environ.get("MEMHP_CALIBRATION_DIR"):
         return Path(os.environ["MEMHP_CALIBRATION_DIR"])
-    return cache_root(cache) / "calibration"
+    return store.cache_root(cache) / "calibration"
 
 
 def record_path(kind: str, identity: str, cache: Path | None = None) -> Path:
@@ -118,17 +118,9 @@ def record_path(kind: str, identity: str, cache: Path | None = None) -> Path:
 
 def save(record: Record, cache: Path | None = None) -> Path:
     """Write ``record`` atomically, 0600 in a 0700 directory; its path."""
-    d = _dir(cache)
-    d.mkdir(parents=True, exist_ok=True)
-    os.chmod(d, 0o700)
+    store.private_dir(_dir(cache))
     path = record_path(record.kind, record.identity, cache)
-    tmp = d / f".{path.name}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(record.to_json(), f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
-    return path
+    return store.write_file(path, json.dumps(record.to_json(), indent=2) + "\n", mode=0o600)
 
 
 def _trusted(path: Path) -> bool:

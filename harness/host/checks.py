@@ -37,7 +37,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from harness.host.hugepages import SYS, PoolState, read_pools
+from harness.host.hugepage_pools import SYS, PoolState, read_pools
 from harness.model.backend import BackendSpec
 from harness.verify import Mismatch
 

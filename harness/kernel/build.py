@@ -13,7 +13,7 @@ dependencies are not met; the verify step turns that into an error naming
 the options.  Options this kernel's Kconfig does not define at all (such as
 ``MHP_DEFAULT_ONLINE_TYPE_*`` before Linux 6.14) are only reported.
 
-Cache layout (under :func:`harness.launch.cache_dir`)::
+Cache layout (under :func:`harness.cache.cache_root`; written through :mod:`harness.cache`)::
 
     debs/                        linux-source-*.deb (shared with the guest image)
     src/<deb name>/linux-source-X.Y/   the unpacked tree (once, under a file lock)
@@ -23,7 +23,8 @@ Cache layout (under :func:`harness.launch.cache_dir`)::
 The key hashes the inputs (see :func:`cache_key`): the source's identity
 (the .deb file name, or a directory's path, version and git commit), the
 fragments' contents in order, the base config, the compiler version and the
-builder's version.  A hit reads ``build.json`` and returns (under a second:
+builder's version.  The source comes from :mod:`.source`, the fragments'
+checks from :mod:`.fragments`.  A hit reads ``build.json`` and returns (under a second:
 one ``apt-cache show`` to learn the current source package name).  For CI,
 cache ``kernels/`` (a few MB per build) and, to skip the download, ``debs/``;
 ``src/`` (1.5 GB unpacked) is cheaper to recreate than to restore.
@@ -35,64 +36,42 @@ import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 import subprocess
-import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock
-
-from harness.apt import Apt
+from harness import cache as store
 from harness.errors import HostEnvironmentError, ImageBuildError, UsageError
-from harness.image.build import _run
-from harness.kconfig.deps import (  # noqa: F401 - re-exported: Kconfig text readers
-    explain_dropped,
-    kconfig_depends,
-    kconfig_symbols,
-    kconfig_texts,
-)
+from harness.kconfig.deps import explain_dropped, kconfig_depends, kconfig_symbols, kconfig_texts
 from harness.kconfig.source import parse_values
-from harness.resources import cache_root, kconfigs_dir
+from harness.kernel.fragments import (
+    default_fragments,
+    describe_dropped,
+    read_fragment,
+    requested_options,
+    verify_config,
+)
+from harness.kernel.source import (
+    SOURCE_PACKAGE,
+    KernelSource,
+    Progress,
+    resolve_source,
+    unpack_debian_source,
+)
 
 log = logging.getLogger("harness.kernel")
 
 BUILDER_VERSION = "1"
 ARCH = "x86_64"
-#: Builds with tinyconfig + kconfigs/memhp.config on Debian 12's gcc 12.2
-#: (measured: 550 CPU-seconds, 1232 compiler runs); linux-source-6.1 still works.
-SOURCE_PACKAGE = "linux-source-6.12"
 BASES = ("tinyconfig", "defconfig")
 HOST_PACKAGES = ("flex", "bison", "bc", "libelf-dev", "libssl-dev", "gcc", "make", "xz-utils")
 LOG_TAIL = 40
 HEARTBEAT_S = 60.0
 
-Progress = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class KernelSource:
-    """An unpacked kernel tree and the string that identifies it in the cache key."""
-
-    path: Path  # the tree; empty until unpacked for a .deb source
-    identity: str
-    deb: Path | None = None
-
-
-@dataclass(frozen=True)
-class Verification:
-    """How the fragments' requests ended up in the final .config."""
-
-    dropped: tuple[tuple[str, str, str], ...]  # (option, wanted, got)
-    unknown: tuple[str, ...]  # options this kernel's Kconfig does not define
-
-    @property
-    def ok(self) -> bool:
-        return not self.dropped
 
 
 @dataclass(frozen=True)
@@ -121,7 +100,7 @@ class KernelBuild:
         }
 
 
-# -- pure helpers ------------------------------------------------------------------------
+# -- the cache key ---------------------------------------------------------------------
 
 def cache_key(source: str, fragments: Sequence[bytes], base: str, gcc: str) -> str:
     """The cache key of a build: fragment order matters, their file names do not."""
@@ -138,43 +117,6 @@ def key_inputs(source: str, fragments: Sequence[bytes], base: str,
 
 def _digest(inputs: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:20]
-
-
-def requested_options(fragments: Iterable[str]) -> dict[str, str]:
-    """What the fragments ask for, in merge order (a later fragment wins)."""
-    wanted: dict[str, str] = {}
-    for text in fragments:
-        wanted.update(parse_values(text))
-    return wanted
-
-
-def verify_config(wanted: Mapping[str, str], final: Mapping[str, str],
-                  known: set[str]) -> Verification:
-    """Compare the fragments' requests with the final .config.
-
-    An option set to ``n`` (``# CONFIG_X is not set``) is satisfied when it
-    is absent or ``n``; anything else must match exactly.  Options not in
-    ``known`` cannot be set by this kernel and are only reported.
-    """
-    dropped: list[tuple[str, str, str]] = []
-    unknown: list[str] = []
-    for name, value in wanted.items():
-        if name not in known:
-            unknown.append(name)
-            continue
-        got = final.get(name, "n")
-        if got != value:
-            dropped.append((name, value, got))
-    return Verification(tuple(dropped), tuple(unknown))
-
-
-def describe_dropped(dropped: Sequence[tuple[str, str, str]],
-                     explanations: Mapping[str, str] | None = None) -> str:
-    lines = []
-    for name, want, got in dropped:
-        why = (explanations or {}).get(name)
-        lines.append(f"  CONFIG_{name}: wanted {want}, got {got}" + (f" ({why})" if why else ""))
-    return "\n".join(lines)
 
 
 def tail(path: Path, lines: int = LOG_TAIL) -> str:
@@ -231,121 +173,6 @@ def gcc_version() -> str:
     except FileNotFoundError:
         return "none"
     return out.splitlines()[0].strip() if out else "unknown"
-
-
-# -- source ----------------------------------------------------------------------------------
-
-def _tree_version(tree: Path) -> str:
-    head = (tree / "Makefile").read_text(errors="replace")[:2000]
-    fields = dict(re.findall(r"^(VERSION|PATCHLEVEL|SUBLEVEL|EXTRAVERSION) = ?(.*)$", head,
-                             re.M))
-    return "{}.{}.{}{}".format(fields.get("VERSION", "?"), fields.get("PATCHLEVEL", "?"),
-                               fields.get("SUBLEVEL", "?"), fields.get("EXTRAVERSION", ""))
-
-
-def user_source(tree: Path) -> KernelSource:
-    """A kernel tree the user gave; identified by path, version and, in a git
-    checkout, the commit and a hash of uncommitted changes to tracked files.
-    Other edits are not seen: rebuild with ``force=True`` (``--force``)."""
-    tree = tree.expanduser().resolve()
-    for rel in ("Makefile", "Kconfig", "scripts/kconfig/merge_config.sh"):
-        if not (tree / rel).is_file():
-            raise UsageError(f"{str(tree)!r} is not a kernel source tree (no {rel})",
-                             value=tree, fix="give the top directory of a Linux source tree")
-    identity = f"dir:{tree}:{_tree_version(tree)}"
-    if (tree / ".git").exists():
-        head = subprocess.run(["git", "-C", str(tree), "rev-parse", "HEAD"],
-                              capture_output=True, text=True, check=False)
-        if head.returncode == 0:
-            identity += f":{head.stdout.strip()}"
-            diff = subprocess.run(["git", "-C", str(tree), "diff", "HEAD"],
-                                  capture_output=True, check=False).stdout
-            if diff:
-                identity += f":dirty-{hashlib.sha256(diff).hexdigest()[:12]}"
-    return KernelSource(tree, identity)
-
-
-def debian_source_deb(package: str = SOURCE_PACKAGE, progress: Progress | None = None,
-                      suite: str | None = None) -> Path:
-    """The ``linux-source-X.Y`` .deb (memhp's own apt, :mod:`harness.apt`), cached."""
-    say = progress or (lambda msg: log.info("%s", msg))
-    if not re.fullmatch(r"linux-source-\d+\.\d+", package):
-        raise UsageError(f"source package {package!r} is not a linux-source-X.Y name",
-                         value=package, fix="e.g. --source-package linux-source-6.12")
-    return Apt.for_suite(suite, cache_root(), progress=say).download([package], suite)[package]
-
-
-def unpack_debian_source(deb: Path, progress: Progress | None = None) -> Path:
-    """Unpack ``usr/src/linux-source-*.tar.*`` from the .deb into the cache, once."""
-    say = progress or (lambda msg: log.info("%s", msg))
-    root = cache_root() / "src"
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / deb.stem
-    with FileLock(str(root / f"{deb.stem}.lock")):
-        trees = [p for p in final.iterdir() if p.is_dir()] if final.is_dir() else []
-        if (final / ".memhp-unpacked").exists() and len(trees) == 1:
-            return trees[0]
-        say(f"unpacking {deb.name}")
-        tmp = Path(tempfile.mkdtemp(prefix=f".unpack-{deb.stem}-", dir=root))
-        try:
-            _run(["dpkg-deb", "-x", str(deb), str(tmp / "deb")], f"unpacking {deb.name}")
-            tarballs = sorted((tmp / "deb/usr/src").glob("linux-source-*.tar.*"))
-            if not tarballs:
-                raise ImageBuildError(f"{deb.name} holds no usr/src/linux-source-*.tar.*")
-            (tmp / "tree").mkdir()
-            _run(["tar", "-xf", str(tarballs[0]), "-C", str(tmp / "tree")],
-                 f"untarring {tarballs[0].name}")
-            shutil.rmtree(tmp / "deb")
-            (tmp / "tree/.memhp-unpacked").write_text(deb.name + "\n")
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp / "tree", final)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        trees = [p for p in final.iterdir() if p.is_dir()]
-        if len(trees) != 1:
-            raise ImageBuildError(f"{deb.name}: expected one directory in its tarball, "
-                                  f"found {[t.name for t in trees]}")
-        return trees[0]
-
-
-def resolve_source(source: Path | None, progress: Progress | None = None,
-                   *, unpack: bool = True, package: str = SOURCE_PACKAGE,
-                   suite: str | None = None) -> KernelSource:
-    """The user's tree, or Debian's ``linux-source-X.Y`` (downloaded and unpacked;
-    default :data:`SOURCE_PACKAGE`)."""
-    if source is not None:
-        return user_source(source)
-    deb = debian_source_deb(package, progress, suite)
-    tree = unpack_debian_source(deb, progress) if unpack else Path()
-    return KernelSource(tree, f"deb:{deb.name}", deb)
-
-
-# -- fragments -------------------------------------------------------------------------
-
-def default_fragments(auto_online: bool = False) -> list[Path]:
-    frags = [kconfigs_dir() / "memhp.config"]
-    if auto_online:
-        frags.append(kconfigs_dir() / "auto-online.config")
-    return frags
-
-
-def read_fragment(path: Path) -> str:
-    from harness.files import read_small_file
-
-    try:
-        text = read_small_file(path, "config fragment", "give a file of CONFIG_X=y lines "
-                               "(see kconfigs/)", max_bytes=1 << 20).decode()
-    except FileNotFoundError as exc:
-        raise UsageError(f"config fragment {str(path)!r} does not exist", value=path,
-                         fix="give a file of CONFIG_X=y lines (see kconfigs/)") from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"cannot read config fragment {str(path)!r}: {exc}",
-                         value=path) from exc
-    if not parse_values(text):
-        raise UsageError(f"{str(path)!r} has no CONFIG_ lines", value=path,
-                         fix="a fragment is lines like CONFIG_X=y or # CONFIG_X is not set")
-    return text
 
 
 # -- the build -------------------------------------------------------------------------
@@ -407,10 +234,9 @@ def build_kernel(
         ensure_host_tools(progress=say)  # the compiler's version is part of the key
     inputs = key_inputs(src.identity, [t.encode() for t in frag_texts], base, gcc_version())
     key = _digest(inputs)
-    kernels = cache_root() / "kernels"
-    kernels.mkdir(parents=True, exist_ok=True)
+    kernels = store.cache_root() / "kernels"
     final = kernels / key
-    with FileLock(str(kernels / f"{key}.lock")):
+    with store.lock(kernels, key):
         hit = None if force else _load_cached(final)
         if hit is not None:
             say(f"kernel {key}: cached ({hit.kernel_version}, built in {hit.seconds:.0f}s)")
@@ -418,19 +244,15 @@ def build_kernel(
         ensure_host_tools(progress=say)
         if src.deb is not None:
             src = KernelSource(unpack_debian_source(src.deb, say), src.identity, src.deb)
-        tmp = Path(tempfile.mkdtemp(prefix=f".build-{key}-", dir=kernels))
-        try:
-            build = _build_into(tmp, final, key, src.path, frag_paths, frag_texts, inputs,
-                                base, n_jobs, say)
-            tmp.chmod(0o755)  # mkdtemp makes it 0700; the cache may be shared (CI)
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-        except BaseException:
-            if (tmp / "build.log").exists():
-                shutil.copy2(tmp / "build.log", failed_log(final))
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        # 0755: mkdtemp makes it 0700; the cache may be shared (CI)
+        with store.building(final, mode=0o755) as tmp:
+            try:
+                build = _build_into(tmp, final, key, src.path, frag_paths, frag_texts, inputs,
+                                    base, n_jobs, say)
+            except BaseException:
+                if (tmp / "build.log").exists():
+                    store.write_file(failed_log(final), (tmp / "build.log").read_bytes())
+                raise
         say(f"kernel {key}: built {build.kernel_version} in {build.seconds:.0f}s")
         return build
 

@@ -23,8 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
-from filelock import FileLock
-
+from harness import cache as store
 from harness.errors import UsageError
 
 log = logging.getLogger("harness.accel")
@@ -155,12 +154,11 @@ def _cached_verdict(
 ) -> KvmVerdict:
     if cache_dir is None:
         return prober(qemu_binary, kernel)
-    cache_dir.mkdir(parents=True, exist_ok=True)
     key = hashlib.sha256(
         "\0".join([_boot_id(boot_id_file), qemu_binary, str(kernel.resolve())]).encode()
     ).hexdigest()[:16]
     path = cache_dir / f"kvm-probe-{key}.json"
-    with FileLock(str(path) + ".lock"):
+    with store.lock(cache_dir, path.name):
         try:
             data = json.loads(path.read_text())
             cached = KvmVerdict(bool(data["works"]), str(data["reason"]))
@@ -168,8 +166,6 @@ def _cached_verdict(
         except (OSError, ValueError, KeyError):
             pass
         verdict = prober(qemu_binary, kernel)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(verdict)))
-        os.replace(tmp, path)
+        store.write_file(path, json.dumps(asdict(verdict)), mode=0o644)
         log.info("KVM probe: %s", verdict.reason)
         return verdict

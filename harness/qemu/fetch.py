@@ -47,15 +47,12 @@ which holds 7.2's modules and would be refused as of another build).
 
 from __future__ import annotations
 
-import os
 import shlex
-import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from filelock import FileLock
-
+from harness import cache as store
 from harness.errors import HostEnvironmentError, UsageError
 
 PREFIX = "debian:"
@@ -102,7 +99,7 @@ def resolve_qemu(text: str, *, cache: Path | None = None) -> str:
     if known is None:
         raise UsageError(f"no Debian QEMU {wanted!r} is known to memhp", value=text,
                          fix=f"use one of {', '.join(PREFIX + v for v in KNOWN)}, or --qemu PATH")
-    from harness.apt import TRIXIE, Apt, cache_root
+    from harness.apt import TRIXIE, Apt
 
     apt = Apt(cache, sources=TRIXIE) if known.own_libraries else Apt(cache)
     version = apt.version("qemu-system-x86", known.suite)
@@ -111,9 +108,9 @@ def resolve_qemu(text: str, *, cache: Path | None = None) -> str:
         raise HostEnvironmentError(
             f"Debian's qemu-system-x86 in {known.suite or 'bookworm'} is {version}, not "
             f"{wanted} (fix: --qemu PATH to a QEMU {wanted})")
-    root = (cache or cache_root()) / "qemu" / f"debian-{upstream.replace('~', '_')}"
+    root = (cache or store.cache_root()) / "qemu" / f"debian-{upstream.replace('~', '_')}"
     launcher = root / "qemu-system-x86_64"
-    with FileLock(str(root) + ".lock"):
+    with store.lock(root.parent, root.name):
         if not launcher.exists():
             if known.own_libraries:
                 debs = apt.download_closure(OWN_LIBRARY_PACKAGES, known.suite)
@@ -129,14 +126,11 @@ def resolve_qemu(text: str, *, cache: Path | None = None) -> str:
 
 
 def unpack(root: Path, debs: list[Path]) -> None:
-    tmp = root.with_name(root.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for deb in debs:
-        subprocess.run(["dpkg-deb", "-x", str(deb), str(tmp)], check=True,
-                       capture_output=True)
-    shutil.rmtree(root, ignore_errors=True)
-    os.replace(tmp, root)
+    """The packages unpacked into ``root`` (built beside it, then renamed in)."""
+    with store.building(root, mode=0o755, prefix=".unpack-") as tmp:
+        for deb in debs:
+            subprocess.run(["dpkg-deb", "-x", str(deb), str(tmp)], check=True,
+                           capture_output=True)
 
 
 def launcher_text(root: Path, *, own_libraries: bool = False) -> str:
@@ -156,11 +150,8 @@ def launcher_text(root: Path, *, own_libraries: bool = False) -> str:
 
 
 def write_launcher(root: Path, *, own_libraries: bool = False) -> None:
-    path = root / "qemu-system-x86_64"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(launcher_text(root, own_libraries=own_libraries))
-    tmp.chmod(0o755)
-    os.replace(tmp, path)
+    store.write_file(root / "qemu-system-x86_64",
+                     launcher_text(root, own_libraries=own_libraries), mode=0o755)
 
 
 def needed_libraries(readelf_output: str) -> list[str]:

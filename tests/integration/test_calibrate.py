@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from harness.calibrate.record import load, qemu_identity
 from harness.qemu.version import qemu_version
+from harness.testing import run_cli
 
 
 @pytest.fixture(autouse=True)
@@ -24,8 +24,7 @@ def records(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def calibrate(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "harness", "calibrate", *args, "--json"],
-                          capture_output=True, text=True, timeout=timeout, check=False)
+    return run_cli("calibrate", *args, "--json", timeout=timeout)
 
 
 def test_qemu_side_counts_and_records(qemu: tuple[str, tuple[int, int]]) -> None:

@@ -21,13 +21,13 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from harness.calibrate import model_status
 from harness.model.qemu_rules import NEWEST_READ
+from harness.testing import run_cli
 
 pytestmark = [pytest.mark.vm]
 
@@ -55,9 +55,8 @@ def qemu_12(tmp_path: Path) -> Path:
 def memhp(*args: str, records: Path) -> subprocess.CompletedProcess[str]:
     import os
 
-    return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True,
-                          text=True, timeout=600, check=False,
-                          env=os.environ | {"MEMHP_CALIBRATION_DIR": str(records)})
+    return run_cli(*args, timeout=600,
+                   env=os.environ | {"MEMHP_CALIBRATION_DIR": str(records)})
 
 
 def test_newer_qemu_runs_flagged_and_calibration_finds_the_gap(

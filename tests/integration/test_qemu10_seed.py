@@ -4,14 +4,13 @@ fetched into memhp's cache, run through the CLI exactly as a user would."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from harness.errors import HarnessError
+from harness.testing import run_cli
 
 
 @pytest.mark.parametrize("plan", [
@@ -28,9 +27,9 @@ def test_sessions_pass_on_qemu_10(memhp_guest_image: Any, tmp_path: Path,
         resolve_qemu("debian:10.0")
     except HarnessError as exc:
         pytest.skip(f"Debian's QEMU 10.0 could not be fetched: {exc}")
-    proc = subprocess.run([sys.executable, "-m", "harness", "run", "--qemu", "debian:10.0",
-                           "--accel", "tcg", "--json", "--keep", str(tmp_path / "art"), *plan],
-                          capture_output=True, text=True, timeout=600, check=False)
+    proc = run_cli("run", "--qemu", "debian:10.0",
+                   "--accel", "tcg", "--json", "--keep", str(tmp_path / "art"), *plan,
+                   timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout)
     assert result["result"] == "pass"
@@ -45,10 +44,9 @@ def test_plan_qemu_10_refuses_at_start_up_exits_2_without_a_vm(tmp_path: Path) -
         resolve_qemu("debian:10.0")
     except HarnessError as exc:
         pytest.skip(f"Debian's QEMU 10.0 could not be fetched: {exc}")
-    proc = subprocess.run([sys.executable, "-m", "harness", "run", "--qemu", "debian:10.0",
-                           "--machine", "q35", "--memory", "512M,slots=1,maxmem=988G",
-                           "--numa", "", "--add", "d0:1G@0"],
-                          capture_output=True, text=True, timeout=120, check=False)
+    proc = run_cli("run", "--qemu", "debian:10.0",
+                   "--machine", "q35", "--memory", "512M,slots=1,maxmem=988G",
+                   "--numa", "", "--add", "d0:1G@0", timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert "Address space limit 0xffffffffff < 0x1ff3fffffff phys-bits too low (40)" in \
         proc.stderr

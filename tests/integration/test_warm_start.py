@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from contextlib import ExitStack
 from typing import Any
@@ -36,7 +35,7 @@ import pytest
 from harness.launch import launch_vm
 from harness.run.runner import Runner
 from harness.scenario import add, build_scenario, online
-from harness.testing import assert_passed, run_steps
+from harness.testing import assert_passed, run_steps, start_cli
 from harness.warm import WarmStarts
 
 pytestmark = pytest.mark.vm
@@ -124,10 +123,10 @@ def test_concurrent_runs_share_one_state(tmp_path, memhp_resolved_guest) -> None
     if memhp_resolved_guest.image is None:
         pytest.skip("warm starts need a memhp image (the guest is a user disk)")
     env = dict(os.environ, MEMHP_STATE_DIR=str(tmp_path / "states"))
-    argv = [sys.executable, "-m", "harness", "run", "--accel", "tcg", "--json",
+    args = ["run", "--accel", "tcg", "--json",
             "--memory", "2G,slots=4,maxmem=4G", "--numa", "1G,1G", "--add", "d0:256M@1"]
-    procs = [subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for _ in range(2)]
+    procs = [start_cli(*args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       text=True) for _ in range(2)]
     outs = [p.communicate(timeout=600) for p in procs]
     for p, (_, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err[-3000:]

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from typing import Any
 
 import pytest
+
+from harness.testing import run_cli
 
 #: apt's pkg/release spelling, as `memhp run --kernel-package` takes it.
 DEBIAN_612 = "linux-image-amd64/bookworm-backports"
 
 
 def memhp_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True,
-                          text=True, timeout=timeout, check=False)
+    return run_cli(*args, timeout=timeout)
 
 
 def run_json(*args: str) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:

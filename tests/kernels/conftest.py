@@ -39,7 +39,7 @@ def unpacked_612(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Debian's 6.12 package unpacked as a user would (``dpkg-deb -x``'s boot/
     and lib/modules/): ``<root>/boot/vmlinuz-VER``, ``<root>/lib/modules/VER``."""
     from harness.apt import Apt
-    from harness.image.build import _unpack_kernel_deb, split_package_spec
+    from harness.image.debs import split_package_spec, unpack_kernel_deb
 
     name, suite = split_package_spec(DEBIAN_612)
     apt = Apt()
@@ -49,5 +49,5 @@ def unpacked_612(tmp_path_factory: pytest.TempPathFactory) -> Path:
     except HostEnvironmentError as exc:
         _skip_without_mirror(exc)
     root = tmp_path_factory.mktemp("debian-612")
-    _unpack_kernel_deb(deb, root)
+    unpack_kernel_deb(deb, root)
     return root

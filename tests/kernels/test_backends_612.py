@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.host.hugepages import pool
+from harness.host.hugepage_pools import pool
 from harness.units import MiB
 from kernels._cli import DEBIAN_612, QEMU_FOR_612, run_json
 

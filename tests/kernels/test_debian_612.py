@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 
 from harness.errors import UsageError
-from harness.image.build import build_image, find_config, user_kernel
+from harness.image.build import build_image
+from harness.image.user_kernel import find_config, user_kernel
 from kernels._cli import DEBIAN_612, QEMU_FOR_612, memhp_cli, run_json
 
 ELF_MAGIC_LINE = "Invalid ELF header magic"

@@ -24,7 +24,7 @@ ISSUE_18 = Path(__file__).parent.parent / "scenarios" / "virtio_mem_issue18.toml
 def unpacked_7x(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The package's parts unpacked as a user would: ``<root>/usr/lib/modules/VER/``."""
     from harness.apt import Apt
-    from harness.image.build import _unpack_kernel_deb, kernel_debs, split_package_spec
+    from harness.image.debs import kernel_debs, split_package_spec, unpack_kernel_deb
 
     name, suite = split_package_spec(DEBIAN_7X)
     apt = Apt.for_suite(suite)
@@ -34,7 +34,7 @@ def unpacked_7x(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pytest.skip(f"cannot fetch {DEBIAN_7X} (no Debian mirror?): {exc}")
     root = tmp_path_factory.mktemp("debian-7x")
     for deb in debs:
-        _unpack_kernel_deb(deb, root)
+        unpack_kernel_deb(deb, root)
     return root
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.image.build import find_config
+from harness.image.user_kernel import find_config
 from harness.kconfig import check_config
 from harness.kernel import KernelBuild, build_kernel
 from kernels._cli import run_json

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from harness.image import Recipe, cache_root
-from harness.image.build import _unpack_kernel_deb
+from harness.image.debs import unpack_kernel_deb
 from harness.image.modules import ModinfoDeps, load_order, modules_release, parse_modules_dep
 
 
@@ -27,7 +27,7 @@ def test_modinfo_closure_equals_depmods(memhp_guest_image: Any, tmp_path: Path) 
     deb = cache_root() / "debs" / memhp_guest_image.source.removeprefix("debian:")
     if not deb.is_file():
         pytest.skip(f"the default guest's package {deb.name} is not in the memhp cache")
-    _unpack_kernel_deb(deb, tmp_path)
+    unpack_kernel_deb(deb, tmp_path)
     kver = memhp_guest_image.kernel_version
     mdir = tmp_path / "lib/modules" / kver
     assert not (mdir / "modules.dep").exists()

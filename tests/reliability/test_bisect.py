@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 
 import pytest
 
 from harness.cli.regress import BAD, GOOD, SKIP
+from harness.testing import run_cli
 
 pytestmark = [pytest.mark.vm]
 
@@ -16,8 +16,7 @@ SMALL = ["--memory", "2G,slots=2,maxmem=4G", "--numa", "1G,1G", "--add", "d0:512
 
 
 def bisect(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "harness", "bisect", *SMALL, *args],
-                          capture_output=True, text=True, timeout=600, check=False)
+    return run_cli("bisect", *SMALL, *args, timeout=600)
 
 
 def test_good_kernel_is_0(default_kernel) -> None:

@@ -11,7 +11,6 @@ import hashlib
 import io
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ import pytest
 from harness.image import ensure_default_image
 from harness.image.cpio import CpioWriter
 from harness.image.keys import write_guest_keys
+from harness.testing import run_cli
 
 pytestmark = [pytest.mark.vm]
 
@@ -70,8 +70,7 @@ def disk(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path | str]:
 
 
 def memhp(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "harness", "run", *SMALL, *args],
-                          capture_output=True, text=True, timeout=600, check=False)
+    return run_cli("run", *SMALL, *args, timeout=600)
 
 
 def test_disk_boots_passes_and_is_not_modified(disk) -> None:

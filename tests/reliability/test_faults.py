@@ -7,7 +7,6 @@ import shutil
 import signal
 import stat
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from harness.errors import GuestPanic, QemuExited, QemuUnresponsive, VMError
+from harness.testing import run_cli, start_cli
 
 pytestmark = [pytest.mark.vm]
 
@@ -126,10 +126,10 @@ def start_held_run(extra: list[str] = ()) -> tuple[subprocess.Popen[str], Path, 
                COLUMNS="200")
     cwd = Path(tempfile.mkdtemp(prefix="mi-cwd-", dir="/tmp"))  # its ./memhp-artifacts
     _CWDS.append(cwd)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "harness", "run", "--accel", "tcg",
-         "--memory", "1G,slots=2,maxmem=2G", "--numa", "512M,512M", "--add", "d0:128M@1",
-         "--exec", "sleep 600", *extra], env=env, cwd=cwd,
+    proc = start_cli(
+        "run", "--accel", "tcg",
+        "--memory", "1G,slots=2,maxmem=2G", "--numa", "512M,512M", "--add", "d0:128M@1",
+        "--exec", "sleep 600", *extra, env=env, cwd=cwd,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         preexec_fn=_default_sigint,
     )
@@ -247,9 +247,7 @@ def test_kill_9_of_memhp_leaves_a_dir_the_next_memhp_sweeps(memhp_guest_image) -
     assert not _alive(qemu), "QEMU outlived memhp"
     assert left[0].exists()  # nobody could clean up
     env = dict(os.environ, TMPDIR=str(short), XDG_RUNTIME_DIR="")
-    refused = subprocess.run([sys.executable, "-m", "harness", "run", "--add", "bad id:1G@1"],
-                             env=env, capture_output=True, text=True, timeout=120, check=False,
-                             cwd=short)
+    refused = run_cli("run", "--add", "bad id:1G@1", env=env, timeout=120, cwd=short)
     assert refused.returncode == 2, refused.stderr
     left_after = [p for p in short.iterdir() if p.name.startswith("memhp-")]
     assert left_after == [], [(p, (p / "owner").read_text() if (p / "owner").exists() else "?")

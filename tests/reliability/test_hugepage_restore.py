@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.host.hugepages import pool, sweep_stale
+from harness.host.hugepage_pools import pool
+from harness.host.hugepage_records import sweep_stale
 from harness.units import MiB
 
 CHILD = """

@@ -5,10 +5,10 @@ script did, agrees with (memhp run through its CLI, on real guests)."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
+
+from harness.testing import run_cli
 
 pytestmark = [pytest.mark.vm]
 
@@ -18,9 +18,8 @@ ONLINE_ALL = ("for f in /sys/devices/system/memory/memory*/state; do "
 
 
 def run(*args: str) -> tuple[int, dict]:
-    proc = subprocess.run([sys.executable, "-m", "harness", "run", "--json", "--numa", "3G,3G",
-                           "--add", "d0:256M@1", "--online", "none", *args],
-                          capture_output=True, text=True, timeout=600, check=False)
+    proc = run_cli("run", "--json", "--numa", "3G,3G",
+                   "--add", "d0:256M@1", "--online", "none", *args, timeout=600)
     return proc.returncode, json.loads(proc.stdout)
 
 

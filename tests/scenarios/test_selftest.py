@@ -6,18 +6,17 @@ provides; graded on the script's lines, status, splats and the model."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
+
+from harness.testing import run_cli
 
 pytestmark = [pytest.mark.vm]
 
 
 @pytest.mark.long_running
 def test_mem_on_off_test_runs_in_full_and_passes() -> None:
-    proc = subprocess.run([sys.executable, "-m", "harness", "selftest", "--json"],
-                          capture_output=True, text=True, timeout=1800, check=False)
+    proc = run_cli("selftest", "--json", timeout=1800)
     assert proc.stdout, proc.stderr[-3000:]
     doc = json.loads(proc.stdout)
     ex = doc["exec"]

@@ -13,8 +13,6 @@ issue 18.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +30,7 @@ from harness.scenario import (
     resize,
     resume,
 )
-from harness.testing import assert_passed, run_steps
+from harness.testing import assert_passed, run_cli, run_steps
 
 pytestmark = [pytest.mark.vm, pytest.mark.needs_config("VIRTIO_MEM")]
 
@@ -148,10 +146,9 @@ def test_virtio_mem_on_qemu_10(memhp_guest_image: Any, tmp_path: Path, toml: str
         resolve_qemu("debian:10.0")
     except HarnessError as exc:
         pytest.skip(f"Debian's QEMU 10.0 could not be fetched: {exc}")
-    proc = subprocess.run([sys.executable, "-m", "harness", "run", "--qemu", "debian:10.0",
-                           "--accel", "tcg", "--json", "--scenario", str(HERE / toml),
-                           "--keep", str(tmp_path / "art")],
-                          capture_output=True, text=True, timeout=600, check=False)
+    proc = run_cli("run", "--qemu", "debian:10.0",
+                   "--accel", "tcg", "--json", "--scenario", str(HERE / toml),
+                   "--keep", str(tmp_path / "art"), timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
     result = json.loads(proc.stdout)
     assert result["result"] == "pass" and result["qemu_version"].startswith("10.0.")

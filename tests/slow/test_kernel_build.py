@@ -25,6 +25,7 @@ from harness.kconfig import check_config
 from harness.kernel import KernelBuild, build_kernel
 from harness.launch import GuestSource, resolve_guest
 from harness.scenario import build_scenario, default_steps
+from harness.testing import run_cli
 from harness.workflow import execute
 
 # A cold 6.12 build can exceed pytest-timeout's default 900 s on 2 busy cores.
@@ -116,12 +117,11 @@ def test_memhp_run_learns_the_policy_from_the_kernel_config(
         auto_online_kernel: KernelBuild) -> None:
     """The CLI reads the built kernel's IKCONFIG: no online step is planned
     and the model expects the blocks online, as the guest reports."""
-    import subprocess
 
-    proc = subprocess.run(
-        [sys.executable, "-m", "harness", "run", "--kernel", str(auto_online_kernel.bzimage),
-         "--memory", "2G,slots=2,maxmem=4G", "--numa", "1G,1G", "--add", "d0:512M@1",
-         "--accel", "tcg", "--json"], capture_output=True, text=True, timeout=600, check=False)
+    proc = run_cli(
+        "run", "--kernel", str(auto_online_kernel.bzimage),
+        "--memory", "2G,slots=2,maxmem=4G", "--numa", "1G,1G", "--add", "d0:512M@1",
+        "--accel", "tcg", "--json", timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "onlines new memory by itself (online" in proc.stderr
     doc = json.loads(proc.stdout)
@@ -135,14 +135,12 @@ def test_a_real_kernel_warning_fails_the_run_naming_it(auto_online_kernel: Kerne
     file makes the kernel itself print a WARNING with a call trace
     (drivers/misc/lkdtm/bugs.c lkdtm_WARNING).  The run, otherwise clean,
     fails and names it; a user-space "WARNING:" line in /dev/kmsg does not."""
-    import subprocess
 
     def run(exec_cmd: str) -> tuple[int, dict[str, Any]]:
-        proc = subprocess.run(
-            [sys.executable, "-m", "harness", "run", "--kernel", str(auto_online_kernel.bzimage),
-             "--memory", "2G,slots=2,maxmem=4G", "--numa", "1G,1G", "--add", "d0:512M@1",
-             "--accel", "tcg", "--json", "--exec", exec_cmd],
-            capture_output=True, text=True, timeout=600, check=False)
+        proc = run_cli(
+            "run", "--kernel", str(auto_online_kernel.bzimage),
+            "--memory", "2G,slots=2,maxmem=4G", "--numa", "1G,1G", "--add", "d0:512M@1",
+            "--accel", "tcg", "--json", "--exec", exec_cmd, timeout=600)
         return proc.returncode, json.loads(proc.stdout)
 
     code, doc = run("echo WARNING > /sys/kernel/debug/provoke-crash/DIRECT")

@@ -11,7 +11,7 @@ import pytest
 
 from harness.devices.pc_dimm.ops import AddDimm
 from harness.errors import PlanRefused, UsageError
-from harness.host.hugepages import parse_mounts, read_pools
+from harness.host.hugepage_pools import parse_mounts, read_pools
 from harness.model.backend import BackendSpec, parse_host_nodes, parse_hugepages, size_to_str
 from harness.model.predict import predict
 from harness.model.qemu_rules.host import HostMemory, HugepagePool
@@ -283,13 +283,13 @@ def test_sweep_restores_what_a_dead_memhp_left(tmp_path: Path,
     import json
     import os
 
-    import harness.host.hugepages as hp
-    from harness.host.hugepages import sweep_stale
+    import harness.host.hugepage_records as hp
+    from harness.host.hugepage_records import sweep_stale
     from harness.leaks import proc_start_time
 
     runtime = tmp_path / "run"
     runtime.mkdir(mode=0o700)
-    monkeypatch.setattr(hp, "_record_dir", lambda: runtime)
+    monkeypatch.setattr(hp, "record_dir", lambda: runtime)
     sysfs = tmp_path / "sys"
     _fake_sysfs(sysfs)
     fs = tmp_path / "hugetlbfs"  # a stand-in hugetlbfs mount point (fake /proc/mounts)
@@ -319,12 +319,12 @@ def test_a_forged_hugepage_record_touches_nothing(tmp_path: Path, forgery: str,
     a private file of ours: nothing outside memhp's own things is touched."""
     import json
 
-    import harness.host.hugepages as hp
-    from harness.host.hugepages import sweep_stale
+    import harness.host.hugepage_records as hp
+    from harness.host.hugepage_records import sweep_stale
 
     runtime = tmp_path / "run"
     runtime.mkdir(mode=0o700)
-    monkeypatch.setattr(hp, "_record_dir", lambda: runtime)
+    monkeypatch.setattr(hp, "record_dir", lambda: runtime)
     sysfs = tmp_path / "sys"
     _fake_sysfs(sysfs)
     nr_file = sysfs / "kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"
@@ -363,7 +363,7 @@ def test_a_forged_hugepage_record_touches_nothing(tmp_path: Path, forgery: str,
 
 def test_a_hugepage_plan_beyond_the_host_is_refused() -> None:
     from harness.errors import UsageError
-    from harness.host.hugepages import check_room
+    from harness.host.hugepage_pools import check_room
 
     meminfo = "MemTotal:       24000000 kB\nMemAvailable:   20000000 kB\n"
     check_room({2 * MiB: 1024}, meminfo)  # 2 GiB fits
@@ -372,7 +372,7 @@ def test_a_hugepage_plan_beyond_the_host_is_refused() -> None:
 
 
 def test_needs_of_a_plan() -> None:
-    from harness.host.hugepages import needs_of
+    from harness.host.hugepage_pools import needs_of
 
     adds = [AddDimm("a", 256 * MiB, backend=BackendSpec("memfd", hugepages=2 * MiB)),
             AddDimm("b", 3 * MiB, backend=BackendSpec("file", hugepages=2 * MiB)),

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import gzip
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from harness.testing import run_cli
 
 DATA = Path(__file__).parent.parent / "data" / "kconfig" / "debian-6.1-cloud-amd64.config.gz"
 
@@ -22,9 +22,8 @@ def test_kconfig_check_piped_shows_the_full_option_and_fix(tmp_path: Path, colum
     config.write_text("".join(line + "\n" for line in text.splitlines()
                               if "CONFIG_ACPI_HOTPLUG_MEMORY" not in line))
     env = dict(os.environ, COLUMNS=columns, NO_COLOR="1", TERM="xterm-256color")
-    proc = subprocess.run([sys.executable, "-m", "harness", "kconfig", "check", str(config)],
-                          capture_output=True, text=True, env=env,
-                          timeout=60, check=False)  # stdout is a pipe, as under `| cat`
+    # stdout is a pipe, as under `| cat`
+    proc = run_cli("kconfig", "check", str(config), env=env, timeout=60)
     out = proc.stdout
     assert proc.returncode == 1, proc.stderr
     assert "CONFIG_ACPI_HOTPLUG_MEMORY=n" in out

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.pytest_plugin import _OPTIONS, _env
+from harness.pytest_plugin.options import _OPTIONS, _env
 
 ROOT = Path(__file__).resolve().parents[2]
 GITHUB = ROOT / "ci" / "github-actions.yml"

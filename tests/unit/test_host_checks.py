@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from harness.host.checks import HostView, check_file, check_memdev, check_plug, check_unplug
-from harness.host.hugepages import PoolState
+from harness.host.hugepage_pools import PoolState
 from harness.model.backend import BackendSpec
 from harness.units import MiB
 

@@ -340,7 +340,7 @@ def test_bisect_aborts_on_bad_input_before_building(sandbox: Sandbox) -> None:
 
 
 def test_pytest_boot_attempts_non_ascii_digit_is_a_usage_error() -> None:
-    from harness.pytest_plugin import _parse_attempts
+    from harness.pytest_plugin.options import _parse_attempts
 
     with pytest.raises(pytest.UsageError, match="'²'"):
         _parse_attempts("²")

@@ -13,19 +13,15 @@ import pytest
 from harness.cli import main
 from harness.errors import UsageError
 from harness.kconfig import parse_values
-from harness.kernel.build import (
-    _bounded_jobs,
-    build_kernel,
-    cache_key,
+from harness.kconfig.deps import explain_dropped, kconfig_depends, kconfig_symbols
+from harness.kernel.build import _bounded_jobs, build_kernel, cache_key
+from harness.kernel.fragments import (
     describe_dropped,
-    explain_dropped,
-    kconfig_depends,
-    kconfig_symbols,
     read_fragment,
     requested_options,
-    user_source,
     verify_config,
 )
+from harness.kernel.source import user_source
 from harness.resources import kconfigs_dir
 
 FAKE_FRAGMENT = "# fake\nCONFIG_MEMORY_HOTPLUG=y\nCONFIG_ACPI_HOTPLUG_MEMORY=y\n"
@@ -228,7 +224,7 @@ def test_user_source_identity_follows_version_commit_and_edits(tmp_path: Path) -
 ])
 def test_kernel_package_spellings(spec: str, suite: str | None,
                                   want: tuple[str, str | None]) -> None:
-    from harness.image.build import split_package_spec
+    from harness.image.debs import split_package_spec
 
     assert split_package_spec(spec, suite) == want
 
@@ -239,7 +235,7 @@ def test_kernel_package_spellings(spec: str, suite: str | None,
     ("linux-image-amd64;rm", None, "amd64;rm"),
 ])
 def test_bad_kernel_package_is_usage_error(spec: str, suite: str | None, named: str) -> None:
-    from harness.image.build import split_package_spec
+    from harness.image.debs import split_package_spec
 
     with pytest.raises(UsageError, match=named) as info:
         split_package_spec(spec, suite)
@@ -256,7 +252,7 @@ def test_compressed_module_names_become_plain() -> None:
 
 def test_modules_dir_named_for_another_release_is_refused(tmp_path: Path) -> None:
     """No module file to read: the directory names its release (bug 5)."""
-    from harness.image.build import find_modules_dir
+    from harness.image.user_kernel import find_modules_dir
 
     tree = tmp_path / "lib/modules/6.12.95+deb12-amd64"
     tree.mkdir(parents=True)
@@ -278,7 +274,7 @@ def test_kernel_and_kernel_package_cannot_combine(tmp_path: Path) -> None:
 
 
 def test_source_package_name_is_checked() -> None:
-    from harness.kernel.build import debian_source_deb
+    from harness.kernel.source import debian_source_deb
 
     with pytest.raises(UsageError, match="'linux-image-amd64'"):
         debian_source_deb("linux-image-amd64")
@@ -286,6 +282,67 @@ def test_source_package_name_is_checked() -> None:
 
 def test_cli_default_source_package_is_the_builders() -> None:
     from harness.cli.kernel import SOURCE_PACKAGE as CLI_DEFAULT
-    from harness.kernel.build import SOURCE_PACKAGE
+    from harness.kernel.source import SOURCE_PACKAGE
 
     assert CLI_DEFAULT == SOURCE_PACKAGE
+
+
+# -- what a build leaves in the cache (harness.cache; a temp MEMHP_CACHE_DIR) ----------
+
+def _fake_source_deb(tmp_path: Path, with_tarball: bool = True, version: str = "9.9.1-1"
+                     ) -> Path:
+    import subprocess
+    import tarfile
+
+    pkg = tmp_path / "pkg"
+    (pkg / "DEBIAN").mkdir(parents=True)
+    (pkg / "DEBIAN/control").write_text(
+        f"Package: linux-source-9.9\nVersion: {version}\nArchitecture: all\n"
+        "Maintainer: memhp <memhp@example.org>\nDescription: fake\n")
+    (pkg / "usr/src").mkdir(parents=True)
+    if with_tarball:
+        tree = _fake_tree(tmp_path / "linux-source-9.9")
+        with tarfile.open(pkg / "usr/src/linux-source-9.9.tar.xz", "w:xz") as tar:
+            tar.add(tree, arcname="linux-source-9.9")
+    deb = tmp_path / f"linux-source-9.9_{version}_all.deb"
+    subprocess.run(["dpkg-deb", "--build", "-Zgzip", str(pkg), str(deb)], check=True,
+                   capture_output=True)
+    return deb
+
+
+def test_source_unpacked_once_and_a_failed_unpack_leaves_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from harness.errors import ImageBuildError
+    from harness.kernel.source import unpack_debian_source
+
+    monkeypatch.setenv("MEMHP_CACHE_DIR", str(tmp_path / "cache"))
+    deb = _fake_source_deb(tmp_path)
+    tree = unpack_debian_source(deb)
+    src = tmp_path / "cache/src"
+    assert tree == src / deb.stem / "linux-source-9.9" and (tree / "Makefile").is_file()
+    assert (src / deb.stem / ".memhp-unpacked").read_text() == deb.name + "\n"
+    assert sorted(p.name for p in src.iterdir()) == [deb.stem, f"{deb.stem}.lock"]
+    (tree / "marker").write_text("kept")
+    assert unpack_debian_source(deb) == tree and (tree / "marker").exists()  # a hit
+
+    empty = _fake_source_deb(tmp_path / "empty", with_tarball=False, version="9.9.2-1")
+    with pytest.raises(ImageBuildError, match="holds no usr/src"):
+        unpack_debian_source(empty)
+    assert not (src / empty.stem).exists()
+    assert not [p for p in src.iterdir() if p.name.startswith(".")]
+
+
+def test_a_failed_kernel_build_keeps_its_log_and_nothing_else(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import harness.kernel.build as kb
+    from harness.errors import ImageBuildError
+
+    monkeypatch.setenv("MEMHP_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(kb, "ensure_host_tools", lambda **kw: None)
+    tree = _fake_tree(tmp_path / "fake-linux")  # no tinyconfig target: make fails
+    with pytest.raises(ImageBuildError, match="tinyconfig"):
+        build_kernel(tree, [kconfigs_dir() / "memhp.config"], jobs=1)
+    kernels = tmp_path / "cache/kernels"
+    names = sorted(p.name for p in kernels.iterdir())
+    assert len(names) == 2 and names[0].endswith(".failed.log") and names[1].endswith(".lock")
+    assert "tinyconfig" in (kernels / names[0]).read_text()

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from harness.errors import UsageError
-from harness.image.build import check_needed_drivers, modules_candidates, user_kernel
+from harness.image.user_kernel import check_needed_drivers, modules_candidates, user_kernel
 
 FAKE_KVER = "9.9.9+fake-amd64"  # never a host's /lib/modules/<release>
 FAKE_CONFIG_MODULAR = "CONFIG_VIRTIO_PCI=y\nCONFIG_VIRTIO_NET=m\nCONFIG_FW_CFG_SYSFS=m\n"

@@ -12,7 +12,7 @@ from test_kernel_layout import FAKE_KVER, fake_bzimage, fake_modules
 
 from harness.apt import SUITES, Apt
 from harness.errors import UsageError
-from harness.image.build import _unpack_kernel_deb, kernel_tree, split_parts
+from harness.image.debs import kernel_tree, split_parts, unpack_kernel_deb
 from harness.kconfig.source import read_config
 
 FAKE_CONFIG = "CONFIG_MEMORY_HOTPLUG=y\n"
@@ -60,13 +60,13 @@ def test_both_layouts_unpack_and_are_found(tmp_path: Path) -> None:
            fake_deb(tmp_path, "linux-binary-new", {f"usr/lib/modules/{FAKE_KVER}/vmlinuz": kernel}),
            fake_deb(tmp_path, "linux-modules-new", {
                f"usr/lib/modules/{FAKE_KVER}/kernel/drivers/net/virtio_net.ko": ko})]
-    _unpack_kernel_deb(old, tmp_path / "old")
+    unpack_kernel_deb(old, tmp_path / "old")
     assert not (tmp_path / "old/usr/share").exists()
     tree = kernel_tree(tmp_path / "old", old.name)
     assert tree.kver == FAKE_KVER and tree.modules == tmp_path / "old/lib/modules" / FAKE_KVER
     assert tree.config is not None and tree.config.read_text() == FAKE_CONFIG
     for deb in new:
-        _unpack_kernel_deb(deb, tmp_path / "new")
+        unpack_kernel_deb(deb, tmp_path / "new")
     tree = kernel_tree(tmp_path / "new", "new")
     mdir = tmp_path / "new/usr/lib/modules" / FAKE_KVER
     assert (tree.vmlinuz, tree.kver, tree.config, tree.modules) == (

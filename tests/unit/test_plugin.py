@@ -139,7 +139,7 @@ def test_a_retried_boot_is_a_warning_and_a_junit_property(pytester: pytest.Pytes
         @pytest.fixture(autouse=True)
         def _fake(monkeypatch):
             monkeypatch.setattr(harness.launch, "launch_vm", fake_launch_vm)
-            monkeypatch.setattr("harness.pytest_plugin._skip_for_missing_config",
+            monkeypatch.setattr("harness.pytest_plugin.fixtures._skip_for_missing_config",
                                 lambda request, vm: None)
     """)
     pytester.makepyfile("""

@@ -1,0 +1,178 @@
+"""The plugin's fixtures: settings, the guest, the accelerator, VMs (from a
+saved state unless a real boot is asked for), hugepages, the model."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from harness.errors import HarnessError
+from harness.pytest_plugin.options import SETTINGS_KEY, Settings
+from harness.pytest_plugin.reports import VMS_KEY, warn_boot_retries
+
+
+@pytest.fixture(scope="session")
+def memhp_settings(pytestconfig: pytest.Config) -> Settings:
+    return pytestconfig.stash[SETTINGS_KEY]
+
+
+@pytest.fixture(scope="session")
+def memhp_resolved_guest(memhp_settings: Settings) -> Any:
+    """The guest every VM boots (built once; the cache is shared safely by
+    xdist workers through a file lock)."""
+    from harness.launch import GuestSource, resolve_guest
+
+    s = memhp_settings
+    try:
+        return resolve_guest(GuestSource(kernel=s.kernel, modules=s.modules, disk=s.disk,
+                                         ssh_user=s.ssh_user, ssh_key=s.ssh_key,
+                                         ssh_host_key=s.ssh_host_key,
+                                         kernel_config=s.kernel_config,
+                                         kernel_package=s.kernel_package))
+    except HarnessError as exc:
+        pytest.fail(f"memhp: cannot prepare the guest: {exc}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def memhp_guest_image(memhp_resolved_guest: Any) -> Any:
+    if memhp_resolved_guest.image is None:
+        pytest.skip("the guest is a user disk image, not a memhp image")
+    return memhp_resolved_guest.image
+
+
+@pytest.fixture(scope="session")
+def memhp_accel(memhp_settings: Settings, memhp_resolved_guest: Any) -> Any:
+    from harness.launch import pick_accel
+
+    return pick_accel(memhp_settings.accel, memhp_resolved_guest, memhp_settings.qemu)
+
+
+@pytest.fixture(autouse=True)
+def _memhp_kvm_marker(request: pytest.FixtureRequest) -> None:
+    if request.node.get_closest_marker("kvm") is None:
+        return
+    choice = request.getfixturevalue("memhp_accel")
+    if choice.accel != "kvm":
+        pytest.skip(f"needs KVM: {choice.reason}")
+
+
+VMFactory = Callable[..., Any]
+
+
+@pytest.fixture
+def memhp_vm_factory(request: pytest.FixtureRequest, memhp_settings: Settings,
+                     memhp_resolved_guest: Any, memhp_accel: Any) -> Iterator[VMFactory]:
+    """``factory(machine=..., memory=..., numa=..., append=(), smp=2, coldplug=(),
+    cold_boot=False)`` starts a VM (``coldplug``: ``ID:SIZE@NODE`` DIMMs on its
+    command line): from a saved state of the same inputs (harness.warm) unless
+    ``cold_boot``, the test's ``memhp_cold_boot`` marker, ``--memhp-cold-boot``
+    or a ``--memhp-kernel`` under test ask for a real boot."""
+    from contextlib import ExitStack
+
+    from harness.launch import launch_vm
+    from harness.scenario import build_scenario
+
+    stack = ExitStack()
+    vms: list[Any] = request.node.stash.setdefault(VMS_KEY, [])
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", request.node.name)[:40] or "t"
+    if not name[0].isalpha():
+        name = "t" + name
+
+    warm = not (memhp_settings.cold_boot or memhp_settings.kernel is not None
+                or request.node.get_closest_marker("memhp_cold_boot") is not None)
+
+    def factory(machine: str | None = None, memory: str = "6G,slots=32,maxmem=32G",
+                numa: str | None = "3G,3G", append: tuple[str, ...] = (), smp: int = 2,
+                coldplug: tuple[Any, ...] = (), cold_boot: bool = False) -> Any:
+        scenario = build_scenario(name=name, machine=machine or memhp_settings.machine,
+                                  memory=memory, numa=numa, coldplug=coldplug,
+                                  steps=[], smp=smp, append=append,
+                                  qemu_version=memhp_settings.qemu_version)
+        vm, _ = stack.enter_context(launch_vm(
+            scenario, memhp_resolved_guest, accel=memhp_accel.accel,
+            qemu_binary=memhp_settings.qemu, artifacts_on_failure=memhp_settings.artifacts,
+            timeout_scale=memhp_settings.timeout_scale, name=name,
+            warm=warm and not cold_boot, boot_attempts=memhp_settings.boot_attempts,
+        ))
+        vm.scenario = scenario
+        vms.append(vm)
+        _skip_for_missing_config(request, vm)
+        return vm
+
+    try:
+        with stack:
+            yield factory
+    finally:  # in teardown: pytest's warnings summary and the JUnit properties see it
+        for vm in vms:
+            warn_boot_retries(request.node, vm)
+
+
+def _skip_for_missing_config(request: pytest.FixtureRequest, vm: Any) -> None:
+    marker = request.node.get_closest_marker("needs_config")
+    if marker is None:
+        return
+    text = vm.guest.kernel_config()
+    if text is None:
+        pytest.skip("cannot read the guest kernel's config (/proc/config.gz or /boot/config-*)")
+    values = dict(re.findall(r"^CONFIG_(\w+)=(\S+)", text, flags=re.M))
+    for opt in marker.args:
+        name = opt.removeprefix("CONFIG_")
+        if values.get(name) not in ("y", "m"):
+            pytest.skip(f"guest kernel lacks CONFIG_{name}")
+
+
+def _machine_kwargs(request: pytest.FixtureRequest) -> dict[str, Any]:
+    marker = request.node.get_closest_marker("memhp_machine")
+    return dict(marker.kwargs) if marker else {}
+
+
+@pytest.fixture
+def memhp_vm(memhp_vm_factory: VMFactory, request: pytest.FixtureRequest) -> Any:
+    """A running VM for the test's ``memhp_machine`` marker (default: the seed's)."""
+    return memhp_vm_factory(**_machine_kwargs(request))
+
+
+@pytest.fixture
+def memhp_hugepages(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """Reserve the hugepages of the test's ``memhp_hugepages`` marker (with a
+    hugetlbfs of each size) and give them back afterwards, whatever happens
+    (harness.host.hugepages.reserved); skips with the reason where the host
+    cannot.  Request it before ``memhp_vm`` so that the VM ends first."""
+    from harness.host.hugepages import HostCannot, reserved
+    from harness.model.backend import parse_hugepages
+
+    marker = request.node.get_closest_marker("memhp_hugepages")
+    wanted = dict(marker.kwargs) if marker else {"2M": 512}
+    needs: dict[int, int] = {}
+    for size, pages in wanted.items():
+        page = parse_hugepages(size, "memhp_hugepages")
+        if page is None or isinstance(pages, bool) or not isinstance(pages, int) or pages < 1:
+            raise pytest.UsageError(f"memhp_hugepages({size}={pages!r}): give a page size "
+                                    "(2M, 1G) and a positive page count")
+        needs[page] = pages
+    try:
+        with reserved(needs) as res:
+            yield res
+    except HostCannot as exc:
+        pytest.skip(f"hugepages: {exc}")
+
+
+@pytest.fixture
+def memhp_guest(memhp_vm: Any) -> Any:
+    return memhp_vm.guest
+
+
+@pytest.fixture
+def memhp_model(request: pytest.FixtureRequest) -> Any:
+    """The model's prediction (layout, boot nodes) for the test's machine."""
+    from harness.scenario import build_scenario
+
+    kw = _machine_kwargs(request)
+    settings = request.config.stash[SETTINGS_KEY]
+    return build_scenario(name="model", machine=kw.get("machine", settings.machine),
+                          memory=kw.get("memory", "6G,slots=32,maxmem=32G"),
+                          numa=kw.get("numa", "3G,3G"), steps=[],
+                          qemu_version=settings.qemu_version).predict()

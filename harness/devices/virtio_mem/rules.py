@@ -55,7 +55,7 @@ hw/virtio/virtio-md-pci.c ``virtio_md_pci_unplug_request()`` and
   (``size != 0``), then while ``requested-size != 0``.
   The model knows the requested size, not the guest's plugged size: it
   predicts "still plugged" for a non-zero request (the driver plugs at
-  least one sub-block of any request, :mod:`harness.model.kernel.virtio_mem`).
+  least one sub-block of any request, :mod:`harness.devices.virtio_mem.driver`).
 
 Defaults: ``block-size`` = ``virtio_mem_default_block_size()`` = max(page
 size of the backend, THP size) = 2 MiB for anonymous RAM on x86-64;

@@ -1,0 +1,102 @@
+"""The run loop's bookkeeping, driven with a fake VM (tests/unit/fake_vm.py):
+what the runner records per step, what a refused eject does to the plan,
+what a pause changes in the observation, and the steps' preconditions.
+The model's answers themselves are checked against real QEMU and real
+guests elsewhere; here they are the reference the loop must keep to."""
+
+from __future__ import annotations
+
+import pytest
+
+from harness.errors import UsageError
+from harness.run.runner import Runner
+from harness.run.steps import OnlineStep, PauseStep, PlanCheck, ResumeStep, check_plan
+from harness.scenario import (
+    Scenario,
+    add,
+    build_scenario,
+    offline,
+    online,
+    pause,
+    remove,
+    resume,
+)
+from fake_vm import BLOCK, FakeVM
+
+
+def _scenario(*steps: object) -> Scenario:
+    return build_scenario(name="fake", machine="pc", memory="6G,slots=4,maxmem=16G",
+                          numa="3G,3G", steps=list(steps))  # type: ignore[arg-type]
+
+
+def _run(scenario: Scenario, **fake: object) -> tuple[Runner, FakeVM]:
+    vm = FakeVM(scenario.machine, **fake)  # type: ignore[arg-type]
+    runner = Runner(scenario, vm)  # type: ignore[arg-type]
+    runner.run()
+    return runner, vm
+
+
+def test_each_step_is_recorded_with_the_model_and_the_views() -> None:
+    s = _scenario(add("d0:1G@1"), online("d0"), offline("d0"), remove("d0"))
+    runner, vm = _run(s)
+    assert [r.action for r in runner.steps] == [
+        "add d0 (1024 MiB, node 1)", "online_movable d0", "offline d0", "remove d0"]
+    assert [r.passed for r in runner.steps] == [True] * 4, [
+        [str(m) for m in r.mismatches] + [r.error] for r in runner.steps]
+    d0 = s.prediction.steps[0].of("pc-dimm")[0]
+    after_online = runner.steps[1]
+    assert [b["number"] for b in after_online.expected["blocks"]] == list(d0.blocks)
+    assert {b["zone"] for b in after_online.observed["blocks"]} == {"Movable"}
+    assert after_online.expected["nodes"][1]["hotplug_online_bytes"] == 8 * BLOCK
+    assert runner.state.ops_acted == 2 and runner.steps[3].expected["dimms"] == []
+    assert vm.commands.count("query-memory-devices") == 4  # one observation per step
+
+
+def test_an_eject_the_guest_refuses_keeps_the_dimm_in_the_plan() -> None:
+    """remove a is refused: the op is dropped, the plan re-predicted with a
+    still there, so b is placed after it, and the next steps pass."""
+    s = _scenario(add("a:1G@0"), remove("a"), add("b:1G@1"), online("b"))
+    runner, vm = _run(s, refuse_eject={"a"})
+    refused = runner.steps[1]
+    assert refused.error is not None and "refused to eject 'a'" in refused.error
+    assert runner.state.dropped == {1}
+    placed = {d.id: d.addr for d in runner.state.current("pc-dimm")}
+    assert placed["b"] == placed["a"] + (1 << 30)  # planned: b where a was
+    assert s.prediction.final.of("pc-dimm")[0].addr == placed["a"]
+    assert [r.passed for r in (runner.steps[2], runner.steps[3])] == [True, True], [
+        str(m) for r in runner.steps for m in r.mismatches]
+
+
+def test_while_paused_only_qemu_is_observed_and_the_guest_adds_at_resume() -> None:
+    s = _scenario(pause(), add("d:512M@1"), resume(), online("d", "online_kernel"))
+    runner, _ = _run(s)
+    paused_add = runner.steps[1]
+    assert paused_add.observed["guest"].startswith("not observed: the VM is paused")
+    assert [d["id"] for d in paused_add.observed["dimms"]] == ["d"]
+    assert "blocks" not in paused_add.observed
+    assert all(r.passed for r in runner.steps), [
+        str(m) for r in runner.steps for m in r.mismatches]
+    assert {b["zone"] for b in runner.steps[3].observed["blocks"]} == {"Normal"}
+
+
+def test_an_ebusy_offline_is_an_answer_the_model_follows() -> None:
+    s = _scenario(add("k:256M@1"), online("k", "online_kernel"), offline("k"))
+    first = s.prediction.steps[0].of("pc-dimm")[0].blocks[0]
+    runner, _ = _run(s, busy={first})
+    last = runner.steps[2]
+    assert last.passed, [str(m) for m in last.mismatches]
+    states = {b["number"]: b["state"] for b in last.expected["blocks"]}
+    assert states[first] == "online" and list(states.values()).count("offline") == 1
+
+
+def test_preconditions_are_the_steps_own() -> None:
+    spec = _scenario(add("a:1G@1")).machine
+    plan = PlanCheck(spec)
+    assert ResumeStep().allowed(plan) is False  # not paused
+    PauseStep().advance(plan)
+    assert OnlineStep("a").allowed(plan) is False  # needs the guest
+    assert ResumeStep().allowed(plan) is True
+    with pytest.raises(UsageError, match="the run ends paused"):
+        check_plan(PlanCheck(spec), [pause()])
+    with pytest.raises(UsageError, match="which no earlier step adds"):
+        check_plan(PlanCheck(spec), [online("nope")])

@@ -7,6 +7,7 @@ guests elsewhere; here they are the reference the loop must keep to."""
 from __future__ import annotations
 
 import pytest
+from fake_vm import BLOCK, FakeVM
 
 from harness.errors import UsageError
 from harness.run.runner import Runner
@@ -21,7 +22,6 @@ from harness.scenario import (
     remove,
     resume,
 )
-from fake_vm import BLOCK, FakeVM
 
 
 def _scenario(*steps: object) -> Scenario:

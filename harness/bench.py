@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.launch import GuestSource, launch_vm, resolve_guest
+from harness.model.spec import SEED_MEMORY, SEED_NUMA
 from harness.qemu.argv import RuntimePaths
 from harness.run.observe import wait_blocks
 from harness.scenario import Scenario, add, build_scenario
@@ -53,8 +54,8 @@ class Series:
 
 
 def _seed(append: tuple[str, ...] = ()) -> Scenario:
-    return build_scenario(name="bench", machine="pc", memory="6G,slots=32,maxmem=32G",
-                          numa="3G,3G", steps=[add("dimm0:1G@1"), add("dimm1:1G@0")],
+    return build_scenario(name="bench", machine="pc", memory=SEED_MEMORY,
+                          numa=SEED_NUMA, steps=[add("dimm0:1G@1"), add("dimm1:1G@0")],
                           append=append)
 
 

@@ -81,7 +81,15 @@ from harness.model.backend import BackendSpec
 from harness.model.predict import Prediction, predict
 from harness.model.qemu_rules import CpuSpec, parse_machine_type
 from harness.model.qemu_rules.host import HostMemory
-from harness.model.spec import MachineSpec, Operation, parse_memory_option, parse_numa_option
+from harness.model.spec import (
+    SEED_MACHINE,
+    SEED_MEMORY,
+    SEED_NUMA,
+    MachineSpec,
+    Operation,
+    parse_memory_option,
+    parse_numa_option,
+)
 from harness.run.steps import (
     AddStep,
     MigrateStep,
@@ -369,14 +377,14 @@ def load_scenario(path: Path, *, qemu_version: tuple[int, int] | None = None,
                          fix='e.g. append = ["memhp_default_state=online"] (at most 256)')
     expect_splats = splat_patterns(guest.get("expect_splats", []), "[guest].expect_splats")
     coldplug = [_coldplug_entry(c, i) for i, c in enumerate(_coldplug_list(machine))]
-    numa = machine.get("numa", "3G,3G")
+    numa = machine.get("numa", SEED_NUMA)
     if not isinstance(numa, str):
         raise UsageError("[machine].numa must be a string like \"3G,3G\"", value=numa)
     scenario = build_scenario(
         name=expect(data, "name", str, "scenario") if "name" in data else path.stem,
-        machine=expect(machine, "type", str, "[machine]") if "type" in machine else "pc",
+        machine=expect(machine, "type", str, "[machine]") if "type" in machine else SEED_MACHINE,
         memory=(expect(machine, "memory", str, "[machine]") if "memory" in machine
-                else "6G,slots=32,maxmem=32G"),
+                else SEED_MEMORY),
         numa=numa or None,
         smp=expect(machine, "smp", int, "[machine]") if "smp" in machine else 2,
         steps=[parse_step(i, s) for i, s in enumerate(steps_raw)],

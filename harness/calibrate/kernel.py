@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness.calibrate.cases import CASES, VIRTIO_MEM_CASES, Case
+from harness.model.spec import SEED_MEMORY, SEED_NUMA
 
 
 @dataclass(frozen=True)
@@ -51,8 +52,8 @@ def run_case(case: Case, guest: Any, *, qemu_binary: str, qemu_version: tuple[in
     t0 = time.monotonic()
     try:
         scenario = build_scenario(
-            name=f"calibrate-{case.id}", machine="pc", memory="6G,slots=32,maxmem=32G",
-            numa=case.machine.get("numa", "3G,3G"), steps=case.steps,
+            name=f"calibrate-{case.id}", machine="pc", memory=SEED_MEMORY,
+            numa=case.machine.get("numa", SEED_NUMA), steps=case.steps,
             append=tuple(case.machine.get("append", ())), qemu_version=qemu_version)
         result = execute(scenario, guest, accel=accel, qemu_binary=qemu_binary,
                          artifacts_on_failure=None, timeout_scale=timeout_scale)

@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from harness.cli.options import MACHINE_OPTIONS, QEMU_OPTIONS, apply
 from harness.errors import HarnessError, PlanRefused, UsageError
 
 
@@ -37,12 +38,7 @@ def detected_qemu_version(binary: str = "qemu-system-x86_64") -> tuple[tuple[int
 
 
 @click.command("model")
-@click.option("--machine", default="pc", show_default=True,
-              help="pc, q35, or a versioned pc-i440fx-X.Y / pc-q35-X.Y (as -machine).")
-@click.option("--memory", default="6G,slots=32,maxmem=32G", show_default=True,
-              help="As QEMU's -m: SIZE[,slots=N][,maxmem=SIZE]; a bare SIZE is MiB.")
-@click.option("--numa", default="3G,3G", show_default=True,
-              help="Boot memory per node (bare numbers MiB); '' for no NUMA.")
+@apply(MACHINE_OPTIONS)
 @click.option("--add", "adds", multiple=True, metavar="ID:SIZE@NODE[:ADDR]",
               help="Hot-add a DIMM (repeatable; applied in order with --remove).")
 @click.option("--remove", "removes", multiple=True, metavar="ID",
@@ -54,15 +50,7 @@ def detected_qemu_version(binary: str = "qemu-system-x86_64") -> tuple[tuple[int
 @click.option("--cpu", default="max", show_default=True,
               help="As -cpu: MODEL[,phys-bits=N][,vendor=ID], or amd|intel[,phys-bits=N]. "
                    "Default: memhp's TCG CPU (AMD, 40 phys-bits).")
-@click.option("--qemu", "qemu_binary", default="qemu-system-x86_64", show_default=True,
-              help="Whose version to model when --qemu-version is not given "
-                   "(a binary, or debian:10.0).")
-@click.option("--qemu-version", help="Model this QEMU version (any from 7.2; one newer "
-                                     "than the newest read gets its rules, flagged; "
-                                     "default: the --qemu binary's).")
-@click.option("--scenario", "scenario_file", type=click.Path(path_type=Path),
-              help="Take the machine and the steps from a scenario TOML file (its backend "
-                   "keys included) instead of --machine/--memory/--numa/--add/--remove.")
+@apply(QEMU_OPTIONS)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def model_cmd(ctx: click.Context, machine: str, memory: str, numa: str, adds: tuple[str, ...],

@@ -22,15 +22,14 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from harness.cli.options import MACHINE_OPTIONS, QEMU_OPTIONS
 from harness.errors import HarnessError, HostEnvironmentError, UsageError
+from harness.model.spec import SEED_DIMM
 
 if TYPE_CHECKING:
     from harness.run.results import RunResult
     from harness.scenario import Scenario
 
-SEED_MEMORY = "6G,slots=32,maxmem=32G"
-SEED_NUMA = "3G,3G"
-SEED_DIMM = "dimm0:1G@1"
 
 
 def _sigterm_as_interrupt(signum: int, frame: FrameType | None) -> None:
@@ -96,13 +95,7 @@ def scenario_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 _SCENARIO_OPTIONS: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
-    click.option("--scenario", "scenario_file", type=click.Path(path_type=Path),
-                  help="A TOML scenario file (see README); replaces --add/--remove."),
-    click.option("--machine", default="pc", show_default=True, help="pc (i440fx) or q35."),
-    click.option("--memory", default=SEED_MEMORY, show_default=True,
-                  help="Boot memory, as QEMU's -m: SIZE,slots=N,maxmem=SIZE."),
-    click.option("--numa", default=SEED_NUMA, show_default=True,
-                  help="Boot memory per NUMA node, e.g. 3G,3G; '' for no NUMA."),
+    *MACHINE_OPTIONS,
     click.option("--add", "adds", multiple=True, metavar="ID:SIZE@NODE[:ADDR]",
                   help=f"Hot-add a DIMM (repeatable). Default: {SEED_DIMM}."),
     click.option("--remove", "removes", multiple=True, metavar="ID",
@@ -117,12 +110,7 @@ _SCENARIO_OPTIONS: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
     click.option("--accel", default="auto", show_default=True,
                   type=click.Choice(["auto", "kvm", "tcg"]),
                   help="auto probes KVM for real and falls back to TCG."),
-    click.option("--qemu", "qemu_binary", default="qemu-system-x86_64", show_default=True,
-                 help="QEMU binary (path or name), or debian:10.0: Debian's QEMU 10.0 from "
-                      "bookworm-backports, fetched into memhp's cache, not installed."),
-    click.option("--qemu-version", help="Model the rules of this QEMU version (default: the "
-                 "binary's; any from 7.2: one newer than the newest read runs on its "
-                 "rules, flagged)."),
+    *QEMU_OPTIONS,
     click.option("--allow-mem-path", "allow_mem_path", multiple=True, metavar="DIR",
                  help="Let a scenario's file backends (mem_path) use this directory "
                       "(repeatable; none by default: memhp picks private files)."),

@@ -27,6 +27,13 @@ MAX_NODES = 128
 # The smallest memory block on x86-64 (arch/x86/mm/init_64.c MIN_MEMORY_BLOCK_SIZE).
 MIN_BLOCK_SIZE = 128 * MiB
 DEFAULT_QEMU_VERSION = (7, 2)
+# The seed session (the reference command line): memhp's defaults wherever
+# a plan is not given (memhp run, memhp model, a scenario file, the plugin).
+SEED_MACHINE = "pc"
+SEED_MEMORY = "6G,slots=32,maxmem=32G"
+SEED_NUMA = "3G,3G"
+SEED_DIMM = "dimm0:1G@1"
+# (MachineSpec's own defaults are the same machine.)
 
 
 @dataclass(frozen=True)

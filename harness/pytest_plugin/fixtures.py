@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from harness.errors import HarnessError
+from harness.model.spec import SEED_MEMORY, SEED_NUMA
 from harness.pytest_plugin.options import SETTINGS_KEY, Settings
 from harness.pytest_plugin.reports import VMS_KEY, warn_boot_retries
 
@@ -84,8 +85,8 @@ def memhp_vm_factory(request: pytest.FixtureRequest, memhp_settings: Settings,
     warm = not (memhp_settings.cold_boot or memhp_settings.kernel is not None
                 or request.node.get_closest_marker("memhp_cold_boot") is not None)
 
-    def factory(machine: str | None = None, memory: str = "6G,slots=32,maxmem=32G",
-                numa: str | None = "3G,3G", append: tuple[str, ...] = (), smp: int = 2,
+    def factory(machine: str | None = None, memory: str = SEED_MEMORY,
+                numa: str | None = SEED_NUMA, append: tuple[str, ...] = (), smp: int = 2,
                 coldplug: tuple[Any, ...] = (), cold_boot: bool = False) -> Any:
         scenario = build_scenario(name=name, machine=machine or memhp_settings.machine,
                                   memory=memory, numa=numa, coldplug=coldplug,
@@ -173,6 +174,6 @@ def memhp_model(request: pytest.FixtureRequest) -> Any:
     kw = _machine_kwargs(request)
     settings = request.config.stash[SETTINGS_KEY]
     return build_scenario(name="model", machine=kw.get("machine", settings.machine),
-                          memory=kw.get("memory", "6G,slots=32,maxmem=32G"),
-                          numa=kw.get("numa", "3G,3G"), steps=[],
+                          memory=kw.get("memory", SEED_MEMORY),
+                          numa=kw.get("numa", SEED_NUMA), steps=[],
                           qemu_version=settings.qemu_version).predict()

@@ -363,11 +363,10 @@ class WarmStarts:
         vm.boot()
         tmp = _private_dir(self.root / f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}-{key}")
         try:
-            keys = vm._keys
+            keys = vm.guest_keys
             copy_guest_keys(keys, tmp / "keys")
             shutil.copyfile(vm.paths.serial_log, tmp / "console.log")
-            vm.shell.close()  # no SSH session inside the saved state
-            vm.shell = vm.guest = None
+            vm.disconnect_ssh()  # no SSH session inside the saved state
             compressed_name = tmp / "state.zst"
             result = save_state(vm, compressed_name)
             if not result.compressed:

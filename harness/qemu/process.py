@@ -23,7 +23,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from harness.errors import LaunchError, QemuExited, QemuUnresponsive, VMError
 from harness.leaks import proc_start_time, proc_stat, sweep_stale_workdirs, workdir_base
@@ -31,6 +31,9 @@ from harness.qemu.argv import RuntimePaths, build_argv
 from harness.qemu.config import VMConfig
 from harness.qemu.qmp import QMPSession
 from harness.retry import wait_for
+
+if TYPE_CHECKING:
+    from harness.guest.ssh import GuestShell
 
 _PR_SET_PDEATHSIG = 1
 # How long a broken QMP connection may precede the exit of QEMU's process:
@@ -251,7 +254,7 @@ class QemuProcess:
             self.qmp.close()
             self.qmp = None
 
-    def save_dmesg(self, shell: Any) -> None:
+    def save_dmesg(self, shell: GuestShell) -> None:
         """The guest's ``dmesg`` into the work dir (kept with the artifacts);
         best effort on a failing VM."""
         if self.workdir is None:

@@ -50,6 +50,7 @@ from harness.qemu.qmp import QMPEvent, QMPSession
 from harness.qemu.timeouts import Timeouts
 
 if TYPE_CHECKING:
+    from harness.guest.ssh import CommandResult
     from harness.image import GuestImage
     from harness.image.keys import GuestKeys
     from harness.scenario import Scenario
@@ -124,7 +125,7 @@ class VM:
             "warm start not asked for (--cold-boot, memhp_cold_boot, compare, bisect or "
             "a kernel under test)")}
 
-    # -- the running QEMU (QemuProcess) ---------------------------------------
+    # -- the running QEMU (harness.qemu.process) --------------------------------
     @property
     def proc(self) -> subprocess.Popen[bytes] | None:
         return self.process.proc
@@ -223,7 +224,7 @@ class VM:
                 "(fix: apt-get install qemu-system-x86, or pass --qemu PATH)"
             )
         workdir, made = self.process.make_workdir(), None
-        if self.image is not None:  # a disk image: the user's key reaches it
+        if self.image is not None:  # memhp's keys (a disk image takes the user's)
             self._keys = made = _boot.guest_keys(workdir / "keys", self.inherit_keys, keys)
         self.config = _boot.boot_config(self.base_config, self.image, made)
         self.config = self.process.run(self.config, incoming=incoming, attempts=attempts,
@@ -242,7 +243,9 @@ class VM:
     def stop(self) -> None:
         """End QEMU and clean up; idempotent, never raises for cleanup trouble."""
         try:
-            if (self._failed or self.keep) and self.shell is not None and self._serving():
+            # dmesg when kept and QEMU runs, not stopped (else the guest cannot answer)
+            if (self._failed or self.keep) and self.shell is not None and not self.paused \
+                    and self.process.running():
                 self.process.save_dmesg(self.shell)
         finally:
             try:
@@ -255,18 +258,14 @@ class VM:
             self.devices.remove_backend_files()
             self._finish_workdir()
 
-    def _serving(self) -> bool:
-        """QEMU runs and is not stopped (worth asking the guest for dmesg)."""
-        return not self.paused and self.process.running()
-
     def _finish_workdir(self, label: str | None = None) -> None:
         """Remove the work dir; its files go to the artifacts first when kept,
         failed, or ``label``-led (a discarded attempt: ``<name>/<label>/``)."""
+        dest = None
         if self.artifacts_dir is not None and (self.keep or self._failed or label):
-            dest = self.artifacts_dir / self.config.name
-            self.saved_artifacts = self.process.finish(dest / label if label else dest)
-        else:
-            self.process.finish(None)
+            dest = self.artifacts_dir / self.config.name / (label or "")  # "": no level
+        saved = self.process.finish(dest)
+        self.saved_artifacts = saved or self.saved_artifacts  # a second stop keeps it
 
     # -- health ------------------------------------------------------------
     def serial_text(self) -> str:
@@ -321,7 +320,8 @@ class VM:
         if shell is not None:
             shell.close()
 
-    def ssh(self, argv: list[str], *, timeout: float | None = None, check: bool = True) -> Any:
+    def ssh(self, argv: list[str], *, timeout: float | None = None,
+            check: bool = True) -> CommandResult:
         """Run a command in the guest; a broken SSH session caused by a dead
         QEMU or a guest panic is reported as such."""
         if self.shell is None:

@@ -357,11 +357,10 @@ class WarmStarts:
         # .tmp-PID-RANDOM-KEY (clear() reads the PID), 0700
         tmp = store.temp_dir(store.private_dir(self.root), f".tmp-{os.getpid()}-", f"-{key}")
         try:
-            keys = vm._keys
+            keys = vm.guest_keys
             copy_guest_keys(keys, tmp / "keys")
             shutil.copyfile(vm.paths.serial_log, tmp / "console.log")
-            vm.shell.close()  # no SSH session inside the saved state
-            vm.shell = vm.guest = None
+            vm.disconnect_ssh()  # no SSH session inside the saved state
             compressed_name = tmp / "state.zst"
             result = save_state(vm, compressed_name)
             if not result.compressed:

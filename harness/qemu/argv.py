@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.qemu.config import DiskBoot, KernelBoot, VMConfig
+from harness.qemu.options import opt_value
 from harness.units import MiB
 
 
@@ -45,13 +46,6 @@ class RuntimePaths:
         """Where a migration destination listens (``-incoming unix:``): in
         the private 0700 work dir, so only this user can connect."""
         return self.workdir / "migrate.sock"
-
-
-def opt_value(value: object) -> str:
-    """A value inside a QEMU ``key=value,...`` option string: QEMU's option
-    parser reads ``,,`` as a literal comma (a path ``/x/my,disk.img`` must not
-    end the value at the comma and become an option of its own)."""
-    return str(value).replace(",", ",,")
 
 
 def _mib(n: int) -> str:

@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Self
 
 from harness.errors import UsageError
 from harness.model.backend import RAM, BackendSpec
-from harness.qemu.argv import opt_value
+from harness.qemu.options import opt_value
 
 _backend_ids = itertools.count()
 

@@ -138,12 +138,13 @@ def migrate(src: VM, dst: VM) -> MigrationStats:
     wait, bounded, until both report ``completed``.  On a failure or a
     timeout the migration is cancelled and the error raised; ``src`` then
     runs on."""
-    assert dst.paths is not None and dst.qmp is not None and src.qmp is not None
+    assert dst.paths is not None
+    src_qmp, dst_qmp = src.qmp_session(), dst.qmp_session()
     timeout = src.timeouts.s("migrate")
     _enable_events(dst)
     _enable_events(src)
     src.execute("migrate-set-parameters", {"max-bandwidth": MAX_BANDWIDTH}, phase="migrate")
-    src_cursor, dst_cursor = src.qmp.cursor(), dst.qmp.cursor()
+    src_cursor, dst_cursor = src_qmp.cursor(), dst_qmp.cursor()
 
     def both_alive() -> None:
         src.check_alive()
@@ -152,7 +153,7 @@ def migrate(src: VM, dst: VM) -> MigrationStats:
     t0 = time.monotonic()
     src.execute("migrate", {"uri": f"unix:{dst.paths.migration_socket}"}, phase="migrate")
     try:
-        ev = src.qmp.wait_event(_status_event("completed"), since=src_cursor, timeout=timeout,
+        ev = src_qmp.wait_event(_status_event("completed"), since=src_cursor, timeout=timeout,
                                 what="MIGRATION completed on the source",
                                 abort=both_alive,
                                 phase="migrate")
@@ -161,7 +162,7 @@ def migrate(src: VM, dst: VM) -> MigrationStats:
                           f"{_error_desc(src)!r}; the destination's QEMU said:\n"
                           f"{_log_tail(dst)}", phase="migrate")
         left = max(timeout - (time.monotonic() - t0), 1.0)
-        ev = dst.qmp.wait_event(_status_event("completed"), since=dst_cursor, timeout=left,
+        ev = dst_qmp.wait_event(_status_event("completed"), since=dst_cursor, timeout=left,
                                 what="MIGRATION completed on the destination",
                                 abort=dst.check_alive, phase="migrate")
         if ev.data["status"] != "completed":
@@ -176,12 +177,7 @@ def migrate(src: VM, dst: VM) -> MigrationStats:
 
 
 def _log_tail(vm: VM, lines: int = 20) -> str:
-    if vm.paths is None:
-        return "(no log)"
-    try:
-        text = vm.paths.qemu_log.read_text(errors="replace").strip()
-    except OSError:
-        return "(no log)"
+    text = vm.qemu_output().strip()
     return "\n".join(text.splitlines()[-lines:]) or "(nothing)"
 
 
@@ -229,10 +225,8 @@ def migrate_vm(vm: VM, reported: dict[str, dict[str, Any]] | None = None) -> Mig
     # dst now holds the source, whose guest no longer runs (postmigrate):
     # drop its SSH session unused, then quit it (or kill it) by its PID.
     try:
-        old_shell, dst.shell, dst.guest = dst.shell, None, None
-        if old_shell is not None:
-            with contextlib.suppress(Exception):
-                old_shell.close()
+        with contextlib.suppress(Exception):
+            dst.disconnect_ssh()
     finally:
         dst.stop()
     log.info("%s migrated in %.0f ms (%d bytes, downtime %d ms)", vm.config.name,

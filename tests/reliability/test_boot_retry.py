@@ -114,7 +114,7 @@ def test_a_hung_boot_after_a_reset_is_reset_again(make_vm) -> None:
     with vm:
         normal = vm.timeouts
         vm.timeouts = Timeouts(scale=1.0, boot=TOO_SHORT_S)
-        reset = vm._system_reset
+        reset = vm.system_reset
         marks: list[int] = []
 
         def reset_then_normal_deadline() -> int:
@@ -123,7 +123,7 @@ def test_a_hung_boot_after_a_reset_is_reset_again(make_vm) -> None:
                 vm.timeouts = normal
             return marks[-1]
 
-        vm._system_reset = reset_then_normal_deadline  # type: ignore[method-assign]
+        vm.system_reset = reset_then_normal_deadline  # type: ignore[method-assign]
         vm.reboot()
         assert len(marks) == 2
         assert [(h["attempt"], h["when"]) for h in vm.boot_retries] == [(1, "after a reset")]

@@ -23,8 +23,8 @@ def test_ssh_quoting_pinning_timeout_reconnect(memhp_vm) -> None:
     assert vm.ssh(["ls", "/tmp/pwned", "/tmp/pwned2"], check=False).status != 0
     # a wrong pinned host key is refused (RejectPolicy, never auto-added)
     _, other = generate_keypair("impostor")
-    shell = GuestShell("127.0.0.1", vm.config.ssh_port, "root", vm._keys.client_key_path, other,
-                       connect_timeout=20)
+    key = vm.guest_keys.client_key_path
+    shell = GuestShell("127.0.0.1", vm.config.ssh_port, "root", key, other, connect_timeout=20)
     with pytest.raises(VMError, match="host key"):
         shell.connect()
     # a command past its timeout raises WaitTimeout naming it

@@ -63,7 +63,7 @@ def test_kernel_memory_in_normal_zone_refuses_offline_and_unplug(memhp_vm) -> No
         memhp_vm.hot_remove("dimm0")
     assert time.monotonic() - start < 30  # reported at once, not after a timeout
     assert info.value.status not in (0, 0x84)
-    assert any(d.id == "dimm0" for d in memhp_vm.query_memory_devices())
+    assert any(d.id == "dimm0" for d in memhp_vm.query_dimms())
     assert "Offline failed" in memhp_vm.guest.dmesg()
     results = memhp_vm.guest.offline_blocks([b.number for b in blocks])
     busy = [r for r in results if not r.ok]

@@ -110,7 +110,7 @@ def test_refusals_as_expected_steps_and_the_scenario_goes_on(memhp_vm, request) 
     results = run_steps(memhp_vm, steps, request)
     assert_passed(results)
     assert [d["id"] for d in results[-1].expected["dimms"]] == ["a", "c", "e"]
-    assert sorted(d.id for d in memhp_vm.query_memory_devices()) == ["a", "c", "e"]
+    assert sorted(d.id for d in memhp_vm.query_dimms()) == ["a", "c", "e"]
 
 
 def test_an_expected_refusal_the_model_does_not_predict_is_bad_input() -> None:

@@ -290,6 +290,9 @@ class _FakeVM:
 
     def launch(self) -> None: ...
 
+    def disconnect_ssh(self) -> None:
+        self.shell = self.guest = None
+
     def connect_ssh(self) -> None:
         if self.ssh_fails:
             raise OSError("no SSH on the destination")

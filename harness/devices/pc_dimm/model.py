@@ -152,6 +152,15 @@ def _check_backend(spec: MachineSpec, op: AddDimm, held: dict[int, int], already
        cannot fail on hugepages QEMU has reserved; on anonymous memory it
        depends on what else the host uses meanwhile: not predicted.
     """
+    _backend_properties(op)
+    _backend_allocation(spec, op, held, already)
+    _backend_size(spec, op)
+    _backend_numa(spec, op)
+    _backend_prealloc(spec, op, dimms)
+
+
+def _backend_properties(op: AddDimm) -> None:
+    """1: the property setters."""
     be = op.backend
     if be.effective("prealloc") and not be.effective("reserve"):
         raise refuse("prealloc-noreserve", f"DIMM {op.id!r}: prealloc needs reserve",
@@ -162,6 +171,12 @@ def _check_backend(spec: MachineSpec, op: AddDimm, held: dict[int, int], already
             raise refuse("host-node-range", f"DIMM {op.id!r}: host node {node} >= "
                          f"{QEMU_MAX_NODES}", f"Invalid host-nodes value: {node}", value=node,
                          limit=QEMU_MAX_NODES - 1, fix="use host nodes below 128")
+
+
+def _backend_allocation(spec: MachineSpec, op: AddDimm, held: dict[int, int], already: int
+                        ) -> None:
+    """2: ``bc->alloc`` and the host's mapping (hugepages included)."""
+    be = op.backend
     if be.kind == "file" and be.mem_path and spec.host is not None \
             and be.mem_path in spec.host.unopenable:
         # file_ram_open() (softmmu/physmem.c v7.2.0, system/physmem.c v10.0.2):
@@ -216,12 +231,22 @@ def _check_backend(spec: MachineSpec, op: AddDimm, held: dict[int, int], already
                          value=need, limit=free,
                          fix="reserve more hugepages (memhp does for its tests) or use a "
                               "smaller DIMM")
+
+
+def _backend_size(spec: MachineSpec, op: AddDimm) -> None:
+    """3: v9.1+, the size is a multiple of the backend's page size."""
+    be, page = op.backend, op.backend.page_size
     if spec.rules.backend_size_check and be.kind != "ram" and op.size % page:
         raise refuse("backend-size", f"DIMM {op.id!r}: {format_size(op.size)} is no multiple "
                      f"of the backend's {format_size(page)} page size",
                      f"backend '{be.qom_type}' memory size must be multiple of "
                      f"{size_to_str(page)}", value=op.size, limit=page,
                      fix=f"use a multiple of {format_size(page)}")
+
+
+def _backend_numa(spec: MachineSpec, op: AddDimm) -> None:
+    """4: the host NUMA policy."""
+    be = op.backend
     if be.host_nodes and be.policy == "default":
         raise refuse("host-nodes-default", f"DIMM {op.id!r}: host_nodes need a policy",
                      "host-nodes must be empty for policy default, or you should explicitly "
@@ -238,6 +263,11 @@ def _check_backend(spec: MachineSpec, op: AddDimm, held: dict[int, int], already
                      f"memory: {','.join(map(str, nodes))})",
                      "cannot bind memory to host NUMA nodes: Invalid argument",
                      value=be.host_nodes, limit=nodes, fix="use a host node that exists")
+
+
+def _backend_prealloc(spec: MachineSpec, op: AddDimm, dimms: Sequence[PlacedDimm]) -> None:
+    """5: preallocation on a file system with too little room."""
+    be = op.backend
     room = spec.host.free_at(be.mem_path) if spec.host and be.mem_path else None
     if (room is not None and be.kind == "file" and be.hugepages is None
             and be.effective("prealloc")):

@@ -55,7 +55,7 @@ def test_kernel_memory_in_normal_zone_refuses_offline_and_unplug(memhp_vm) -> No
     fails with EBUSY, device_del is refused promptly and the DIMM stays."""
     runner = make_runner(memhp_vm, [add("dimm0:1G@1"), online("dimm0", "online_kernel")])
     assert_passed(runner.run())
-    blocks = runner.expected_blocks()
+    blocks = runner.state.expected_blocks()
     memhp_vm.ssh(["numactl", "--cpunodebind=1", "--membind=1", "bash", "-c",
                   "mkdir -p /tmp/x && cd /tmp/x && mkdir d{1..40000}"], timeout=300)
     start = time.monotonic()

@@ -9,7 +9,8 @@ from harness.devices.pc_dimm.ops import AddDimm
 from harness.errors import PlanRefused, QMPCommandError
 from harness.model.predict import predict
 from harness.model.spec import MachineSpec
-from harness.scenario import Step, add, online
+from harness.run.steps import AddStep
+from harness.scenario import add, online
 from harness.testing import assert_passed, run_steps
 
 pytestmark = [pytest.mark.vm]
@@ -27,7 +28,7 @@ def _guest_state(vm):
 def _refused(vm, plan: list[AddDimm], last: AddDimm) -> tuple[PlanRefused, QMPCommandError]:
     """Plug ``plan`` (accepted), then ``last``: model and QEMU must both refuse it."""
     if plan:  # plugged and checked like any step, so the guest has settled
-        assert_passed(run_steps(vm, [Step("add", d.id, add=d) for d in plan]))
+        assert_passed(run_steps(vm, [AddStep(d) for d in plan]))
     with pytest.raises(PlanRefused) as predicted:
         predict(_spec(vm), [*plan, last])
     before = _guest_state(vm)

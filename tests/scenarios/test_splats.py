@@ -38,7 +38,7 @@ def test_ebusy_page_dump_is_expected_and_a_declared_one_names_its_pattern(memhp_
     runner = make_runner(memhp_vm, steps)
     runner.take_baseline()
     assert runner.run_step(0, steps[0]).passed and runner.run_step(1, steps[1]).passed
-    blocks = [b.number for b in runner.expected_blocks()]
+    blocks = [b.number for b in runner.state.expected_blocks()]
     _busy_offline_behind_the_model(memhp_vm, blocks)
     hit = runner.run_step(2, steps[2])
     assert hit.passed and not hit.mismatches and hit.error is None

@@ -24,6 +24,8 @@ class Machine:
     pci_hole64_size: int  # the 64-bit PCI hole above device memory
     pci_bus: str  # the bus a bus-less PCI device (virtio-mem-pci) lands on
     pci_bus_hotplug: bool  # ... and whether it takes hot-plugged devices
+    # where QEMU puts RAM and device memory: MachineSpec -> harness.model.layout.Layout
+    layout: Callable[[Any], Any]
     # QEMU's start-up refusals: (MachineSpec, Layout) -> None or PlanRefused
     check_start: Callable[[Any, Any], None]
     # refusals while QEMU parses the command line (MachineSpec) -> None

@@ -37,6 +37,7 @@ from typing import Any
 from harness.devices import memory_device as md
 from harness.errors import refuse
 from harness.machines.base import Machine
+from harness.model.layout import compute_layout
 from harness.units import GiB, format_size
 
 # ACPI_MAX_RAM_SLOTS (QEMU include/hw/acpi/pc-hotplug.h, checked in
@@ -161,7 +162,8 @@ def q35_ram_split(ram: int) -> tuple[int, str]:
 # pci.0 takes hot-plugged devices, q35's PCIe root bus pcie.0 does not
 PC = Machine(name="pc", arch="x86_64", type_prefix="pc-i440fx",
              qemu_binary="qemu-system-x86_64", console="ttyS0", kernel_image="vmlinuz",
-             ram_split=pc_ram_split, pci_hole64_size=2 * GiB, pci_bus="pci.0",
+             ram_split=pc_ram_split, layout=compute_layout, pci_hole64_size=2 * GiB,
+             pci_bus="pci.0",
              pci_bus_hotplug=True, check_start=check_start, check_coldplug=check_coldplug_ids,
              acpi_memory_hotplug=True)
 Q35 = replace(PC, name="q35", type_prefix="pc-q35", ram_split=q35_ram_split,

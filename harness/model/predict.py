@@ -21,7 +21,7 @@ from typing import Any
 
 from harness.devices import model_of
 from harness.errors import PlanRefused, refuse
-from harness.model.layout import Layout, compute_layout
+from harness.model.layout import Layout
 from harness.model.plan import Plan
 from harness.model.spec import MachineSpec, Operation, RemoveDevice
 
@@ -134,7 +134,7 @@ def predict(spec: MachineSpec, ops: Sequence[Operation]) -> Prediction:
     """Predict every step of ``ops`` on ``spec``; raises PlanRefused (with
     ``.step``) at the first operation QEMU would refuse."""
     machine = spec.machine_model
-    layout = compute_layout(spec)
+    layout = machine.layout(spec)
     machine.check_coldplug(spec)
     machine.check_start(spec, layout)
     plan = Plan(spec, layout)

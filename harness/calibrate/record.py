@@ -36,18 +36,32 @@ from typing import Any
 from harness import cache as store
 
 SCHEMA = 1
-# The model's modules: a change to any of them is a change of the model.
-MODEL_MODULES = {
-    "qemu": ("harness.model.qemu_rules", "harness.model.qemu_rules.cpu",
-             "harness.model.qemu_rules.host", "harness.model.layout", "harness.model.predict",
-             "harness.model.spec", "harness.model.backend", "harness.machines.base",
-             "harness.machines.x86", "harness.devices.memory_device",
-             "harness.devices.pc_dimm.ops", "harness.devices.pc_dimm.model",
-             "harness.devices.virtio_mem.ops", "harness.devices.virtio_mem.rules",
-             "harness.devices.virtio_mem.model"),
-    "kernel": ("harness.model.kernel.rules", "harness.model.kernel.memory",
-               "harness.model.kernel.inputs", "harness.devices.virtio_mem.driver"),
-}
+# The model's own modules (each device kind's and machine's are found, so a
+# new kind or machine is part of the fingerprint without a line here).
+_QEMU_MODEL = ("harness.model.qemu_rules", "harness.model.qemu_rules.cpu",
+               "harness.model.qemu_rules.host", "harness.model.layout",
+               "harness.model.predict", "harness.model.spec", "harness.model.backend",
+               "harness.model.changes", "harness.model.plan", "harness.model.ids",
+               "harness.devices.memory_device")
+_KERNEL_MODEL = ("harness.model.changes", "harness.model.kernel.rules",
+                 "harness.model.kernel.memory", "harness.model.kernel.inputs")
+
+
+def model_modules(kind: str) -> tuple[str, ...]:
+    """The modules of the model's ``kind`` half (``qemu``/``kernel``): a
+    change to any of them is a change of the model."""
+    import importlib.util
+
+    from harness.devices import KINDS
+    from harness.machines import MACHINES
+
+    if kind == "qemu":
+        machines = sorted({where.split(":")[0] for where in MACHINES.values()})
+        parts = [f"{pkg}.{part}" for pkg in KINDS.values() for part in ("ops", "model", "rules")]
+        names = [*_QEMU_MODEL, "harness.machines.base", *machines, *parts]
+    else:
+        names = [*_KERNEL_MODEL, *(f"{pkg}.driver" for pkg in KINDS.values())]
+    return tuple(n for n in names if importlib.util.find_spec(n) is not None)
 
 
 def model_fingerprint(kind: str) -> str:
@@ -55,7 +69,7 @@ def model_fingerprint(kind: str) -> str:
     import importlib
 
     h = hashlib.sha256()
-    for name in MODEL_MODULES[kind]:
+    for name in model_modules(kind):
         module = importlib.import_module(name)
         h.update(name.encode() + b"\0")
         if module.__file__:

@@ -79,6 +79,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from harness.model.changes import clamp
 from harness.model.kernel.inputs import PAGE_SIZE, PAGEBLOCK_PAGES
 from harness.model.kernel.memory import KernelMemory
 
@@ -112,12 +113,7 @@ RULES = DriverRules(
 def rules_for(version: tuple[int, int]) -> DriverRules:
     """The driver's rules for a kernel MAJOR.MINOR; never refuses (outside
     :data:`MODELLED`: the nearest version read, named in ``extrapolated_from``)."""
-    v = (int(version[0]), int(version[1]))
-    if v > NEWEST_READ:
-        return replace(RULES, extrapolated_from=NEWEST_READ)
-    if v < OLDEST_READ:
-        return replace(RULES, extrapolated_from=OLDEST_READ)
-    return RULES
+    return replace(RULES, extrapolated_from=clamp(version, OLDEST_READ, NEWEST_READ)[1])
 
 
 @dataclass

@@ -80,7 +80,8 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 from harness.errors import UsageError, refuse
-from harness.model.qemu_rules import NEWEST_READ, OLDEST, Change, describe_versions
+from harness.model.changes import Change, clamp, in_force
+from harness.model.qemu_rules import NEWEST_READ, OLDEST, describe_versions
 from harness.units import MiB, format_size
 
 MIN_BLOCK_SIZE = MiB  # VIRTIO_MEM_MIN_BLOCK_SIZE
@@ -158,14 +159,6 @@ VMEM_CHANGES: tuple[Change, ...] = (
 )
 
 
-def _in_force(changes: tuple[Change, ...], version: tuple[int, int]) -> dict[str, Change]:
-    chosen: dict[str, Change] = {}
-    for change in changes:
-        if change.since <= version:
-            chosen[change.field] = change  # the last one in force wins
-    return chosen
-
-
 def vmem_rules_for(version: tuple[int, int]) -> VirtioMemRules:
     """The virtio-mem rules in force at QEMU ``version`` (the newest ones,
     flagged ``extrapolated_from``, past :data:`NEWEST_READ`)."""
@@ -175,8 +168,8 @@ def vmem_rules_for(version: tuple[int, int]) -> VirtioMemRules:
             f"virtio-mem is modelled for {describe_versions()}, not "
             f"{version[0]}.{version[1]}", value=version,
             fix=f"run QEMU {OLDEST[0]}.{OLDEST[1]} or newer (e.g. --qemu debian:10.0)")
-    extrapolated = NEWEST_READ if version > NEWEST_READ else None
-    chosen = _in_force(VMEM_CHANGES, extrapolated or version)
+    applied, extrapolated = clamp(version, OLDEST, NEWEST_READ)
+    chosen = in_force(VMEM_CHANGES, applied)
     return VirtioMemRules(
         version, unplug=chosen["unplug"].value,  # type: ignore[arg-type]
         memdev_size_check=chosen["memdev_size_check"].value,  # type: ignore[arg-type]

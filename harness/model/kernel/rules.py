@@ -56,6 +56,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from harness.model.changes import clamp
 from harness.model.kernel.inputs import PAGE_SIZE, PAGEBLOCK_PAGES, STRUCT_PAGE_SIZE, KernelPolicy
 
 # The kernel releases whose rules are read from their source (inclusive).
@@ -121,12 +122,8 @@ def rules_for(version: tuple[int, int]) -> KernelRules:
     """The rule set of a kernel MAJOR.MINOR; never refuses.  Outside
     :data:`MODELLED` the nearest version read is used and named in
     ``extrapolated_from``."""
-    v = (int(version[0]), int(version[1]))
-    if v > NEWEST_READ:
-        return replace(_within(NEWEST_READ), extrapolated_from=NEWEST_READ)
-    if v < OLDEST_READ:
-        return replace(_within(OLDEST_READ), extrapolated_from=OLDEST_READ)
-    return _within(v)
+    applied, extrapolated = clamp(version, OLDEST_READ, NEWEST_READ)
+    return replace(_within(applied), extrapolated_from=extrapolated)
 
 
 def _within(version: tuple[int, int]) -> KernelRules:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from harness.errors import UsageError
+from harness.model.changes import Change, clamp, in_force
 from harness.model.qemu_rules.cpu import CpuSpec, default_cpu, parse_cpu_option
 
 __all__ = [
@@ -100,16 +101,6 @@ class QemuRules:
         if not self.machine_deletion:
             return None  # 7.2: pc 1.4/q35 2.4; 10.0: 2.4 -- all below 4.0
         return oldest_machine_type(self.qemu)
-
-
-@dataclass(frozen=True)
-class Change:
-    """One rule that changed at ``since`` (inclusive)."""
-
-    field: str
-    since: tuple[int, int]
-    value: object
-    source: str
 
 
 # Keyed by QEMU version.
@@ -270,7 +261,7 @@ def rules_for(qemu: tuple[int, int], machine_version: tuple[int, int] | None = N
             f"QEMU {qemu[0]}.{qemu[1]} is older than any the model knows ({describe_versions()})",
             value=qemu,
             fix=f"run QEMU {OLDEST[0]}.{OLDEST[1]} or newer (e.g. --qemu debian:10.0)")
-    extrapolated = NEWEST_READ if qemu > NEWEST_READ else None
+    extrapolated = clamp(qemu, OLDEST, NEWEST_READ)[1]
     mver = qemu if machine_version is None else machine_version
     if mver > qemu:
         raise UsageError(
@@ -283,11 +274,7 @@ def rules_for(qemu: tuple[int, int], machine_version: tuple[int, int] | None = N
             f"{qemu[0]}.{qemu[1]} may well start it (older types align DIMMs and place "
             "device memory differently, which the model does not know)", value=mver,
             fix="use a machine type of 4.0 or newer")
-    chosen: dict[str, Change] = {}
-    for table, key in ((CHANGES, extrapolated or qemu), (MACHINE_CHANGES, mver)):
-        for change in table:
-            if change.since <= key:
-                chosen[change.field] = change  # the last one in force wins
+    chosen = in_force(CHANGES, extrapolated or qemu) | in_force(MACHINE_CHANGES, mver)
     return QemuRules(
         qemu, mver,
         size_check=chosen["size_check"].value,  # type: ignore[arg-type]

@@ -35,12 +35,13 @@ from backend_matrix import (
     variants,
 )
 
+from harness.devices.memory_device import DIMM_BACKEND
 from harness.devices.pc_dimm.ops import AddDimm
 from harness.errors import PlanRefused, QMPCommandError
 from harness.host.hugepage_pools import HostCannot
 from harness.host.hugepages import Reservation, filesystem_free, host_memory, reserved
 from harness.model.backend import BackendSpec
-from harness.model.predict import DIMM_BACKEND, predict
+from harness.model.predict import predict
 from harness.model.spec import MachineSpec
 from harness.qemu.devices import backend_object
 from harness.retry import wait_for

@@ -89,3 +89,12 @@ def mib_when_bare(text: str, what: str, *, allow_zero: bool = False) -> int:
     if raw and raw[-1].isascii() and raw[-1].isdigit():
         raw += "M"
     return parse_size(raw, what=what, allow_zero=allow_zero)
+
+
+def size_text(n: int) -> str:
+    """``n`` bytes the way a scenario writes it (``1G``, ``512M``, ``4K``, or
+    bare bytes), read back to ``n`` by :func:`parse_size`."""
+    for suffix, unit in (("T", TiB), ("G", GiB), ("M", MiB), ("K", KiB)):
+        if n and n % unit == 0:
+            return f"{n // unit}{suffix}"
+    return str(n)

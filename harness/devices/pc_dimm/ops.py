@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 from harness.errors import UsageError
 from harness.model.backend import RAM, BackendSpec, parse_host_nodes, parse_hugepages
 from harness.model.ids import check_id
-from harness.units import is_count, parse_size
+from harness.units import is_count, parse_size, size_text
 
 _DIMM = re.compile(r"(?P<id>[^:@]*):(?P<size>[^:@]+)(?:@(?P<node>[^:]*))?(?::(?P<addr>.+))?",
                    re.DOTALL)
@@ -44,6 +44,11 @@ class AddDimm:
         if not isinstance(self.backend, BackendSpec):
             raise UsageError(f"DIMM {self.id}: backend {self.backend!r} is not a BackendSpec",
                              value=self.backend, fix="use harness.model.backend.BackendSpec")
+
+    def text(self) -> str:
+        """``ID:SIZE@NODE[:ADDR]``, as :func:`parse_dimm_option` reads it."""
+        where = f":{self.addr:#x}" if self.addr is not None else ""
+        return f"{self.id}:{size_text(self.size)}@{self.node}{where}"
 
     def describe(self) -> str:
         where = f" at {self.addr:#x}" if self.addr is not None else ""
@@ -143,3 +148,22 @@ ADD_KEYS = frozenset({"device", *BACKEND_KEYS})
 def parse_add(raw: Mapping[str, Any], base: AddDimm, where: str) -> AddDimm:
     """An ``add`` step's table (``ID:SIZE@NODE[:ADDR]`` already read as ``base``)."""
     return replace(base, backend=backend_spec(raw, where))
+
+
+def to_table(op: AddDimm) -> dict[str, Any]:
+    """The ``add`` step's table for ``op`` (what :func:`parse_add` reads back)."""
+    table: dict[str, Any] = {"add": op.text()}
+    be = op.backend
+    if be == RAM:
+        return table
+    table["backend"] = be.kind
+    if be.hugepages is not None:
+        table["hugepages"] = size_text(be.hugepages)
+    for key in (*_BOOL_KEYS, "prealloc_threads", "mem_path"):
+        if getattr(be, key, None) is not None:
+            table[key] = getattr(be, key)
+    if be.host_nodes:
+        table["host_nodes"] = ",".join(map(str, be.host_nodes))
+    if be.policy != "default":
+        table["policy"] = be.policy
+    return table

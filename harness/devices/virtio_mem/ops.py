@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 from harness.errors import UsageError
 from harness.model.ids import check_id
 from harness.toml_keys import expect
-from harness.units import parse_size
+from harness.units import parse_size, size_text
 
 
 @dataclass(frozen=True)
@@ -118,3 +118,17 @@ def parse_add(raw: Mapping[str, Any], dimm: Any, where: str) -> AddVirtioMem:
                         block_size=size_key("block_size"), addr=addr,
                         unplugged_inaccessible=bool_key("unplugged_inaccessible"),
                         dynamic_memslots=bool_key("dynamic_memslots"))
+
+
+def to_table(op: AddVirtioMem) -> dict[str, Any]:
+    """The ``add`` step's table for ``op`` (what :func:`parse_add` reads back)."""
+    table: dict[str, Any] = {"add": f"{op.id}:{size_text(op.size)}@{op.node}",
+                             "device": "virtio-mem", "requested": size_text(op.requested)}
+    if op.block_size is not None:
+        table["block_size"] = size_text(op.block_size)
+    if op.addr is not None:
+        table["memaddr"] = f"{op.addr:#x}"
+    for key in ("unplugged_inaccessible", "dynamic_memslots"):
+        if getattr(op, key) is not None:
+            table[key] = getattr(op, key)
+    return table

@@ -117,6 +117,18 @@ class Step:
             return False
         return True
 
+    def to_table(self) -> dict[str, Any]:
+        """The step's ``[[step]]`` table, as :meth:`parse` reads it back."""
+        return self._with_common({self.action: True})
+
+    def _with_common(self, table: dict[str, Any]) -> dict[str, Any]:
+        refusal = getattr(self, "expect_refusal", None)
+        if refusal is not None:
+            table["expect_refusal"] = refusal or True
+        if self.expect_splat:
+            table["expect_splat"] = list(self.expect_splat)
+        return table
+
     # -- the run ---------------------------------------------------------------
     def describe(self) -> str:
         return self.action

@@ -83,6 +83,9 @@ class OnlineStep(_BlocksStep):
     def describe(self) -> str:
         return f"{self.policy} {self.id}"
 
+    def to_table(self) -> dict[str, Any]:
+        return self._with_common({"online": self.id, "policy": self.policy})
+
     def act(self, ctx: StepContext) -> list[Mismatch]:
         blocks = list(ctx.state.placed("pc-dimm", self.id).blocks)
         return self._write(ctx, self.policy, ctx.state.km().online(blocks, self.policy))
@@ -102,6 +105,9 @@ class OfflineStep(_BlocksStep):
 
     def describe(self) -> str:
         return f"offline {self.id}"
+
+    def to_table(self) -> dict[str, Any]:
+        return self._with_common({"offline": self.id})
 
     def act(self, ctx: StepContext) -> list[Mismatch]:
         blocks = list(ctx.state.placed("pc-dimm", self.id).blocks)

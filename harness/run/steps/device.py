@@ -20,7 +20,7 @@ from harness.model.spec import Operation, RemoveDevice
 from harness.run.refusal import act_refused
 from harness.run.steps.base import PlanCheck, Step
 from harness.toml_keys import expect, refusal_key, splat_patterns, unknown
-from harness.units import parse_size
+from harness.units import parse_size, size_text
 from harness.verify import Mismatch
 
 if TYPE_CHECKING:
@@ -88,6 +88,9 @@ class AddStep(Step):
     def describe(self) -> str:
         return self.op.describe()
 
+    def to_table(self) -> dict[str, Any]:
+        return self._with_common(ops_of(self.op.kind).to_table(self.op))
+
     def act(self, ctx: StepContext) -> list[Mismatch]:
         live = live_of(self.op.kind)
         if self.expect_refusal is not None:
@@ -137,6 +140,9 @@ class RemoveStep(Step):
 
     def describe(self) -> str:
         return f"remove {self.id}" + ("" if self.wait else " (device_del only)")
+
+    def to_table(self) -> dict[str, Any]:
+        return self._with_common({"remove": self.id} | ({} if self.wait else {"wait": False}))
 
     def act(self, ctx: StepContext) -> list[Mismatch]:
         if self.expect_refusal is not None:
@@ -196,6 +202,9 @@ class ResizeStep(Step):
 
     def describe(self) -> str:
         return f"resize {self.id} to {self.requested >> 20} MiB"
+
+    def to_table(self) -> dict[str, Any]:
+        return self._with_common({"resize": self.id, "requested": size_text(self.requested)})
 
     def act(self, ctx: StepContext) -> list[Mismatch]:
         live = live_of("virtio-mem")

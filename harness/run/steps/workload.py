@@ -17,7 +17,7 @@ from harness.guest.workload import (
 )
 from harness.run.steps.base import PlanCheck, Step
 from harness.toml_keys import expect, splat_patterns, unknown
-from harness.units import parse_size
+from harness.units import parse_size, size_text
 from harness.verify import Mismatch
 
 if TYPE_CHECKING:
@@ -73,6 +73,10 @@ class WorkloadStep(Step):
 
     def advance(self, plan: PlanCheck) -> None:
         plan.workloads.add(self.workload.id)
+
+    def to_table(self) -> dict[str, Any]:
+        w = self.workload
+        return self._with_common({"workload": w.id, "node": w.node, "size": size_text(w.size)})
 
     def describe(self) -> str:
         w = self.workload

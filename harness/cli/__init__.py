@@ -33,6 +33,7 @@ def _register() -> None:
         bench,
         cache,
         calibrate,
+        fuzz,
         image,
         kconfig,
         kernel,
@@ -43,7 +44,7 @@ def _register() -> None:
         selftest,
     )
 
-    for module in (model, image, cache, kconfig, kernel, run, calibrate, regress, bench,
+    for module in (model, image, cache, kconfig, kernel, run, calibrate, fuzz, regress, bench,
                    report, selftest):
         for command in module.COMMANDS:
             cli.add_command(command)

@@ -53,24 +53,24 @@ def _finite_scale(ctx: click.Context, param: click.Parameter, value: float) -> f
     return value
 
 
-def check_keep_dir(path: Path | None) -> None:
-    """``--keep`` must be a directory, or creatable as one (nothing is created
-    here: a refused run leaves nothing behind)."""
+def check_keep_dir(path: Path | None, option: str = "--keep") -> None:
+    """``--keep`` (or ``option``) must be a directory, or creatable as one
+    (nothing is created here: a refused run leaves nothing behind)."""
     if path is None:
         return
-    fix = "give a directory (it is created if missing), e.g. --keep ./artifacts"
+    fix = f"give a directory (it is created if missing), e.g. {option} ./artifacts"
     if path.exists() or path.is_symlink():
         if not path.is_dir():
-            raise UsageError(f"--keep {str(path)!r} exists and is not a directory", value=path,
-                             fix=fix)
+            raise UsageError(f"{option} {str(path)!r} exists and is not a directory",
+                             value=path, fix=fix)
         if not os.access(path, os.W_OK | os.X_OK):
-            raise UsageError(f"--keep {str(path)!r} is not writable", value=path, fix=fix)
+            raise UsageError(f"{option} {str(path)!r} is not writable", value=path, fix=fix)
         return
     parent = path.absolute().parent
     while not parent.exists():
         parent = parent.parent
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise UsageError(f"--keep {str(path)!r} cannot be created under {str(parent)!r}",
+        raise UsageError(f"{option} {str(path)!r} cannot be created under {str(parent)!r}",
                          value=path, fix=fix)
 
 

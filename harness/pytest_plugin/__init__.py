@@ -17,6 +17,8 @@ Fixtures:
 ``memhp_vm``  a VM for the test's ``@pytest.mark.memhp_machine(...)``
 ``memhp_guest``  ``memhp_vm.guest`` (typed readers over SSH)
 ``memhp_model``  the model's prediction for the test's machine (no DIMMs)
+``memhp_fuzz``  ``memhp_fuzz(seed=, sequences=, steps=, policies=)``: a small
+               ``memhp fuzz`` campaign on the session's guest and QEMU
 
 On failure the report carries the serial tail, ``dmesg``, the QMP
 transcript tail and any model-vs-guest mismatches the test recorded
@@ -33,6 +35,7 @@ import pytest
 from harness.pytest_plugin.fixtures import (
     _memhp_kvm_marker,
     memhp_accel,
+    memhp_fuzz,
     memhp_guest,
     memhp_guest_image,
     memhp_hugepages,
@@ -52,7 +55,8 @@ from harness.pytest_plugin.reports import (
 
 # The hooks and fixtures pytest finds in this module (the entry point).
 __all__ = [
-    "MemhpBootRetry", "Settings", "_memhp_kvm_marker", "memhp_accel", "memhp_guest",
+    "MemhpBootRetry", "Settings", "_memhp_kvm_marker", "memhp_accel", "memhp_fuzz",
+    "memhp_guest",
     "memhp_guest_image", "memhp_hugepages", "memhp_model", "memhp_resolved_guest",
     "memhp_settings", "memhp_vm", "memhp_vm_factory", "pytest_addoption",
     "pytest_collection_modifyitems", "pytest_configure", "pytest_report_header",

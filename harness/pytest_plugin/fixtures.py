@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -177,3 +178,30 @@ def memhp_model(request: pytest.FixtureRequest) -> Any:
                           memory=kw.get("memory", SEED_MEMORY),
                           numa=kw.get("numa", SEED_NUMA), steps=[],
                           qemu_version=settings.qemu_version).predict()
+
+
+@pytest.fixture
+def memhp_fuzz(memhp_settings: Settings, memhp_resolved_guest: Any,
+               tmp_path: Path) -> Callable[..., Any]:
+    """``memhp_fuzz(seed=0, sequences=2, steps=6, policies=("manual",),
+    machines=("pc",), shrink_budget=20)``: a ``memhp fuzz`` campaign on the
+    session's guest and QEMU (shrunk failures written under tmp_path);
+    returns its :class:`harness.fuzz.engine.Summary`."""
+    from harness.fuzz.engine import Settings as FuzzSettings
+    from harness.fuzz.engine import Target, campaign
+
+    target = Target(memhp_resolved_guest, memhp_settings.qemu, memhp_settings.accel,
+                    memhp_settings.timeout_scale, memhp_settings.qemu_version)
+
+    def run(**kw: Any) -> Any:
+        kw.setdefault("sequences", 2)
+        kw.setdefault("length", kw.pop("steps", 6))
+        kw.setdefault("out", tmp_path / "fuzz")
+        for key in ("policies", "machines"):
+            if key in kw:
+                kw[key] = tuple(kw[key])
+        summary = campaign(FuzzSettings(**kw), target, say=lambda msg: print(msg))
+        summary.target = target  # type: ignore[attr-defined]
+        return summary
+
+    return run

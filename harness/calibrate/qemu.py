@@ -85,9 +85,14 @@ def qemu_argv(binary: str, spec: MachineSpec, sock: Path) -> list[str]:
     cpu = f"{spec.cpu.model},{bits}"
     if spec.cpu.model in ("amd", "intel"):
         cpu = f"qemu64,vendor={'AuthenticAMD' if spec.cpu.is_amd else 'GenuineIntel'},{bits}"
+    machine = spec.machine_model
+    if machine.arch == "aarch64":
+        cpu = spec.cpu.model  # an arm64 vCPU has its own PA bits (harness.machines.arm64)
     argv = [binary, "-S", "-nodefaults", "-no-user-config", "-display", "none", "-accel", "tcg",
             "-machine", spec.machine_name, "-cpu", cpu, "-m", mem,
             "-qmp", f"unix:{sock},server=on,wait=off"]
+    if machine.firmware:  # virt's ACPI (its GED: DIMM hotplug) needs firmware
+        argv += ["-bios", machine.firmware]
     for i, size in enumerate(spec.numa):
         argv += ["-object", f"memory-backend-ram,id=mem{i},size={size >> 20}M",
                  "-numa", f"node,nodeid={i},memdev=mem{i}"]

@@ -58,7 +58,8 @@ def model_modules(kind: str) -> tuple[str, ...]:
     if kind == "qemu":
         machines = sorted({where.split(":")[0] for where in MACHINES.values()})
         parts = [f"{pkg}.{part}" for pkg in KINDS.values() for part in ("ops", "model", "rules")]
-        names = [*_QEMU_MODEL, "harness.machines.base", *machines, *parts]
+        names = [*_QEMU_MODEL, "harness.machines.base", "harness.machines.common", *machines,
+                 *parts]
     else:
         names = [*_KERNEL_MODEL, *(f"{pkg}.driver" for pkg in KINDS.values())]
     return tuple(n for n in names if importlib.util.find_spec(n) is not None)

@@ -174,7 +174,7 @@ def _print_table(prediction: Any, version_note: str) -> None:
     console.print(f"[bold]{spec.machine_name}[/] (machine type "
                   f"{'.'.join(map(str, rules.machine_version))}), QEMU "
                   f"{'.'.join(map(str, spec.qemu_version))} ({esc(version_note)}), CPU "
-                  f"{esc(spec.cpu.model)} ({esc(spec.cpu.vendor)}, {spec.cpu.phys_bits} "
+                  f"{esc(spec.cpu.model)} ({esc(spec.cpu.vendor)}, {lay.phys_bits} "
                   "phys-bits): "
                   f"RAM {human(lay.below_4g)} below 4G + "
                   f"{human(lay.above_4g)} above; device memory "

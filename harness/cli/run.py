@@ -24,6 +24,7 @@ import click
 
 from harness.cli.options import MACHINE_OPTIONS, QEMU_OPTIONS
 from harness.errors import HarnessError, HostEnvironmentError, UsageError
+from harness.machines import check_bootable
 from harness.model.spec import SEED_DIMM
 
 if TYPE_CHECKING:
@@ -310,7 +311,12 @@ def plan(opts: dict[str, Any]) -> tuple[Scenario, tuple[int, int] | None]:
     detected = qemu_version(opts["qemu_binary"])
     if version is None and detected != "unknown":
         version = _parse_version(".".join(detected.split(".")[:2]))
+    if opts.get("scenario_file") is None:  # before the plan's own refusals
+        from harness.model.qemu_rules import parse_machine_type
+
+        check_bootable(parse_machine_type(opts["machine"]).family)
     scenario = _scenario(opts, version)
+    check_bootable(scenario.machine.machine)  # virt: modelled, not bootable yet
     check_qemu(opts["qemu_binary"], detected)
     from harness.host.hugepages import check_room, needs_of
     from harness.host.paths import allowed_dirs, check_scenario

@@ -1,8 +1,8 @@
 """QEMU machines memhp models, one module per architecture, one line each.
 
 A machine is a :class:`.base.Machine` value in its architecture's module
-(:mod:`.x86`: ``pc``, ``q35``); :data:`MACHINES` names it by module path,
-so looking up a name imports only that module.
+(:mod:`.x86`: ``pc``, ``q35``; :mod:`.arm64`: ``virt``); :data:`MACHINES`
+names it by module path, so looking up a name imports only that module.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from harness.machines.base import Machine
 MACHINES: dict[str, str] = {
     "pc": "harness.machines.x86:PC",
     "q35": "harness.machines.x86:Q35",
+    "virt": "harness.machines.arm64:VIRT",
 }
 
 
@@ -26,3 +27,15 @@ def machine(name: str) -> Machine:
         raise KeyError(f"no machine {name!r} (known: {', '.join(MACHINES)})") from None
     module, attr = where.split(":")
     return getattr(importlib.import_module(module), attr)  # type: ignore[no-any-return]
+
+
+def check_bootable(name: str) -> None:
+    """A UsageError when ``memhp run`` cannot boot a guest on machine
+    ``name`` (:attr:`Machine.not_bootable`): before any image or VM."""
+    from harness.errors import UsageError
+
+    reason = machine(name).not_bootable
+    if reason:
+        raise UsageError(f"machine type {name!r} cannot be booted by memhp run: {reason}",
+                         value=name, fix="use machine type pc or q35 to boot a guest; "
+                                         f"`memhp model --machine {name}` models it")

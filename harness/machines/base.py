@@ -31,6 +31,12 @@ class Machine:
     # refusals while QEMU parses the command line (MachineSpec) -> None
     check_coldplug: Callable[[Any], None]
     acpi_memory_hotplug: bool  # pc-dimm hot-add through the ACPI memory device
+    # ... and QEMU's words for a pc-dimm when it is off (the machine's pre_plug)
+    memory_hotplug_refusal: str = ""
+    # why ``memhp run`` cannot boot a guest on it yet ("" = it can)
+    not_bootable: str = ""
+    # the firmware memhp starts it with (-bios), "" for none
+    firmware: str = ""
 
     def type_name(self, version: tuple[int, int] | None) -> str:
         """The ``-machine`` value: the alias, or ``<prefix>-X.Y``."""

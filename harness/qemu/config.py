@@ -89,9 +89,11 @@ class VMConfig:
                 value=self.name,
                 fix="use a letter followed by letters, digits, '-', '_' or '.'",
             )
+        from harness.machines import check_bootable
         from harness.model.qemu_rules import parse_machine_type
 
-        parse_machine_type(self.machine)  # a UsageError naming it if not pc/q35[-X.Y]
+        mtype = parse_machine_type(self.machine)  # a UsageError naming it if unmodelled
+        check_bootable(mtype.family)
         if self.memory <= 0 or self.memory % MiB:
             raise UsageError(
                 f"boot memory {self.memory} is not a positive multiple of 1M",

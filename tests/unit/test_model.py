@@ -330,8 +330,9 @@ def test_machine_types_gone_from_qemu_11_1_are_refused_with_its_words() -> None:
 def test_machine_and_cpu_spellings() -> None:
     assert parse_machine_type("pc-q35-7.0") == MachineType("q35", (7, 0))
     assert parse_machine_type("pc") == MachineType("pc")
+    assert parse_machine_type("virt-7.2") == MachineType("virt", (7, 2))
     with pytest.raises(UsageError):
-        parse_machine_type("virt")
+        parse_machine_type("microvm")
     assert parse_cpu_option("max") == CpuSpec("AMD", 40, "max")
     assert parse_cpu_option("Skylake-Client-v4,phys-bits=46") == CpuSpec(
         "Intel", 46, "Skylake-Client-v4")

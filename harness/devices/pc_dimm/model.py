@@ -7,6 +7,8 @@ For each ``AddDimm`` (:func:`_place`), in this order:
    options, the host's memory and hugepages, the host NUMA policy; see
    :mod:`harness.model.backend` for the backend kinds);
 1. the id is not in use (``qdev_set_id()``, softmmu/qdev-monitor.c);
+   then the machine takes DIMMs at all (:func:`_check_machine`: virt
+   without its ACPI GED device refuses every one);
 2. a slot is free -- ``pc_dimm_get_free_slot()`` (hw/mem/pc-dimm.c) takes
    the lowest free slot, and fails when no slots were configured (also
    with maxmem but no slots: QEMU starts, and every DIMM is refused);
@@ -282,6 +284,18 @@ def _backend_prealloc(spec: MachineSpec, op: AddDimm, dimms: Sequence[PlacedDimm
                          fix="give the file system more room or use a smaller DIMM")
 
 
+def _check_machine(spec: MachineSpec, op: AddDimm) -> None:
+    """1b: the machine's pre_plug, before pc_dimm_pre_plug() (the slot):
+    hw/arm/virt.c ``virt_memory_pre_plug()`` refuses without the ACPI GED
+    (:attr:`harness.machines.base.Machine.acpi_memory_hotplug`)."""
+    machine = spec.machine_model
+    if not machine.acpi_memory_hotplug:
+        raise refuse("no-memory-hotplug", f"DIMM {op.id!r}: machine {machine.name} has no "
+                     "ACPI memory hotplug (no firmware, so no ACPI GED device)",
+                     machine.memory_hotplug_refusal, value=op.id, limit=None,
+                     fix="boot the virt machine with UEFI firmware (-bios QEMU_EFI.fd)")
+
+
 def _place(spec: MachineSpec, layout: Layout, devices: Sequence[Any], op: AddDimm,
            held: dict[int, int] | None = None) -> PlacedDimm:
     """Place ``op`` among ``devices`` (every memory device plugged); ``held``:
@@ -289,6 +303,7 @@ def _place(spec: MachineSpec, layout: Layout, devices: Sequence[Any], op: AddDim
     dimms = [d for d in devices if d.kind == KIND]
     _check_backend(spec, op, held or {}, spec.ram_size + sum(d.size for d in devices), dimms)
     md.check_unique_id(op, devices)
+    _check_machine(spec, op)
     if spec.slots == 0:
         raise refuse("hotplug-disabled",
                      "the machine has no DIMM slots (started without slots/maxmem)",

@@ -204,16 +204,16 @@ MACHINE_CHANGES: tuple[Change, ...] = (
 
 @dataclass(frozen=True)
 class MachineType:
-    """``pc``/``q35`` or a versioned ``pc-i440fx-X.Y``/``pc-q35-X.Y``."""
+    """A machine of :data:`harness.machines.MACHINES` (``pc``, ``q35``,
+    ``virt``) or a versioned one (``pc-i440fx-X.Y``, ``pc-q35-X.Y``, ``virt-X.Y``)."""
 
-    family: Literal["pc", "q35"]
+    family: str  # the name in harness.machines.MACHINES
     version: tuple[int, int] | None = None  # None: the binary's newest
 
     def qemu_name(self, qemu: tuple[int, int]) -> str:
-        if self.version is None:
-            return self.family
-        prefix = "pc-i440fx" if self.family == "pc" else "pc-q35"
-        return f"{prefix}-{self.version[0]}.{self.version[1]}"
+        from harness.machines import machine
+
+        return machine(self.family).type_name(self.version)
 
 
 def _version(text: str, what: str, fix: str) -> tuple[int, int]:
@@ -229,15 +229,18 @@ def parse_qemu_version(text: str) -> tuple[int, int]:
 
 
 def parse_machine_type(text: str) -> MachineType:
-    """``pc``, ``q35``, ``pc-i440fx-7.2``, ``pc-q35-10.0`` (``-machine`` spelling)."""
+    """``pc``, ``q35``, ``virt``, ``pc-i440fx-7.2``, ``pc-q35-10.0``, ``virt-7.2``
+    (``-machine`` spelling; the machines of :data:`harness.machines.MACHINES`)."""
+    from harness.machines import MACHINES, machine
+
     t = text.strip()
-    fix = "use pc, q35, pc-i440fx-X.Y or pc-q35-X.Y"
-    if t in ("pc", "q35"):
-        return MachineType(t)  # type: ignore[arg-type]
-    for prefix, family in (("pc-i440fx-", "pc"), ("pc-q35-", "q35")):
+    fix = "use pc, q35, virt, pc-i440fx-X.Y, pc-q35-X.Y or virt-X.Y"
+    if t in MACHINES:
+        return MachineType(t)
+    for name in MACHINES:
+        prefix = machine(name).type_prefix + "-"
         if t.startswith(prefix):
-            return MachineType(family, _version(t[len(prefix):],  # type: ignore[arg-type]
-                                                "machine-type version", fix))
+            return MachineType(name, _version(t[len(prefix):], "machine-type version", fix))
     raise UsageError(f"machine type {text!r} is not modelled", value=text, fix=fix)
 
 

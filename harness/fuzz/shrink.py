@@ -16,25 +16,33 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
+def _sizes(n: int) -> list[int]:
+    """Chunk sizes to try, largest first: halves down to 1, and 2 (a pair
+    such as pause and its resume only goes together)."""
+    sizes = {max(1, n >> k) for k in range(1, max(1, n.bit_length()))} | {1}
+    if n >= 2:
+        sizes.add(2)
+    return sorted(sizes, reverse=True)
+
+
 def shrink(steps: Sequence[T], still_fails: Callable[[list[T]], bool],
            valid: Callable[[list[T]], bool], budget: int = 40) -> tuple[list[T], int, bool]:
     """(the smallest failing sequence found, runs spent, budget exhausted)."""
     current = list(steps)
     runs = 0
-    chunk = max(1, len(current) // 2)
-    while runs < budget:
+    while True:
         changed = False
-        i = 0
-        while i < len(current) and runs < budget:
-            candidate = current[:i] + current[i + chunk:]
-            if candidate and valid(candidate):
-                runs += 1
-                if still_fails(candidate):
-                    current, changed = candidate, True
-                    continue  # the same position now holds the next steps
-            i += chunk
-        if chunk == 1 and not changed:
-            return current, runs, False
+        for chunk in _sizes(len(current)):
+            i = 0
+            while i < len(current):
+                candidate = current[:i] + current[i + chunk:]
+                if candidate and valid(candidate):
+                    if runs >= budget:
+                        return current, runs, True
+                    runs += 1
+                    if still_fails(candidate):
+                        current, changed = candidate, True
+                        continue  # the same position now holds the next steps
+                i += chunk
         if not changed:
-            chunk = max(1, chunk // 2)
-    return current, runs, True
+            return current, runs, False

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from harness.errors import UsageError
-from harness.units import MiB, format_size
+from harness.units import MiB
 
 if TYPE_CHECKING:
     from harness.qemu.devices import MemoryDevice
@@ -94,35 +94,20 @@ class VMConfig:
 
         mtype = parse_machine_type(self.machine)  # a UsageError naming it if unmodelled
         check_bootable(mtype.family)
-        if self.memory <= 0 or self.memory % MiB:
-            raise UsageError(
-                f"boot memory {self.memory} is not a positive multiple of 1M",
-                value=self.memory, fix="give e.g. 6G",
-            )
-        if self.slots and not self.maxmem:
-            # hw/core/machine.c machine_set_mem(): "slots specified but no max-size".
-            # maxmem without slots is valid: QEMU starts and refuses every DIMM.
-            raise UsageError(
-                "slots need maxmem",
-                value=(self.slots, self.maxmem),
-                fix="give both (e.g. 6G,slots=32,maxmem=32G), maxmem alone, or neither",
-            )
+        # -m, maxmem/slots and NUMA: the model's machine, checked by the rules
+        # QEMU starts with (harness.machines.common), in QEMU's words: one
+        # description of the machine, one set of rules.
+        from harness.machines.common import check_generic_start
+        from harness.model.spec import MachineSpec
+
+        spec = MachineSpec(machine=mtype.family, machine_version=mtype.version,
+                           ram_size=self.memory, slots=self.slots, maxmem=self.maxmem,
+                           numa=self.numa)
+        check_generic_start(spec, "pc.ram")
         if self.slots < 0 or self.slots > MAX_SLOTS:
             raise UsageError(
                 f"slots={self.slots} is outside 0..{MAX_SLOTS}", value=self.slots,
                 fix=f"use at most {MAX_SLOTS} slots (ACPI_MAX_RAM_SLOTS)",
-            )
-        if self.maxmem and self.maxmem < self.memory:
-            raise UsageError(
-                f"maxmem={format_size(self.maxmem)} is below the boot memory "
-                f"{format_size(self.memory)}",
-                value=self.maxmem, fix="raise maxmem",
-            )
-        if self.numa and sum(self.numa) != self.memory:
-            raise UsageError(
-                f"NUMA node sizes {'+'.join(format_size(n) for n in self.numa)} do not add "
-                f"up to the boot memory {format_size(self.memory)}",
-                value=self.numa, fix="make the node sizes sum to -m",
             )
         if any(n < 0 or n % MiB for n in self.numa) or (self.numa and not any(self.numa)):
             raise UsageError(

@@ -84,7 +84,7 @@ def test_disk_is_opened_in_snapshot_mode() -> None:
         ({"name": "bad name"}, "VM name"),
         ({"name": "x", "machine": "virt"}, "machine type"),
         ({"name": "x", "numa": (GiB, GiB)}, "do not add up"),
-        ({"name": "x", "maxmem": 0}, "slots need maxmem"),
+        ({"name": "x", "maxmem": 0}, "slots= needs maxmem="),
         ({"name": "x", "slots": 300}, "slots=300"),
         ({"name": "x", "maxmem": GiB}, "below the boot memory"),
         ({"name": "x", "smp": 0}, "smp=0"),

@@ -45,6 +45,9 @@ def run_steps(vm: Any, steps: Sequence[Step], request: pytest.FixtureRequest | N
             from harness.pytest_plugin.reports import record_mismatches
 
             record_mismatches(request, [m for s in runner.steps for m in s.mismatches])
+            from harness.pytest_plugin.ktap import STEPS_KEY
+
+            request.node.stash.setdefault(STEPS_KEY, []).extend(runner.steps)
     return runner.steps
 
 

@@ -89,4 +89,40 @@ def map_cmd(result: Path, output: Path, step: int | None, run_index: int) -> int
     return 0
 
 
+def _export(results: tuple[Path, ...], output: Path | None, text: str) -> None:
+    from harness.files import check_output_file
+
+    if output:
+        check_output_file(output, "--output")
+        output.write_text(text)
+    else:
+        click.echo(text, nl=False)
+
+
+@report_group.command("ktap")
+@click.argument("results", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Output file.")
+def ktap_cmd(results: tuple[Path, ...], output: Path | None) -> int:
+    """RESULTS as KTAP version 1: one test per run, one subtest per step
+    (what tools/testing/kunit/kunit.py parse reads)."""
+    from harness.export.ktap import ktap
+
+    docs = [load_result(p) for p in results]
+    _export(results, output, ktap(docs))
+    return 0 if all(d.get("result") == "pass" for d in docs) else 1
+
+
+@report_group.command("kcidb")
+@click.argument("results", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Output file.")
+def kcidb_cmd(results: tuple[Path, ...], output: Path | None) -> int:
+    """RESULTS as one KCIDB v5 document (checkouts, builds, tests; test
+    paths memhp.<machine>.<scenario>.<stepNN_kind>) for KernelCI."""
+    from harness.export.kcidb import kcidb
+
+    doc = kcidb([load_result(p) for p in results])
+    _export(results, output, json.dumps(doc, indent=2) + "\n")
+    return 0
+
+
 COMMANDS: list[click.Command] = [report_group]

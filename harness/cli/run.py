@@ -173,6 +173,9 @@ def kernel_options(f: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--json", "as_json", is_flag=True, help="Print the result document as JSON.")
 @click.option("--map", "map_path", type=click.Path(path_type=Path),
               help="Draw the guest-physical memory map after the run to this SVG file.")
+@click.option("--ktap", "ktap_path", type=click.Path(path_type=Path),
+              help="Also write the result as KTAP version 1 to this file (one test, a "
+                   "subtest per step).")
 def run_cmd(**opts: Any) -> int:
     """Boot a guest, hot-add memory over QMP, online it over SSH, check it all."""
     old = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
@@ -393,6 +396,10 @@ def _run(**opts: Any) -> int:
     out = sys.stderr if as_json else sys.stdout
     try:
         _check_map_path(opts.get("map_path"))
+        if opts.get("ktap_path") is not None:
+            from harness.files import check_output_file
+
+            check_output_file(opts["ktap_path"], "--ktap", "give a file name such as run.ktap")
         scenario, guest = prepare(opts)
     except HarnessError as exc:
         if as_json:
@@ -421,6 +428,10 @@ def _run(**opts: Any) -> int:
 
         if save_map(result, opts["map_path"]) is not None:
             click.echo(f"memhp: memory map {opts['map_path']}", file=out)
+    if opts.get("ktap_path") is not None:
+        from harness.export.ktap import ktap
+
+        opts["ktap_path"].write_text(ktap([result.to_json()]))
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
         from harness.report import verdict_line

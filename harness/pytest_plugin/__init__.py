@@ -45,7 +45,13 @@ from harness.pytest_plugin.fixtures import (
     memhp_vm,
     memhp_vm_factory,
 )
-from harness.pytest_plugin.options import SETTINGS_KEY, Settings, pytest_addoption, resolve_settings
+from harness.pytest_plugin.options import (
+    SETTINGS_KEY,
+    Settings,
+    _resolve,
+    pytest_addoption,
+    resolve_settings,
+)
 from harness.pytest_plugin.reports import (
     MemhpBootRetry,
     pytest_report_header,
@@ -84,6 +90,13 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "needs_config(*options): skip unless the guest kernel "
                                        "has these CONFIG_ options enabled")
     config.stash[SETTINGS_KEY] = resolve_settings(config)
+    ktap_path = _resolve(config, "ktap")
+    if ktap_path and not hasattr(config, "workerinput"):  # the controller writes it
+        from pathlib import Path
+
+        from harness.pytest_plugin.ktap import KtapWriter
+
+        config.pluginmanager.register(KtapWriter(Path(ktap_path)), "memhp-ktap")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -40,6 +40,8 @@ _OPTIONS: tuple[tuple[str, str, str | None], ...] = (
     ("shard", "Run only shard I of N of the VM tests, as I/N (deterministic).", None),
     ("cold-boot", "Always boot VMs: no warm start from a saved state of the same inputs "
                   "(true/false).", "false"),
+    ("ktap", "Write the results as KTAP version 1 to this file (a test per test, a "
+             "subtest per memhp step it ran).", None),
 )
 
 

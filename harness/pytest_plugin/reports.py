@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from harness.pytest_plugin.options import SETTINGS_KEY
+from harness.pytest_plugin.options import SETTINGS_KEY, _resolve
 
 BEHIND_KEY = pytest.StashKey[list[str]]()
 
@@ -38,6 +38,10 @@ MISMATCH_KEY = pytest.StashKey[list[Any]]()
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[
         None, pytest.TestReport, pytest.TestReport]:
     report: pytest.TestReport = yield
+    if _resolve(item.config, "ktap"):
+        from harness.pytest_plugin.ktap import record
+
+        record(item, report)
     if report.when != "call" or not report.failed:
         return report
     for vm in item.stash.get(VMS_KEY, []):

@@ -45,6 +45,7 @@ from harness.devices.virtio_mem.rules import PlacedVirtioMem
 from harness.errors import QMPCommandError, UsageError, VMError, WaitTimeout
 from harness.guest.iomem import merged_ranges, parse_iomem
 from harness.model.kernel.rules import extrapolation_note
+from harness.retry import wait_for
 from harness.run.observe import block_states, wait_blocks
 from harness.verify import Mismatch
 
@@ -78,9 +79,20 @@ def placed(ctx: StepContext, vmem_id: str) -> PlacedVirtioMem:
 
 def driver_view(ctx: StepContext, driver: VirtioMemDriver) -> list[Mismatch]:
     """The driver's own view (``/proc/iomem``): its region where QEMU put
-    the device, and the memory it added exactly the model's blocks."""
-    text = ctx.vm.ssh(["cat", "/proc/iomem"]).stdout
-    region = parse_iomem(text).get(driver.addr)
+    the device, and the memory it added exactly the model's blocks.  The
+    driver claims the region when it probes the device, which a hot-plug
+    with nothing requested does not wait for (found by memhp fuzz: a
+    virtio-mem added with requested 0 read before the probe): the region is
+    waited for, bounded, before it is compared."""
+    def claimed() -> Any:
+        return parse_iomem(ctx.vm.ssh(["cat", "/proc/iomem"]).stdout).get(driver.addr)
+
+    try:
+        region = wait_for(claimed, what=f"{driver.id}'s driver to claim its region in "
+                          "/proc/iomem", timeout=ctx.vm.timeouts.s("hot_add"),
+                          first_interval=0.01, max_interval=0.2, phase="hotplug")
+    except WaitTimeout:
+        region = None
     if region is None:
         return [Mismatch("iomem region", driver.id, f"{driver.addr:#x}", None, "guest")]
     out = []

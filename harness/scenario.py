@@ -38,13 +38,7 @@ TOML format::
     [[step]]
     remove = "dimm0"
     [[step]]
-    reset = true                             # system_reset, wait for the guest
-    [[step]]
-    migrate = true                           # live-migrate to a new QEMU
-    [[step]]
-    pause = true                             # QMP stop (then resume = true: cont)
-    [[step]]
-    reboot = true                            # reboot -f inside the guest
+    reset = true                             # also migrate, pause, resume, reboot
     [[step]]
     remove = "dimm0"
     wait = false                             # device_del only; reset must follow
@@ -108,6 +102,7 @@ from harness.run.steps import (
     parse_step,
 )
 from harness.run.steps.blocks import POLICIES, Policy, check_policy
+from harness.run.steps.timing import OpTiming, op_timing
 from harness.toml_keys import expect, splat_patterns, unknown
 from harness.units import parse_size
 
@@ -145,9 +140,20 @@ class Scenario:
         return ops
 
     @cached_property
+    def timing(self) -> OpTiming:
+        """When each operation takes effect (:func:`op_timing`)."""
+        return op_timing(self.steps)
+
+    def effective_ops(self) -> list[Operation]:
+        """The operations in the order they take effect in QEMU."""
+        ops = self.model_ops()
+        return [ops[i] for i in self.timing.order(len(ops))]
+
+    @cached_property
     def prediction(self) -> Prediction:
-        """The model's prediction of every step (PlanRefused if QEMU refuses one)."""
-        return predict(self.machine, self.model_ops())
+        """The model's prediction of every operation, in the order they take
+        effect (PlanRefused if QEMU refuses one)."""
+        return predict(self.machine, self.effective_ops())
 
     @cached_property
     def refusals(self) -> dict[int, PlanRefused]:
@@ -161,7 +167,7 @@ class Scenario:
             refusal = getattr(step, "expect_refusal", None)
             if refusal is None or op is None:
                 continue
-            before = replace(self, steps=self.steps[:i]).model_ops()
+            before = replace(self, steps=self.steps[:i]).effective_ops()
             try:
                 predict(self.machine, [*before, op])
             except PlanRefused as exc:
@@ -188,14 +194,11 @@ class Scenario:
     def migrates(self) -> bool:
         return any(isinstance(s, MigrateStep) for s in self.steps)
 
-    def expected_refusals(self) -> dict[int, PlanRefused]:
-        return self.refusals
-
     def predict(self, block_size: int | None = None) -> Prediction:
         """The prediction, for another memory block size if given."""
         if block_size is None or block_size == self.machine.block_size:
             return self.prediction
-        return predict(replace(self.machine, block_size=block_size), self.model_ops())
+        return predict(replace(self.machine, block_size=block_size), self.effective_ops())
 
 
 def auto_online_from_append(append: Sequence[str]) -> Policy | None:

@@ -51,7 +51,8 @@ class Runner:
         self.vm = vm
         self.on_step = on_step
         self.state = RunState.of_plan(scenario.machine, scenario.model_ops(),
-                                      scenario.prediction)
+                                      scenario.prediction, scenario.timing.after,
+                                      scenario.timing.never)
         self.steps: list[StepResult] = []
         self.log_mark = LogMark()  # where the last scan of the kernel log stopped
         self.boot_splats: list[Splat] = []

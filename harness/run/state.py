@@ -16,7 +16,7 @@ with a fake VM (tests/unit/test_run_state.py).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -40,6 +40,9 @@ class RunState:
     # after which it happened (an unplug request a reset left pending in
     # QEMU is carried out at the next hot-add's GPE)
     op_after: dict[int, int] = field(default_factory=dict)
+    # ops whose time has come but which wait for an event (a device_del
+    # while paused: the guest ejects after resume)
+    waiting: set[int] = field(default_factory=set)
     policy: KernelPolicy | None = None
     kernel: KernelMemory | None = None
     boot_blocks: set[int] = field(default_factory=set)
@@ -50,9 +53,13 @@ class RunState:
     kinds: dict[str, Any] = field(default_factory=dict)  # device kind -> its run state
 
     @classmethod
-    def of_plan(cls, spec: MachineSpec, ops: Sequence[Operation],
-                prediction: Prediction) -> RunState:
-        return cls(spec, tuple(ops), prediction, prediction.layout.block_size)
+    def of_plan(cls, spec: MachineSpec, ops: Sequence[Operation], prediction: Prediction,
+                after: dict[int, int] | None = None, never: Iterable[int] = ()) -> RunState:
+        """The state before the first step; ``prediction`` is of ``ops`` in the
+        order they take effect (``after``, ``never``: the plan's
+        :class:`harness.run.steps.timing.OpTiming`)."""
+        return cls(spec, tuple(ops), prediction, prediction.layout.block_size,
+                   dropped=set(never), op_after=dict(after or {}))
 
     # -- the plan as it took effect -------------------------------------------
     def effective_ops(self) -> list[int]:
@@ -74,7 +81,7 @@ class RunState:
         """How many of the effective operations have taken effect."""
         done = self.ops_acted
         return sum(1 for i in self.effective_ops()
-                   if i < done and self.op_after.get(i, i) < done)
+                   if i < done and self.op_after.get(i, i) < done and i not in self.waiting)
 
     def current(self, kind: str) -> tuple[Any, ...]:
         """The model's devices of ``kind`` now."""

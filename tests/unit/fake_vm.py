@@ -192,6 +192,18 @@ class FakeVM:
         for n in d.blocks:
             self.blocks.pop(n, None)
 
+    def request_unplug(self, dimm_id: str) -> Any:
+        """device_del while paused (or wait = false): QEMU keeps the DIMM
+        until the guest ejects it (wait_unplugged)."""
+        self.commands.append(f"device_del {dimm_id} (request)")
+        return dimm_id
+
+    def wait_unplugged(self, request: Any, timeout: float | None = None) -> None:
+        d = next(d for d in self._placed() if d.id == request)
+        self.ops.append(RemoveDevice(request))
+        for n in d.blocks:
+            self.blocks.pop(n, None)
+
     def pause(self) -> None:
         self.paused = True
 

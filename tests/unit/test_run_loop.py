@@ -20,6 +20,7 @@ from harness.scenario import (
     online,
     pause,
     remove,
+    reset,
     resume,
 )
 
@@ -100,3 +101,34 @@ def test_preconditions_are_the_steps_own() -> None:
         check_plan(PlanCheck(spec), [pause()])
     with pytest.raises(UsageError, match="which no earlier step adds"):
         check_plan(PlanCheck(spec), [online("nope")])
+
+
+def test_a_dimm_removed_while_paused_keeps_its_place_until_the_guest_ejects_it() -> None:
+    """pause, remove a, add b, resume: QEMU places b beside a (a is QEMU's
+    until the guest, resumed, ejects it), and the model now says so (memhp
+    fuzz found the model placing b where a was)."""
+    s = _scenario(add("a:256M@0"), pause(), remove("a"), add("b:256M@1"), resume(),
+                  online("b"))
+    assert s.timing.after == {1: 2}  # the removal takes effect after b's add
+    [b] = s.prediction.final.of("pc-dimm")
+    [a] = s.prediction.steps[0].of("pc-dimm")
+    assert b.addr == a.addr + (256 << 20) and b.slot == 1
+    runner, vm = _run(s)
+    assert all(r.passed for r in runner.steps), [
+        str(m) for r in runner.steps for m in r.mismatches]
+    paused_add = runner.steps[3]
+    assert {d["id"] for d in paused_add.observed["dimms"]} == {"a", "b"}
+    assert [d.get("unplug_pending") for d in paused_add.expected["dimms"]] == [True, None]
+    assert [d["id"] for d in runner.steps[4].expected["dimms"]] == ["b"]
+
+
+def test_op_timing_of_paused_and_reset_removals() -> None:
+    from harness.run.steps.timing import op_timing
+
+    steps = [add("a:256M@0"), add("b:256M@0"), pause(), remove("a"), reset(), resume(),
+             add("c:128M@1"), pause(), remove("b"), resume()]
+    timing = op_timing(steps)
+    # a: its request survives the paused reset; c's GPE ejects it, after c
+    # b: removed while paused, ejected at resume (no add after it: its step)
+    assert timing.after == {2: 3, 4: 4} and timing.never == frozenset()
+    assert op_timing([add("a:256M@0"), pause(), remove("a"), reset(), resume()]).never == {1}

@@ -44,7 +44,7 @@ expect_splat = ["page dumped because: unmovable page"]
     assert s.steps[3].workload is not None and s.steps[3].workload.size == 64 << 20
     assert s.steps[4].expect_splat == ("page dumped because: unmovable page",)
     assert [op.id for op in s.model_ops()] == ["a", "b"]
-    assert "no free slots" in s.expected_refusals()[2].qemu_message
+    assert "no free slots" in s.refusals[2].qemu_message
 
 
 @pytest.mark.parametrize("step, message", [
@@ -111,7 +111,7 @@ expect_refusal = "cannot be unplugged"
     assert vmem is not None and (vmem.block_size, vmem.addr) == (4 << 20, 0x240000000)
     assert vmem.unplugged_inaccessible is True and vmem.dynamic_memslots is None
     assert not s.steps[1].is_model_op and not s.steps[2].is_model_op
-    refusals = s.expected_refusals()
+    refusals = s.refusals
     assert refusals[1].qemu_message == (  # type: ignore[attr-defined]
         "'requested-size' cannot exceed the memory backend size(0x40000000)")
     assert refusals[2].qemu_message == (  # type: ignore[attr-defined]

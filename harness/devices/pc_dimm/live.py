@@ -166,6 +166,8 @@ def remove(ctx: StepContext, step: RemoveStep) -> list[Mismatch]:
         request = ctx.vm.request_unplug(step.id)
         ctx.lat["device_del_s"] = time.monotonic() - t0
         _ks(ctx).pending_unplugs[step.id] = (request, d, index)
+        if ctx.vm.paused:  # QEMU keeps the DIMM until the guest ejects it
+            state.waiting.add(index)
         ctx.took_effect()
         return []
     plugged = HostView.read() if d.backend.hugepages else None
@@ -201,6 +203,7 @@ def at_reset(ctx: StepContext) -> None:
     assert qmp is not None
     outcome: dict[str, str] = {}
     for dimm_id, (request, _dimm, index) in list(ks.pending_unplugs.items()):
+        ctx.state.waiting.discard(index)
         events = qmp.events(request.cursor)
         deleted = any(ev.name == "DEVICE_DELETED" and ev.data.get("device") == dimm_id
                       for ev in events)
@@ -258,6 +261,7 @@ def after_resume(ctx: StepContext, since: int, t0: float) -> list[Mismatch]:
     refused: list[HotplugRefused] = []
     for dimm_id, (request, _dimm, index) in list(ks.pending_unplugs.items()):
         del ks.pending_unplugs[dimm_id]
+        ctx.state.waiting.discard(index)  # the guest answers now
         try:
             ctx.vm.wait_unplugged(request)
         except HotplugRefused as exc:
@@ -291,13 +295,9 @@ def pending(state: RunState) -> list[str]:
 
 
 def expected(state: RunState, paused: bool) -> list[Any]:
-    """The DIMMs QEMU must report: the model's, and while paused also the
-    ones whose unplug is pending (QEMU's until the guest ejects them)."""
-    ks = state.kinds.get(KIND)
-    out: list[Any] = list(state.current(KIND))
-    if paused and ks is not None:
-        out += [d for _, d, _ in ks.pending_unplugs.values()]
-    return out
+    """The DIMMs QEMU must report: the model's (a DIMM whose device_del
+    came while paused is still there, :class:`harness.run.steps.timing.OpTiming`)."""
+    return list(state.current(KIND))
 
 
 def observed(entries: list[dict[str, Any]], state: RunState, paused: bool) -> list[Any]:
@@ -310,10 +310,14 @@ def observed(entries: list[dict[str, Any]], state: RunState, paused: bool) -> li
 
 
 def expected_json(state: RunState) -> list[dict[str, Any]]:
+    """The model's DIMMs, those whose unplug is pending marked (and listed
+    when the model has let them go already: wait = false on a running guest)."""
     ks = state.kinds.get(KIND)
-    unplugging = [] if ks is None else [d for _, d, _ in ks.pending_unplugs.values()]
-    return [dimm_json(d) for d in state.current(KIND)] + [
-        dimm_json(d) | {"unplug_pending": True} for d in unplugging]
+    unplugging = {} if ks is None else {d.id: d for _, d, _ in ks.pending_unplugs.values()}
+    current = state.current(KIND)
+    mark = {"unplug_pending": True}
+    return [dimm_json(d) | (mark if d.id in unplugging else {}) for d in current] + [
+        dimm_json(d) | mark for d in unplugging.values() if d.id not in {c.id for c in current}]
 
 
 def observed_json(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -15,6 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from fakes import SEED_ZONES
+
 from harness.devices.pc_dimm.ops import AddDimm
 from harness.errors import HotplugRefused
 from harness.guest.parsers import (
@@ -27,20 +29,11 @@ from harness.guest.parsers import (
 )
 from harness.guest.readers import BlockChange, GuestMemoryView
 from harness.guest.ssh import CommandResult
-from harness.model.kernel import KernelPolicy, ZoneInfo
+from harness.model.kernel import KernelPolicy
 from harness.model.predict import predict
 from harness.model.spec import MachineSpec, Operation, RemoveDevice
 
 BLOCK = 128 << 20
-# The seed machine's boot zones (pc, 3G+3G), as the 6.1 guest reports them.
-SEED_ZONES = (
-    ZoneInfo(0, "DMA", 1, 4095, 3998, 3840),
-    ZoneInfo(0, "DMA32", 4096, 782304, 782304, 753523),
-    ZoneInfo(0, "Normal", 0, 0, 0, 0),
-    ZoneInfo(0, "Movable", 0, 0, 0, 0),
-    ZoneInfo(1, "Normal", 1048576, 786432, 786432, 765483),
-    ZoneInfo(1, "Movable", 0, 0, 0, 0),
-)
 BOOT_BLOCKS = tuple(range(0, 24)) + tuple(range(32, 56))  # 3G below 4G split, 3G above
 NODE_TOTAL = 3 << 30
 

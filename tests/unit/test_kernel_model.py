@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from fakes import SEED_ZONES
 
 from harness.guest.parsers import parse_policy_dump
 from harness.model.kernel import (
@@ -22,16 +23,6 @@ DATA = Path(__file__).parent.parent / "data" / "guest"
 MiB = 1 << 20
 BLOCK = 128 * MiB
 BLOCK_PAGES = BLOCK // 4096
-# The boot zones of the seed machine (pc, -m 6G, nodes 3G+3G), as the 6.1
-# guest's /proc/zoneinfo reports them.
-SEED_ZONES = (
-    ZoneInfo(0, "DMA", 1, 4095, 3998, 3840),
-    ZoneInfo(0, "DMA32", 4096, 782304, 782304, 753523),
-    ZoneInfo(0, "Normal", 0, 0, 0, 0),
-    ZoneInfo(0, "Movable", 0, 0, 0, 0),
-    ZoneInfo(1, "Normal", 1048576, 786432, 786432, 765483),
-    ZoneInfo(1, "Movable", 0, 0, 0, 0),
-)
 DIMM_BLOCKS = (56, 57, 58, 59, 60, 61, 62, 63)  # a 1 GiB DIMM at 7 GiB
 
 

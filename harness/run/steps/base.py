@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from harness.errors import UsageError
 from harness.model.spec import MachineSpec, Operation
+from harness.toml_keys import refusal_key, splat_patterns, unknown
 from harness.verify import Mismatch
 
 if TYPE_CHECKING:
@@ -81,6 +82,15 @@ class Step:
     @classmethod
     def parse(cls, raw: Mapping[str, Any], where: str) -> Step:
         raise NotImplementedError
+
+    @classmethod
+    def read_common(cls, raw: Mapping[str, Any], where: str
+                    ) -> tuple[str | None, tuple[str, ...]]:
+        """What every step's table is read for first, in this order: unknown
+        keys, ``expect_refusal`` (where the kind takes it), ``expect_splat``."""
+        unknown(raw, {cls.action, "expect_splat", *cls.keys}, where)
+        refusal = refusal_key(raw, where) if "expect_refusal" in cls.keys else None
+        return refusal, splat_patterns(raw.get("expect_splat", []), f"{where}.expect_splat")
 
     @property
     def subject(self) -> str:

@@ -16,7 +16,7 @@ from harness.errors import UsageError
 from harness.guest.splats import UNMOVABLE_PAGE_DUMP
 from harness.model.kernel import Outcome
 from harness.run.steps.base import PlanCheck, Step
-from harness.toml_keys import expect, splat_patterns, unknown
+from harness.toml_keys import expect
 from harness.verify import Mismatch
 
 if TYPE_CHECKING:
@@ -74,8 +74,7 @@ class OnlineStep(_BlocksStep):
 
     @classmethod
     def parse(cls, raw: Mapping[str, Any], where: str) -> OnlineStep:
-        unknown(raw, {"online", "expect_splat", *cls.keys}, where)
-        splats = splat_patterns(raw.get("expect_splat", []), f"{where}.expect_splat")
+        _, splats = cls.read_common(raw, where)
         value = expect(raw, "online", str, where)
         return cls(value, check_policy(raw.get("policy", "online_movable"), where),
                    expect_splat=splats)
@@ -99,8 +98,7 @@ class OfflineStep(_BlocksStep):
 
     @classmethod
     def parse(cls, raw: Mapping[str, Any], where: str) -> OfflineStep:
-        unknown(raw, {"offline", "expect_splat"}, where)
-        splats = splat_patterns(raw.get("expect_splat", []), f"{where}.expect_splat")
+        _, splats = cls.read_common(raw, where)
         return cls(expect(raw, "offline", str, where), expect_splat=splats)
 
     def describe(self) -> str:

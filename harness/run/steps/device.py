@@ -111,9 +111,7 @@ class RemoveStep(Step):
 
     @classmethod
     def parse(cls, raw: Mapping[str, Any], where: str) -> RemoveStep:
-        unknown(raw, {"remove", "expect_splat", *cls.keys}, where)
-        refusal = refusal_key(raw, where)
-        splats = splat_patterns(raw.get("expect_splat", []), f"{where}.expect_splat")
+        refusal, splats = cls.read_common(raw, where)
         value = expect(raw, "remove", str, where)
         wait = expect(raw, "wait", bool, where) if "wait" in raw else True
         return cls(value, wait, refusal, expect_splat=splats)
@@ -164,9 +162,7 @@ class ResizeStep(Step):
 
     @classmethod
     def parse(cls, raw: Mapping[str, Any], where: str) -> ResizeStep:
-        unknown(raw, {"resize", "expect_splat", *cls.keys}, where)
-        refusal = refusal_key(raw, where)
-        splats = splat_patterns(raw.get("expect_splat", []), f"{where}.expect_splat")
+        refusal, splats = cls.read_common(raw, where)
         value = expect(raw, "resize", str, where)
         if "requested" not in raw:
             raise UsageError(f"{where}: resize needs requested", value=raw,

@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from harness.devices import KINDS, live_of
 from harness.errors import HotplugRefused, UsageError
 from harness.run.steps.base import PlanCheck, Step
-from harness.toml_keys import splat_patterns, unknown
 from harness.verify import Mismatch
 
 if TYPE_CHECKING:
@@ -43,8 +42,7 @@ class _FlagStep(Step):
 
     @classmethod
     def parse(cls, raw: Mapping[str, Any], where: str) -> Step:
-        unknown(raw, {cls.action, "expect_splat"}, where)
-        splats = splat_patterns(raw.get("expect_splat", []), f"{where}.expect_splat")
+        _, splats = cls.read_common(raw, where)
         if raw[cls.action] is not True:
             raise UsageError(f"{where}.{cls.action} must be true", value=raw[cls.action],
                              fix=f"write {cls.action} = true")

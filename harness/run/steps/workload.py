@@ -16,7 +16,7 @@ from harness.guest.workload import (
     parse_check,
 )
 from harness.run.steps.base import PlanCheck, Step
-from harness.toml_keys import expect, splat_patterns, unknown
+from harness.toml_keys import expect
 from harness.units import parse_size, size_text
 from harness.verify import Mismatch
 
@@ -39,8 +39,7 @@ class WorkloadStep(Step):
 
     @classmethod
     def parse(cls, raw: Mapping[str, Any], where: str) -> WorkloadStep:
-        unknown(raw, {"workload", "expect_splat", *cls.keys}, where)
-        splats = splat_patterns(raw.get("expect_splat", []), f"{where}.expect_splat")
+        _, splats = cls.read_common(raw, where)
         wid = expect(raw, "workload", str, where)
         node = expect(raw, "node", int, where) if "node" in raw else 0
         size = parse_size(expect(raw, "size", str, where)) if "size" in raw else 256 << 20

@@ -34,8 +34,10 @@ def test_a_short_campaign_agrees_with_the_model(memhp_fuzz: Any) -> None:
     summary = memhp_fuzz(seed=11, sequences=2, steps=6)
     assert summary.failures == [], [f.to_json() for f in summary.failures]
     assert summary.sequences == 2 and summary.steps_checked >= 12
-    assert sum(n for (_, outcome), n in summary.outcomes.items() if outcome == "pass") \
-        == summary.steps_checked
+    # every step passed, or the guest refused an eject the model allows it to
+    assert {outcome for (_, outcome) in summary.outcomes} <= {"pass", "refused (allowed)"}, \
+        summary.outcomes
+    assert sum(summary.outcomes.values()) == summary.steps_checked
     print(f"fuzz: {summary.steps_checked} steps in {summary.seconds:.1f} s "
           f"({summary.steps_per_minute:.0f} per minute)")
 

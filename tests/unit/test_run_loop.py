@@ -132,3 +132,12 @@ def test_op_timing_of_paused_and_reset_removals() -> None:
     # b: removed while paused, ejected at resume (no add after it: its step)
     assert timing.after == {2: 3, 4: 4} and timing.never == frozenset()
     assert op_timing([add("a:256M@0"), pause(), remove("a"), reset(), resume()]).never == {1}
+
+
+
+def test_removing_while_paused_a_device_added_in_the_same_pause_is_not_modelled() -> None:
+    spec = _scenario(add("a:1G@1")).machine
+    with pytest.raises(UsageError, match="added while paused"):
+        check_plan(PlanCheck(spec), [pause(), add("b:256M@0"), remove("b"), resume()])
+    check_plan(PlanCheck(spec), [pause(), add("b:256M@0"), resume(), pause(), remove("b"),
+                                 resume()])

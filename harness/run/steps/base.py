@@ -42,6 +42,7 @@ class PlanCheck:
     reset_paused: bool = False  # reset while paused: not booted until resume
     pending: list[str] = field(default_factory=list)  # unplugs not yet resolved
     resized_paused: list[str] = field(default_factory=list)  # virtio-mem resized while paused
+    added_paused: set[str] = field(default_factory=set)  # devices added during this pause
     workloads: set[str] = field(default_factory=set)
     room: list[int] = field(default_factory=list)  # what each node can hold by now
 

@@ -133,7 +133,7 @@ class PauseStep(_FlagStep):
         super().check(plan)
 
     def advance(self, plan: PlanCheck) -> None:
-        plan.paused_at, plan.resized_paused = plan.index, []
+        plan.paused_at, plan.resized_paused, plan.added_paused = plan.index, [], set()
 
     def act(self, ctx: StepContext) -> list[Mismatch]:
         t0 = time.monotonic()
@@ -158,7 +158,7 @@ class ResumeStep(_FlagStep):
 
     def advance(self, plan: PlanCheck) -> None:
         plan.paused_at, plan.pending, plan.reset_paused = None, [], False
-        plan.resized_paused = []
+        plan.resized_paused, plan.added_paused = [], set()
 
     def act(self, ctx: StepContext) -> list[Mismatch]:
         qmp = ctx.vm.qmp

@@ -9,7 +9,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 MEMHP := $(VENV)/bin/memhp
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-HOST_PKGS := qemu-system-x86 qemu-utils cpio zstd xz-utils kmod debian-archive-keyring python3-venv ca-certificates librsvg2-bin syslinux syslinux-common mtools dosfstools gcc make flex bison bc libelf-dev libssl-dev
+HOST_PKGS := qemu-system-x86 qemu-system-arm qemu-efi-aarch64 qemu-utils cpio zstd xz-utils kmod debian-archive-keyring python3-venv ca-certificates librsvg2-bin syslinux syslinux-common mtools dosfstools gcc make flex bison bc libelf-dev libssl-dev
 PYTEST_ARGS ?= -n 2
 
 .PHONY: demo test setup host-deps venv image lint clean soak

@@ -190,7 +190,9 @@ def _shrink(target: Target, build: Callable[[list[Step]], Scenario], steps: list
 def _differences(index: int, a: RunResult, b: RunResult) -> list[dict[str, Any]]:
     out = []
     for ra, rb in zip(a.steps, b.steps, strict=False):
-        views = ("dimms", "virtio_mem", "blocks", "nodes")
+        # what hotplug placed and what the guest made of it (absolute node
+        # totals differ with the firmware's reservations, so they are not compared)
+        views = ("dimms", "virtio_mem", "blocks")
         seen_a = {k: ra.observed.get(k) for k in views}
         seen_b = {k: rb.observed.get(k) for k in views}
         if ra.passed != rb.passed or seen_a != seen_b:

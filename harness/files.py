@@ -85,3 +85,19 @@ def read_small_file(path: Path, what: str, fix: str, *, max_bytes: int = MAX_REA
         raise UsageError(f"{what} {str(path)!r} is over the limit of {max_bytes} bytes",
                          value=path, fix=fix)
     return data
+
+
+def write_text_no_link(path: Path, text: str, what: str) -> None:
+    """Write ``text`` to ``path``, refusing a symbolic link there or as its
+    directory (a checked-out pull request can plant one at a default output
+    path): the file is opened with O_NOFOLLOW, its directory checked first."""
+    if path.parent.is_symlink():
+        raise UsageError(f"{what} {str(path.parent)!r} is a symbolic link", value=path.parent,
+                         fix="give a real directory")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+    except OSError as exc:
+        raise UsageError(f"{what} {str(path)!r} cannot be written: {exc.strerror}", value=path,
+                         fix="remove what is there (a link is never followed)") from exc
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(text)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import HarnessError
+from harness.files import write_text_no_link
 from harness.fuzz.generate import POLICIES, generate
 from harness.launch import ResolvedGuest
 from harness.run.results import RunResult, StepResult
@@ -239,11 +240,11 @@ def campaign(settings: Settings, target: Target, *, compare: Target | None = Non
             if settings.out is not None:
                 settings.out.mkdir(parents=True, exist_ok=True)
                 failure.path = settings.out / f"fuzz-{settings.seed}-{index}.toml"
-                failure.path.write_text(scenario_toml(shrunk, (
+                write_text_no_link(failure.path, scenario_toml(shrunk, (
                     f"memhp fuzz --seed {settings.seed}: sequence {index + 1} "
                     f"({machine}, {policy}) failed: {' / '.join(sig)}\n"
                     f"shrunk from {len(steps)} to {len(shrunk.steps)} steps in {runs} runs; "
-                    "replay: memhp run --scenario THIS_FILE")))
+                    "replay: memhp run --scenario THIS_FILE")), "--out")
             say(f"memhp fuzz: shrunk to {len(shrunk.steps)} step(s) in {runs} run(s)"
                 + (f": {failure.path}" if failure.path else ""))
             summary.failures.append(failure)

@@ -186,7 +186,8 @@ def memhp_fuzz(memhp_settings: Settings, memhp_resolved_guest: Any,
     """``memhp_fuzz(seed=0, sequences=2, steps=6, policies=("manual",),
     machines=("pc",), shrink_budget=20)``: a ``memhp fuzz`` campaign on the
     session's guest and QEMU (shrunk failures written under tmp_path);
-    returns its :class:`harness.fuzz.engine.Summary`."""
+    returns its :class:`harness.fuzz.engine.Summary`; ``memhp_fuzz.target``
+    runs a scenario on the same guest and QEMU."""
     from harness.fuzz.engine import Settings as FuzzSettings
     from harness.fuzz.engine import Target, campaign
 
@@ -200,8 +201,7 @@ def memhp_fuzz(memhp_settings: Settings, memhp_resolved_guest: Any,
         for key in ("policies", "machines"):
             if key in kw:
                 kw[key] = tuple(kw[key])
-        summary = campaign(FuzzSettings(**kw), target, say=lambda msg: print(msg))
-        summary.target = target  # type: ignore[attr-defined]
-        return summary
+        return campaign(FuzzSettings(**kw), target, say=lambda msg: print(msg))
 
+    run.target = target  # type: ignore[attr-defined]  # to replay a shrunk scenario
     return run

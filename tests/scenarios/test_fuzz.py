@@ -61,7 +61,7 @@ def test_a_wrong_rule_is_found_shrunk_and_replayed(memhp_fuzz: Any,
     assert len(failure.shrunk.steps) <= 3, failure.shrunk.steps
     text = failure.path.read_text()
     assert text.startswith("# memhp fuzz --seed")
-    target = summary.target
+    target = memhp_fuzz.target
     replay = load_scenario(failure.path, qemu_version=target.qemu_version)
     assert replay.steps == failure.shrunk.steps
     assert signature(replay, target.run(replay)) == failure.signature

@@ -49,3 +49,26 @@ def test_shrinking_keeps_the_culprits_and_only_valid_candidates() -> None:
     assert all(valid(r) for r in runs)
     few, spent, exhausted = shrink(start, counted, valid, budget=2)
     assert spent == 2 and exhausted and fails(few)
+
+
+def test_a_shrunk_scenario_is_never_written_through_a_link(tmp_path) -> None:
+    """A checked-out pull request may plant a link at memhp fuzz's default
+    output: neither a linked file nor a linked directory is followed."""
+    import pytest
+
+    from harness.errors import UsageError
+    from harness.files import write_text_no_link
+
+    victim = tmp_path / "victim"
+    victim.write_text("keep")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "fuzz-0-0.toml").symlink_to(victim)
+    with pytest.raises(UsageError, match="cannot be written"):
+        write_text_no_link(out / "fuzz-0-0.toml", "x", "--out")
+    (tmp_path / "linked").symlink_to(out)
+    with pytest.raises(UsageError, match="symbolic link"):
+        write_text_no_link(tmp_path / "linked" / "new.toml", "x", "--out")
+    assert victim.read_text() == "keep" and not (out / "new.toml").exists()
+    write_text_no_link(out / "real.toml", "ok", "--out")
+    assert (out / "real.toml").read_text() == "ok"

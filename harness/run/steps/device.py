@@ -212,7 +212,7 @@ class ResizeStep(Step):
         return self._with_common({"resize": self.id, "requested": size_text(self.requested)})
 
     def act(self, ctx: StepContext) -> list[Mismatch]:
-        live = live_of("virtio-mem")
+        live = live_of(ctx.state.kind_of(self.id) or "virtio-mem")
         if self.expect_refusal is not None:
             return act_refused(ctx, lambda: ctx.vm.resize_virtio_mem(self.id, self.requested))
         return live.resize(ctx, self)  # type: ignore[no-any-return]

@@ -54,7 +54,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from harness import cache as store
@@ -77,6 +77,9 @@ SECURITY_SUITES = ("bookworm-security",)
 #: the 13 keys verifies it.
 KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
 MAX_AGE_S = 24 * 3600
+#: The Debian architectures memhp fetches packages for: the host's (x86
+#: guests, QEMU) and arm64 guests' kernels and userland.
+ARCHES = ("amd64", "arm64")
 CONFIG_VERSION = "1"
 
 Progress = Callable[[str], None]
@@ -84,11 +87,11 @@ Progress = Callable[[str], None]
 
 def sources_text(mirror: str = MIRROR, suites: Iterable[str] = SUITES,
                  keyring: Path = KEYRING, security_mirror: str = SECURITY_MIRROR,
-                 security_suites: Iterable[str] = SECURITY_SUITES) -> str:
+                 security_suites: Iterable[str] = SECURITY_SUITES, arch: str = "amd64") -> str:
     """The deb822 sources file of memhp's apt (no security stanza without
     ``security_suites``: a suite's own root)."""
-    stanza = ("Types: deb\nURIs: {}\nSuites: {}\nComponents: main\nArchitectures: amd64\n"
-              f"Signed-By: {keyring}\n")
+    stanza = ("Types: deb\nURIs: {}\nSuites: {}\nComponents: main\n"
+              f"Architectures: {arch}\nSigned-By: {keyring}\n")
     text = ("# memhp's own apt sources (harness/apt.py); not the host's\n"
             + stanza.format(mirror, " ".join(suites)))
     security = " ".join(security_suites)
@@ -114,6 +117,17 @@ class Sources:
     suites: tuple[str, ...]
     security_suites: tuple[str, ...]
     preferences: str
+    arch: str = "amd64"  # Debian's name: amd64, arm64
+
+    def for_arch(self, arch: str) -> Sources:
+        """The same suites for another Debian architecture, in a root of
+        its own (``apt-arm64``): package lists are per architecture."""
+        if arch == self.arch:
+            return self
+        if arch not in ARCHES:
+            raise UsageError(f"Debian architecture {arch!r} is not one memhp fetches for",
+                             value=arch, fix=f"use one of {', '.join(ARCHES)}")
+        return replace(self, name=f"{self.name}-{arch}", arch=arch)
 
 
 #: memhp's default apt: Debian 12 and what it takes from trixie.
@@ -141,12 +155,13 @@ class Apt:
 
     def __init__(self, cache: Path | None = None, *, mirror: str = MIRROR,
                  progress: Progress | None = None, sources: Sources = BOOKWORM,
-                 own_suite: str | None = None) -> None:
+                 own_suite: str | None = None, arch: str = "amd64") -> None:
         self.cache = cache or store.cache_root()
         self.own_suite = own_suite
         if own_suite is not None:
             sources = suite_sources(check_suite_name(own_suite))
-        self.sources = sources
+        self.sources = sources = sources.for_arch(arch)
+        self.arch = arch
         self.root = self.cache / sources.name
         self.suites: tuple[str, ...] = sources.suites + sources.security_suites
         self.debs = self.cache / "debs"
@@ -155,17 +170,18 @@ class Apt:
 
     @classmethod
     def for_suite(cls, suite: str | None, cache: Path | None = None, *, mirror: str = MIRROR,
-                  progress: Progress | None = None) -> Apt:
+                  progress: Progress | None = None, arch: str = "amd64") -> Apt:
         """The apt that knows ``suite``: the default configuration for
-        :data:`SUITES` (and None), else the suite's own."""
+        :data:`SUITES` (and None), else the suite's own (for ``arch``)."""
         own = None if suite is None or suite in SUITES + SECURITY_SUITES else suite
-        return cls(cache, mirror=mirror, progress=progress, own_suite=own)
+        return cls(cache, mirror=mirror, progress=progress, own_suite=own, arch=arch)
 
     # -- configuration -----------------------------------------------------------------
 
     def _sources(self) -> str:
         return sources_text(self.mirror, self.sources.suites,
-                            security_suites=self.sources.security_suites)
+                            security_suites=self.sources.security_suites,
+                            arch=self.sources.arch)
 
     def _fingerprint(self) -> str:
         return hashlib.sha256((CONFIG_VERSION + self._sources() + self.sources.preferences
@@ -204,8 +220,8 @@ class Apt:
             "Dir::Cache": str(r / "cache"),
             "Dir::Cache::pkgcache": "pkgcache.bin",
             "Dir::Cache::srcpkgcache": "srcpkgcache.bin",
-            "APT::Architecture": "amd64",
-            "APT::Architectures": "amd64",
+            "APT::Architecture": self.sources.arch,
+            "APT::Architectures": self.sources.arch,
             # Root's downloads would otherwise run as _apt, which cannot enter ~root.
             "APT::Sandbox::User": "root" if os.geteuid() == 0 else "",
             "Acquire::Languages": "none",
@@ -349,13 +365,19 @@ class Apt:
         return self._download_versions(versions, dest or self.debs,
                                        f" from {suite}" if suite else "")
 
+    def download_versions(self, versions: dict[str, str]) -> dict[str, Path]:
+        """``apt-get download`` these exact versions (name -> version) unless
+        cached; name -> .deb path."""
+        self.update()
+        return self._download_versions(versions, self.debs, "")
+
     def _download_versions(self, versions: dict[str, str], debs: Path,
                            where: str) -> dict[str, Path]:
         debs.mkdir(parents=True, exist_ok=True)
         result: dict[str, Path] = {}
         fetch: list[str] = []
         for name, version in versions.items():
-            hit = _cached_deb(debs, name, version)
+            hit = _cached_deb(debs, name, version, self.sources.arch)
             if hit is not None:
                 result[name] = hit
             else:
@@ -371,7 +393,7 @@ class Apt:
                     store.publish(f, debs / f.name)
             self.say(f"downloaded in {time.monotonic() - t0:.1f}s")
             for name in fetch:
-                hit = _cached_deb(debs, name, versions[name])
+                hit = _cached_deb(debs, name, versions[name], self.sources.arch)
                 if hit is None:
                     raise ImageBuildError(f"apt-get download did not produce {name} "
                                           f"{versions[name]}")
@@ -396,9 +418,15 @@ def check_suite_name(suite: str) -> str:
     return suite
 
 
-def _cached_deb(debs: Path, name: str, version: str) -> Path | None:
+def _cached_deb(debs: Path, name: str, version: str, arch: str = "amd64") -> Path | None:
+    """The cached .deb of ``name`` at ``version`` for ``arch`` (or ``all``):
+    amd64 and arm64 builds of one version share a name up to the arch."""
     ver = version.replace(":", "%3a")
-    return next(iter(sorted(debs.glob(f"{name}_{ver}_*.deb"))), None)
+    for a in (arch, "all"):
+        hit = debs / f"{name}_{ver}_{a}.deb"
+        if hit.is_file():
+            return hit
+    return None
 
 
 def download(packages: Iterable[str], suite: str | None = None, *,

@@ -17,9 +17,11 @@ from typing import Any
 
 from harness.errors import UsageError
 from harness.files import check_readable_file
+from harness.machines import machine
 from harness.qemu.accel import AccelChoice, choose_accel
 from harness.qemu.config import DiskBoot, KernelBoot, VMConfig
 from harness.qemu.devices import MemoryDevice, backend_object, pc_dimm
+from harness.qemu.firmware import firmware_path
 from harness.qemu.vm import VM, Timeouts
 from harness.resources import cache_root
 from harness.scenario import Scenario
@@ -40,6 +42,7 @@ class GuestSource:
     ssh_user: str = "root"
     ssh_key: Path | None = None
     ssh_host_key: Path | None = None
+    arch: str = "amd64"  # the machine's (Debian's name): which default image, which packages
 
 
 @dataclass(frozen=True)
@@ -87,13 +90,14 @@ def resolve_guest(source: GuestSource) -> ResolvedGuest:
                             "give the path of a bzImage (arch/x86/boot/bzImage)")
         return ResolvedGuest(image=build_image(kernel=source.kernel, modules=source.modules,
                                                kernel_config=source.kernel_config,
-                                               kernel_package=source.kernel_package))
+                                               kernel_package=source.kernel_package,
+                                               arch=source.arch))
     if source.kernel_package is not None or source.suite is not None \
             or source.modules is not None or source.kernel_config is not None:
         return ResolvedGuest(image=build_image(
             kernel_package=source.kernel_package, suite=source.suite, modules=source.modules,
-            kernel_config=source.kernel_config))
-    return ResolvedGuest(image=ensure_default_image())
+            kernel_config=source.kernel_config, arch=source.arch))
+    return ResolvedGuest(image=ensure_default_image(arch=source.arch))
 
 
 def read_host_key(path: Path) -> str:
@@ -132,11 +136,13 @@ def vm_config(scenario: Scenario, guest: ResolvedGuest, *, accel: str, qemu_bina
     elif guest.image is not None:
         boot = KernelBoot(Path(guest.image.kernel), Path(guest.image.initrd),
                           tuple(guest.image.cmdline) + scenario.append)
+    board = machine(spec.machine)
     return VMConfig(
         name=name, machine=spec.machine_name, memory=spec.ram_size, slots=spec.slots,
         maxmem=spec.maxmem, numa=tuple(spec.numa), smp=scenario.smp,
         accel=accel,  # type: ignore[arg-type]
         boot=boot, qemu_binary=qemu_binary, memory_devices=coldplug_devices(spec),
+        pvpanic=board.pvpanic, firmware=firmware_path(board),
     )
 
 
@@ -148,9 +154,23 @@ def coldplug_devices(spec: Any) -> tuple[MemoryDevice, ...]:
                  for d in spec.coldplug)
 
 
-def pick_accel(requested: str, guest: ResolvedGuest, qemu_binary: str) -> AccelChoice:
+def pick_accel(requested: str, guest: ResolvedGuest, qemu_binary: str,
+               arch: str = "x86_64") -> AccelChoice:
+    """``arch``: the guest's, as QEMU names it (the machine's)."""
     return choose_accel(requested, qemu_binary=qemu_binary, kernel=guest.kernel,
-                        cache_dir=cache_root())
+                        cache_dir=cache_root(), guest_arch=arch)
+
+
+def check_guest_arch(scenario: Scenario, guest: ResolvedGuest) -> None:
+    """A UsageError when the guest image is another architecture's than the
+    scenario's machine (an amd64 kernel on virt), before any VM."""
+    board = machine(scenario.machine.machine)
+    have = getattr(guest.image, "arch", board.debian_arch)
+    if have != board.debian_arch:
+        raise UsageError(f"the guest image is {have} ({guest.describe()}), machine "
+                         f"{board.name!r} runs {board.debian_arch} guests", value=have,
+                         fix=f"boot a {board.debian_arch} kernel on {board.name} (memhp "
+                             "builds the default one for the machine)")
 
 
 @contextmanager
@@ -174,7 +194,8 @@ def launch_vm(
     True for memhp's state cache, or a :class:`harness.warm.WarmStarts`.
     ``boot_attempts``: boots in all when one hangs (:meth:`VM.boot`).
     """
-    choice = pick_accel(accel, guest, qemu_binary)
+    check_guest_arch(scenario, guest)
+    choice = pick_accel(accel, guest, qemu_binary, machine(scenario.machine.machine).arch)
     vm_name = f"{name}-{os.getpid()}-{next(_counter)}"
     cfg = vm_config(scenario, guest, accel=choice.accel, qemu_binary=qemu_binary, name=vm_name)
     vm = VM(

@@ -304,7 +304,7 @@ MAX_KEY_PARTS = 8
 _KEY_LINE = re.compile(rb"^\s*\[{0,2}\s*([A-Za-z0-9_\-\s.\"']+?)\s*(?:\]{1,2}|=)", re.M)
 
 
-def _check_key_depth(raw: bytes, path: Path) -> None:
+def check_key_depth(raw: bytes, path: Path) -> None:
     for m in _KEY_LINE.finditer(raw):
         parts = m.group(1).count(b".") + 1
         if parts > MAX_KEY_PARTS:
@@ -345,7 +345,7 @@ def load_scenario(path: Path, *, qemu_version: tuple[int, int] | None = None,
     for, None for memhp's TCG default)."""
     fix = "give a TOML scenario file (see the format in the README)"
     raw = read_small_file(path, "scenario", fix, max_bytes=MAX_SCENARIO_BYTES)
-    _check_key_depth(raw, path)
+    check_key_depth(raw, path)
     try:
         data = tomllib.loads(raw.decode())
     except UnicodeDecodeError as exc:

@@ -39,7 +39,8 @@ def _target(opts: dict[str, Any], spec: str | None) -> Any:
     from harness.qemu.fetch import resolve_qemu
     from harness.qemu.version import qemu_version
 
-    kernel, package, qemu = opts.get("kernel"), opts.get("kernel_package"), opts["qemu_binary"]
+    kernel, package, qemu = opts.get("kernel"), opts.get("kernel_package"), (
+        opts["qemu_binary"] or "qemu-system-x86_64")
     if spec is not None and spec.startswith("kernel:"):
         kernel, package = Path(spec.removeprefix("kernel:")), None
     elif spec is not None and spec.startswith("package:"):

@@ -55,7 +55,7 @@ def detected_qemu_version(binary: str = "qemu-system-x86_64") -> tuple[tuple[int
 @click.pass_context
 def model_cmd(ctx: click.Context, machine: str, memory: str, numa: str, adds: tuple[str, ...],
               removes: tuple[str, ...], coldplug: tuple[str, ...], block_size: str | None,
-              cpu: str, qemu_binary: str, qemu_version: str | None,
+              cpu: str, qemu_binary: str | None, qemu_version: str | None,
               scenario_file: Path | None, as_json: bool) -> int:
     """Predict where each DIMM lands, its memory blocks and the node totals."""
     from harness.devices.pc_dimm.ops import parse_dimm_option
@@ -71,9 +71,12 @@ def model_cmd(ctx: click.Context, machine: str, memory: str, numa: str, adds: tu
     extrapolated: dict[str, Any] = {}
     try:
         if qemu_version is None:
+            from harness.machines import machine as board
             from harness.qemu.fetch import resolve_qemu
 
-            version, version_note = detected_qemu_version(resolve_qemu(qemu_binary))
+            own = board(parse_machine_type(machine).family)
+            version, version_note = detected_qemu_version(
+                resolve_qemu(qemu_binary or own.qemu_binary, arch=own.arch))
         else:
             version, version_note = parse_qemu_version(qemu_version), "given"
         extrapolated = _extrapolation(version, as_json)

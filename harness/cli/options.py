@@ -31,9 +31,11 @@ MACHINE_OPTIONS: list[Decorator] = [
 ]
 
 QEMU_OPTIONS: list[Decorator] = [
-    click.option("--qemu", "qemu_binary", default="qemu-system-x86_64", show_default=True,
+    click.option("--qemu", "qemu_binary", default=None,
                  help="QEMU binary (path or name), or debian:10.0 / debian:11.1: Debian's "
-                      "QEMU, fetched into memhp's cache, not installed."),
+                      "QEMU, fetched into memhp's cache, not installed.  [default: the "
+                      "machine's: qemu-system-x86_64 for pc and q35, qemu-system-aarch64 "
+                      "for virt]"),
     click.option("--qemu-version", help="Model the rules of this QEMU version (default: the "
                  "binary's; any from 7.2: one newer than the newest read runs on its "
                  "rules, flagged)."),

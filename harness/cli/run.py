@@ -24,7 +24,7 @@ import click
 
 from harness.cli.options import MACHINE_OPTIONS, QEMU_OPTIONS
 from harness.errors import HarnessError, HostEnvironmentError, UsageError
-from harness.machines import check_bootable
+from harness.machines import machine
 from harness.model.spec import SEED_DIMM
 
 if TYPE_CHECKING:
@@ -303,23 +303,48 @@ def warm_allowed(opts: dict[str, Any]) -> bool:
                 or opts.get("disk") is not None)
 
 
+def _machine_family(opts: dict[str, Any]) -> str:
+    """The machine the run boots (pc, q35, virt), before the scenario is
+    checked: --machine, or a scenario file's [machine].type (pc when the file
+    does not say or cannot be read: loading it says why, in full)."""
+    from harness.model.qemu_rules import parse_machine_type
+
+    text = opts.get("machine") or "pc"
+    if opts.get("scenario_file") is not None:
+        import tomllib
+
+        from harness.files import read_small_file
+        from harness.scenario import MAX_SCENARIO_BYTES, check_key_depth
+
+        try:
+            raw = read_small_file(opts["scenario_file"], "scenario", "",
+                                  max_bytes=MAX_SCENARIO_BYTES)
+            check_key_depth(raw, opts["scenario_file"])  # before tomllib: a 20001-part key
+            text = tomllib.loads(raw.decode()).get("machine", {}).get("type", "pc")
+        except (HarnessError, ValueError, RecursionError, AttributeError):
+            return "pc"
+    try:
+        return parse_machine_type(str(text)).family
+    except UsageError:
+        return "pc"
+
+
 def plan(opts: dict[str, Any]) -> tuple[Scenario, tuple[int, int] | None]:
     """The options' scenario and the QEMU version it is modelled for, every
     check that needs no guest done (UsageError before any build or VM)."""
     from harness.qemu.fetch import resolve_qemu
     from harness.qemu.version import qemu_version
 
-    opts["qemu_binary"] = resolve_qemu(opts["qemu_binary"])  # debian:X.Y -> its launcher
+    family = _machine_family(opts)
+    if opts["qemu_binary"] is None:  # the machine's own: qemu-system-aarch64 for virt
+        opts["qemu_binary"] = machine(family).qemu_binary
+    opts["qemu_binary"] = resolve_qemu(opts["qemu_binary"],  # debian:X.Y -> its launcher
+                                       arch=machine(family).arch)
     version = _parse_version(opts["qemu_version"])
     detected = qemu_version(opts["qemu_binary"])
     if version is None and detected != "unknown":
         version = _parse_version(".".join(detected.split(".")[:2]))
-    if opts.get("scenario_file") is None:  # before the plan's own refusals
-        from harness.model.qemu_rules import parse_machine_type
-
-        check_bootable(parse_machine_type(opts["machine"]).family)
     scenario = _scenario(opts, version)
-    check_bootable(scenario.machine.machine)  # virt: modelled, not bootable yet
     check_qemu(opts["qemu_binary"], detected)
     from harness.host.hugepages import check_room, needs_of
     from harness.host.paths import allowed_dirs, check_scenario
@@ -349,7 +374,8 @@ def prepare(opts: dict[str, Any], kernel: Path | None = None) -> tuple[Scenario,
                          kernel_package=opts.get("kernel_package"), suite=opts.get("suite"),
                          kernel_config=opts.get("kernel_config"),
                          disk=opts.get("disk"), ssh_user=opts.get("ssh_user", "root"),
-                         ssh_key=opts.get("ssh_key"), ssh_host_key=opts.get("ssh_host_key"))
+                         ssh_key=opts.get("ssh_key"), ssh_host_key=opts.get("ssh_host_key"),
+                         arch=machine(scenario.machine.machine).debian_arch)
     guest = resolve_guest(source)
     if not any(w.startswith("memhp_default_state=") for w in scenario.append):
         # Without memhp_default_state= the kernel's build config decides

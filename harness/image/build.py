@@ -40,7 +40,12 @@ from harness.image.debs import (
     unpack_kernel_deb,
 )
 from harness.image.guest import GuestImage, Progress, Recipe
-from harness.image.initramfs import module_plan, on_demand_plan, write_initramfs
+from harness.image.initramfs import (
+    busybox_applets,
+    module_plan,
+    on_demand_plan,
+    write_initramfs,
+)
 from harness.image.modules import plain_name
 from harness.image.user_kernel import UserKernel, check_needed_drivers, user_kernel
 from harness.resources import guest_images_dir
@@ -70,14 +75,21 @@ def build_image(
     force: bool = False,
     progress: Progress | None = None,
     suite: str | None = None,
+    arch: str = "amd64",
 ) -> GuestImage:
     """Build (or fetch from cache) the guest for a Debian kernel package (from
     ``suite``; ``NAME/SUITE`` works too) or a user bzImage (with its modules
-    and config, found beside it when not given)."""
+    and config, found beside it when not given); ``arch`` is the guest's
+    Debian architecture (amd64, arm64: every package is that arch's)."""
     say = progress or (lambda msg: log.info("%s", msg))
-    recipe = Recipe.load()
+    recipe = Recipe.load(arch=arch)
     root_cache = store.cache_root(cache_dir)
     user: UserKernel | None = None
+    if kernel is not None and arch != "amd64":
+        raise UsageError(f"--kernel boots an x86 bzImage; an {arch} guest boots a Debian "
+                         "kernel package", value=kernel,
+                         fix=f"use --kernel-package (e.g. linux-image-{arch}/"
+                             "bookworm-backports) with an arm64 machine")
     if kernel is not None:
         if kernel_package is not None:
             raise UsageError("--kernel and --kernel-package cannot be combined",
@@ -87,15 +99,17 @@ def build_image(
     elif modules is not None or kernel_config is not None:
         raise UsageError("--modules and --kernel-config go with --kernel",
                          fix="a --kernel-package brings its own modules and config")
-    apt = Apt(root_cache, progress=say)
+    apt = Apt(root_cache, progress=say, arch=arch)
     debs = apt.download(recipe.packages)
     parts = [recipe.text.encode(), recipe.init, BUILDER_VERSION.encode(),
              *[p.name.encode() for p in sorted(debs.values())]]
+    if arch != "amd64":
+        parts.append(arch.encode())
     kdeb: Path | None = None
     kdebs: list[Path] = []
     if user is None:
         name, pkg_suite = split_package_spec(kernel_package or recipe.kernel_package, suite)
-        kapt = Apt.for_suite(pkg_suite, root_cache, progress=say)
+        kapt = Apt.for_suite(pkg_suite, root_cache, progress=say, arch=arch)
         concrete = kapt.resolve(name, pkg_suite)
         kdebs = kernel_debs(kapt, concrete, pkg_suite)
         kdeb = kdebs[0]
@@ -121,15 +135,29 @@ def build_image(
             return GuestImage.from_json(json.loads(manifest.read_text()))
         t0 = time.monotonic()
         # 0755: the image cache may be shared (CI)
+        applets = None if arch == "amd64" else _foreign_applets(root_cache, debs, say)
         with store.building(final, mode=0o755) as tmp:
-            image = _build_into(tmp, final, key, recipe, debs, kdebs, user, say)
+            image = _build_into(tmp, final, key, recipe, debs, kdebs, user, say, applets)
         say(f"built guest image {key} ({image.kernel_version}) in "
             f"{time.monotonic() - t0:.1f}s")
         return image
 
 
+def _foreign_applets(root_cache: Path, debs: dict[str, Path], say: Progress) -> list[str]:
+    """busybox's applets when the guest's busybox is another architecture's
+    (it cannot run here): listed by the host's build of the same version
+    (Debian builds busybox-static with one configuration for every arch)."""
+    version = debs["busybox-static"].name.split("_")[1].replace("%3a", ":")
+    host = Apt(root_cache, progress=say).download_versions({"busybox-static": version})
+    with store.scratch(root_cache / "debs", ".busybox-") as tmp:
+        run_tool(["dpkg-deb", "-x", str(host["busybox-static"]), str(tmp)],
+                 "unpacking the host's busybox-static")
+        return busybox_applets(tmp / "bin/busybox")
+
+
 def _build_into(tmp: Path, final: Path, key: str, recipe: Recipe, debs: dict[str, Path],
-                kdebs: list[Path], user: UserKernel | None, say: Progress) -> GuestImage:
+                kdebs: list[Path], user: UserKernel | None, say: Progress,
+                applets: list[str] | None = None) -> GuestImage:
     root = tmp / "root"
     say("unpacking packages")
     for deb in debs.values():
@@ -175,7 +203,7 @@ def _build_into(tmp: Path, final: Path, key: str, recipe: Recipe, debs: dict[str
         on_demand = on_demand_plan(modules_root, kver, recipe.on_demand_modules, say)
     say(f"writing initramfs ({len(module_names)} modules, {len(on_demand)} on demand)")
     write_initramfs(tmp / "initrd.img", root, recipe, modules_root, kver, module_names, config,
-                    on_demand)
+                    on_demand, applets)
     if config is not None:
         (tmp / "config").write_text(config)
     shutil.rmtree(root)
@@ -184,16 +212,17 @@ def _build_into(tmp: Path, final: Path, key: str, recipe: Recipe, debs: dict[str
         kernel=final / "vmlinuz", initrd=final / "initrd.img", kernel_version=kver,
         config=(final / "config") if config is not None else None, cmdline=recipe.cmdline,
         key=key, modules=tuple(plain_name(m) for m in module_names), source=source,
-        config_source=config_from,
+        config_source=config_from, arch=recipe.arch,
     )
     (tmp / "manifest.json").write_text(json.dumps(image.to_json(), indent=2))
     return image
 
 
 def ensure_default_image(cache_dir: Path | None = None, *, force: bool = False,
-                         progress: Progress | None = None) -> GuestImage:
-    """The default guest, from the cache when it is there (no apt call)."""
-    pointer = store.cache_root(cache_dir) / "images" / "default.json"
+                         progress: Progress | None = None, arch: str = "amd64") -> GuestImage:
+    """The default guest of ``arch``, from the cache when it is there (no apt call)."""
+    name = "default.json" if arch == "amd64" else f"default-{arch}.json"
+    pointer = store.cache_root(cache_dir) / "images" / name
     if not force and pointer.exists():
         try:
             image = GuestImage.from_json(json.loads(pointer.read_text()))
@@ -202,7 +231,7 @@ def ensure_default_image(cache_dir: Path | None = None, *, force: bool = False,
                 return image
         except (ValueError, KeyError, OSError):
             pass
-    image = build_image(cache_dir=cache_dir, force=force, progress=progress)
+    image = build_image(cache_dir=cache_dir, force=force, progress=progress, arch=arch)
     data = image.to_json() | {"recipe": _recipe_hash()}
     store.write_file(pointer, json.dumps(data, indent=2), mode=0o644)
     return image

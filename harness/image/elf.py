@@ -16,7 +16,10 @@ from elftools.elf.elffile import ELFFile
 
 from harness.errors import ImageBuildError
 
-LIB_DIRS = ("lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu", "lib64", "lib", "usr/lib")
+
+def lib_dirs(triplet: str) -> tuple[str, ...]:
+    """Where the loader of a multiarch ``triplet`` looks, in a package root."""
+    return (f"lib/{triplet}", f"usr/lib/{triplet}", "lib64", "lib", "usr/lib")
 
 
 def elf_deps(path: Path) -> tuple[str | None, list[str]]:
@@ -38,18 +41,19 @@ def elf_deps(path: Path) -> tuple[str | None, list[str]]:
         return None, []
 
 
-def find_library(root: Path, soname: str) -> Path | None:
-    for d in LIB_DIRS:
+def find_library(root: Path, soname: str, triplet: str = "x86_64-linux-gnu") -> Path | None:
+    for d in lib_dirs(triplet):
         candidate = root / d / soname
         if candidate.exists():
             return candidate
     return None
 
 
-def library_closure(root: Path, binaries: Iterable[str]) -> dict[str, Path]:
+def library_closure(root: Path, binaries: Iterable[str],
+                    triplet: str = "x86_64-linux-gnu") -> dict[str, Path]:
     """Map of in-image path -> source file for every library the binaries need.
 
-    Libraries are placed at ``lib/x86_64-linux-gnu/<soname>`` (a directory
+    Libraries are placed at ``lib/<triplet>/<soname>`` (a directory
     the Debian loader searches by default); the interpreter at its own path.
     A library found in none of the packages fails the build with its name.
     """
@@ -73,11 +77,11 @@ def library_closure(root: Path, binaries: Iterable[str]) -> dict[str, Path]:
             out[interp.lstrip("/")] = src
             todo.append(src.resolve())
         for soname in needed:
-            lib = find_library(root, soname)
+            lib = find_library(root, soname, triplet)
             if lib is None:
                 raise ImageBuildError(
                     f"{current.name} needs {soname}, which none of the recipe's packages "
                     "ships (fix: add its package to guest_images/recipe.toml)")
-            out[f"lib/x86_64-linux-gnu/{soname}"] = lib
+            out[f"lib/{triplet}/{soname}"] = lib
             todo.append(lib.resolve())
     return out

@@ -8,9 +8,12 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from harness.errors import ImageBuildError, UsageError
 from harness.resources import guest_images_dir
 
 READY_MARKER = "MEMHP-READY"
+#: Debian architecture -> multiarch triplet (its library directory)
+TRIPLETS = {"amd64": "x86_64-linux-gnu", "arm64": "aarch64-linux-gnu"}
 
 Progress = Callable[[str], None]
 
@@ -30,6 +33,7 @@ class GuestImage:
     modules: tuple[str, ...] = ()
     source: str = "default"
     config_source: str = ""  # where the recorded config came from
+    arch: str = "amd64"  # Debian's architecture: amd64, arm64
 
     def to_json(self) -> dict[str, object]:
         d = asdict(self)
@@ -51,6 +55,7 @@ class GuestImage:
             modules=tuple(d.get("modules", ())),  # type: ignore[arg-type]
             source=str(d.get("source", "default")),
             config_source=str(d.get("config_source", "")),
+            arch=str(d.get("arch", "amd64")),
         )
 
 
@@ -68,12 +73,28 @@ class Recipe:
     busybox_omit: tuple[str, ...] = ()
     on_demand_modules: tuple[str, ...] = ()  # shipped for modprobe, not loaded at boot
     optional_modules: tuple[str, ...] = ()  # loaded at boot when the kernel has them
+    arch: str = "amd64"  # Debian's architecture of every package
+
+    @property
+    def triplet(self) -> str:
+        """The multiarch directory of the architecture's libraries."""
+        return TRIPLETS[self.arch]
 
     @classmethod
-    def load(cls, directory: Path | None = None) -> Recipe:
+    def load(cls, directory: Path | None = None, arch: str = "amd64") -> Recipe:
+        """The recipe for ``arch``: the top-level keys, with the
+        ``[arch.<arch>]`` table's keys over them."""
         d = directory or guest_images_dir()
         text = (d / "recipe.toml").read_text()
         data = tomllib.loads(text)
+        overrides = data.pop("arch", {})
+        if arch not in TRIPLETS:
+            raise UsageError(f"no guest for the architecture {arch!r}", value=arch,
+                             fix=f"use one of {', '.join(TRIPLETS)}")
+        if arch != "amd64":
+            if arch not in overrides:
+                raise ImageBuildError(f"guest_images/recipe.toml has no [arch.{arch}] table")
+            data |= overrides[arch]
         return cls(
             version=int(data["recipe_version"]), kernel_package=data["kernel_package"],
             packages=tuple(data["packages"]), binaries=tuple(data["binaries"]),
@@ -82,5 +103,5 @@ class Recipe:
             compression=str(data.get("initramfs_compression", "zstd")),
             busybox_omit=tuple(data.get("busybox_omit", ())),
             on_demand_modules=tuple(data.get("on_demand_modules", ())),
-            optional_modules=tuple(data.get("optional_modules", ())),
+            optional_modules=tuple(data.get("optional_modules", ())), arch=arch,
         )

@@ -38,27 +38,32 @@ def _compressor() -> tuple[list[str], str]:
 
 def write_initramfs(out: Path, root: Path, recipe: Recipe, modules_root: Path | None,
                     kver: str, module_paths: list[str], config: str | None,
-                    on_demand: Mapping[str, list[str]] | None = None) -> None:
-    """Assemble the cpio archive from the unpacked packages and compress it."""
+                    on_demand: Mapping[str, list[str]] | None = None,
+                    applets: list[str] | None = None) -> None:
+    """Assemble the cpio archive from the unpacked packages and compress it.
+    ``applets``: busybox's applet paths, when the packages' busybox cannot
+    run on this host (another architecture's)."""
     raw = out.with_suffix(".cpio")
+    libdir = f"lib/{recipe.triplet}"
     with raw.open("wb") as f:
         w = CpioWriter(f)
-        dirs = ["bin", "sbin", "usr", "usr/bin", "usr/sbin", "lib", "lib/x86_64-linux-gnu",
+        dirs = ["bin", "sbin", "usr", "usr/bin", "usr/sbin", "lib", libdir,
                 "lib/modules", "etc", "etc/memhp", "etc/dropbear", "root", "proc", "sys", "dev",
                 "tmp", "run", "var", "boot"]
         for d in dirs:
             w.directory(d, 0o700 if d == "root" else 0o755)
-        w.symlink("lib64", "lib/x86_64-linux-gnu")
+        w.symlink("lib64", libdir)
         w.device("dev/console", True, 5, 1)
         w.device("dev/null", True, 1, 3, 0o666)
         for b in recipe.binaries:
             w.file(b, (root / b).read_bytes(), 0o755)
-        for dest, src in sorted(library_closure(root, recipe.binaries).items()):
+        for dest, src in sorted(library_closure(root, recipe.binaries,
+                                                recipe.triplet).items()):
             if dest.startswith("lib64/"):
                 continue  # served by the lib64 symlink
             w.file(dest, src.read_bytes(), 0o755)
         present = set(recipe.binaries)
-        for applet in busybox_applets(root / "bin/busybox"):
+        for applet in applets if applets is not None else busybox_applets(root / "bin/busybox"):
             rel = applet.lstrip("/")
             if rel.rsplit("/", 1)[-1] in recipe.busybox_omit:
                 continue

@@ -27,15 +27,3 @@ def machine(name: str) -> Machine:
         raise KeyError(f"no machine {name!r} (known: {', '.join(MACHINES)})") from None
     module, attr = where.split(":")
     return getattr(importlib.import_module(module), attr)  # type: ignore[no-any-return]
-
-
-def check_bootable(name: str) -> None:
-    """A UsageError when ``memhp run`` cannot boot a guest on machine
-    ``name`` (:attr:`Machine.not_bootable`): before any image or VM."""
-    from harness.errors import UsageError
-
-    reason = machine(name).not_bootable
-    if reason:
-        raise UsageError(f"machine type {name!r} cannot be booted by memhp run: {reason}",
-                         value=name, fix="use machine type pc or q35 to boot a guest; "
-                                         f"`memhp model --machine {name}` models it")

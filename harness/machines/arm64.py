@@ -70,8 +70,10 @@ pages = 128 MiB (29, 512 MiB, with 64K pages; Debian's arm64 kernel has
 4K pages); arm64 does not override ``memory_block_size_bytes()``.  The
 serial console is the PL011 ``ttyAMA0`` (``create_uart()``); the kernel
 image an arm64 ``Image`` (Debian's ``vmlinuz``, gzip-compressed, which
-QEMU's ``load_aarch64_image()`` unpacks).  ``memhp run`` cannot boot it yet
-(:attr:`Machine.not_bootable`).
+QEMU's ``load_aarch64_image()`` unpacks; bookworm's is a plain Image).
+memhp boots it through UEFI (``-bios``), which loads the ``-kernel`` given
+through fw_cfg, so that QEMU creates the GED (the default arm64 guest:
+``guest_images/recipe.toml``'s ``[arch.arm64]``).
 """
 
 from __future__ import annotations
@@ -101,6 +103,7 @@ BLOCK_SIZE = 1 << SECTION_SIZE_BITS
 PA_BITS = {"max": 52, "cortex-a57": 44, "cortex-a53": 40}
 # virt_machine_7_1_options(): no_highmem_compact for machine types <= 7.1
 COMPACT_HIGHMEM_FROM = (7, 2)
+VIRT_RAM = "mach-virt.ram"  # machvirt_init()'s memory_region name
 NO_GED = "memory hotplug is not enabled: missing acpi-ged device"
 # Debian's qemu-efi-aarch64: UEFI firmware, so that QEMU creates the GED
 QEMU_EFI = "/usr/share/qemu-efi-aarch64/QEMU_EFI.fd"
@@ -167,7 +170,7 @@ def virt_layout(spec: Any) -> Layout:
 
 def check_start(spec: Any, layout: Any) -> None:
     """QEMU's start-up refusals, in QEMU's order (module docstring)."""
-    check_generic_start(spec, "mach-virt.ram")
+    check_generic_start(spec, VIRT_RAM)
     if spec.slots > ACPI_MAX_RAM_SLOTS:
         raise refuse("too-many-slots", f"slots={spec.slots} exceeds ACPI_MAX_RAM_SLOTS "
                      f"({ACPI_MAX_RAM_SLOTS})", f"unsupported number of memory slots: "
@@ -193,10 +196,8 @@ VIRT = Machine(name="virt", arch="aarch64", type_prefix="virt",
                pci_hole64_size=0, pci_bus="pcie.0", pci_bus_hotplug=False,
                layout=virt_layout, check_start=check_start, check_coldplug=check_coldplug_ids,
                acpi_memory_hotplug=True, memory_hotplug_refusal=NO_GED,
-               not_bootable="memhp cannot boot arm64 guests yet (no arm64 guest image, "
-                            "kernel or UEFI boot path); `memhp model --machine virt` "
-                            "predicts without a VM",
-               firmware=QEMU_EFI)
+               firmware=QEMU_EFI, debian_arch="arm64", pvpanic=False,
+               ram_region=VIRT_RAM)
 # The same machine started without firmware (-kernel only): no ACPI GED, so
 # every pc-dimm is refused (not registered: tests use it directly)
 VIRT_NO_FIRMWARE = replace(VIRT, acpi_memory_hotplug=False, firmware="")

@@ -33,10 +33,14 @@ class Machine:
     acpi_memory_hotplug: bool  # pc-dimm hot-add through the ACPI memory device
     # ... and QEMU's words for a pc-dimm when it is off (the machine's pre_plug)
     memory_hotplug_refusal: str = ""
-    # why ``memhp run`` cannot boot a guest on it yet ("" = it can)
-    not_bootable: str = ""
     # the firmware memhp starts it with (-bios), "" for none
     firmware: str = ""
+    # Debian's name of the guest's architecture: its default image's packages
+    debian_arch: str = "amd64"
+    # the ISA pvpanic device (a guest panic -> QMP GUEST_PANICKED): x86 only
+    pvpanic: bool = True
+    # the name of boot RAM in QEMU's refusals (memory_region_init_ram's)
+    ram_region: str = "pc.ram"
 
     def type_name(self, version: tuple[int, int] | None) -> str:
         """The ``-machine`` value: the alias, or ``<prefix>-X.Y``."""

@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import platform
 import subprocess
 import tempfile
 import time
@@ -59,25 +60,38 @@ def kvm_device_problem(dev_kvm: Path = Path("/dev/kvm")) -> str | None:
     return None
 
 
-def kvm_probe_argv(qemu_binary: str, kernel: Path, serial_log: Path) -> list[str]:
+#: The guest architecture -> the probe's machine and console: the kernel
+#: alone (no firmware: an arm64 Image boots straight from -kernel on virt)
+PROBE_MACHINES = {"x86_64": ("pc", "ttyS0"), "aarch64": ("virt", "ttyAMA0")}
+
+
+def host_arch() -> str:
+    """The host's architecture as QEMU names targets (x86_64, aarch64)."""
+    return platform.machine().replace("arm64", "aarch64").replace("amd64", "x86_64")
+
+
+def kvm_probe_argv(qemu_binary: str, kernel: Path, serial_log: Path,
+                   arch: str = "x86_64") -> list[str]:
     """The probe's command line: the guest kernel, no root fs, exit on panic."""
+    machine, console = PROBE_MACHINES[arch]
     return [
-        qemu_binary, "-accel", "kvm", "-cpu", "host", "-machine", "pc", "-m", "256M",
+        qemu_binary, "-accel", "kvm", "-cpu", "host", "-machine", machine, "-m", "256M",
         "-nodefaults", "-no-user-config", "-display", "none",
         "-serial", f"file:{serial_log}",
         "-kernel", str(kernel),
-        "-append", "console=ttyS0 panic=-1 root=/dev/memhp-kvm-probe-none loglevel=4",
+        "-append", f"console={console} panic=-1 root=/dev/memhp-kvm-probe-none loglevel=4",
         "-no-reboot",
     ]
 
 
 def probe_kvm_boot(
-    qemu_binary: str, kernel: Path, *, deadline_s: float = DEFAULT_DEADLINE_S
+    qemu_binary: str, kernel: Path, *, deadline_s: float = DEFAULT_DEADLINE_S,
+    arch: str = "x86_64",
 ) -> KvmVerdict:
     """Boot ``kernel`` under KVM; works only if it reaches its root-fs panic."""
     with tempfile.TemporaryDirectory(prefix="memhp-kvmprobe-") as tmp:
         serial = Path(tmp) / "serial.log"
-        argv = kvm_probe_argv(qemu_binary, kernel, serial)
+        argv = kvm_probe_argv(qemu_binary, kernel, serial, arch)
         start = time.monotonic()
         try:
             proc = subprocess.Popen(
@@ -119,15 +133,30 @@ def choose_accel(
     cache_dir: Path | None,
     dev_kvm: Path = Path("/dev/kvm"),
     boot_id_file: Path = Path("/proc/sys/kernel/random/boot_id"),
-    prober: Callable[[str, Path], KvmVerdict] = probe_kvm_boot,
+    prober: Callable[[str, Path], KvmVerdict] | None = None,
+    guest_arch: str = "x86_64",
+    host: str | None = None,
 ) -> AccelChoice:
     """Resolve ``auto|kvm|tcg`` to an accelerator, with the reason.
 
     ``kvm`` is honoured without probing (the user asked for it; QEMU's own
-    error surfaces if it fails); ``auto`` probes and falls back to TCG.
+    error surfaces if it fails); ``auto`` probes and falls back to TCG.  KVM
+    runs only guests of the host's architecture (``guest_arch``, ``host``:
+    QEMU's names, x86_64 or aarch64): another one's is TCG, and said so.
     """
+    host = host or host_arch()
     if requested == "tcg":
         return AccelChoice("tcg", "TCG requested")
+    if requested in ("kvm", "auto") and guest_arch != host:
+        if requested == "kvm":
+            raise UsageError(f"KVM requested for an {guest_arch} guest on this {host} host: "
+                             "KVM runs only guests of the host's architecture", value="kvm",
+                             fix="use --accel auto or tcg (TCG emulates the guest's CPU)")
+        return AccelChoice("tcg", f"the guest is {guest_arch}, this host {host}: KVM runs "
+                                  "only the host's architecture; using TCG")
+    if prober is None:
+        def prober(binary: str, kernel: Path) -> KvmVerdict:
+            return probe_kvm_boot(binary, kernel, arch=guest_arch)
     if requested == "kvm":
         problem = kvm_device_problem(dev_kvm)
         if problem:

@@ -98,10 +98,12 @@ def numa_args(cfg: VMConfig) -> list[str]:
 
 def boot_args(cfg: VMConfig) -> list[str]:
     boot = cfg.boot
+    # the machine's firmware: virt's UEFI loads the -kernel QEMU hands it (fw_cfg)
+    firmware = ["-bios", str(cfg.firmware)] if cfg.firmware else []
     if boot is None:
-        return []
+        return firmware
     if isinstance(boot, KernelBoot):
-        args = ["-kernel", str(boot.kernel)]
+        args = [*firmware, "-kernel", str(boot.kernel)]
         if boot.initrd is not None:
             args += ["-initrd", str(boot.initrd)]
         if boot.append:
@@ -109,7 +111,7 @@ def boot_args(cfg: VMConfig) -> list[str]:
         return args
     assert isinstance(boot, DiskBoot)
     # snapshot=on: writes go to a temporary overlay, the image is never modified.
-    return [
+    return [*firmware,
         "-drive",
         f"file={opt_value(boot.image)},format={boot.format},if=virtio,snapshot=on",
     ]

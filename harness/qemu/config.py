@@ -75,6 +75,8 @@ class VMConfig:
     ssh_port: int | None = None
     pvpanic: bool = True
     qemu_binary: str = "qemu-system-x86_64"
+    # -bios: the machine's firmware (virt's UEFI), "" for QEMU's default
+    firmware: str = ""
     # Memory devices on the command line, in order: cold-plugged DIMMs, or
     # (on a migration destination) everything plugged at the source, pinned.
     memory_devices: tuple[MemoryDevice, ...] = ()
@@ -89,11 +91,10 @@ class VMConfig:
                 value=self.name,
                 fix="use a letter followed by letters, digits, '-', '_' or '.'",
             )
-        from harness.machines import check_bootable
+        from harness.machines import machine
         from harness.model.qemu_rules import parse_machine_type
 
         mtype = parse_machine_type(self.machine)  # a UsageError naming it if unmodelled
-        check_bootable(mtype.family)
         # -m, maxmem/slots and NUMA: the model's machine, checked by the rules
         # QEMU starts with (harness.machines.common), in QEMU's words: one
         # description of the machine, one set of rules.
@@ -103,7 +104,7 @@ class VMConfig:
         spec = MachineSpec(machine=mtype.family, machine_version=mtype.version,
                            ram_size=self.memory, slots=self.slots, maxmem=self.maxmem,
                            numa=self.numa)
-        check_generic_start(spec, "pc.ram")
+        check_generic_start(spec, machine(mtype.family).ram_region)
         if self.slots < 0 or self.slots > MAX_SLOTS:
             raise UsageError(
                 f"slots={self.slots} is outside 0..{MAX_SLOTS}", value=self.slots,

@@ -67,6 +67,31 @@ FIRMWARE_DIRS = ("usr/share/qemu", "usr/share/seabios")
 
 
 @dataclass(frozen=True)
+class Flavour:
+    """One QEMU system emulator in Debian's packages: its package, binary
+    and what else it takes (``qemu-system-arm`` holds qemu-system-aarch64;
+    virt's UEFI firmware is the host's qemu-efi-aarch64, which ``make
+    setup`` installs, given by path: no firmware of the fetched QEMU's)."""
+
+    package: str
+    binary: str
+    extra: tuple[str, ...]
+    suffix: str  # of the cache directory: "" for x86 (as before), "-aarch64"
+
+    @property
+    def packages(self) -> tuple[str, ...]:
+        return (self.package, *self.extra)
+
+
+#: The guest architecture (QEMU's name) -> its emulator's packages
+FLAVOURS = {
+    "x86_64": Flavour("qemu-system-x86", "qemu-system-x86_64", PACKAGES[1:], ""),
+    "aarch64": Flavour("qemu-system-arm", "qemu-system-aarch64", ("qemu-system-data",),
+                       "-aarch64"),
+}
+
+
+@dataclass(frozen=True)
 class DebianQemu:
     """Where ``debian:X.Y`` comes from: the suite whose qemu-system-x86 is X.Y,
     and whether it runs on the host's libraries or brings its own (a newer
@@ -89,11 +114,13 @@ def is_debian_spec(text: str) -> bool:
     return text.startswith(PREFIX)
 
 
-def resolve_qemu(text: str, *, cache: Path | None = None) -> str:
-    """``debian:X.Y`` -> the launcher of that QEMU (fetched on first use);
-    anything else is returned unchanged (a path or a name on PATH)."""
+def resolve_qemu(text: str, *, cache: Path | None = None, arch: str = "x86_64") -> str:
+    """``debian:X.Y`` -> the launcher of that QEMU for ``arch`` guests
+    (fetched on first use); anything else is returned unchanged (a path or a
+    name on PATH)."""
     if not is_debian_spec(text):
         return text
+    flavour = FLAVOURS[arch]
     wanted = text[len(PREFIX):]
     known = KNOWN.get(wanted)
     if known is None:
@@ -102,26 +129,28 @@ def resolve_qemu(text: str, *, cache: Path | None = None) -> str:
     from harness.apt import TRIXIE, Apt
 
     apt = Apt(cache, sources=TRIXIE) if known.own_libraries else Apt(cache)
-    version = apt.version("qemu-system-x86", known.suite)
+    version = apt.version(flavour.package, known.suite)
     upstream = version.split(":", 1)[-1]
     if not upstream.startswith(wanted + ".") and not upstream.startswith(wanted + "+"):
         raise HostEnvironmentError(
-            f"Debian's qemu-system-x86 in {known.suite or 'bookworm'} is {version}, not "
+            f"Debian's {flavour.package} in {known.suite or 'bookworm'} is {version}, not "
             f"{wanted} (fix: --qemu PATH to a QEMU {wanted})")
-    root = (cache or store.cache_root()) / "qemu" / f"debian-{upstream.replace('~', '_')}"
-    launcher = root / "qemu-system-x86_64"
+    root = (cache or store.cache_root()) / "qemu" / (
+        f"debian-{upstream.replace('~', '_')}{flavour.suffix}")
+    launcher = root / flavour.binary
     with store.lock(root.parent, root.name):
         if not launcher.exists():
             if known.own_libraries:
-                debs = apt.download_closure(OWN_LIBRARY_PACKAGES, known.suite)
+                wanted_debs = (*flavour.packages, *OWN_LIBRARY_PACKAGES[len(PACKAGES):])
+                debs = apt.download_closure(wanted_debs, known.suite)
                 unpack(root, sorted(debs.values()))
-                check_own_libraries(root)
+                check_own_libraries(root, flavour.binary)
             else:
-                debs = apt.download(PACKAGES, known.suite)
-                unpack(root, [debs[p] for p in PACKAGES])
-            write_launcher(root, own_libraries=known.own_libraries)
+                debs = apt.download(flavour.packages, known.suite)
+                unpack(root, [debs[p] for p in flavour.packages])
+            write_launcher(root, own_libraries=known.own_libraries, binary=flavour.binary)
     if not known.own_libraries:
-        check_libraries(root / "usr/bin/qemu-system-x86_64")
+        check_libraries(root / "usr/bin" / flavour.binary)
     return str(launcher)
 
 
@@ -133,11 +162,12 @@ def unpack(root: Path, debs: list[Path]) -> None:
                            capture_output=True)
 
 
-def launcher_text(root: Path, *, own_libraries: bool = False) -> str:
+def launcher_text(root: Path, *, own_libraries: bool = False,
+                  binary_name: str = "qemu-system-x86_64") -> str:
     """The launcher script: exec the unpacked binary with ``-L`` for its
     firmware; with ``own_libraries``, through the unpacked dynamic loader on
     the unpacked libraries and modules only (module docstring)."""
-    binary = shlex.quote(str(root / "usr/bin/qemu-system-x86_64"))
+    binary = shlex.quote(str(root / "usr/bin" / binary_name))
     dirs = " ".join(f"-L {shlex.quote(str(root / d))}" for d in FIRMWARE_DIRS)
     if not own_libraries:
         return f'#!/bin/sh\nexec {binary} {dirs} "$@"\n'
@@ -149,9 +179,11 @@ def launcher_text(root: Path, *, own_libraries: bool = False) -> str:
             f'{binary} {dirs} "$@"\n')
 
 
-def write_launcher(root: Path, *, own_libraries: bool = False) -> None:
-    store.write_file(root / "qemu-system-x86_64",
-                     launcher_text(root, own_libraries=own_libraries), mode=0o755)
+def write_launcher(root: Path, *, own_libraries: bool = False,
+                   binary: str = "qemu-system-x86_64") -> None:
+    store.write_file(root / binary,
+                     launcher_text(root, own_libraries=own_libraries, binary_name=binary),
+                     mode=0o755)
 
 
 def needed_libraries(readelf_output: str) -> list[str]:
@@ -174,7 +206,7 @@ def unresolved_in_root(needed: list[str], present: set[str]) -> list[str]:
     return [lib for lib in needed if lib not in present]
 
 
-def check_own_libraries(root: Path) -> None:
+def check_own_libraries(root: Path, binary: str = "qemu-system-x86_64") -> None:
     """Every soname the unpacked binary needs is in the unpacked root, and so
     is the loader (the closure came from apt: a miss means a package layout
     memhp does not know)."""
@@ -182,7 +214,7 @@ def check_own_libraries(root: Path) -> None:
         raise HostEnvironmentError(f"the unpacked QEMU in {root} has no dynamic loader "
                                    f"{LOADER} (fix: remove {root} and retry, or --qemu PATH)")
     try:
-        elf = subprocess.run(["readelf", "-d", str(root / "usr/bin/qemu-system-x86_64")],
+        elf = subprocess.run(["readelf", "-d", str(root / "usr/bin" / binary)],
                              capture_output=True, text=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError):
         return  # no binutils: the loader itself will name a missing library

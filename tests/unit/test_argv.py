@@ -82,7 +82,7 @@ def test_disk_is_opened_in_snapshot_mode() -> None:
     ("kwargs", "needle"),
     [
         ({"name": "bad name"}, "VM name"),
-        ({"name": "x", "machine": "virt"}, "machine type"),
+        ({"name": "x", "machine": "microvm"}, "machine type"),
         ({"name": "x", "numa": (GiB, GiB)}, "do not add up"),
         ({"name": "x", "maxmem": 0}, "slots= needs maxmem="),
         ({"name": "x", "slots": 300}, "slots=300"),
@@ -100,8 +100,9 @@ def test_versioned_machine_type_and_maxmem_without_slots() -> None:
                                maxmem=4 * GiB, numa=()), PATHS)
     assert _pairs(argv, "-machine") == ["pc-q35-7.0"]
     assert _pairs(argv, "-m") == ["2048M,maxmem=4096M"]  # QEMU starts; DIMMs are refused
-    with pytest.raises(UsageError):
-        VMConfig(name="t", machine="virt")
+    with pytest.raises(UsageError, match="version 1.0 is not modelled"):
+        VMConfig(name="t", machine="pc-q35-1.0")
+
 
 
 def test_debian_qemu_launcher_passes_both_firmware_dirs(tmp_path: Path) -> None:

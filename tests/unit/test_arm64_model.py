@@ -9,15 +9,14 @@ that base + ROUND_UP(size, 1 GiB) against 2^pa_bits.
 
 from __future__ import annotations
 
-import dataclasses
+from pathlib import Path
 
 import pytest
 
-from harness.cli import run as run_cli
 from harness.devices.pc_dimm.ops import AddDimm
 from harness.devices.virtio_mem.ops import AddVirtioMem
 from harness.errors import PlanRefused, UsageError
-from harness.machines import MACHINES, check_bootable, machine
+from harness.machines import MACHINES, machine
 from harness.machines import arm64 as arm
 from harness.model.predict import predict
 from harness.model.qemu_rules import CpuSpec, parse_machine_type
@@ -128,30 +127,31 @@ def test_unknown_arm_cpu_is_a_usage_error() -> None:
         predict(virt(cpu=CpuSpec("other", 40, "cortex-a15")), [])
 
 
-def test_memhp_run_refuses_virt_before_any_vm() -> None:
-    with pytest.raises(UsageError, match="cannot be booted by memhp run"):
-        check_bootable("virt")
-    check_bootable("pc")
-    with pytest.raises(UsageError, match="machine type 'virt'"):
-        VMConfig(name="x", machine="virt")
-    assert run_cli.check_bootable is check_bootable  # plan() calls it
+def test_virt_boots_through_uefi_without_pvpanic() -> None:
+    """virt's VM: qemu-system-aarch64, -bios before -kernel (the GED needs
+    firmware), no ISA pvpanic; the seed's NUMA options as on pc."""
+    from harness.qemu.argv import RuntimePaths, build_argv
+    from harness.qemu.config import KernelBoot
+
+    cfg = VMConfig(name="x", machine="virt", memory=2 * GiB, slots=4, maxmem=8 * GiB,
+                   numa=(GiB, GiB), qemu_binary=arm.VIRT.qemu_binary,
+                   pvpanic=arm.VIRT.pvpanic, firmware="/fw/QEMU_EFI.fd",
+                   boot=KernelBoot(Path("/k"), Path("/i"), ("console=ttyAMA0",)))
+    argv = build_argv(cfg, RuntimePaths(Path("/w")))
+    assert argv[0] == "qemu-system-aarch64"
+    assert argv.index("-bios") + 1 == argv.index("/fw/QEMU_EFI.fd") < argv.index("-kernel")
+    assert "pvpanic" not in argv
+    assert "-numa" in argv and "virt" in argv
 
 
-def test_not_bootable_is_only_virts() -> None:
-    assert machine("pc").not_bootable == machine("q35").not_bootable == ""
-    assert dataclasses.replace(arm.VIRT, not_bootable="").not_bootable == ""
+def test_the_default_arm64_recipe() -> None:
+    """The arm64 guest: arm64 packages, the PL011 console, no pvpanic module."""
+    from harness.image.guest import Recipe
 
-
-def test_memhp_run_virt_exits_before_guest_or_vm(monkeypatch: pytest.MonkeyPatch,
-                                                  capsys: pytest.CaptureFixture[str]) -> None:
-    import harness.launch
-    from harness.cli import main
-
-    def no_guest(*a: object, **k: object) -> None:
-        raise AssertionError("memhp run --machine virt went on to the guest")
-
-    monkeypatch.setattr(harness.launch, "resolve_guest", no_guest)
-    monkeypatch.setattr(run_cli, "check_qemu", no_guest)
-    assert main(["run", "--machine", "virt", "--memory", "2G,slots=4,maxmem=8G",
-                 "--numa", "1G,1G"]) == 2
-    assert "cannot be booted by memhp run" in capsys.readouterr().err
+    recipe = Recipe.load(arch="arm64")
+    assert recipe.kernel_package.endswith("-arm64") and recipe.triplet == "aarch64-linux-gnu"
+    assert f"console={arm.VIRT.console}" in recipe.cmdline
+    assert not any(m.startswith("pvpanic") for m in recipe.modules)
+    assert Recipe.load().packages == recipe.packages
+    with pytest.raises(UsageError, match="'s390x'"):
+        Recipe.load(arch="s390x")

@@ -13,6 +13,8 @@ Fixtures:
 ``memhp_settings``  the resolved settings (session)
 ``memhp_guest_image``  the default guest image or the user's kernel (session)
 ``memhp_accel``  the accelerator choice with its reason (session)
+``memhp_targets``  guest, QEMU and accelerator per guest architecture (session):
+               a ``memhp_machine(machine="virt")`` test boots the arm64 guest
 ``memhp_vm_factory``  ``factory(**machine) -> VM``: boots a VM, ended at teardown
 ``memhp_vm``  a VM for the test's ``@pytest.mark.memhp_machine(...)``
 ``memhp_guest``  ``memhp_vm.guest`` (typed readers over SSH)
@@ -42,6 +44,7 @@ from harness.pytest_plugin.fixtures import (
     memhp_model,
     memhp_resolved_guest,
     memhp_settings,
+    memhp_targets,
     memhp_vm,
     memhp_vm_factory,
 )
@@ -64,7 +67,7 @@ __all__ = [
     "MemhpBootRetry", "Settings", "_memhp_kvm_marker", "memhp_accel", "memhp_fuzz",
     "memhp_guest",
     "memhp_guest_image", "memhp_hugepages", "memhp_model", "memhp_resolved_guest",
-    "memhp_settings", "memhp_vm", "memhp_vm_factory", "pytest_addoption",
+    "memhp_settings", "memhp_targets", "memhp_vm", "memhp_vm_factory", "pytest_addoption",
     "pytest_collection_modifyitems", "pytest_configure", "pytest_report_header",
     "pytest_runtest_makereport", "record_mismatches",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,21 +22,70 @@ def memhp_settings(pytestconfig: pytest.Config) -> Settings:
     return pytestconfig.stash[SETTINGS_KEY]
 
 
-@pytest.fixture(scope="session")
-def memhp_resolved_guest(memhp_settings: Settings) -> Any:
-    """The guest every VM boots (built once; the cache is shared safely by
-    xdist workers through a file lock)."""
-    from harness.launch import GuestSource, resolve_guest
+@dataclass(frozen=True)
+class ArchTarget:
+    """What the VMs of one architecture boot: the guest, the QEMU binary and
+    its version (for the model's rules), the accelerator."""
 
-    s = memhp_settings
-    try:
-        return resolve_guest(GuestSource(kernel=s.kernel, modules=s.modules, disk=s.disk,
-                                         ssh_user=s.ssh_user, ssh_key=s.ssh_key,
-                                         ssh_host_key=s.ssh_host_key,
-                                         kernel_config=s.kernel_config,
-                                         kernel_package=s.kernel_package))
-    except HarnessError as exc:
-        pytest.fail(f"memhp: cannot prepare the guest: {exc}", pytrace=False)
+    guest: Any
+    qemu: str
+    qemu_version: tuple[int, int] | None
+    accel: Any
+
+
+class Targets:
+    """The session's target per guest architecture, each made once: the
+    session machine's from the options (--memhp-kernel, --memhp-qemu, ...);
+    another architecture's (a ``memhp_machine(machine="virt")`` test in an
+    x86 session) boots that architecture's default guest on its own QEMU
+    (``--memhp-qemu debian:X.Y`` fetched for it, else the machine's binary)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.made: dict[str, ArchTarget] = {}
+
+    def for_machine(self, name: str) -> ArchTarget:
+        from harness.machines import machine
+
+        board, own = machine(name), machine(self.settings.machine)
+        if board.arch not in self.made:
+            self.made[board.arch] = self._make(board.debian_arch, board.arch == own.arch, name)
+        return self.made[board.arch]
+
+    def _make(self, arch: str, own: bool, name: str) -> ArchTarget:
+        from harness.launch import GuestSource, pick_accel, resolve_guest
+        from harness.machines import machine
+        from harness.pytest_plugin.options import resolve_qemu_for
+
+        s = self.settings
+        try:
+            if own:
+                guest = resolve_guest(GuestSource(
+                    kernel=s.kernel, modules=s.modules, disk=s.disk, ssh_user=s.ssh_user,
+                    ssh_key=s.ssh_key, ssh_host_key=s.ssh_host_key,
+                    kernel_config=s.kernel_config, kernel_package=s.kernel_package,
+                    arch=arch))
+                qemu, version = s.qemu, s.qemu_version
+            else:
+                guest = resolve_guest(GuestSource(arch=arch))
+                spec = s.qemu_spec if s.qemu_spec.startswith("debian:") else ""
+                qemu, version = resolve_qemu_for(spec, name)
+        except (HarnessError, pytest.UsageError) as exc:
+            pytest.fail(f"memhp: cannot prepare the {arch} guest: {exc}", pytrace=False)
+        return ArchTarget(guest, qemu, version,
+                          pick_accel(s.accel, guest, qemu, machine(name).arch))
+
+
+@pytest.fixture(scope="session")
+def memhp_targets(memhp_settings: Settings) -> Targets:
+    return Targets(memhp_settings)
+
+
+@pytest.fixture(scope="session")
+def memhp_resolved_guest(memhp_settings: Settings, memhp_targets: Targets) -> Any:
+    """The guest every VM of the session's machine boots (built once; the
+    cache is shared safely by xdist workers through a file lock)."""
+    return memhp_targets.for_machine(memhp_settings.machine).guest
 
 
 @pytest.fixture(scope="session")
@@ -46,10 +96,8 @@ def memhp_guest_image(memhp_resolved_guest: Any) -> Any:
 
 
 @pytest.fixture(scope="session")
-def memhp_accel(memhp_settings: Settings, memhp_resolved_guest: Any) -> Any:
-    from harness.launch import pick_accel
-
-    return pick_accel(memhp_settings.accel, memhp_resolved_guest, memhp_settings.qemu)
+def memhp_accel(memhp_settings: Settings, memhp_targets: Targets) -> Any:
+    return memhp_targets.for_machine(memhp_settings.machine).accel
 
 
 @pytest.fixture(autouse=True)
@@ -66,7 +114,7 @@ VMFactory = Callable[..., Any]
 
 @pytest.fixture
 def memhp_vm_factory(request: pytest.FixtureRequest, memhp_settings: Settings,
-                     memhp_resolved_guest: Any, memhp_accel: Any) -> Iterator[VMFactory]:
+                     memhp_targets: Targets) -> Iterator[VMFactory]:
     """``factory(machine=..., memory=..., numa=..., append=(), smp=2, coldplug=(),
     cold_boot=False)`` starts a VM (``coldplug``: ``ID:SIZE@NODE`` DIMMs on its
     command line): from a saved state of the same inputs (harness.warm) unless
@@ -75,6 +123,7 @@ def memhp_vm_factory(request: pytest.FixtureRequest, memhp_settings: Settings,
     from contextlib import ExitStack
 
     from harness.launch import launch_vm
+    from harness.model.qemu_rules import parse_machine_type
     from harness.scenario import build_scenario
 
     stack = ExitStack()
@@ -89,13 +138,15 @@ def memhp_vm_factory(request: pytest.FixtureRequest, memhp_settings: Settings,
     def factory(machine: str | None = None, memory: str = SEED_MEMORY,
                 numa: str | None = SEED_NUMA, append: tuple[str, ...] = (), smp: int = 2,
                 coldplug: tuple[Any, ...] = (), cold_boot: bool = False) -> Any:
+        target = memhp_targets.for_machine(
+            parse_machine_type(machine or memhp_settings.machine).family)
         scenario = build_scenario(name=name, machine=machine or memhp_settings.machine,
                                   memory=memory, numa=numa, coldplug=coldplug,
                                   steps=[], smp=smp, append=append,
-                                  qemu_version=memhp_settings.qemu_version)
+                                  qemu_version=target.qemu_version)
         vm, _ = stack.enter_context(launch_vm(
-            scenario, memhp_resolved_guest, accel=memhp_accel.accel,
-            qemu_binary=memhp_settings.qemu, artifacts_on_failure=memhp_settings.artifacts,
+            scenario, target.guest, accel=target.accel.accel,
+            qemu_binary=target.qemu, artifacts_on_failure=memhp_settings.artifacts,
             timeout_scale=memhp_settings.timeout_scale, name=name,
             warm=warm and not cold_boot, boot_attempts=memhp_settings.boot_attempts,
         ))

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from harness.errors import HarnessError
+from harness.machines import MACHINES
 
 _OPTIONS: tuple[tuple[str, str, str | None], ...] = (
     ("kernel", "Guest kernel (bzImage) instead of the default guest's.", None),
@@ -26,12 +27,12 @@ _OPTIONS: tuple[tuple[str, str, str | None], ...] = (
     ("ssh-host-key", "Public host key of the --memhp-disk guest to pin (else pinned on "
                      "first use).", None),
     ("ssh-user", "SSH user for --memhp-disk.", "root"),
-    ("qemu", "QEMU binary, or debian:10.0 (fetched into memhp's cache, see README).",
-     "qemu-system-x86_64"),
+    ("qemu", "QEMU binary, or debian:10.0 (fetched into memhp's cache, see README); "
+             "default: the machine's (qemu-system-aarch64 for virt).", None),
     ("qemu-version", "Model this QEMU version (MAJOR.MINOR) instead of the one --memhp-qemu "
                      "reports, as memhp run --qemu-version.", None),
-    ("machine", "Machine type (pc or q35) for tests that do not pin one (CI matrices).",
-     "pc"),
+    ("machine", "Machine type (pc, q35 or virt: arm64) for tests that do not pin one "
+                "(CI matrices).", "pc"),
     ("accel", "Accelerator: auto (probe KVM, fall back to TCG), kvm or tcg.", "auto"),
     ("artifacts", "Directory for the artifacts of failed tests.", "memhp-artifacts"),
     ("timeout-scale", "Multiply every VM timeout by this factor.", "1.0"),
@@ -80,6 +81,10 @@ class Settings:
     qemu_version: tuple[int, int] | None = None  # the binary's, for the model's rules
     cold_boot: bool = False  # never start VMs from a saved state (harness.warm)
     boot_attempts: int = 2  # boots in all when one hangs (harness.qemu.vm.VM.boot)
+    # --memhp-qemu as given ("" for the machine's own): a test on a machine of
+    # another architecture (virt in an x86 session) takes debian:X.Y for its
+    # arch, else that machine's own binary
+    qemu_spec: str = ""
 
 
 SETTINGS_KEY = pytest.StashKey[Settings]()
@@ -127,9 +132,11 @@ def resolve_settings(config: pytest.Config) -> Settings:
                 f"--memhp-shard={raw_shard!r}: give I/N with 1 <= I <= N, e.g. 2/4")
         shard = (int(m.group(1)), int(m.group(2)))
     machine = _resolve(config, "machine") or "pc"
-    if machine not in ("pc", "q35"):
-        raise pytest.UsageError(f"--memhp-machine={machine!r}: use pc or q35")
-    qemu, qemu_ver = _resolve_qemu(_resolve(config, "qemu") or "qemu-system-x86_64")
+    if machine not in MACHINES:
+        raise pytest.UsageError(f"--memhp-machine={machine!r}: use one of "
+                                f"{', '.join(MACHINES)}")
+    qemu_spec = _resolve(config, "qemu") or ""
+    qemu, qemu_ver = resolve_qemu_for(qemu_spec, machine)
     raw_version = _resolve(config, "qemu-version")
     if raw_version:
         from harness.model.qemu_rules import parse_qemu_version
@@ -155,7 +162,7 @@ def resolve_settings(config: pytest.Config) -> Settings:
         kernel_config=_path(_resolve(config, "kernel-config")),
         kernel_package=_resolve(config, "kernel-package"),
         cold_boot=raw_cold in ("true", "1", "yes"),
-        boot_attempts=attempts,
+        boot_attempts=attempts, qemu_spec=qemu_spec,
     )
     if settings.disk is not None and settings.kernel is not None:
         raise pytest.UsageError("--memhp-disk and --memhp-kernel cannot be combined")
@@ -167,15 +174,19 @@ def resolve_settings(config: pytest.Config) -> Settings:
     return settings
 
 
-def _resolve_qemu(text: str) -> tuple[str, tuple[int, int] | None]:
-    """``--memhp-qemu`` as the CLI's ``--qemu``: a binary, or debian:X.Y fetched
-    (harness.qemu.fetch); with its version for the model's rules."""
+def resolve_qemu_for(spec: str, machine: str) -> tuple[str, tuple[int, int] | None]:
+    """``--memhp-qemu`` as the CLI's ``--qemu``, for a VM of ``machine``: a
+    binary, or debian:X.Y fetched for the machine's architecture
+    (harness.qemu.fetch); "" is the machine's own binary.  With its version
+    for the model's rules."""
     from harness.errors import HarnessError
+    from harness.machines import machine as board
     from harness.qemu.fetch import resolve_qemu
     from harness.qemu.version import qemu_version
 
+    text = spec or board(machine).qemu_binary
     try:
-        binary = resolve_qemu(text)
+        binary = resolve_qemu(text, arch=board(machine).arch)
     except HarnessError as exc:
         raise pytest.UsageError(f"--memhp-qemu={text!r}: {exc}") from exc
     detected = qemu_version(binary)

@@ -53,7 +53,7 @@ def test_machine_setting_is_the_default_of_unpinned_tests(pytester: pytest.Pytes
     (["--memhp-accel=hvf"], "use auto, kvm or tcg"),
     (["--memhp-timeout-scale=fast"], "not a number"),
     (["--memhp-shard=3/2"], "I/N"),
-    (["--memhp-machine=virt"], "use pc or q35"),
+    (["--memhp-machine=microvm"], "use one of pc, q35, virt"),
     (["--memhp-kernel=/nonexistent"], "is not a file"),
     (["--memhp-disk=/etc/hostname"], "needs --memhp-ssh-key"),
     (["--memhp-cold-boot=maybe"], "use true or false"),

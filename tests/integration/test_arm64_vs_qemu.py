@@ -38,10 +38,9 @@ MAX = CpuSpec("other", 40, "max")
 SIZES = (2 * MiB, 128 * MiB, 130 * MiB, 129 * MiB, 256 * MiB, 512 * MiB, GiB)
 
 
-# QEMU versions checked: the system's 7.2 (Debian 12's qemu-system-arm) and,
-# when MEMHP_QEMU_AARCH64_10_0 names one, a 10.0 qemu-system-aarch64 (e.g.
-# from Debian's bookworm-backports qemu-system-arm, unpacked)
-_ENV_10_0 = "MEMHP_QEMU_AARCH64_10_0"
+# QEMU versions checked: the system's 7.2 (Debian 12's qemu-system-arm) and
+# 10.0 (bookworm-backports' qemu-system-arm, fetched into memhp's cache as
+# --qemu debian:10.0 does for a virt machine)
 
 
 @pytest.fixture(scope="module", params=["7.2", "10.0"], ids=["qemu7.2", "qemu10.0"])
@@ -52,9 +51,13 @@ def aarch64(request: pytest.FixtureRequest) -> tuple[str, tuple[int, int]]:
         if found is None:
             pytest.skip("qemu-system-aarch64 is not installed (apt-get install qemu-system-arm)")
     else:
-        found = os.environ.get(_ENV_10_0)
-        if not found:
-            pytest.skip(f"no QEMU 10.0 qemu-system-aarch64: set {_ENV_10_0}=PATH")
+        from harness.errors import HarnessError
+        from harness.qemu.fetch import resolve_qemu
+
+        try:
+            found = resolve_qemu(f"debian:{want}", arch="aarch64")
+        except HarnessError as exc:
+            pytest.skip(f"Debian's qemu-system-aarch64 {want} could not be fetched: {exc}")
     version = qemu_version(found)
     if not version.startswith(want + "."):
         pytest.skip(f"{found} is QEMU {version}, not {want}")

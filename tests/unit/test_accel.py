@@ -75,3 +75,43 @@ def test_auto_picks_kvm_when_the_probe_boots(tmp_path: Path) -> None:
     choice = choose_accel("auto", qemu_binary="q", kernel=tmp_path, cache_dir=None,
                           dev_kvm=dev, prober=lambda q, k: KvmVerdict(True, "booted in 0.8s"))
     assert choice.accel == "kvm" and "0.8s" in choice.reason
+
+
+def test_arm64_probe_boots_on_virt_with_the_pl011_console() -> None:
+    """On an aarch64 host the probe boots the arm64 kernel straight from
+    -kernel on virt (no firmware needed to reach the root-fs panic)."""
+    argv = kvm_probe_argv("qemu-system-aarch64", Path("/Image"), Path("/s.log"), "aarch64")
+    assert argv[argv.index("-machine") + 1] == "virt"
+    assert argv[argv.index("-cpu") + 1] == "host"
+    assert "console=ttyAMA0" in argv[argv.index("-append") + 1]
+
+
+def _never(*_: object) -> KvmVerdict:
+    raise AssertionError("a guest of another architecture was probed under KVM")
+
+
+def test_another_architectures_guest_is_tcg_with_the_reason(tmp_path: Path) -> None:
+    kvm = tmp_path / "kvm"
+    kvm.write_text("")  # opens: only the architecture can rule KVM out
+    choice = choose_accel("auto", qemu_binary="q", kernel=tmp_path, cache_dir=None,
+                          dev_kvm=kvm, prober=_never, guest_arch="aarch64", host="x86_64")
+    assert choice.accel == "tcg"
+    assert "aarch64" in choice.reason and "x86_64" in choice.reason
+    with pytest.raises(UsageError, match="KVM runs only guests of the host's architecture"):
+        choose_accel("kvm", qemu_binary="q", kernel=tmp_path, cache_dir=None, dev_kvm=kvm,
+                     prober=_never, guest_arch="aarch64", host="x86_64")
+
+
+def test_an_arm64_host_probes_its_arm64_guest(tmp_path: Path) -> None:
+    kvm = tmp_path / "kvm"
+    kvm.write_text("")
+    seen: list[str] = []
+
+    def prober(binary: str, kernel: Path) -> KvmVerdict:
+        seen.append(binary)
+        return KvmVerdict(True, "booted")
+
+    choice = choose_accel("auto", qemu_binary="qemu-system-aarch64", kernel=tmp_path,
+                          cache_dir=None, dev_kvm=kvm, prober=prober, guest_arch="aarch64",
+                          host="aarch64")
+    assert choice.accel == "kvm" and seen == ["qemu-system-aarch64"]

@@ -104,3 +104,28 @@ def test_each_other_suite_gets_its_own_apt_root(tmp_path: Path) -> None:
         Apt.for_suite("../etc", tmp_path)
     with pytest.raises(UsageError):
         default._suite_args("sid")  # the default configuration does not know sid
+
+
+def test_each_architecture_gets_its_own_apt_root_and_debs(tmp_path: Path) -> None:
+    """arm64 packages come from an apt root of their own (lists are per
+    architecture) into the shared .deb cache, where a version's amd64 and
+    arm64 builds are told apart by the arch in the file name."""
+    from harness.apt import _cached_deb
+
+    amd, arm = Apt(tmp_path), Apt(tmp_path, arch="arm64")
+    assert arm.root == tmp_path / "apt-arm64" and arm.debs == amd.debs
+    assert "Architectures: arm64\n" in arm._sources() and "amd64" not in arm._sources()
+    assert "APT::Architecture=arm64" in arm.options()
+    sid = Apt.for_suite("sid", tmp_path, arch="arm64")
+    assert sid.root == tmp_path / "apt-sid-arm64"
+    with pytest.raises(UsageError, match="'s390x'"):
+        Apt(tmp_path, arch="s390x")
+    debs = tmp_path / "debs"
+    debs.mkdir()
+    (debs / "bash_5.2-2_amd64.deb").write_bytes(b"")
+    assert _cached_deb(debs, "bash", "5.2-2", "arm64") is None
+    (debs / "bash_5.2-2_arm64.deb").write_bytes(b"")
+    (debs / "tzdata_1%3a2024_all.deb").write_bytes(b"")
+    assert _cached_deb(debs, "bash", "5.2-2", "arm64") == debs / "bash_5.2-2_arm64.deb"
+    assert _cached_deb(debs, "bash", "5.2-2") == debs / "bash_5.2-2_amd64.deb"
+    assert _cached_deb(debs, "tzdata", "1:2024", "arm64") == debs / "tzdata_1%3a2024_all.deb"

@@ -53,8 +53,8 @@ class Series:
         return {"n": len(s), "min": s[0], "median": statistics.median(s), "max": s[-1]}
 
 
-def _seed(append: tuple[str, ...] = ()) -> Scenario:
-    return build_scenario(name="bench", machine="pc", memory=SEED_MEMORY,
+def _seed(append: tuple[str, ...] = (), machine: str = "pc") -> Scenario:
+    return build_scenario(name="bench", machine=machine, memory=SEED_MEMORY,
                           numa=SEED_NUMA, steps=[add("dimm0:1G@1"), add("dimm1:1G@0")],
                           append=append)
 
@@ -122,16 +122,19 @@ def raw_boot(vm_argv: list[str], serial: Path, marker: str, timeout: float = 120
 
 
 def measure(repeat: int, accel: str, suite: bool, cold_build: bool,
-            progress: Callable[[str], None]) -> dict[str, Any]:
+            progress: Callable[[str], None], machine: str = "pc") -> dict[str, Any]:
+    """``machine``: the seed's (virt: the arm64 guest on qemu-system-aarch64)."""
+    from harness.machines import machine as board
+
     results: dict[str, Series] = {}
 
     def rec(name: str, value: float) -> None:
         results.setdefault(name, Series(name)).samples.append(value)
 
     t0 = time.monotonic()
-    guest = resolve_guest(GuestSource())
+    guest = resolve_guest(GuestSource(arch=board(machine).debian_arch))
     rec("image build, warm (s)", time.monotonic() - t0)
-    scenario = _seed()
+    scenario = _seed(machine=machine)
     progress("saved state for warm starts (booted and saved unless cached)")
     from harness.warm import WarmStarts
 
@@ -186,7 +189,8 @@ def measure(repeat: int, accel: str, suite: bool, cold_build: bool,
             progress(f"round {i + 1}/{repeat}: memhp run (seed) end to end, {mode}")
             t = time.monotonic()
             proc = subprocess.run([sys.executable, "-m", "harness", "run", "--accel", accel,
-                                   *flags], capture_output=True, text=True, check=False)
+                                   "--machine", machine, *flags],
+                                  capture_output=True, text=True, check=False)
             rec(f"memhp run seed session end to end, {mode} (s)", time.monotonic() - t)
             if proc.returncode != 0:
                 progress(f"memhp run failed ({proc.returncode}): {proc.stdout[-500:]}")
@@ -236,7 +240,8 @@ def measure(repeat: int, accel: str, suite: bool, cold_build: bool,
             s1.samples[0] / s2.samples[0])
     return {"accel": {"name": accel_used.accel, "reason": accel_used.reason},
             "repeat": repeat, "figures": out, "ratios": ratios, "suite_runs": suite_runs,
-            "machine": {"cpus": os.cpu_count(), "uname": " ".join(os.uname())}}
+            "machine": {"cpus": os.cpu_count(), "uname": " ".join(os.uname())},
+            "guest": {"machine": machine, "kernel": guest.image.kernel_version}}
 
 
 def suite_outcome(returncode: int, output: str) -> str:
@@ -275,7 +280,9 @@ def render(data: dict[str, Any]) -> str:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"memhp bench ({data['accel']['name'].upper()}, "
+    guest = data.get("guest", {})
+    on = f"{guest['machine']}, {guest['kernel']}, " if guest else ""
+    table = Table(title=f"memhp bench ({on}{data['accel']['name'].upper()}, "
                         f"{data['repeat']} rounds)", title_justify="left")
     for col in ("figure", "n", "min", "median", "max"):
         table.add_column(col, justify="right" if col != "figure" else "left")

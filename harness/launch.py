@@ -179,7 +179,7 @@ def launch_vm(
     guest: ResolvedGuest,
     *,
     accel: str = "auto",
-    qemu_binary: str = "qemu-system-x86_64",
+    qemu_binary: str | None = None,
     keep: Path | None = None,
     artifacts_on_failure: Path | None = None,
     timeout_scale: float = 1.0,
@@ -195,7 +195,9 @@ def launch_vm(
     ``boot_attempts``: boots in all when one hangs (:meth:`VM.boot`).
     """
     check_guest_arch(scenario, guest)
-    choice = pick_accel(accel, guest, qemu_binary, machine(scenario.machine.machine).arch)
+    board = machine(scenario.machine.machine)
+    qemu_binary = qemu_binary or board.qemu_binary  # None: the machine's own
+    choice = pick_accel(accel, guest, qemu_binary, board.arch)
     vm_name = f"{name}-{os.getpid()}-{next(_counter)}"
     cfg = vm_config(scenario, guest, accel=choice.accel, qemu_binary=qemu_binary, name=vm_name)
     vm = VM(

@@ -18,9 +18,12 @@ import click
               help="Instead: boot once with initcall_debug and show where boot time goes.")
 @click.option("--append", multiple=True,
               help="With --boot-profile: extra kernel parameters to try (repeatable).")
+@click.option("--machine", default="pc", show_default=True,
+              type=click.Choice(["pc", "q35", "virt"]),
+              help="The seed's machine (virt: the arm64 guest, under TCG on an x86 host).")
 @click.option("--json", "as_json", is_flag=True)
 def bench_cmd(repeat: int, accel: str, suite: bool, cold_build: bool, boot_profile: bool,
-              append: tuple[str, ...], as_json: bool) -> int:
+              append: tuple[str, ...], machine: str, as_json: bool) -> int:
     """Measure boot-to-SSH vs raw QEMU, hotplug and online latency, and more."""
     from harness.bench import measure, render, render_profile
 
@@ -32,7 +35,7 @@ def bench_cmd(repeat: int, accel: str, suite: bool, cold_build: bool, boot_profi
         return 0
 
     data = measure(repeat, accel, suite, cold_build,
-                   progress=lambda msg: click.echo(f"bench: {msg}", err=True))
+                   progress=lambda msg: click.echo(f"bench: {msg}", err=True), machine=machine)
     click.echo(json.dumps(data, indent=2) if as_json else render(data))
     return 0
 

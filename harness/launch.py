@@ -87,7 +87,8 @@ def resolve_guest(source: GuestSource) -> ResolvedGuest:
 
     if source.kernel is not None:
         check_readable_file(source.kernel, "kernel",
-                            "give the path of a bzImage (arch/x86/boot/bzImage)")
+                            "give the path of a bzImage (arch/x86/boot/bzImage), or an "
+                            "arm64 Image for --machine virt")
         return ResolvedGuest(image=build_image(kernel=source.kernel, modules=source.modules,
                                                kernel_config=source.kernel_config,
                                                kernel_package=source.kernel_package,

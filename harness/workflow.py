@@ -33,7 +33,7 @@ def execute(
     guest: ResolvedGuest,
     *,
     accel: str = "auto",
-    qemu_binary: str = "qemu-system-x86_64",
+    qemu_binary: str | None = None,
     keep: Path | None = None,
     artifacts_on_failure: Path | None = Path("memhp-artifacts"),
     timeout_scale: float = 1.0,
@@ -52,6 +52,10 @@ def execute(
     ``allowed_mem_paths``: the directories a scenario's file backends may
     name (harness.host.paths), checked again before QEMU opens one."""
     t0 = time.monotonic()
+    if qemu_binary is None:  # the machine's own: qemu-system-aarch64 for virt
+        from harness.machines import machine
+
+        qemu_binary = machine(scenario.machine.machine).qemu_binary
     result = RunResult(scenario=scenario.name, accel="?", accel_reason="",
                        qemu_version=qemu_version(qemu_binary), kernel=guest.describe(),
                        layout=layout_json(scenario.predict())

@@ -16,7 +16,9 @@ import click
 
 from harness.cli.options import QEMU_OPTIONS, apply
 from harness.cli.run import kernel_options
+from harness.errors import UsageError
 from harness.fuzz.generate import FAST_KINDS, KINDS, POLICIES
+from harness.machines import machine
 
 
 def _seconds(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
@@ -40,21 +42,23 @@ def _target(opts: dict[str, Any], spec: str | None) -> Any:
     from harness.qemu.version import qemu_version
 
     kernel, package, qemu = opts.get("kernel"), opts.get("kernel_package"), (
-        opts["qemu_binary"] or "qemu-system-x86_64")
+        opts["qemu_binary"] or "")
+    board = machine(opts.get("machine_family", "pc"))
     if spec is not None and spec.startswith("kernel:"):
         kernel, package = Path(spec.removeprefix("kernel:")), None
     elif spec is not None and spec.startswith("package:"):
         kernel, package = None, spec.removeprefix("package:")
     elif spec is not None:
         qemu = spec
-    binary = resolve_qemu(qemu)
+    binary = resolve_qemu(qemu or board.qemu_binary, arch=board.arch)
     detected = qemu_version(binary)
     check_qemu(binary, detected)
     version = _parse_version(opts["qemu_version"]) or _parse_version(
         ".".join(detected.split(".")[:2]) if detected != "unknown" else None)
     guest = resolve_guest(GuestSource(kernel=kernel, modules=opts.get("modules"),
                                       kernel_package=package, suite=opts.get("suite"),
-                                      kernel_config=opts.get("kernel_config")))
+                                      kernel_config=opts.get("kernel_config"),
+                                      arch=board.debian_arch))
     return Target(guest, binary, opts["accel"], opts["timeout_scale"], version,
                   label=spec or f"{guest.describe()} on QEMU {detected}")
 
@@ -68,8 +72,10 @@ def _target(opts: dict[str, Any], spec: str | None) -> Any:
               "or as many as --time allows).")
 @click.option("--time", "seconds", callback=_seconds, metavar="DURATION",
               help="Stop starting sequences after this long (90s, 30m, 1h).")
-@click.option("--machine", "machines", multiple=True, type=click.Choice(["pc", "q35"]),
-              help="Machine types to cycle through (repeatable; default pc).")
+@click.option("--machine", "machines", multiple=True,
+              type=click.Choice(["pc", "q35", "virt"]),
+              help="Machine types to cycle through (repeatable; default pc); virt (arm64) "
+                   "on its own: one architecture per campaign.")
 @click.option("--policy", "policies", multiple=True,
               type=click.Choice([*POLICIES, "all"]),
               help="Kernel hotplug policies to cycle through (repeatable; default manual).")
@@ -97,10 +103,16 @@ def fuzz_cmd(**opts: Any) -> int:
 
     policies = tuple(POLICIES) if "all" in opts["policies"] else (opts["policies"]
                                                                   or ("manual",))
+    machines = opts["machines"] or ("pc",)
+    if len({machine(m).arch for m in machines}) > 1:
+        raise UsageError(f"--machine {' '.join(machines)}: one architecture per campaign "
+                         "(each boots its own guest on its own QEMU)", value=machines,
+                         fix="run virt (arm64) and pc/q35 (x86) as two campaigns")
+    opts["machine_family"] = machines[0]
     check_keep_dir(opts["out"], "--out")  # a directory memhp may create
     sequences = opts["sequences"] or (None if opts["seconds"] else 3)
     settings = Settings(seed=opts["seed"], length=opts["length"], sequences=sequences,
-                        seconds=opts["seconds"], machines=opts["machines"] or ("pc",),
+                        seconds=opts["seconds"], machines=machines,
                         policies=policies, kinds=FAST_KINDS if opts["kinds"] == "fast"
                         else KINDS, shrink_budget=opts["shrink_budget"], out=opts["out"])
     a, b = opts["compare"] or (None, None)

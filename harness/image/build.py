@@ -85,16 +85,11 @@ def build_image(
     recipe = Recipe.load(arch=arch)
     root_cache = store.cache_root(cache_dir)
     user: UserKernel | None = None
-    if kernel is not None and arch != "amd64":
-        raise UsageError(f"--kernel boots an x86 bzImage; an {arch} guest boots a Debian "
-                         "kernel package", value=kernel,
-                         fix=f"use --kernel-package (e.g. linux-image-{arch}/"
-                             "bookworm-backports) with an arm64 machine")
     if kernel is not None:
         if kernel_package is not None:
             raise UsageError("--kernel and --kernel-package cannot be combined",
                              fix="boot either your bzImage or a Debian kernel package")
-        user = user_kernel(kernel, modules, kernel_config, root_cache / "debs")
+        user = user_kernel(kernel, modules, kernel_config, root_cache / "debs", arch)
         check_needed_drivers(user)
     elif modules is not None or kernel_config is not None:
         raise UsageError("--modules and --kernel-config go with --kernel",

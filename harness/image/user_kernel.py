@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.errors import UsageError
-from harness.image.bzimage import kernel_version
+from harness.image.bzimage import arm64_kernel_version, kernel_version
 from harness.image.modules import modules_release
 
 _MODULES_FIX = ("give the modules built with this kernel: lib/modules/<version> or the "
@@ -99,7 +99,8 @@ def find_config(kernel: Path, kver: str, explicit: Path | None,
     if real.name == "vmlinuz":
         # a memhp image's own layout, and Debian's usr/lib/modules/VER/{vmlinuz,config}
         near.append(real.parent / "config")
-    if real.parts[-4:-1] in (("arch", "x86", "boot"), ("arch", "x86_64", "boot")):
+    if real.parts[-4:-1] in (("arch", "x86", "boot"), ("arch", "x86_64", "boot"),
+                             ("arch", "arm64", "boot")):
         near.append(real.parents[3] / ".config")
     for cand in near:
         if cand.is_file():
@@ -135,8 +136,10 @@ class UserKernel:
 
 
 def user_kernel(kernel: Path, modules: Path | None, kernel_config: Path | None,
-                debs: Path) -> UserKernel:
-    kver = kernel_version(kernel)  # validates the file before anything else
+                debs: Path, arch: str = "amd64") -> UserKernel:
+    """``arch``: the guest's (Debian's name): amd64 takes a bzImage, arm64 an Image."""
+    # validates the file before anything else
+    kver = arm64_kernel_version(kernel) if arch == "arm64" else kernel_version(kernel)
     kdeb = None
     if modules is not None:
         mdir: Path | None = find_modules_dir(modules, kver)
@@ -149,7 +152,7 @@ def user_kernel(kernel: Path, modules: Path | None, kernel_config: Path | None,
         if mdir is None and (Path("/lib/modules") / kver / "kernel").is_dir():
             mdir, how = Path("/lib/modules") / kver, "the host's"
         if mdir is None:
-            pkgs = [f"linux-image-{kver}_*.deb", f"linux-modules-{kver}_*.deb"]
+            pkgs = [f"linux-image-{kver}_*_{arch}.deb", f"linux-modules-{kver}_*_{arch}.deb"]
             kdeb = next(iter(sorted(d for g in pkgs for d in debs.glob(g))), None)
             looked.append(f"{debs}/{{{','.join(pkgs)}}}")
             how = f"package {kdeb.name}" if kdeb is not None else "none"

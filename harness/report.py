@@ -136,7 +136,7 @@ def print_step(step: StepResult, *, file: IO[str] | None = None) -> None:
         console.print(f"  migrated: {mig['total_time_ms']} ms total, {mig['downtime_ms']} ms "
                       f"downtime, {mig['transferred_bytes']} bytes sent, QEMU pid "
                       f"{mig['source_pid']} -> {mig['destination_pid']}")
-    for key in ("pending_unplugs_at_reset", "stale_unplugs_ejected",
+    for key in ("pending_unplugs_at_reset", "stale_unplugs_ejected", "ejects_shadowed",
                 "stale_unplugs_forgotten", "workloads_ended"):
         if key in step.observed:
             console.print(f"  {key.replace('_', ' ')}: {esc(step.observed[key])}")

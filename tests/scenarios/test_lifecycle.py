@@ -128,6 +128,33 @@ def test_coldplug_pause_reboot_and_unplug_then_reset(memhp_vm) -> None:
     print("unplug-then-reset outcome (running guest):", outcome)
 
 
+def test_requests_a_paused_reset_leaves_set_in_qemu(memhp_vm) -> None:
+    """A pause with a reset: the guest boots at resume and its GPEs are
+    lost, so what the pause asked stays set in QEMU's ACPI memory hotplug
+    device (found by memhp fuzz on QEMU 7.2):
+
+    - a DIMM added in it keeps its insert event: the GPE of its removal
+      finds that first (Device Check, ``_OST`` source 1) and its eject
+      request waits; the next hot-add's GPE ejects it;
+    - a removal after the reset waits for the next GPE the same way.
+    """
+    steps = [pause(), add("d:128M@1"), reset(), resume(), remove("d"), add("e:256M@0"),
+             pause(), reset(), remove("e"), resume(), add("f:128M@1")]
+    runner = make_runner(memhp_vm, steps)
+    results = runner.run()
+    assert_passed(results)
+    by = {r.index: r for r in results}
+    assert "shadowed the eject request" in by[4].observed["ejects_shadowed"][0]
+    assert {x["id"] for x in by[4].observed["dimms"]} == {"d"}  # QEMU still has it
+    assert by[5].observed["stale_unplugs_ejected"] == ["d"]
+    assert {x["id"] for x in by[5].observed["dimms"]} == {"e"}
+    assert {x["id"] for x in by[9].observed["dimms"]} == {"e"}  # resumed: e still there
+    assert by[10].observed["stale_unplugs_ejected"] == ["e"]
+    ost = [ev for ev in memhp_vm.qmp.events(0) if ev.name == "ACPI_DEVICE_OST"
+           and ev.data["info"]["device"] == "d"]
+    assert [ev.data["info"]["source"] for ev in ost][:1] == [1]  # Device Check first
+
+
 def _failed_migration_leaves_the_source(vm, monkeypatch) -> None:
     """A destination that lacks a DIMM cannot take the source's RAM: QEMU's
     migration fails, memhp raises, the destination QEMU is ended and its

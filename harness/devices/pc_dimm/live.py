@@ -75,6 +75,10 @@ class KindState:
     pending_unplugs: dict[str, tuple[Any, PlacedDimm, int]] = field(default_factory=dict)
     # eject requests a reset left set in QEMU: id -> (request, op index)
     stale_unplugs: dict[str, tuple[Any, int]] = field(default_factory=dict)
+    # insert events a reset left set in QEMU (is_inserting): they shadow
+    # their slot's eject request in the next MSCN scan, which clears them
+    stale_inserts: set[str] = field(default_factory=set)
+    reset_in_pause: bool = False  # a reset came in this pause: the guest boots at resume
 
 
 def _ks(ctx: StepContext) -> KindState:
@@ -105,8 +109,30 @@ def add(ctx: StepContext, op: AddDimm) -> list[Mismatch]:
         # of it from the GPE when its vCPUs run again (after_resume).
         _ks(ctx).pending_adds.append(op.id)
         return found
-    eject_stale(ctx)
+    gpe(ctx)
     return found + guest_adds(ctx, op.id, qemu_addr=getattr(seen, "addr", None))
+
+
+def gpe(ctx: StepContext) -> None:
+    """A memory hotplug GPE reached the running guest: its ``MSCN`` scan
+    ejects what reset-stale requests asked (:func:`eject_stale`) and clears
+    every stale insert event (Device Check for a DIMM the guest has)."""
+    eject_stale(ctx)
+    _ks(ctx).stale_inserts.clear()
+
+
+def shadow(ctx: StepContext, dimm_id: str, request: Any, index: int) -> None:
+    """The eject request of a DIMM with a stale insert event: the scan sent
+    Device Check instead (``_OST`` source 1), the request stays set in QEMU
+    for the next GPE (:func:`harness.run.steps.timing.op_timing`)."""
+    ks = _ks(ctx)
+    ctx.state.waiting.discard(index)
+    ctx.state.dropped.add(index)
+    ks.stale_unplugs[dimm_id] = (request, index)
+    ctx.state.repredict()
+    ctx.notes.setdefault("ejects_shadowed", []).append(
+        f"{dimm_id}: its insert event, left set by a reset while paused, shadowed the "
+        "eject request (Device Check sent instead); the request waits for the next GPE")
 
 
 def eject_stale(ctx: StepContext) -> None:
@@ -158,6 +184,13 @@ def guest_adds(ctx: StepContext, dimm_id: str, lat: dict[str, float] | None = No
 def remove(ctx: StepContext, step: RemoveStep) -> list[Mismatch]:
     state = ctx.state
     d = state.placed(KIND, step.id)
+    if not ctx.vm.paused and step.id in _ks(ctx).stale_inserts:
+        index = state.ops_acted
+        request = ctx.vm.request_unplug(step.id)
+        ctx.took_effect()
+        gpe(ctx)
+        shadow(ctx, step.id, request, index)
+        return []
     if ctx.vm.paused or not step.wait:
         # device_del only: the DIMM is the guest's to eject (after resume),
         # or the next reset's to decide (at_reset).
@@ -169,6 +202,8 @@ def remove(ctx: StepContext, step: RemoveStep) -> list[Mismatch]:
         if ctx.vm.paused:  # QEMU keeps the DIMM until the guest ejects it
             state.waiting.add(index)
         ctx.took_effect()
+        if not ctx.vm.paused:
+            gpe(ctx)
         return []
     plugged = HostView.read() if d.backend.hugepages else None
     path = host.backend_file(ctx, step.id)
@@ -185,10 +220,12 @@ def remove(ctx: StepContext, step: RemoveStep) -> list[Mismatch]:
         ctx.expects.append(UNMOVABLE_PAGE_DUMP)
         state.drop(index)
         ctx.adopt_quietly(step.id)
+        gpe(ctx)
         raise
     ctx.lat["unplug_s"] = time.monotonic() - t0
     ctx.took_effect()
     state.km().remove(step.id)
+    gpe(ctx)
     return host.after_unplug(ctx, d, plugged, path, in_file)
 
 
@@ -198,6 +235,9 @@ def at_reset(ctx: StepContext) -> None:
     """Each pending unplug either completed before the reset (its
     ``DEVICE_DELETED`` came) or survives it (module doc)."""
     ks = _ks(ctx)
+    if ctx.state.reset_while_paused:  # booting at resume: the GPEs of the pause are lost
+        ks.reset_in_pause = True
+        ks.stale_inserts |= set(ks.pending_adds)
     ks.pending_adds = []  # enumerated at boot like the others
     qmp = ctx.vm.qmp
     assert qmp is not None
@@ -247,11 +287,28 @@ def after_resume(ctx: StepContext, since: int, t0: float) -> list[Mismatch]:
     ejects the ones unplugged (``DEVICE_DELETED``), or refuses an eject
     (``_OST`` failure: raised after the others were followed)."""
     ks = _ks(ctx)
+    if ks.reset_in_pause:
+        # The guest booted: its ACPI init cleared the GPE status, so what
+        # came after the reset stays set in QEMU (timing.op_timing)
+        ks.reset_in_pause = False
+        ks.stale_inserts |= set(ks.pending_adds)  # enumerated at boot
+        ks.pending_adds = []
+        for dimm_id, (request, _dimm, index) in list(ks.pending_unplugs.items()):
+            del ks.pending_unplugs[dimm_id]
+            ctx.state.waiting.discard(index)
+            ctx.state.dropped.add(index)
+            ks.stale_unplugs[dimm_id] = (request, index)
+        ctx.state.repredict()
+        return []
     t1 = time.monotonic()
     plugged = {d.id for d in ctx.state.current(KIND)}
     adds, ks.pending_adds = ks.pending_adds, []
-    if adds:
+    if adds or ks.pending_unplugs:  # a GPE: one MSCN scan
         eject_stale(ctx)
+        for dimm_id in sorted(ks.stale_inserts & set(ks.pending_unplugs)):
+            request, _dimm, index = ks.pending_unplugs.pop(dimm_id)
+            shadow(ctx, dimm_id, request, index)
+        ks.stale_inserts.clear()
     for dimm_id in adds:
         if dimm_id in plugged:
             guest_adds(ctx, dimm_id, {})

@@ -170,8 +170,8 @@ class ResumeStep(_FlagStep):
         mismatches: list[Mismatch] = []
         if ctx.state.reset_while_paused:
             ctx.lat["boot_s"] = ctx.lat.pop("cont_s")
+            mismatches = after_boot(ctx)  # at_reset reads that the reset was paused
             ctx.state.reset_while_paused = False
-            mismatches = after_boot(ctx)
         refused: list[HotplugRefused] = []
         for kind in KINDS:
             try:

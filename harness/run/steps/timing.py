@@ -26,34 +26,77 @@ class OpTiming:
 
 
 def op_timing(steps: Sequence[Step]) -> OpTiming:
-    """A ``device_del`` while paused is QEMU's request, not yet the guest's
-    eject: the DIMM keeps its slot and range until the guest, resumed,
-    ejects it, after every add made while paused (found by memhp fuzz: an
-    add after a paused remove was placed by QEMU beside the DIMM being
-    removed).  A reset while paused leaves the request set in QEMU, and
-    the next pc-dimm hot-add's GPE has the guest eject it, after that add
-    (:mod:`harness.devices.pc_dimm.live`); without such an add it never
-    goes.  A ``wait = false`` removal on a running guest races the reset
-    that follows it: it counts at its step, and the run follows the race."""
+    """When each ``device_del`` of a DIMM takes effect: at the next memory
+    hotplug GPE the guest handles, as QEMU's ACPI memory hotplug device
+    and its ``MSCN`` scan have it (:mod:`harness.devices.pc_dimm.live`):
+
+    * a ``device_del`` while running raises the GPE at once: the removal
+      counts at its step (``wait = false`` races a reset that follows it:
+      the run follows the race);
+    * while paused it is QEMU's request, not yet the guest's eject: the
+      DIMM keeps its slot and range until the guest, resumed, ejects it,
+      after every add made while paused (found by memhp fuzz);
+    * a reset in the pause: the guest boots at resume and its ACPI init
+      clears the GPE status, so every request of that pause stays set in
+      QEMU (``is_removing``, ``is_inserting``: no reset hook clears them):
+      a removal waits for the next GPE (a running pc-dimm add or remove),
+      or never goes;
+    * an insert event left so (``is_inserting``) shadows the eject request
+      of its slot in the next scan (Device Check, not Eject Request: the
+      scan's ``If``/``Else``): that DIMM's removal waits for one more GPE
+      (found by memhp fuzz: pause, add, reset, resume, remove timed out).
+    virtio-mem devices are not ACPI-hotplugged: their removals count at
+    their step (or at resume)."""
     after: dict[int, int] = {}
-    paused = False
-    pending: list[int] = []
-    stale: list[int] = []
+    paused = reset_in_pause = False
+    pending: list[tuple[int, str]] = []  # removals requested in this pause
+    added: list[str] = []  # DIMMs added in this pause
+    stale: list[int] = []  # removals whose request is set in QEMU, no GPE yet
+    stale_inserts: set[str] = set()
+    vmems: set[str] = set()
     op = -1
+
+    def gpe(at: int, removals: list[tuple[int, str]], own_step: bool) -> None:
+        """One MSCN scan, after op ``at``: stale removals go; each removal
+        of this GPE goes unless a stale insert shadows it."""
+        nonlocal stale, stale_inserts
+        after.update(dict.fromkeys(stale, at))
+        stale = []
+        for index, dimm in removals:
+            if dimm in stale_inserts:
+                stale.append(index)
+            elif not own_step:
+                after[index] = at
+        stale_inserts = set()
+
     for step in steps:
         if isinstance(step, PauseStep):
-            paused = True
+            paused, reset_in_pause = True, False
         elif isinstance(step, ResumeStep):
-            after.update(dict.fromkeys(pending, op))
-            paused, pending = False, []
+            vm_pending = [i for i, d in pending if d in vmems]
+            after.update(dict.fromkeys(vm_pending, op))
+            dimms = [(i, d) for i, d in pending if d not in vmems]
+            if reset_in_pause:
+                stale += [i for i, _ in dimms]
+                stale_inserts |= set(added)
+            elif dimms or added:
+                gpe(op, dimms, own_step=False)
+            paused, reset_in_pause, pending, added = False, False, [], []
         elif isinstance(step, ResetStep) and paused:
-            stale, pending = stale + pending, []
+            reset_in_pause = True
         if not step.is_model_op:
             continue
         op += 1
-        if isinstance(step, RemoveStep) and paused:
-            pending.append(op)
-        elif isinstance(step, AddStep) and step.op.kind == "pc-dimm" and stale and not paused:
-            after.update(dict.fromkeys(stale, op))
-            stale = []
-    return OpTiming(after, frozenset(stale + pending))
+        if isinstance(step, AddStep) and step.op.kind != "pc-dimm":
+            vmems.add(step.op.id)
+        elif isinstance(step, AddStep):
+            if paused:
+                added.append(step.op.id)
+            else:
+                gpe(op, [], own_step=True)
+        elif isinstance(step, RemoveStep):
+            if paused:
+                pending.append((op, step.id))
+            elif step.id not in vmems:
+                gpe(op, [(op, step.id)], own_step=True)
+    return OpTiming(after, frozenset(stale + [i for i, _ in pending]))

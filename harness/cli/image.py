@@ -40,18 +40,21 @@ def image_group() -> None:
               help="The .config of --kernel (recorded, and copied into the guest); default: "
                    "config-VER or .config beside it, the source tree's .config, IKCONFIG.")
 @click.option("--force", is_flag=True, help="Rebuild even if cached; re-resolve packages.")
+@click.option("--arch", default="amd64", show_default=True, type=click.Choice(["amd64", "arm64"]),
+              help="The guest's architecture: arm64 for --machine virt (Debian's arm64 "
+                   "packages; --kernel is then an arm64 Image).")
 def build_cmd(kernel_package: str | None, suite: str | None, kernel: Path | None,
-              modules: Path | None, kernel_config: Path | None, force: bool) -> int:
+              modules: Path | None, kernel_config: Path | None, force: bool, arch: str) -> int:
     """Build (or fetch from the cache) the guest image and print its paths."""
     from harness.image import build_image, ensure_default_image
 
     if kernel is None and kernel_package is None and suite is None and modules is None \
             and kernel_config is None:
-        image = ensure_default_image(force=force, progress=_progress)
+        image = ensure_default_image(force=force, progress=_progress, arch=arch)
     else:
         image = build_image(kernel_package=kernel_package, kernel=kernel, modules=modules,
                             kernel_config=kernel_config, force=force, progress=_progress,
-                            suite=suite)
+                            suite=suite, arch=arch)
     click.echo(f"kernel  {image.kernel}\ninitrd  {image.initrd}\nversion {image.kernel_version}")
     click.echo(f"config  {image.config or '(none)'}"
                + (f" (from {image.config_source})" if image.config_source else ""))

@@ -212,7 +212,7 @@ def _scenario_plan(opts: dict[str, Any], version: tuple[int, int] | None,
             raise UsageError("--scenario cannot be combined with --add/--remove",
                              fix="put the steps in the scenario file")
         loaded = load_scenario(opts["scenario_file"], qemu_version=version,
-                               host=read_host_memory(), cpu=_vcpu(opts["accel"]))
+                               host=read_host_memory(), cpu=_vcpu(opts["accel"], opts))
         if kernel_policy is not None and loaded.auto_online is None:
             return replace(loaded, auto_online=kernel_policy)  # type: ignore[arg-type]
         return loaded
@@ -226,18 +226,32 @@ def _scenario_plan(opts: dict[str, Any], version: tuple[int, int] | None,
         name=name, machine=opts["machine"], memory=opts["memory"], numa=opts["numa"] or None,
         steps=default_steps(adds, opts["removes"], online, auto), smp=opts["smp"],
         append=append, exec_cmd=opts.get("exec_cmd"), script=opts.get("script"),
-        qemu_version=version, host=read_host_memory(), cpu=_vcpu(opts["accel"]),
+        qemu_version=version, host=read_host_memory(), cpu=_vcpu(opts["accel"], opts),
     )
     if from_cmdline is None and kernel_policy is not None:
         scenario = replace(scenario, auto_online=kernel_policy)  # type: ignore[arg-type]
     return scenario
 
 
-def _vcpu(accel: str) -> Any:
+def _vcpu(accel: str, opts: dict[str, Any] | None = None) -> Any:
     """The vCPU the model assumes: memhp's TCG ``-cpu max`` (AMD, 40 bits), or
     under ``--accel kvm`` ``-cpu host``: this host's vendor and phys-bits.
-    (``auto`` models TCG's; it matters only for layouts near 1 TiB.)"""
+    (``auto`` models TCG's; it matters only for layouts near 1 TiB.)  An
+    arm64 guest is modelled with ``max`` (52 bits; under KVM the host's IPA
+    limit, which the model does not know); asking KVM for another
+    architecture's guest is refused here, before the plan."""
     if accel != "kvm":
+        return None
+    from harness.machines import machine
+    from harness.qemu.accel import host_arch
+
+    board = machine(_machine_family(opts or {}))
+    if board.arch != host_arch():
+        raise UsageError(f"--accel kvm for an {board.arch} guest ({board.name}) on this "
+                         f"{host_arch()} host: KVM runs only guests of the host's "
+                         "architecture", value="kvm",
+                         fix="use --accel auto or tcg (TCG emulates the guest's CPU)")
+    if board.arch != "x86_64":
         return None
     from harness.model.qemu_rules.cpu import host_cpu_from_cpuinfo
 

@@ -63,3 +63,14 @@ def test_modules_beside_an_unpacked_arm64_package_are_found(tmp_path: Path) -> N
     found = user_kernel(fake_image(boot / f"vmlinuz-{kver}"), None, None, tmp_path / "debs",
                         "arm64")
     assert found.kver == kver and found.modules == tmp_path / f"root/lib/modules/{kver}"
+
+
+def test_kvm_for_an_arm64_guest_on_this_host_is_refused_before_the_plan(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    import harness.qemu.accel
+    from harness.cli import main
+
+    monkeypatch.setattr(harness.qemu.accel, "host_arch", lambda: "x86_64")
+    assert main(["run", "--machine", "virt", "--accel", "kvm", "--qemu", "/bin/true"]) == 2
+    err = capsys.readouterr().err
+    assert "KVM runs only guests of the host's architecture" in err and "aarch64" in err

@@ -43,3 +43,30 @@ def test_arm64_reset_keeps_dimms(memhp_vm, request) -> None:
     assert_passed(run_steps(memhp_vm, [
         add("dimm0:512M@1"), online("dimm0", "online_movable"), reset(),
     ], request))
+
+
+def test_arm64_on_qemu_10_with_debians_6_12(tmp_path) -> None:
+    """The rest of the arm64 matrix, one session: QEMU 10.0's
+    qemu-system-aarch64 (fetched as --qemu debian:10.0 does for virt) with
+    bookworm-backports' 6.12 cloud-arm64 kernel, two DIMMs and an unplug,
+    through the CLI as a user would run it."""
+    import json
+
+    from harness.errors import HarnessError
+    from harness.qemu.fetch import resolve_qemu
+    from harness.testing import run_cli
+
+    try:
+        resolve_qemu("debian:10.0", arch="aarch64")
+    except HarnessError as exc:
+        pytest.skip(f"Debian's qemu-system-aarch64 10.0 could not be fetched: {exc}")
+    proc = run_cli("run", "--machine", "virt", "--qemu", "debian:10.0", "--accel", "tcg",
+                   "--kernel-package", "linux-image-cloud-arm64/bookworm-backports",
+                   "--memory", VIRT["memory"], "--numa", VIRT["numa"],
+                   "--add", "a:512M@0", "--add", "b:1G@1", "--remove", "a", "--json",
+                   "--keep", str(tmp_path / "art"), timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    assert result["result"] == "pass" and result["qemu_version"].startswith("10.0.")
+    assert "6.12" in result["kernel"] and "arm64" in result["kernel"]
+    assert [s["passed"] for s in result["steps"]] == [True] * len(result["steps"])

@@ -72,3 +72,40 @@ def test_a_shrunk_scenario_is_never_written_through_a_link(tmp_path) -> None:
     assert victim.read_text() == "keep" and not (out / "new.toml").exists()
     write_text_no_link(out / "real.toml", "ok", "--out")
     assert (out / "real.toml").read_text() == "ok"
+
+
+def test_sequences_on_virt_are_valid_plans_and_virtio_mem_expects_the_refusal() -> None:
+    """arm64 virt: the same generator, the machine's own refusals (a
+    bus-less virtio-mem-pci meets pcie.0) become steps expecting them."""
+    spec = MachineSpec(machine="virt", qemu_version=(7, 2), machine_version=None)
+    expecting = 0
+    for seed in range(20):
+        steps = generate(seed, spec, "manual", 10)
+        build_scenario(name="f", machine="virt", memory="6G,slots=32,maxmem=32G",
+                       numa="3G,3G", steps=steps, append=list(POLICIES["manual"]),
+                       qemu_version=(7, 2))
+        expecting += sum(1 for s in steps if getattr(getattr(s, "op", None), "kind", "")
+                         == "virtio-mem" and s.expect_refusal is not None)
+    assert expecting > 0
+
+
+def test_compare_reports_the_steps_whose_views_differ() -> None:
+    """--compare's difference of two runs of one sequence (fakes: objects
+    with a result's step fields, nothing run)."""
+    from types import SimpleNamespace as Fake
+
+    from harness.fuzz.engine import _differences
+
+    def run(*views: dict, passed: tuple[bool, ...] = ()) -> Fake:
+        return Fake(steps=[Fake(index=i, action="add", observed=v,
+                                passed=passed[i] if passed else True)
+                           for i, v in enumerate(views)])
+
+    same = {"dimms": [{"id": "a", "addr": 1}], "blocks": [], "virtio_mem": None}
+    other = same | {"dimms": [{"id": "a", "addr": 2}]}
+    assert _differences(0, run(same, same), run(same, same)) == []
+    [d] = _differences(3, run(same, same), run(same, other))
+    assert d == {"sequence": 3, "step": 2, "action": "add", "passed": [True, True],
+                 "differ": ["dimms"]}
+    [p, n] = _differences(0, run(same, passed=(True,)), run(same, same, passed=(False, True)))
+    assert p["passed"] == [True, False] and n == {"sequence": 0, "steps_run": [1, 2]}

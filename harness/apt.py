@@ -161,7 +161,6 @@ class Apt:
         if own_suite is not None:
             sources = suite_sources(check_suite_name(own_suite))
         self.sources = sources = sources.for_arch(arch)
-        self.arch = arch
         self.root = self.cache / sources.name
         self.suites: tuple[str, ...] = sources.suites + sources.security_suites
         self.debs = self.cache / "debs"

@@ -162,10 +162,9 @@ def pick_accel(requested: str, guest: ResolvedGuest, qemu_binary: str,
                         cache_dir=cache_root(), guest_arch=arch)
 
 
-def check_guest_arch(scenario: Scenario, guest: ResolvedGuest) -> None:
+def check_guest_arch(board: Any, guest: ResolvedGuest) -> None:
     """A UsageError when the guest image is another architecture's than the
-    scenario's machine (an amd64 kernel on virt), before any VM."""
-    board = machine(scenario.machine.machine)
+    machine's (an amd64 kernel on virt), before any VM."""
     have = getattr(guest.image, "arch", board.debian_arch)
     if have != board.debian_arch:
         raise UsageError(f"the guest image is {have} ({guest.describe()}), machine "
@@ -195,8 +194,8 @@ def launch_vm(
     True for memhp's state cache, or a :class:`harness.warm.WarmStarts`.
     ``boot_attempts``: boots in all when one hangs (:meth:`VM.boot`).
     """
-    check_guest_arch(scenario, guest)
     board = machine(scenario.machine.machine)
+    check_guest_arch(board, guest)
     qemu_binary = qemu_binary or board.qemu_binary  # None: the machine's own
     choice = pick_accel(accel, guest, qemu_binary, board.arch)
     vm_name = f"{name}-{os.getpid()}-{next(_counter)}"

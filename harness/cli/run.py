@@ -242,15 +242,12 @@ def _vcpu(accel: str, opts: dict[str, Any] | None = None) -> Any:
     architecture's guest is refused here, before the plan."""
     if accel != "kvm":
         return None
-    from harness.machines import machine
-    from harness.qemu.accel import host_arch
+    from harness.qemu.accel import foreign_kvm, host_arch
 
-    board = machine(_machine_family(opts or {}))
+    opts = opts or {}
+    board = machine(opts.get("machine_family") or _machine_family(opts))
     if board.arch != host_arch():
-        raise UsageError(f"--accel kvm for an {board.arch} guest ({board.name}) on this "
-                         f"{host_arch()} host: KVM runs only guests of the host's "
-                         "architecture", value="kvm",
-                         fix="use --accel auto or tcg (TCG emulates the guest's CPU)")
+        raise foreign_kvm(board.arch, host_arch())
     if board.arch != "x86_64":
         return None
     from harness.model.qemu_rules.cpu import host_cpu_from_cpuinfo
@@ -349,7 +346,7 @@ def plan(opts: dict[str, Any]) -> tuple[Scenario, tuple[int, int] | None]:
     from harness.qemu.fetch import resolve_qemu
     from harness.qemu.version import qemu_version
 
-    family = _machine_family(opts)
+    opts["machine_family"] = family = _machine_family(opts)  # the scenario file read once
     if opts["qemu_binary"] is None:  # the machine's own: qemu-system-aarch64 for virt
         opts["qemu_binary"] = machine(family).qemu_binary
     opts["qemu_binary"] = resolve_qemu(opts["qemu_binary"],  # debian:X.Y -> its launcher

@@ -70,6 +70,13 @@ def host_arch() -> str:
     return platform.machine().replace("arm64", "aarch64").replace("amd64", "x86_64")
 
 
+def foreign_kvm(guest_arch: str, host: str) -> UsageError:
+    """``--accel kvm`` for a guest of another architecture than the host's."""
+    return UsageError(f"KVM requested for an {guest_arch} guest on this {host} host: KVM "
+                      "runs only guests of the host's architecture", value="kvm",
+                      fix="use --accel auto or tcg (TCG emulates the guest's CPU)")
+
+
 def kvm_probe_argv(qemu_binary: str, kernel: Path, serial_log: Path,
                    arch: str = "x86_64") -> list[str]:
     """The probe's command line: the guest kernel, no root fs, exit on panic."""
@@ -149,9 +156,7 @@ def choose_accel(
         return AccelChoice("tcg", "TCG requested")
     if requested in ("kvm", "auto") and guest_arch != host:
         if requested == "kvm":
-            raise UsageError(f"KVM requested for an {guest_arch} guest on this {host} host: "
-                             "KVM runs only guests of the host's architecture", value="kvm",
-                             fix="use --accel auto or tcg (TCG emulates the guest's CPU)")
+            raise foreign_kvm(guest_arch, host)
         return AccelChoice("tcg", f"the guest is {guest_arch}, this host {host}: KVM runs "
                                   "only the host's architecture; using TCG")
     if prober is None:

@@ -58,7 +58,7 @@ from harness.errors import HostEnvironmentError, UsageError
 PREFIX = "debian:"
 PACKAGES = ("qemu-system-x86", "qemu-system-data", "seabios")
 #: With its own libraries: the iPXE ROMs too (qemu-system-data only links to them).
-OWN_LIBRARY_PACKAGES = (*PACKAGES, "ipxe-qemu")
+OWN_LIBRARY_EXTRA = ("ipxe-qemu",)
 LIB_DIRS = ("usr/lib/x86_64-linux-gnu", "lib/x86_64-linux-gnu", "usr/lib64", "lib64",
             "usr/lib")
 LOADER = "usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"
@@ -70,8 +70,7 @@ FIRMWARE_DIRS = ("usr/share/qemu", "usr/share/seabios")
 class Flavour:
     """One QEMU system emulator in Debian's packages: its package, binary
     and what else it takes (``qemu-system-arm`` holds qemu-system-aarch64;
-    virt's UEFI firmware is the host's qemu-efi-aarch64, which ``make
-    setup`` installs, given by path: no firmware of the fetched QEMU's)."""
+    virt's UEFI firmware is not QEMU's: :mod:`harness.qemu.firmware`)."""
 
     package: str
     binary: str
@@ -141,8 +140,8 @@ def resolve_qemu(text: str, *, cache: Path | None = None, arch: str = "x86_64") 
     with store.lock(root.parent, root.name):
         if not launcher.exists():
             if known.own_libraries:
-                wanted_debs = (*flavour.packages, *OWN_LIBRARY_PACKAGES[len(PACKAGES):])
-                debs = apt.download_closure(wanted_debs, known.suite)
+                debs = apt.download_closure((*flavour.packages, *OWN_LIBRARY_EXTRA),
+                                            known.suite)
                 unpack(root, sorted(debs.values()))
                 check_own_libraries(root, flavour.binary)
             else:

@@ -78,7 +78,6 @@ class KindState:
     # insert events a reset left set in QEMU (is_inserting): they shadow
     # their slot's eject request in the next MSCN scan, which clears them
     stale_inserts: set[str] = field(default_factory=set)
-    reset_in_pause: bool = False  # a reset came in this pause: the guest boots at resume
 
 
 def _ks(ctx: StepContext) -> KindState:
@@ -236,7 +235,6 @@ def at_reset(ctx: StepContext) -> None:
     ``DEVICE_DELETED`` came) or survives it (module doc)."""
     ks = _ks(ctx)
     if ctx.state.reset_while_paused:  # booting at resume: the GPEs of the pause are lost
-        ks.reset_in_pause = True
         ks.stale_inserts |= set(ks.pending_adds)
     ks.pending_adds = []  # enumerated at boot like the others
     qmp = ctx.vm.qmp
@@ -287,19 +285,8 @@ def after_resume(ctx: StepContext, since: int, t0: float) -> list[Mismatch]:
     ejects the ones unplugged (``DEVICE_DELETED``), or refuses an eject
     (``_OST`` failure: raised after the others were followed)."""
     ks = _ks(ctx)
-    if ks.reset_in_pause:
-        # The guest booted: its ACPI init cleared the GPE status, so what
-        # came after the reset stays set in QEMU (timing.op_timing)
-        ks.reset_in_pause = False
-        ks.stale_inserts |= set(ks.pending_adds)  # enumerated at boot
-        ks.pending_adds = []
-        for dimm_id, (request, _dimm, index) in list(ks.pending_unplugs.items()):
-            del ks.pending_unplugs[dimm_id]
-            ctx.state.waiting.discard(index)
-            ctx.state.dropped.add(index)
-            ks.stale_unplugs[dimm_id] = (request, index)
-        ctx.state.repredict()
-        return []
+    # after a reset in this pause at_reset has settled every request already
+    # (the guest booted: nothing of the pause reaches it as a GPE)
     t1 = time.monotonic()
     plugged = {d.id for d in ctx.state.current(KIND)}
     adds, ks.pending_adds = ks.pending_adds, []

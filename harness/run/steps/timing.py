@@ -37,8 +37,11 @@ def op_timing(steps: Sequence[Step]) -> OpTiming:
       DIMM keeps its slot and range until the guest, resumed, ejects it,
       after every add made while paused (found by memhp fuzz);
     * a reset in the pause: the guest boots at resume and its ACPI init
-      clears the GPE status, so every request of that pause stays set in
-      QEMU (``is_removing``, ``is_inserting``: no reset hook clears them):
+      clears the GPE status (ACPICA ``acpi_ev_create_gpe_info_blocks()``,
+      drivers/acpi/acpica/evgpeblk.c: "Clear any pending GPE events within
+      this register", in 6.1 as in 6.12), so every request of that pause
+      stays set in QEMU (``is_removing``, ``is_inserting``:
+      hw/acpi/memory_hotplug.c has no reset hook that clears them):
       a removal waits for the next GPE (a running pc-dimm add or remove),
       or never goes;
     * an insert event left so (``is_inserting``) shadows the eject request
